@@ -1,0 +1,21 @@
+"""Inference backends: one padded batch of windows in, start and end logits out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+
+class InferenceBackend(Protocol):
+    """Runs the QA model on one padded batch.
+
+    `inputs` maps the model's input names (`input_ids`, `attention_mask`, and `token_type_ids` for
+    models that take them) to int64 arrays of shape (batch, length). Returns float32 start and end
+    logits of the same shape. Implementations must be safe to call from a worker thread.
+    """
+
+    input_names: tuple[str, ...]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...

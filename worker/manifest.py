@@ -1,0 +1,113 @@
+"""The manifest of a prepared model folder: what `qa-worker export` wrote and what the engine loads.
+
+A model folder holds one or two ONNX files (fp32, and int8 when asked for), `tokenizer.json` and
+`manifest.json`. The manifest records everything the engine needs that the ONNX graph and the
+tokenizer file do not carry themselves (padding side, special token ids, the longest sequence the
+model accepts) plus provenance: source, file checksums and library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+FORMAT_VERSION = 1
+
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+
+
+class ModelFolderError(Exception):
+    """A model folder is missing, incomplete, or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    padding_side: str
+    cls_token_id: int | None
+    pad_token_id: int
+    model_max_length: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_type: str
+    source: str
+    input_names: tuple[str, ...]
+    max_length: int
+    tokenizer: TokenizerInfo
+    onnx_files: dict[str, str]
+    default_precision: Precision
+    checksums: dict[str, str]
+    versions: dict[str, str]
+    quantization: dict[str, object] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def onnx_path(self, folder: Path, precision: Precision | None = None) -> Path:
+        chosen = precision or self.default_precision
+        if chosen not in self.onnx_files:
+            available = ", ".join(sorted(self.onnx_files)) or "none"
+            raise ModelFolderError(
+                f"{folder} has no {chosen} model (available: {available}); "
+                f"re-run `qa-worker export` with --quantize int8 or pick --precision from those"
+            )
+        return folder / self.onnx_files[chosen]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise ModelFolderError(
+                f"{folder} is not a prepared model folder (no {MANIFEST_NAME}); "
+                f"create one with `qa-worker export --model SRC --out {folder}`"
+            )
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("format") != FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{path} has manifest format {raw.get('format')!r}, this worker reads "
+                f"{FORMAT_VERSION}; re-export the model with this version of qa-worker"
+            )
+        raw["tokenizer"] = TokenizerInfo(**raw["tokenizer"])
+        raw["input_names"] = tuple(raw["input_names"])
+        return cls(**raw)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_checksum(folder: Path) -> str:
+    """Identifies a model folder in answer events: the manifest pins every file by checksum."""
+    return sha256_file(folder / MANIFEST_NAME)
+
+
+def verify_checksums(folder: Path, manifest: Manifest, names: list[str]) -> None:
+    for name in names:
+        expected = manifest.checksums.get(name)
+        if expected is None:
+            raise ModelFolderError(f"{folder / MANIFEST_NAME} lists no checksum for {name}")
+        path = folder / name
+        if not path.is_file():
+            raise ModelFolderError(f"{path} is listed in the manifest but missing")
+        if sha256_file(path) != expected:
+            raise ModelFolderError(
+                f"{path} does not match the checksum in {MANIFEST_NAME}; the folder was changed "
+                f"after export: re-run `qa-worker export`"
+            )

@@ -1,0 +1,161 @@
+"""Window logits to answers, with the reference pipeline's arithmetic.
+
+Per window: logits outside the candidate positions are set to -10000 before a float32 softmax, the
+null score is p_start[0] * p_end[0], position 0 is then zeroed, and the best spans with
+0 <= end - start < max_answer_len are taken by the product of their start and end probabilities.
+Across windows: spans become character ranges (widened to whole words when asked), answers whose
+texts match case-insensitively are merged by adding their scores, the null answer joins with the
+lowest null score of all windows, and the list is sorted by score, stable, and cut to top_k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tokenizers import Encoding
+
+from .types import QAOptions, QAResult, Span
+from .windows import EncodedQuestion, Window
+
+MASKED_LOGIT = np.float32(-10000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLogits:
+    start: np.ndarray
+    end: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSpan:
+    start: int
+    end: int
+    score: float
+
+
+def probabilities(logits: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    masked = np.where(candidates, logits.astype(np.float32, copy=False), MASKED_LOGIT)
+    exponent = np.exp(masked - masked.max())
+    return exponent / exponent.sum()
+
+
+def best_token_spans(
+    p_start: np.ndarray,
+    p_end: np.ndarray,
+    candidates: np.ndarray,
+    count: int,
+    max_answer_len: int,
+) -> list[TokenSpan]:
+    """The `count` best spans of candidate tokens, best first.
+
+    Spans scoring exactly zero (masked or CLS positions) are left out; the reference keeps them only
+    when nothing scores above zero, and then answers with the empty span at position 0.
+    """
+    length = len(p_start)
+    offsets = np.arange(max_answer_len)
+    ends = np.arange(length)[:, None] + offsets[None, :]
+    inside = ends < length
+    ends = np.minimum(ends, length - 1)
+    allowed = inside & candidates[:, None] & candidates[ends]
+    scores = np.where(allowed, p_start[:, None] * p_end[ends], np.float32(0.0))
+    flat = scores.ravel()
+    positive = int(np.count_nonzero(flat > 0))
+    if positive == 0:
+        return [TokenSpan(0, 0, 0.0)] if candidates[0] else []
+    take = min(count, positive)
+    if take < len(flat):
+        chosen = np.argpartition(-flat, take - 1)[:take]
+    else:
+        chosen = np.arange(len(flat))
+    chosen = chosen[np.argsort(-flat[chosen], kind="stable")]
+    starts, widths = np.divmod(chosen, max_answer_len)
+    return [
+        TokenSpan(int(start), int(start + width), float(flat[index]))
+        for start, width, index in zip(starts, widths, chosen, strict=True)
+    ]
+
+
+def char_range(
+    encoding: Encoding, start: int, end: int, sequence: int, align_to_words: bool
+) -> tuple[int, int]:
+    if align_to_words:
+        start_word = encoding.token_to_word(start)
+        end_word = encoding.token_to_word(end)
+        if start_word is not None and end_word is not None:
+            start_chars = encoding.word_to_chars(start_word, sequence)
+            end_chars = encoding.word_to_chars(end_word, sequence)
+            if start_chars is not None and end_chars is not None:
+                return start_chars[0], end_chars[1]
+    # Tokens without words (special tokens, some tokenizers): keep to the token offsets.
+    return encoding.offsets[start][0], encoding.offsets[end][1]
+
+
+def decode(
+    encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+) -> QAResult:
+    if len(logits) != len(encoded.windows):
+        raise ValueError(f"{len(encoded.windows)} windows but {len(logits)} logits")
+    # The reference over-fetches when aligning to words: aligned spans may merge.
+    per_window = options.top_k * 2 + 10 if options.align_to_words else options.top_k
+    null_score = float("inf")
+    ranked: list[Span] = []
+    index_by_text: dict[str, int] = {}
+    for window, window_logits in zip(encoded.windows, logits, strict=True):
+        spans, window_null = window_spans(window, window_logits, per_window, options)
+        null_score = min(null_score, window_null)
+        for span in spans:
+            start, end = char_range(
+                window.encoding,
+                span.start,
+                span.end,
+                encoded.context_sequence,
+                options.align_to_words,
+            )
+            text = encoded.context[start:end]
+            # Same text, any case: one answer with the summed score, first position kept.
+            key = text.lower()
+            if key in index_by_text:
+                index = index_by_text[key]
+                ranked[index] = replace(ranked[index], score=ranked[index].score + span.score)
+            else:
+                index_by_text[key] = len(ranked)
+                ranked.append(Span(text, span.score, start, end))
+    if options.ranks_null:
+        ranked.append(Span("", null_score, 0, 0))
+    ranked.sort(key=lambda span: span.score, reverse=True)
+    answers = ranked[: options.top_k]
+    return choose(answers, ranked, null_score, options)
+
+
+def window_spans(
+    window: Window, logits: WindowLogits, count: int, options: QAOptions
+) -> tuple[list[TokenSpan], float]:
+    p_start = probabilities(logits.start, window.candidates)
+    p_end = probabilities(logits.end, window.candidates)
+    null_score = float(p_start[0] * p_end[0])
+    p_start[0] = p_end[0] = 0.0
+    spans = best_token_spans(p_start, p_end, window.candidates, count, options.max_answer_len)
+    return spans, null_score
+
+
+def choose(
+    answers: list[Span], ranked: list[Span], null_score: float, options: QAOptions
+) -> QAResult:
+    best = answers[0] if answers else Span("", 0.0, 0, 0)
+    if options.null_threshold is not None:
+        best_span = next((span for span in ranked if span.answer), None)
+        if best_span is None or best_span.score - null_score <= options.null_threshold:
+            best = Span("", null_score, 0, 0)
+        else:
+            best = best_span
+    return QAResult(
+        answer=best.answer,
+        score=best.score,
+        start=best.start,
+        end=best.end,
+        is_impossible=not best.answer,
+        null_score=null_score,
+        answers=answers,
+    )

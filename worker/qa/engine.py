@@ -1,0 +1,145 @@
+"""The QA engine: tokenizes questions into windows, runs them in padded batches, decodes answers.
+
+It needs no broker. The streaming worker drives the same three steps (`encode`, `infer`,
+`decode`) from its own micro-batcher; `answer_many` drives them for offline use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import InferenceBackend
+from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum
+from .decode import WindowLogits, decode
+from .types import InputError, QAOptions, QAResult
+from .windows import EncodedQuestion, Window, WindowTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    question: str
+    context: str
+    options: QAOptions = QAOptions()
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Groups window indexes by length into batches within both limits.
+
+    Sorting by length keeps padding low; a batch closes when one more window would exceed
+    `batch_size` windows or `max_batch_tokens` padded tokens (windows x longest window). A window
+    longer than the token budget still runs, alone.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Ascending order: the newcomer is the longest window of the batch.
+        padded = (len(current) + 1) * lengths[index]
+        if current and (len(current) >= batch_size or padded > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_windows(windows: Sequence[Window], pad_token_id: int) -> dict[str, np.ndarray]:
+    longest = max(len(window) for window in windows)
+    input_ids = np.full((len(windows), longest), pad_token_id, dtype=np.int64)
+    type_ids = np.zeros((len(windows), longest), dtype=np.int64)
+    attention = np.zeros((len(windows), longest), dtype=np.int64)
+    for row, window in enumerate(windows):
+        size = len(window)
+        input_ids[row, :size] = window.input_ids
+        type_ids[row, :size] = window.type_ids
+        attention[row, :size] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": type_ids}
+
+
+class QAEngine:
+    def __init__(
+        self,
+        tokenizer: WindowTokenizer,
+        backend: InferenceBackend,
+        manifest: Manifest,
+        model_id: str = "",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.manifest = manifest
+        self.model_id = model_id
+
+    @classmethod
+    def load(
+        cls,
+        folder: Path,
+        *,
+        precision: Precision | None = None,
+        threads: int = 0,
+        max_seq_len: int | None = None,
+        doc_stride: int | None = None,
+    ) -> QAEngine:
+        from ..backends.onnx import OnnxBackend
+
+        manifest = Manifest.read(folder)
+        tokenizer = WindowTokenizer(
+            folder / TOKENIZER_NAME, manifest.tokenizer, max_seq_len, doc_stride
+        )
+        backend = OnnxBackend(manifest.onnx_path(folder, precision), threads=threads)
+        return cls(tokenizer, backend, manifest, model_id=manifest_checksum(folder))
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        return self.tokenizer.encode(question, context)
+
+    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+        """Runs one padded batch; returns each window's logits trimmed to its own length."""
+        start, end = self.backend.run(pad_windows(windows, self.manifest.tokenizer.pad_token_id))
+        return [
+            WindowLogits(start[row, : len(window)], end[row, : len(window)])
+            for row, window in enumerate(windows)
+        ]
+
+    def decode(
+        self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+    ) -> QAResult:
+        return decode(encoded, logits, options)
+
+    def answer(self, question: str, context: str, options: QAOptions | None = None) -> QAResult:
+        result = self.answer_many([Question(question, context, options or QAOptions())])[0]
+        if isinstance(result, InputError):
+            raise result
+        return result
+
+    def answer_many(
+        self,
+        questions: Sequence[Question],
+        batch_size: int = 16,
+        max_batch_tokens: int = 8192,
+    ) -> list[QAResult | InputError]:
+        """Answers in input order; a question the engine cannot take yields its InputError."""
+        encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])
+        owners: list[tuple[int, int]] = []
+        windows: list[Window] = []
+        for question_index, item in enumerate(encoded):
+            if isinstance(item, EncodedQuestion):
+                for window_index, window in enumerate(item.windows):
+                    owners.append((question_index, window_index))
+                    windows.append(window)
+        logits: dict[tuple[int, int], WindowLogits] = {}
+        for batch in plan_batches([len(w) for w in windows], batch_size, max_batch_tokens):
+            batch_logits = self.infer([windows[index] for index in batch])
+            for index, window_logits in zip(batch, batch_logits, strict=True):
+                logits[owners[index]] = window_logits
+        results: list[QAResult | InputError] = []
+        for question_index, item in enumerate(encoded):
+            if isinstance(item, InputError):
+                results.append(item)
+                continue
+            item_logits = [logits[(question_index, w)] for w in range(len(item.windows))]
+            results.append(self.decode(item, item_logits, questions[question_index].options))
+        return results

@@ -1,0 +1,170 @@
+"""Question/context pairs to model windows, tokenized exactly as the reference pipeline does.
+
+The reference (transformers 4.57.6 `QuestionAnsweringPipeline` with a fast tokenizer) encodes the
+pair with truncation of the context only, `stride=doc_stride` and overflowing windows, question
+first for right-padding tokenizers. Positions that may hold an answer are the context tokens and
+every CLS token; everything else is masked out of the softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from ..manifest import TokenizerInfo
+from .types import InputError
+
+REFERENCE_MAX_SEQ_LEN = 384
+REFERENCE_MAX_STRIDE = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One model input: an unpadded token sequence and the positions that may hold an answer."""
+
+    input_ids: np.ndarray
+    type_ids: np.ndarray
+    candidates: np.ndarray
+    encoding: Encoding
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedQuestion:
+    question: str
+    context: str
+    windows: list[Window]
+    context_sequence: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(window) for window in self.windows)
+
+
+def window_geometry(
+    model_max_length: int, max_seq_len: int | None, doc_stride: int | None
+) -> tuple[int, int]:
+    """The reference's defaults: min(model max, 384) tokens per window, min(half, 128) stride."""
+    seq_len = max_seq_len if max_seq_len is not None else min(model_max_length, REFERENCE_MAX_SEQ_LEN)
+    stride = doc_stride if doc_stride is not None else min(seq_len // 2, REFERENCE_MAX_STRIDE)
+    if seq_len > model_max_length:
+        raise ValueError(
+            f"max_seq_len {seq_len} is longer than the model accepts ({model_max_length})"
+        )
+    if stride > seq_len:
+        raise ValueError(f"doc_stride ({stride}) is larger than max_seq_len ({seq_len})")
+    return seq_len, stride
+
+
+class WindowTokenizer:
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        info: TokenizerInfo,
+        max_seq_len: int | None = None,
+        doc_stride: int | None = None,
+    ) -> None:
+        self.info = info
+        self.max_seq_len, self.doc_stride = window_geometry(
+            info.model_max_length, max_seq_len, doc_stride
+        )
+        self.question_first = info.padding_side == "right"
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(
+            max_length=self.max_seq_len,
+            stride=self.doc_stride,
+            strategy="only_second" if self.question_first else "only_first",
+            direction="right",
+        )
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        check_texts(question, context)
+        try:
+            encoding = self._tokenizer.encode(*self._ordered(question, context))
+        except Exception as error:
+            raise self._tokenization_error(error) from None
+        return self._windows(question, context, encoding)
+
+    def encode_many(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> list[EncodedQuestion | InputError]:
+        """Encodes many pairs in one parallel tokenizer call; a bad pair fails alone."""
+        results: list[EncodedQuestion | InputError | None] = [None] * len(pairs)
+        valid: list[int] = []
+        for index, (question, context) in enumerate(pairs):
+            try:
+                check_texts(question, context)
+                valid.append(index)
+            except InputError as error:
+                results[index] = error
+        try:
+            encodings = self._tokenizer.encode_batch([self._ordered(*pairs[i]) for i in valid])
+        except Exception:
+            # One pair broke the batch call; encode one by one so only that pair fails.
+            for index in valid:
+                try:
+                    results[index] = self.encode(*pairs[index])
+                except InputError as error:
+                    results[index] = error
+        else:
+            for index, encoding in zip(valid, encodings, strict=True):
+                results[index] = self._windows(*pairs[index], encoding)
+        return [result for result in results if result is not None]
+
+    def _ordered(self, question: str, context: str) -> tuple[str, str]:
+        return (question, context) if self.question_first else (context, question)
+
+    def _windows(self, question: str, context: str, encoding: Encoding) -> EncodedQuestion:
+        context_sequence = 1 if self.question_first else 0
+        windows = [
+            self._window(part, context_sequence) for part in [encoding, *encoding.overflowing]
+        ]
+        return EncodedQuestion(question, context, windows, context_sequence)
+
+    def _window(self, encoding: Encoding, context_sequence: int) -> Window:
+        input_ids = np.asarray(encoding.ids, dtype=np.int64)
+        if self.question_first:
+            sequence_ids = encoding.sequence_ids
+            candidates = np.fromiter(
+                (sequence == context_sequence for sequence in sequence_ids),
+                dtype=bool,
+                count=len(sequence_ids),
+            )
+        else:
+            # The reference masks nothing when the context comes first.
+            candidates = np.ones(len(input_ids), dtype=bool)
+        if self.info.cls_token_id is not None:
+            candidates |= input_ids == self.info.cls_token_id
+        return Window(
+            input_ids=input_ids,
+            type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+            candidates=candidates,
+            encoding=encoding,
+        )
+
+    def _tokenization_error(self, error: Exception) -> InputError:
+        message = str(error)
+        if "truncat" in message.lower() or "stride" in message.lower():
+            return InputError(
+                "question_too_long",
+                f"the question leaves no room for the context in a {self.max_seq_len}-token "
+                f"window with stride {self.doc_stride}; shorten the question or raise "
+                f"max_seq_len ({message})",
+            )
+        return InputError("tokenization_failed", f"the tokenizer rejected the input: {message}")
+
+
+def check_texts(question: object, context: object) -> None:
+    """The reference pipeline's own checks: both texts present, neither empty."""
+    for name, value in (("question", question), ("context", context)):
+        if not isinstance(value, str):
+            raise InputError(f"invalid_{name}", f"{name} must be a string, got {type(value).__name__}")
+        if not value:
+            raise InputError(f"empty_{name}", f"{name} cannot be empty")
