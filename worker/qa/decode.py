@@ -48,32 +48,62 @@ def best_token_spans(
     count: int,
     max_answer_len: int,
 ) -> list[TokenSpan]:
-    """The `count` best spans of candidate tokens, best first.
+    """The `count` best spans of candidate tokens with 0 <= end - start < max_answer_len.
 
-    Spans scoring exactly zero (masked or CLS positions) are left out; the reference keeps them only
-    when nothing scores above zero, and then answers with the empty span at position 0.
+    Only the band of allowed widths is scored, which is what makes this cheap. When fewer than
+    `count` spans score above zero, zero-score spans enter the reference's list too, chosen by the
+    order in which numpy partitions the full score matrix; `reference_spans` replays that.
     """
     length = len(p_start)
-    offsets = np.arange(max_answer_len)
-    ends = np.arange(length)[:, None] + offsets[None, :]
+    ends = np.arange(length)[:, None] + np.arange(max_answer_len)[None, :]
     inside = ends < length
     ends = np.minimum(ends, length - 1)
     allowed = inside & candidates[:, None] & candidates[ends]
-    scores = np.where(allowed, p_start[:, None] * p_end[ends], np.float32(0.0))
-    flat = scores.ravel()
-    positive = int(np.count_nonzero(flat > 0))
-    if positive == 0:
-        return [TokenSpan(0, 0, 0.0)] if candidates[0] else []
-    take = min(count, positive)
-    if take < len(flat):
-        chosen = np.argpartition(-flat, take - 1)[:take]
-    else:
-        chosen = np.arange(len(flat))
-    chosen = chosen[np.argsort(-flat[chosen], kind="stable")]
+    scores = np.where(allowed, p_start[:, None] * p_end[ends], np.float32(0.0)).ravel()
+    positive = int(np.count_nonzero(scores))
+    if positive < count:
+        return reference_spans(p_start, p_end, candidates, count, max_answer_len)
+    chosen = (
+        np.argpartition(-scores, count - 1)[:count] if count < scores.size else np.arange(count)
+    )
+    chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
     starts, widths = np.divmod(chosen, max_answer_len)
     return [
-        TokenSpan(int(start), int(start + width), float(flat[index]))
+        TokenSpan(int(start), int(start + width), float(scores[index]))
         for start, width, index in zip(starts, widths, chosen, strict=True)
+    ]
+
+
+def reference_spans(
+    p_start: np.ndarray,
+    p_end: np.ndarray,
+    candidates: np.ndarray,
+    count: int,
+    max_answer_len: int,
+) -> list[TokenSpan]:
+    """The reference's own selection over the full start x end matrix, for short contexts.
+
+    It ranks every cell (zeros included), keeps the top `count`, then drops spans whose start or
+    end is not a candidate position; position 0 always counts as one, an artefact of how it tests
+    membership, so it can return empty or reversed spans with score zero.
+    """
+    matrix = np.tril(np.triu(np.outer(p_start, p_end)), max_answer_len - 1)
+    flat = matrix.ravel()
+    if count == 1:
+        order = np.array([np.argmax(flat)])
+    elif flat.size < count:
+        order = np.argsort(-flat)
+    else:
+        order = np.argpartition(-flat, count)[:count]
+        order = order[np.argsort(-flat[order])]
+    starts, ends = np.unravel_index(order, matrix.shape)
+    positions = np.flatnonzero(candidates)
+    if positions.size:
+        positions = np.union1d(positions, [0])
+    keep = np.isin(starts, positions) & np.isin(ends, positions)
+    return [
+        TokenSpan(int(start), int(end), float(matrix[start, end]))
+        for start, end in zip(starts[keep], ends[keep], strict=True)
     ]
 
 
@@ -144,8 +174,8 @@ def choose(
     answers: list[Span], ranked: list[Span], null_score: float, options: QAOptions
 ) -> QAResult:
     best = answers[0] if answers else Span("", 0.0, 0, 0)
+    best_span = next((span for span in ranked if span.answer), None)
     if options.null_threshold is not None:
-        best_span = next((span for span in ranked if span.answer), None)
         if best_span is None or best_span.score - null_score <= options.null_threshold:
             best = Span("", null_score, 0, 0)
         else:
@@ -158,4 +188,5 @@ def choose(
         is_impossible=not best.answer,
         null_score=null_score,
         answers=answers,
+        best_span=best_span,
     )

@@ -6,6 +6,7 @@ It needs no broker. The streaming worker drives the same three steps (`encode`, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,21 @@ from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum
 from .decode import WindowLogits, decode
 from .types import InputError, QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer
+
+
+@dataclass(slots=True)
+class InferenceStats:
+    """Running totals of what `infer` ran, for throughput and padding reports."""
+
+    batches: int = 0
+    windows: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.padded_tokens / self.real_tokens if self.real_tokens else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,7 @@ class QAEngine:
         self.backend = backend
         self.manifest = manifest
         self.model_id = model_id
+        self.stats = InferenceStats()
 
     @classmethod
     def load(
@@ -98,7 +115,14 @@ class QAEngine:
 
     def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
         """Runs one padded batch; returns each window's logits trimmed to its own length."""
-        start, end = self.backend.run(pad_windows(windows, self.manifest.tokenizer.pad_token_id))
+        inputs = pad_windows(windows, self.manifest.tokenizer.pad_token_id)
+        began = time.perf_counter()
+        start, end = self.backend.run(inputs)
+        self.stats.seconds += time.perf_counter() - began
+        self.stats.batches += 1
+        self.stats.windows += len(windows)
+        self.stats.real_tokens += sum(len(window) for window in windows)
+        self.stats.padded_tokens += inputs["input_ids"].size
         return [
             WindowLogits(start[row, : len(window)], end[row, : len(window)])
             for row, window in enumerate(windows)

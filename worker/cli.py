@@ -1,0 +1,186 @@
+"""`qa-worker`: the command line. Each subcommand parses its flags into `Settings` and hands off."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+from .config import ConfigError, Settings, add_arguments
+from .manifest import ModelFolderError
+from .qa import InputError, QAEngine, QAOptions, QAResult, Question
+from .squad import InputFileError, QuestionRecord, evaluate, read_questions
+
+# Questions are answered in chunks so output streams and memory stays flat on large files.
+CHUNK_QUESTIONS = 512
+
+
+def load_engine(settings: Settings) -> QAEngine:
+    return QAEngine.load(
+        settings.require_model(),
+        precision=settings.precision,  # type: ignore[arg-type]
+        threads=settings.threads,
+        max_seq_len=settings.max_seq_len,
+        doc_stride=settings.doc_stride,
+    )
+
+
+def qa_options(settings: Settings) -> QAOptions:
+    return QAOptions(
+        top_k=settings.top_k,
+        max_answer_len=settings.max_answer_len,
+        handle_impossible_answer=settings.handle_impossible_answer,
+        null_threshold=settings.null_threshold,
+        align_to_words=settings.align_to_words,
+    )
+
+
+def result_line(question_id: str, result: QAResult | InputError) -> dict[str, object]:
+    if isinstance(result, InputError):
+        return {"id": question_id, "error": {"code": result.code, "message": str(result)}}
+    return {"id": question_id, **result.to_dict()}
+
+
+def answer_records(
+    engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
+) -> Iterator[tuple[QuestionRecord, QAResult | InputError]]:
+    for offset in range(0, len(records), CHUNK_QUESTIONS):
+        chunk = records[offset : offset + CHUNK_QUESTIONS]
+        results = engine.answer_many(
+            [Question(record.question, record.context, options) for record in chunk],
+            batch_size=settings.batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
+        yield from zip(chunk, results, strict=True)
+
+
+def report_throughput(engine: QAEngine, questions: int, seconds: float) -> None:
+    stats = engine.stats
+    print(
+        f"answered {questions} questions ({stats.windows} windows, {stats.batches} batches) "
+        f"in {seconds:.2f} s: {questions / seconds:.1f} questions/s, "
+        f"{stats.windows / seconds:.1f} windows/s overall, "
+        f"{stats.windows / max(stats.seconds, 1e-9):.1f} windows/s in inference, "
+        f"padding ratio {stats.padding_ratio:.3f}",
+        file=sys.stderr,
+    )
+
+
+def command_answer(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    if (args.input is None) == (args.question is None and args.context is None):
+        raise ConfigError("give either --question and --context, or --input FILE")
+    engine = load_engine(settings)
+    options = qa_options(settings)
+    if args.input is None:
+        if args.question is None or args.context is None:
+            raise ConfigError("--question and --context go together")
+        result = engine.answer_many([Question(args.question, args.context, options)])[0]
+        print(json.dumps(result_line(args.id, result), ensure_ascii=False))
+        return 2 if isinstance(result, InputError) else 0
+    records = read_questions(args.input)
+    began = time.perf_counter()
+    with open_output(args.output) as output:
+        for record, result in answer_records(engine, records, settings, options):
+            output.write(json.dumps(result_line(record.id, result), ensure_ascii=False) + "\n")
+    report_throughput(engine, len(records), time.perf_counter() - began)
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    engine = load_engine(settings)
+    records = read_questions(args.squad)
+    predictions: dict[str, str] = {}
+    span_predictions: dict[str, str] = {}
+    margins: dict[str, float] = {}
+    began = time.perf_counter()
+    for record, result in answer_records(engine, records, settings, qa_options(settings)):
+        if isinstance(result, InputError):
+            predictions[record.id] = ""
+            continue
+        predictions[record.id] = result.answer
+        if result.best_span is not None:
+            span_predictions[record.id] = result.best_span.answer
+            margins[record.id] = result.best_span.score - result.null_score
+    report_throughput(engine, len(records), time.perf_counter() - began)
+    metrics = evaluate(records, predictions)
+    # The threshold search judges the best span of every question, answered or not.
+    tuned = evaluate(records, span_predictions, null_margins=margins)
+    metrics.update({key: value for key, value in tuned.items() if key.startswith("best_")})
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+class open_output:
+    """stdout when no path is given, else a file opened for writing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._stream: TextIO | None = None
+
+    def __enter__(self) -> TextIO:
+        if self._path is None:
+            return sys.stdout
+        self._stream = self._path.open("w", encoding="utf-8")
+        return self._stream
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    manifest = export_model(
+        args.model, args.out, quantize=args.quantize, allow_pickle=args.allow_pickle
+    )
+    print(manifest.to_json(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qa-worker", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser("export", help="prepare a model folder: ONNX, tokenizer, manifest")
+    export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
+    export.add_argument("--out", required=True, type=Path, help="folder to write")
+    export.add_argument("--quantize", choices=("none", "int8"), default="none")
+    export.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load weights from pickle files (pytorch_model.bin); they can run code",
+    )
+    export.set_defaults(handler=command_export)
+
+    answer = commands.add_parser("answer", help="answer one question, or a JSONL/SQuAD file")
+    add_arguments(answer, ("model", "qa", "batching"))
+    answer.add_argument("--question")
+    answer.add_argument("--context")
+    answer.add_argument("--id", default="0", help="id echoed for --question/--context")
+    answer.add_argument("--input", type=Path, help="JSONL of {id, question, context}, or SQuAD")
+    answer.add_argument("--output", type=Path, help="JSONL to write; default stdout")
+    answer.set_defaults(handler=command_answer)
+
+    evaluation = commands.add_parser("eval", help="SQuAD 2.0 exact match and F1")
+    add_arguments(evaluation, ("model", "qa", "batching"))
+    evaluation.add_argument("--squad", required=True, type=Path, help="SQuAD-format JSON file")
+    evaluation.set_defaults(handler=command_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, ModelFolderError, InputFileError, InputError) as error:
+        print(f"qa-worker {args.command}: {error}", file=sys.stderr)
+        return 2
