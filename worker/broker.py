@@ -110,10 +110,12 @@ class EmbeddedBroker:
             await self._spawn(binary, port)
             try:
                 await self._wait_ready(port, deadline)
-            except BrokerError:
+            except BaseException as exc:
+                # Also on cancellation: a half-started broker must not outlive its owner.
                 output = self._output_tail()
                 await self.stop()
-                if "AddrInUse" in output and attempt < _PORT_ATTEMPTS:
+                lost_port = isinstance(exc, BrokerError) and "AddrInUse" in output
+                if lost_port and attempt < _PORT_ATTEMPTS:
                     continue
                 raise
             self._port = port
@@ -124,7 +126,7 @@ class EmbeddedBroker:
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         # A file rather than a pipe: nobody reads the output while the broker runs, and a full
         # pipe would block the broker; the file is read only to explain a failure.
-        self._output = tempfile.TemporaryFile(prefix="tansu-")
+        self._output = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 (closed by stop())
         self._process = await asyncio.create_subprocess_exec(
             binary,
             "broker",
@@ -216,9 +218,10 @@ class EmbeddedBroker:
         finally:
             await admin.close()
         # aiokafka returns per-topic failures inside the response instead of raising them.
-        for topic, code, message, *_ in response.topic_errors:
+        # Entries are (topic, error_code) or, from v1 on, (topic, error_code, error_message).
+        for topic, code, *message in response.topic_errors:
             if code:
-                raise for_code(code)(f"creating topic {topic!r}: {message}")
+                raise for_code(code)(f"creating topic {topic!r}: {' '.join(map(str, message))}")
 
     async def __aenter__(self) -> Self:
         await self.start()

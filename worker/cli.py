@@ -96,6 +96,8 @@ def command_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     engine = load_engine(settings)
     records = read_questions(args.squad)
+    if any(record.is_impossible is None for record in records):
+        raise ConfigError(f"{args.squad} has no gold answers: eval needs a SQuAD-format file")
     predictions: dict[str, str] = {}
     span_predictions: dict[str, str] = {}
     margins: dict[str, float] = {}

@@ -21,6 +21,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,8 @@ def _read_squad(path: Path, data: list[Any]) -> list[QuestionRecord]:
                 if question_id in seen:
                     raise error(f'id "{question_id}" appears twice; ids must be unique')
                 seen.add(question_id)
-                # Test-style files without answers are still readable as questions; evaluate()
-                # refuses them later.
-                answers = _list_field(qa, "answers", error) if "answers" in qa else []
                 gold: list[str] = []
-                for n, answer in enumerate(answers):
+                for n, answer in enumerate(_list_field(qa, "answers", error)):
                     text = _object(answer, error).get("text")
                     if not isinstance(text, str):
                         raise error(f'answers[{n}] needs a string "text"')
@@ -155,6 +153,18 @@ def _read_squad(path: Path, data: list[Any]) -> list[QuestionRecord]:
                 if not isinstance(is_impossible, bool):
                     raise error(
                         f'"is_impossible" must be true or false, got {_json_type(is_impossible)}'
+                    )
+                # Caught here rather than in evaluate() so that `qa-worker eval` fails before
+                # spending a model run on a file it cannot score.
+                if is_impossible and gold:
+                    raise error(
+                        f'"is_impossible" is true but {len(gold)} answers are given; '
+                        "empty the answers or set is_impossible to false"
+                    )
+                if not is_impossible and not gold:
+                    raise error(
+                        'no answers, but "is_impossible" is not true; add the gold answers, '
+                        "or set is_impossible to true if the question has none"
                     )
                 records.append(
                     QuestionRecord(
@@ -210,7 +220,7 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-# --- scoring -------------------------------------------------------------------------------------
+# --- scoring
 
 # Official-script semantics: ASCII punctuation only, deleted outright (so "don't" -> "dont").
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -248,19 +258,22 @@ def f1(prediction: str, golds: Sequence[str]) -> float:
     When the prediction or the gold normalizes to nothing, the score is 1.0 if both do, else 0.0;
     so an unanswerable question scores 1.0 exactly for an empty prediction.
     """
+    return float(_exact_f1(prediction, golds))
+
+
+def _exact_f1(prediction: str, golds: Sequence[str]) -> Fraction:
+    # Kept as a fraction so that sums over a data set compare exactly: with floats, rounding can
+    # make a threshold look better than an equally good higher one.
     predicted = normalize_answer(prediction).split()
     return max(_token_f1(predicted, normalize_answer(g).split()) for g in _effective_golds(golds))
 
 
-def _token_f1(predicted: list[str], gold: list[str]) -> float:
+def _token_f1(predicted: list[str], gold: list[str]) -> Fraction:
     if not predicted or not gold:
-        return float(predicted == gold)
+        return Fraction(predicted == gold)
     common = sum((Counter(predicted) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision = common / len(predicted)
-    recall = common / len(gold)
-    return 2 * precision * recall / (precision + recall)
+    # 2PR / (P + R) with P = common / |predicted| and R = common / |gold|
+    return Fraction(2 * common, len(predicted) + len(gold))
 
 
 def evaluate(
@@ -274,9 +287,10 @@ def evaluate(
     missing id counts as one. Returns `exact`, `f1` (percentages) and `total`, and the same three
     as `HasAns_*` / `NoAns_*` for the answerable / unanswerable questions when there are any.
 
-    `null_margins`, when given, maps every question id to `best_span_score - null_score`, and
+    `null_margins`, when given, maps a question id to `best_span_score - null_score`, and
     `predictions[id]` must then be the best span's text, i.e. what the worker says when it
-    answers. The worker answers when `margin > null_threshold` and abstains otherwise. The
+    answers. The worker answers when `margin > null_threshold` and abstains otherwise; an id
+    without a margin is a question with no span to give, which abstains at every threshold. The
     search tries each observed margin as the threshold (answer only the questions with a larger
     margin), plus answering everything, and adds `best_exact` / `best_f1` with the threshold that
     reaches each: pass it as `null_threshold` to get that score on this set. Among thresholds
@@ -301,66 +315,74 @@ def evaluate(
                 f"{len(record.gold_answers)} gold answers; fix the file so they agree"
             )
 
-    answered_exact = [exact_match(predictions.get(r.id, ""), r.gold_answers) for r in records]
-    answered_f1 = [f1(predictions.get(r.id, ""), r.gold_answers) for r in records]
-    result: dict[str, float] = {
-        "exact": 100.0 * sum(answered_exact) / len(records),
-        "f1": 100.0 * sum(answered_f1) / len(records),
-        "total": len(records),
+    metrics: dict[str, Callable[[str, Sequence[str]], Fraction]] = {
+        "exact": lambda prediction, golds: Fraction(exact_match(prediction, golds)),
+        "f1": _exact_f1,
     }
-    for name, answerable in (("HasAns", True), ("NoAns", False)):
+    answered = {
+        name: [metric(predictions.get(r.id, ""), r.gold_answers) for r in records]
+        for name, metric in metrics.items()
+    }
+    result: dict[str, float] = {name: _percent(scores) for name, scores in answered.items()}
+    result["total"] = len(records)
+    for subset_name, answerable in (("HasAns", True), ("NoAns", False)):
         subset = [i for i, r in enumerate(records) if bool(r.gold_answers) == answerable]
         if subset:
-            result[f"{name}_exact"] = 100.0 * sum(answered_exact[i] for i in subset) / len(subset)
-            result[f"{name}_f1"] = 100.0 * sum(answered_f1[i] for i in subset) / len(subset)
-            result[f"{name}_total"] = len(subset)
+            for name, scores in answered.items():
+                result[f"{subset_name}_{name}"] = _percent([scores[i] for i in subset])
+            result[f"{subset_name}_total"] = len(subset)
 
     if null_margins is not None:
-        margins = _margins(null_margins, ids)
-        abstained_exact = [exact_match("", r.gold_answers) for r in records]
-        abstained_f1 = [f1("", r.gold_answers) for r in records]
-        best, threshold = _best_threshold(margins, answered_exact, abstained_exact)
-        result["best_exact"], result["best_exact_threshold"] = best, threshold
-        best, threshold = _best_threshold(margins, answered_f1, abstained_f1)
-        result["best_f1"], result["best_f1_threshold"] = best, threshold
+        margins = [_margin(null_margins, question_id) for question_id in ids]
+        for name, metric in metrics.items():
+            abstained = [metric("", r.gold_answers) for r in records]
+            best, threshold = _best_threshold(margins, answered[name], abstained)
+            result[f"best_{name}"] = float(100 * best / len(records))
+            result[f"best_{name}_threshold"] = threshold
     return result
 
 
-def _margins(null_margins: Mapping[str, float], ids: Sequence[str]) -> list[float]:
-    missing = [i for i in ids if i not in null_margins]
-    if missing:
+def _percent(scores: Sequence[Fraction]) -> float:
+    return float(100 * sum(scores, Fraction(0)) / len(scores))
+
+
+def _margin(null_margins: Mapping[str, float], question_id: str) -> float | None:
+    if question_id not in null_margins:
+        return None
+    margin = float(null_margins[question_id])
+    # NaN would make the sort, and so the reported threshold, meaningless.
+    if not math.isfinite(margin):
         raise ValueError(
-            f"null_margins has no margin for {len(missing)} question(s), e.g. "
-            f"{', '.join(missing[:5])}; give one for every question or leave null_margins out"
+            f'the null margin of question "{question_id}" is {margin}; margins must be finite '
+            "(best span score minus null score)"
         )
-    margins = [float(null_margins[i]) for i in ids]
-    bad = [i for i, margin in zip(ids, margins, strict=True) if not math.isfinite(margin)]
-    if bad:
-        raise ValueError(f"null margins must be finite numbers, not for: {', '.join(bad[:5])}")
-    return margins
+    return margin
 
 
 def _best_threshold(
-    margins: Sequence[float], answered: Sequence[float], abstained: Sequence[float]
-) -> tuple[float, float]:
-    """The best percentage score over thresholds, and the highest threshold that reaches it.
+    margins: Sequence[float | None], answered: Sequence[Fraction], abstained: Sequence[Fraction]
+) -> tuple[Fraction, float]:
+    """The best total score over thresholds, and the highest threshold that reaches it.
 
-    `answered[i]` / `abstained[i]` are question i's score when the worker answers / abstains.
-    Lowering the threshold past a margin turns that question from abstained to answered, so one
-    sweep down the sorted margins visits every distinct outcome.
+    `answered[i]` / `abstained[i]` are question i's score when the worker answers / abstains;
+    a question without a margin always abstains. Lowering the threshold past a margin turns that
+    question from abstained to answered, so one sweep down the sorted margins visits every
+    reachable outcome.
     """
-    order = sorted(range(len(margins)), key=lambda i: margins[i], reverse=True)
-    score = sum(abstained)
-    # A threshold at the largest margin abstains on everything.
-    best_score, best_threshold = score, margins[order[0]]
+    margin_of = {i: margin for i, margin in enumerate(margins) if margin is not None}
+    order = sorted(margin_of, key=margin_of.__getitem__, reverse=True)
+    score = sum(abstained, Fraction(0))
+    # A threshold at the largest margin abstains on everything; with no margins at all every
+    # threshold scores the same and 0.0 stands for them.
+    best_score, best_threshold = score, margin_of[order[0]] if order else 0.0
     for position, i in enumerate(order):
         score += answered[i] - abstained[i]
         following = order[position + 1] if position + 1 < len(order) else None
         # Questions with equal margins are answered together; no threshold separates them, so
         # scores in the middle of a tie are not reachable and must not be reported.
-        if following is not None and margins[following] == margins[i]:
+        if following is not None and margin_of[following] == margin_of[i]:
             continue
-        threshold = margins[following] if following is not None else margins[i] - 1.0
+        threshold = margin_of[following] if following is not None else margin_of[i] - 1.0
         if score > best_score:
             best_score, best_threshold = score, threshold
-    return 100.0 * best_score / len(margins), best_threshold
+    return best_score, best_threshold

@@ -41,7 +41,7 @@ CORPUS = (
     "Our order number is 4521-B and the invoice total was $1,234.56 (tax included).",
     "Email support@example.com or call +1 (555) 010-9999 between 9:00 and 17:30.",
     "Version 2.3.1 fixed a crash when the context was empty; see issue #42.",
-    "She said: \"I'll be there at noon,\" but arrived at half past one.",
+    'She said: "I\'ll be there at noon," but arrived at half past one.',
     "Rust, Go, Python and Java are popular programming languages.",
     "Le café de la gare est fermé le dimanche, mais la crêperie reste ouverte.",
     "François a étudié à l'université de Genève pendant trois années.",
@@ -51,13 +51,13 @@ CORPUS = (
     "Smörgåsbord och kanelbullar serveras på fredagar i Göteborg.",
     "Zoë and Chloé visited the Ångström laboratory in Uppsala.",
     "Dvořák composed the New World Symphony; Łódź and Kraków are in Poland.",
-    "北京是中国的首都，也是一座历史悠久的城市。",
+    "北京是中国的首都，也是一座历史悠久的城市。",  # noqa: RUF001
     "长城是世界上最长的建筑之一。",
     "東京は日本の首都で、人口が多い都市です。",
     "富士山は日本で一番高い山です。",
     "서울은 대한민국의 수도입니다.",
-    "Москва — столица России, а Нева течёт через Санкт-Петербург.",
-    "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας.",
+    "Москва — столица России, а Нева течёт через Санкт-Петербург.",  # noqa: RUF001
+    "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας.",  # noqa: RUF001
     "The party was great 🎉 and everyone loved the cake 🍰!",
     "I love pizza 🍕 and coffee ☕ on rainy days 🌧️.",
     "Thumbs up 👍🏽 from the whole team 👩‍💻👨‍💻 after the release 🚀.",
@@ -102,9 +102,8 @@ def _wordpiece_tokenizer():
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    tokenizer.train_from_iterator(
-        CORPUS, WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
-    )
+    trainer = WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

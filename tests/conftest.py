@@ -1,0 +1,53 @@
+"""Shared fixtures: small random-weight QA checkpoints and their exports, built once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.models import build_checkpoint
+
+# The architectures the answer-parity tests run on; DistilBERT is covered by the export tests.
+PARITY_KINDS = ("bert", "mobilebert", "roberta")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """kind -> a Hugging Face checkpoint folder of that kind (see tests/support/models.py)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[str, Path] = {}
+
+    def checkpoint(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build_checkpoint(kind, root / kind)
+        return built[kind]
+
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def export_factory(
+    checkpoint_factory: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """kind -> a prepared model folder (fp32 and int8) exported from `checkpoint_factory(kind)`."""
+    from worker.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    exported: dict[str, Path] = {}
+
+    def export(kind: str) -> Path:
+        if kind not in exported:
+            folder = root / kind
+            export_model(str(checkpoint_factory(kind)), folder, quantize="int8")
+            exported[kind] = folder
+        return exported[kind]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def exported_models(export_factory: Callable[[str], Path]) -> dict[str, Path]:
+    """kind -> exported folder (fp32 + int8), for each of PARITY_KINDS."""
+    return {kind: export_factory(kind) for kind in PARITY_KINDS}

@@ -1,0 +1,100 @@
+"""Engine behaviour that needs no reference: batching invariance, thresholds, input errors."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.support import texts
+from worker.manifest import Manifest, ModelFolderError
+from worker.qa import InputError, QAEngine, QAOptions, Question
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def engine(request: pytest.FixtureRequest, exported_models: dict[str, Path]) -> QAEngine:
+    return QAEngine.load(exported_models[request.param], precision="fp32")
+
+
+def spans(result: object) -> list[tuple[str, int, int]]:
+    return [(span.answer, span.start, span.end) for span in result.answers]  # type: ignore[attr-defined]
+
+
+def test_batched_answers_equal_one_at_a_time(engine: QAEngine) -> None:
+    options = QAOptions(top_k=3, handle_impossible_answer=True)
+    questions = [Question(q, c, options) for q, c in texts.pairs(seed=7, count=40)]
+    batched = engine.answer_many(questions, batch_size=16, max_batch_tokens=4096)
+    assert engine.stats.batches < len(questions)
+    for question, together in zip(questions, batched, strict=True):
+        alone = engine.answer_many([question], batch_size=1)[0]
+        assert spans(together) == spans(alone)
+        for a, b in zip(together.answers, alone.answers, strict=True):  # type: ignore[union-attr]
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_long_context_is_answered_across_many_windows(engine: QAEngine) -> None:
+    question, _ = texts.pairs(seed=3, count=1)[0]
+    context = texts.context(random.Random(3), 3000)
+    encoded = engine.encode(question, context)
+    assert len(encoded.windows) > 5
+    assert all(len(window) <= engine.tokenizer.max_seq_len for window in encoded.windows)
+    result = engine.answer(question, context, QAOptions(top_k=3))
+    for span in result.answers:
+        assert context[span.start : span.end] == span.answer
+
+
+def test_null_threshold_decides_between_span_and_abstention(engine: QAEngine) -> None:
+    pairs = texts.pairs(seed=11, count=30)
+    base = engine.answer_many(
+        [Question(q, c, QAOptions(handle_impossible_answer=True)) for q, c in pairs]
+    )
+    margins = [r.best_span.score - r.null_score for r in base]  # type: ignore[union-attr]
+    threshold = sorted(margins)[len(margins) // 2]
+    tuned = engine.answer_many(
+        [Question(q, c, QAOptions(null_threshold=threshold)) for q, c in pairs]
+    )
+    answered = 0
+    for margin, before, after in zip(margins, base, tuned, strict=True):
+        if margin > threshold:
+            answered += 1
+            assert after.answer == before.best_span.answer  # type: ignore[union-attr]
+            assert not after.is_impossible
+        else:
+            assert (after.answer, after.start, after.end) == ("", 0, 0)
+            assert after.is_impossible
+            assert after.score == after.null_score
+    assert 0 < answered < len(pairs)
+
+
+def test_bad_inputs_fail_alone_with_a_code(engine: QAEngine) -> None:
+    good = Question("Which company?", "Acme Corp. acquired Widget Inc.")
+    results = engine.answer_many([good, Question("", "context"), good, Question("q", ""), good])
+    assert [getattr(r, "code", None) for r in results] == [
+        None,
+        "empty_question",
+        None,
+        "empty_context",
+        None,
+    ]
+    assert spans(results[0]) == spans(results[2]) == spans(results[4])
+
+
+def test_non_string_input_is_rejected(engine: QAEngine) -> None:
+    with pytest.raises(InputError) as caught:
+        engine.encode("q", 42)  # type: ignore[arg-type]
+    assert caught.value.code == "invalid_context"
+
+
+def test_folder_without_manifest_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError, match="qa-worker export"):
+        QAEngine.load(tmp_path)
+
+
+def test_missing_precision_names_the_fix(exported_models: dict[str, Path]) -> None:
+    manifest = Manifest.read(exported_models["bert"])
+    fp32_only = replace(manifest, onnx_files={"fp32": manifest.onnx_files["fp32"]})
+    with pytest.raises(ModelFolderError, match="--quantize int8"):
+        fp32_only.onnx_path(exported_models["bert"], "int8")
+    assert manifest.onnx_path(exported_models["bert"]).name == manifest.onnx_files["int8"]

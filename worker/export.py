@@ -1,0 +1,431 @@
+"""`qa-worker export`: a Hugging Face QA checkpoint to a prepared model folder.
+
+The folder holds `model.onnx` (fp32), optionally `model.int8.onnx` (dynamic int8 quantization),
+`tokenizer.json` and `manifest.json`; see `worker.manifest`. torch, transformers and onnx come from
+the `export` extra and are imported only when an export runs, so the worker itself never needs
+them.
+
+The graph is captured with the torch.export-based ONNX exporter (`dynamo=True`). It captures the
+model soundly or fails: the batch and sequence axes are proven dynamic while exporting instead of
+being traced through Python branches that may have been taken for the sample input only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from . import __version__
+from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TokenizerInfo, sha256_file
+
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+OUTPUT_NAMES = ("start_logits", "end_logits")
+
+# The lowest opset the torch.export-based exporter emits natively; every onnxruntime the worker
+# accepts (>= 1.20) runs it, and onnxruntime's quantizer handles it.
+OPSET = 18
+
+# Quantizing only weight matrix products keeps the logits close to fp32 while giving most of the
+# speed-up: the attention products multiply activations by activations and stay in float.
+INT8_SETTINGS: dict[str, Any] = {
+    "method": "dynamic",
+    "weight_type": "QInt8",
+    "per_channel": False,
+    "reduce_range": False,
+    "op_types": ["MatMul", "Gemm"],
+}
+
+# protobuf caps a single ONNX file at 2 GiB; models whose weights come near it keep them in a
+# side file instead.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+# Tokenizers that declare no limit store this sentinel (int(1e30)) as model_max_length.
+UNLIMITED_LENGTH = 1_000_000_000
+
+# Models that number positions from pad_token_id + 1 and so use fewer positions than they have
+# embeddings for.
+POSITION_OFFSETS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+
+HUB_PATTERNS = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "*.safetensors",
+    "*.safetensors.index.json",
+]
+PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[export]'"
+
+
+class ExportError(Exception):
+    """The checkpoint cannot be exported; the message says what to do about it."""
+
+
+def export_model(
+    source: str,
+    out: Path,
+    quantize: Literal["none", "int8"] = "none",
+    allow_pickle: bool = False,
+) -> Manifest:
+    """Exports the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
+
+    Everything is written to a staging folder beside `out` first, so a failed export leaves `out`
+    as it was; a previous export in `out` is replaced.
+    """
+    if quantize not in ("none", "int8"):
+        raise ExportError(f"unknown quantization {quantize!r}; use 'none' or 'int8'")
+    _check_target(out)
+    folder = _checkpoint_folder(source, allow_pickle)
+    _check_weights(folder, allow_pickle)
+    torch, transformers = _import_export_libraries()
+
+    tokenizer = _load_tokenizer(transformers, folder)
+    model = _load_model(transformers, folder, allow_pickle)
+    input_names = _input_names(model, tokenizer)
+    max_length = _max_length(model.config, tokenizer)
+    info = TokenizerInfo(
+        padding_side=tokenizer.padding_side,
+        cls_token_id=tokenizer.cls_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        model_max_length=max_length,
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
+        stage = Path(staging)
+        written = [TOKENIZER_NAME]
+        _write_tokenizer(tokenizer, folder, stage / TOKENIZER_NAME)
+        onnx_files = {"fp32": FP32_NAME}
+        external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
+        _export_onnx(torch, model, tokenizer, input_names, stage / FP32_NAME, external)
+        written += _with_external_data(stage, FP32_NAME)
+        quantization: dict[str, object] = {}
+        if quantize == "int8":
+            _quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
+            onnx_files["int8"] = INT8_NAME
+            written += _with_external_data(stage, INT8_NAME)
+            quantization = dict(INT8_SETTINGS)
+        manifest = Manifest(
+            model_type=model.config.model_type,
+            source=source,
+            input_names=tuple(input_names),
+            max_length=max_length,
+            tokenizer=info,
+            onnx_files=onnx_files,
+            default_precision="int8" if quantize == "int8" else "fp32",
+            checksums={name: sha256_file(stage / name) for name in written},
+            versions=_versions(torch, transformers),
+            quantization=quantization,
+        )
+        _replace_export(stage, out, written)
+        manifest.write(out)
+    return manifest
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportError(
+            f"{out} is not empty and holds no previous export ({MANIFEST_NAME} is missing); "
+            "choose an empty or new folder for --out, so no unrelated files are overwritten"
+        )
+
+
+def _checkpoint_folder(source: str, allow_pickle: bool) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ExportError(f"{source} is a file; pass the checkpoint folder that holds it")
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        raise ExportError(
+            f"{source} does not exist; pass a Hugging Face checkpoint folder or a Hub model id"
+        )
+    return _download(source, allow_pickle)
+
+
+def _download(repo_id: str, allow_pickle: bool) -> Path:
+    local_hint = (
+        f"download it on a machine with Hub access (`huggingface-cli download {repo_id} "
+        f"--local-dir DIR`), copy DIR here, then run `qa-worker export --model DIR ...`"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise ExportError(f"cannot download {repo_id}: {error}; {EXPORT_EXTRA_HINT}") from error
+    patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
+    except Exception as error:
+        raise ExportError(
+            f"downloading {repo_id!r} from the Hugging Face Hub failed "
+            f"({type(error).__name__}: {error}); to export from a local folder instead, "
+            f"{local_hint}"
+        ) from error
+
+
+def _check_weights(folder: Path, allow_pickle: bool) -> None:
+    """Refuses pickled weights unless asked: unpickling a file can run arbitrary code."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for path in folder.glob("*.bin"))
+    if pickled and not allow_pickle:
+        raise ExportError(
+            f"{folder} has weights only in pickle format ({', '.join(pickled)}), and loading "
+            "pickle files can run code from the file; convert them to safetensors, or pass "
+            "--allow-pickle if you trust the checkpoint"
+        )
+    if not pickled:
+        raise ExportError(
+            f"{folder} has no model weights (no *.safetensors or pytorch_model.bin); "
+            "pass the folder of a complete Hugging Face checkpoint"
+        )
+
+
+def _import_export_libraries() -> tuple[Any, Any]:
+    try:
+        # onnx and onnxscript are used by torch.onnx.export; import them here so a missing one
+        # gets the install hint instead of a failure deep inside the exporter.
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+        import torch
+        import transformers
+    except ImportError as error:
+        raise ExportError(f"exporting needs {error.name}; {EXPORT_EXTRA_HINT}") from error
+    return torch, transformers
+
+
+def _load_tokenizer(transformers: Any, folder: Path) -> Any:
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except Exception as error:
+        raise ExportError(
+            f"cannot load the tokenizer of {folder} ({type(error).__name__}: {error}); the folder "
+            "needs tokenizer.json or the files a fast tokenizer is built from"
+        ) from error
+    if not tokenizer.is_fast:
+        raise ExportError(
+            f"{folder} has no fast (Rust) tokenizer and transformers cannot convert its "
+            f"{type(tokenizer).__name__}; the worker needs tokenizer.json: save one with "
+            "`AutoTokenizer.from_pretrained(DIR, use_fast=True).save_pretrained(DIR)` "
+            "where the conversion works"
+        )
+    if tokenizer.pad_token_id is None:
+        raise ExportError(
+            f"the tokenizer of {folder} has no padding token, which batching needs; "
+            "set pad_token in its tokenizer_config.json"
+        )
+    return tokenizer
+
+
+def _load_model(transformers: Any, folder: Path, allow_pickle: bool) -> Any:
+    try:
+        model = transformers.AutoModelForQuestionAnswering.from_pretrained(
+            folder,
+            # With allow_pickle, safetensors still win when both formats are present.
+            use_safetensors=None if allow_pickle else True,
+        )
+    except Exception as error:
+        raise ExportError(
+            f"cannot load {folder} as a question-answering model "
+            f"({type(error).__name__}: {error}); it needs an architecture that "
+            "AutoModelForQuestionAnswering supports, such as BERT, MobileBERT, DistilBERT "
+            "or RoBERTa"
+        ) from error
+    return model.eval()
+
+
+def _input_names(model: Any, tokenizer: Any) -> list[str]:
+    """The tokenizer outputs the model's forward takes, in the tokenizer's order."""
+    accepted = inspect.signature(model.forward).parameters
+    names = [name for name in tokenizer.model_input_names if name in accepted]
+    missing = {"input_ids", "attention_mask"} - set(names)
+    if missing:
+        raise ExportError(
+            f"the model and tokenizer do not share the inputs {sorted(missing)} "
+            f"(tokenizer gives {tokenizer.model_input_names}); check that they belong together"
+        )
+    return names
+
+
+def _max_length(config: Any, tokenizer: Any) -> int:
+    """The longest sequence the model accepts: the tokenizer's limit, capped by the positions."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None:
+        positions -= POSITION_OFFSETS.get(config.model_type, 0)
+    declared = tokenizer.model_max_length
+    if declared is None or declared >= UNLIMITED_LENGTH:
+        if positions is None:
+            raise ExportError(
+                "neither the tokenizer (model_max_length) nor the model config "
+                "(max_position_embeddings) says how long a sequence may be; set "
+                "model_max_length in tokenizer_config.json"
+            )
+        return int(positions)
+    return int(declared if positions is None else min(declared, positions))
+
+
+def _write_tokenizer(tokenizer: Any, folder: Path, target: Path) -> None:
+    """Copies the checkpoint's tokenizer.json when transformers uses it unchanged.
+
+    The reference pipeline reads the same file, so a byte copy leaves no room for drift. But
+    transformers rewrites parts of the backend at load time when tokenizer_config.json asks for
+    it (lowercasing, add_prefix_space, ...); then the file alone would tokenize differently, and
+    the backend as transformers built it is saved instead.
+    """
+    from tokenizers import Tokenizer
+
+    source = folder / TOKENIZER_NAME
+    if source.is_file() and _same_tokenizer(Tokenizer.from_file(str(source)), tokenizer):
+        shutil.copyfile(source, target)
+    else:
+        tokenizer.backend_tokenizer.save(str(target))
+
+
+def _same_tokenizer(from_file: Any, tokenizer: Any) -> bool:
+    # Padding and truncation are session settings the worker overrides; the rest must match.
+    def pipeline_of(backend: Any) -> dict[str, Any]:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)
+        state.pop("truncation", None)
+        return state
+
+    return pipeline_of(from_file) == pipeline_of(tokenizer.backend_tokenizer)
+
+
+def _parameter_bytes(model: Any) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+
+
+def _export_sample(tokenizer: Any, input_names: list[str]) -> tuple[Any, ...]:
+    # Two pairs of different lengths, so the sample has padding and a batch above one; the
+    # exporter then has no reason to specialise on either axis.
+    encoded = tokenizer(
+        ["Where does the river flow?", "Who?"],
+        ["The river flows north through the valley into the sea.", "Marie did."],
+        padding=True,
+        return_tensors="pt",
+    )
+    return tuple(encoded[name] for name in input_names)
+
+
+def _export_onnx(
+    torch: Any, model: Any, tokenizer: Any, input_names: list[str], target: Path, external: bool
+) -> None:
+    class LogitsOnly(torch.nn.Module):
+        """Takes the inputs positionally and returns exactly the two logits, in a fixed order."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> tuple[Any, Any]:
+            output = self.model(**dict(zip(input_names, inputs, strict=True)), return_dict=True)
+            return output.start_logits, output.end_logits
+
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        # Repeated for every input that shares the two dims; says nothing about the result.
+        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
+        try:
+            torch.onnx.export(
+                LogitsOnly().eval(),
+                _export_sample(tokenizer, input_names),
+                str(target),
+                input_names=input_names,
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in input_names),),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=external,
+                verbose=False,
+            )
+        except Exception as error:
+            raise ExportError(
+                f"torch.onnx.export failed for {type(model).__name__} "
+                f"({type(error).__name__}: {error}); this architecture may not be exportable "
+                f"with torch {torch.__version__}"
+            ) from error
+
+
+def _quantize_int8(source: Path, target: Path, external: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The quantizer always advises running its pre-processing (shape inference) first. Dynamic
+    # quantization does not need it here: it quantizes every MatMul whose second input is a
+    # weight, and the exported graph keeps weights as plain initializers. (The pre-processing's
+    # symbolic shape inference also fails on these graphs.) Keep the advice off the console.
+    advice = _DropMessages("Please consider to run pre-processing before quantization")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=INT8_SETTINGS["op_types"],
+            per_channel=INT8_SETTINGS["per_channel"],
+            reduce_range=INT8_SETTINGS["reduce_range"],
+            weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"]),
+            use_external_data_format=external,
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _with_external_data(folder: Path, name: str) -> list[str]:
+    return [name] + [data.name for data in folder.glob(f"{name}.data")]
+
+
+def _replace_export(stage: Path, out: Path, names: list[str]) -> None:
+    """Moves the staged files into `out`, first removing what a previous export left there."""
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / MANIFEST_NAME
+    if previous.is_file():
+        stale = json.loads(previous.read_text(encoding="utf-8")).get("checksums", {})
+        # Only plain file names: a manifest must not make the export delete outside `out`.
+        for name in (name for name in stale if Path(name).name == name):
+            (out / name).unlink(missing_ok=True)
+        # The old manifest goes last: until then the folder still counts as an export, so an
+        # interrupted replacement can simply be run again.
+        previous.unlink()
+    for name in names:
+        shutil.move(stage / name, out / name)
+
+
+def _versions(torch: Any, transformers: Any) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tokenizers
+
+    return {
+        "kafka-qa-worker": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
