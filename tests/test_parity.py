@@ -122,7 +122,10 @@ def test_answers_match_reference_pipeline(kind: str, exported_models: dict[str, 
     assert sum(len(case["context"].split()) > 300 for case in cases) >= 20
     mismatches = []
     for case, reference, mine in zip(cases, expected, actual, strict=True):
-        assert "error" not in reference, f"reference failed on {case}: {reference['error']}"
+        if "error" in reference:
+            # Questions too long for small windows: the reference fails, so must the engine.
+            assert mine == {"error": "question_too_long"}, (case, reference)
+            continue
         assert "answers" in mine, f"engine failed on {case}: {mine}"
         rank = first_difference(reference["answers"], mine["answers"])
         compared = reference["answers"] if rank is None else reference["answers"][:rank]

@@ -8,8 +8,14 @@ one node) on a free loopback port:
         ...  # point clients at broker.bootstrap_servers
 
 tansu speaks enough of the Kafka protocol for producers, consumer groups and committed offsets,
-but not InitProducerId: producers must keep `enable_idempotence=False` (aiokafka's default) and
-cannot use transactions.
+with differences from Kafka that clients notice (docs/notes/faust-on-tansu.md has the details):
+
+- No InitProducerId: producers must keep `enable_idempotence=False` (aiokafka's default) and
+  cannot use transactions.
+- A metadata request for an unknown topic creates it with a default partition count, so create
+  topics with `create_topic` before any client asks about them.
+- `end_offsets()` (ListOffsets) undercounts after multi-record batches; a consumer's
+  `highwater()`, which comes from fetch responses, is right.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ _TANSU_ENV = ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # Another process can take the port between our probe and tansu's bind; tansu then logs
 # AddrInUse and exits, and a fresh port is the fix.
 _PORT_ATTEMPTS = 3
+
+# A probe that times out is simply retried, so it can be short; a long one would let a foreign
+# listener that took our port (accepting, never answering) hide tansu's exit.
+_PROBE_TIMEOUT_MS = 500
 
 _OUTPUT_TAIL_LINES = 20
 
@@ -175,7 +185,9 @@ class EmbeddedBroker:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=_PROBE_TIMEOUT_MS
+        )
         try:
             await admin.start()  # bootstraps with a MetadataRequest
         except (KafkaError, OSError, TimeoutError):

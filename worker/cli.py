@@ -12,6 +12,7 @@ from typing import TextIO
 
 from . import __version__
 from .config import ConfigError, Settings, add_arguments
+from .export import ExportError, export_model
 from .manifest import ModelFolderError
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
@@ -138,8 +139,6 @@ class open_output:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from .export import export_model
-
     manifest = export_model(
         args.model, args.out, quantize=args.quantize, allow_pickle=args.allow_pickle
     )
@@ -183,6 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, ModelFolderError, InputFileError, InputError) as error:
+    except (ConfigError, ModelFolderError, InputFileError, InputError, ExportError) as error:
         print(f"qa-worker {args.command}: {error}", file=sys.stderr)
         return 2

@@ -12,12 +12,15 @@ being traced through Python branches that may have been taken for the sample inp
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,7 +121,7 @@ def export_model(
             _quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
             onnx_files["int8"] = INT8_NAME
             written += _with_external_data(stage, INT8_NAME)
-            quantization = dict(INT8_SETTINGS)
+            quantization = copy.deepcopy(INT8_SETTINGS)
         manifest = Manifest(
             model_type=model.config.model_type,
             source=source,
@@ -183,7 +186,8 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
     """Refuses pickled weights unless asked: unpickling a file can run arbitrary code."""
     if any(folder.glob("*.safetensors")):
         return
-    pickled = sorted(path.name for path in folder.glob("*.bin"))
+    # Not every *.bin: checkpoints often carry a pickled training_args.bin beside the weights.
+    pickled = sorted(path.name for path in folder.glob("pytorch_model*.bin"))
     if pickled and not allow_pickle:
         raise ExportError(
             f"{folder} has weights only in pickle format ({', '.join(pickled)}), and loading "
@@ -192,8 +196,9 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
         )
     if not pickled:
         raise ExportError(
-            f"{folder} has no model weights (no *.safetensors or pytorch_model.bin); "
-            "pass the folder of a complete Hugging Face checkpoint"
+            f"{folder} has no model weights (no *.safetensors or pytorch_model.bin); pass the "
+            "folder of a complete Hugging Face checkpoint (a Hub download fetches "
+            "pytorch_model.bin only with --allow-pickle)"
         )
 
 
@@ -340,9 +345,15 @@ def _export_onnx(
 
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
-    with warnings.catch_warnings():
+    # The exporter lists the torchvision operators it skips; QA models use none of them.
+    skipped = _dropping_logs(
+        "torch.onnx._internal.exporter._registration", "torchvision is not installed"
+    )
+    with skipped, warnings.catch_warnings():
         # Repeated for every input that shares the two dims; says nothing about the result.
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
+        # torch's own use of a deprecated pytree API; nothing the user can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
         try:
             torch.onnx.export(
                 LogitsOnly().eval(),
@@ -371,9 +382,7 @@ def _quantize_int8(source: Path, target: Path, external: bool) -> None:
     # quantization does not need it here: it quantizes every MatMul whose second input is a
     # weight, and the exported graph keeps weights as plain initializers. (The pre-processing's
     # symbolic shape inference also fails on these graphs.) Keep the advice off the console.
-    advice = _DropMessages("Please consider to run pre-processing before quantization")
-    logging.getLogger().addFilter(advice)
-    try:
+    with _dropping_logs("", "Please consider to run pre-processing before quantization"):
         quantize_dynamic(
             source,
             target,
@@ -383,17 +392,21 @@ def _quantize_int8(source: Path, target: Path, external: bool) -> None:
             weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"]),
             use_external_data_format=external,
         )
+
+
+@contextmanager
+def _dropping_logs(logger_name: str, prefix: str) -> Iterator[None]:
+    """Drops the records of one logger whose message starts with `prefix`, for a while."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
     finally:
-        logging.getLogger().removeFilter(advice)
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
+        logger.removeFilter(keep)
 
 
 def _with_external_data(folder: Path, name: str) -> list[str]:

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 KINDS = ("bert", "mobilebert", "roberta", "distilbert")
 MODEL_MAX_LENGTH = 512
@@ -93,7 +98,7 @@ def build_checkpoint(kind: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def _wordpiece_tokenizer():
+def _wordpiece_tokenizer() -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
 
@@ -113,7 +118,7 @@ def _wordpiece_tokenizer():
     return tokenizer
 
 
-def _bert_tokenizer():
+def _bert_tokenizer() -> PreTrainedTokenizerFast:
     from transformers import BertTokenizerFast
 
     return BertTokenizerFast(
@@ -121,7 +126,7 @@ def _bert_tokenizer():
     )
 
 
-def _distilbert_tokenizer():
+def _distilbert_tokenizer() -> PreTrainedTokenizerFast:
     # Same vocabulary and rules as BERT, but DistilBERT's tokenizer class does not emit
     # token_type_ids: the reference pipeline passes every tokenizer output to the model, and
     # DistilBERT's forward takes no token_type_ids.
@@ -132,7 +137,7 @@ def _distilbert_tokenizer():
     )
 
 
-def _roberta_tokenizer():
+def _roberta_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.trainers import BpeTrainer
     from transformers import RobertaTokenizerFast
@@ -159,7 +164,7 @@ def _roberta_tokenizer():
     return RobertaTokenizerFast(tokenizer_object=tokenizer, model_max_length=MODEL_MAX_LENGTH)
 
 
-def _bert_model(tokenizer):
+def _bert_model(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import BertConfig, BertForQuestionAnswering
 
     config = BertConfig(
@@ -174,7 +179,7 @@ def _bert_model(tokenizer):
     return BertForQuestionAnswering(config)
 
 
-def _mobilebert_model(tokenizer):
+def _mobilebert_model(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import MobileBertConfig, MobileBertForQuestionAnswering
 
     # The bottleneck sizes must agree: with use_bottleneck the attention runs at
@@ -195,7 +200,7 @@ def _mobilebert_model(tokenizer):
     return MobileBertForQuestionAnswering(config)
 
 
-def _distilbert_model(tokenizer):
+def _distilbert_model(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import DistilBertConfig, DistilBertForQuestionAnswering
 
     config = DistilBertConfig(
@@ -210,7 +215,7 @@ def _distilbert_model(tokenizer):
     return DistilBertForQuestionAnswering(config)
 
 
-def _roberta_model(tokenizer):
+def _roberta_model(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import RobertaConfig, RobertaForQuestionAnswering
 
     # RoBERTa numbers positions from pad_token_id + 1, hence two extra position embeddings.
@@ -229,7 +234,7 @@ def _roberta_model(tokenizer):
     return RobertaForQuestionAnswering(config)
 
 
-def _spread_logits(model, tokenizer) -> None:
+def _spread_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
     """Redraws the qa_outputs head so start and end logits have a standard deviation of LOGIT_STD.
 
     The logits are linear in the head's weights (the bias is zeroed), so one forward pass over a
@@ -248,7 +253,13 @@ def _spread_logits(model, tokenizer) -> None:
             head.weight[row] *= LOGIT_STD / logits[real].std()
 
 
-_BUILDERS: dict[str, tuple[Callable, Callable]] = {
+_BUILDERS: dict[
+    str,
+    tuple[
+        Callable[[], PreTrainedTokenizerFast],
+        Callable[[PreTrainedTokenizerFast], PreTrainedModel],
+    ],
+] = {
     "bert": (_bert_tokenizer, _bert_model),
     "mobilebert": (_bert_tokenizer, _mobilebert_model),
     "roberta": (_roberta_tokenizer, _roberta_model),

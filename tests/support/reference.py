@@ -25,7 +25,7 @@ INSTALL_TIMEOUT_S = 1800
 RUN_TIMEOUT_S = 600
 
 
-class ReferenceError(RuntimeError):
+class ReferenceRunError(RuntimeError):
     """The reference environment could not be built or the reference script failed."""
 
 
@@ -39,7 +39,9 @@ def reference_python() -> Path:
     if given:
         python = Path(given)
         if not python.is_file():
-            raise ReferenceError(f"QA_REFERENCE_PYTHON={given} is not a file; unset it or fix it")
+            raise ReferenceRunError(
+                f"QA_REFERENCE_PYTHON={given} is not a file; unset it or fix it"
+            )
         return python
     cache = cache_folder()
     cache.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ def _build_venv(venv: Path) -> None:
             command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False
         )
         if done.returncode != 0:
-            raise ReferenceError(
+            raise ReferenceRunError(
                 f"building the reference venv failed at `{' '.join(command)}` "
                 f"(exit {done.returncode}):\n{done.stderr[-4000:]}\n"
                 "set QA_REFERENCE_PYTHON to an interpreter that has "
@@ -100,13 +102,13 @@ def run_reference(model_dir: Path, cases: list[dict]) -> list[dict]:
             check=False,
         )
         if done.returncode != 0:
-            raise ReferenceError(
+            raise ReferenceRunError(
                 f"the reference pipeline failed (exit {done.returncode}) on {model_dir}:\n"
                 f"{done.stderr[-4000:]}"
             )
         results = json.loads(results_path.read_text(encoding="utf-8"))
     if len(results) != len(cases):
-        raise ReferenceError(f"the reference answered {len(results)} of {len(cases)} cases")
+        raise ReferenceRunError(f"the reference answered {len(results)} of {len(cases)} cases")
     return results
 
 

@@ -25,7 +25,11 @@ def answer_cases(model_dir: str, cases: list[dict]) -> list[dict]:
         kwargs = {key: value for key, value in case.items() if key not in ("question", "context")}
         try:
             output = qa(question=case["question"], context=case["context"], **kwargs)
-        except Exception as error:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        # BaseException: the tokenizers library reports some bad inputs as a Rust panic, whose
+        # exception class derives from BaseException; the pipeline lets it through.
+        except BaseException as error:
             results.append({"error": f"{type(error).__name__}: {error}"})
             continue
         answers = output if isinstance(output, list) else [output]

@@ -79,6 +79,12 @@ class WindowTokenizer:
         self.question_first = info.padding_side == "right"
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
+        # Counts tokens of one text; a second instance because truncation settings are shared
+        # state and the windowing one truncates pairs only.
+        self._counter = Tokenizer.from_file(str(tokenizer_file))
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self._pair_special_tokens = self._tokenizer.num_special_tokens_to_add(is_pair=True)
         self._tokenizer.enable_truncation(
             max_length=self.max_seq_len,
             stride=self.doc_stride,
@@ -87,7 +93,7 @@ class WindowTokenizer:
         )
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
-        check_texts(question, context)
+        self.check(question, context)
         try:
             encoding = self._tokenizer.encode(*self._ordered(question, context))
         except Exception as error:
@@ -100,7 +106,7 @@ class WindowTokenizer:
         valid: list[int] = []
         for index, (question, context) in enumerate(pairs):
             try:
-                check_texts(question, context)
+                self.check(question, context)
                 valid.append(index)
             except InputError as error:
                 results[index] = error
@@ -117,6 +123,28 @@ class WindowTokenizer:
             for index, encoding in zip(valid, encodings, strict=True):
                 results[index] = self._windows(*pairs[index], encoding)
         return [result for result in results if result is not None]
+
+    def check(self, question: str, context: str) -> None:
+        """Rejects what the tokenizer cannot window, before it gets to panic over it.
+
+        When the question leaves no more room for context than the stride, tokenizers cannot
+        make overlapping windows and aborts with a Rust panic; the reference fails there too.
+        """
+        check_texts(question, context)
+        if not self.question_first:
+            return
+        question_tokens = len(self._counter.encode(question, add_special_tokens=False))
+        room = self.max_seq_len - question_tokens - self._pair_special_tokens
+        if room > self.doc_stride:
+            return
+        context_tokens = len(self._counter.encode(context, add_special_tokens=False))
+        if context_tokens > room:
+            raise InputError(
+                "question_too_long",
+                f"the question takes {question_tokens} of the {self.max_seq_len} tokens of a "
+                f"window, leaving {max(room, 0)} for the context, not more than the stride of "
+                f"{self.doc_stride}; shorten the question or raise max_seq_len",
+            )
 
     def _ordered(self, question: str, context: str) -> tuple[str, str]:
         return (question, context) if self.question_first else (context, question)
