@@ -161,6 +161,15 @@ async def test_create_topic_refuses_an_existing_topic(broker: EmbeddedBroker) ->
         await broker.create_topic(TOPIC, PARTITIONS)
 
 
+def alive(pid: int) -> bool:
+    # A zombie counts as gone: outside our own children nothing may ever reap it (a container
+    # whose PID 1 is not an init), and it no longer runs.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_stop_ends_the_process_and_can_be_repeated() -> None:
     broker = EmbeddedBroker()
     await broker.start()
@@ -171,7 +180,7 @@ async def test_stop_ends_the_process_and_can_be_repeated() -> None:
 
     await broker.stop()
 
-    assert not psutil.pid_exists(pid)
+    assert not alive(pid)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(HOST, port)
     await broker.stop()
@@ -191,7 +200,45 @@ async def test_stop_kills_a_broker_that_does_not_exit_on_sigterm() -> None:
     async with asyncio.timeout(10):
         await broker.stop()
 
-    assert not psutil.pid_exists(pid)
+    assert not alive(pid)
+
+
+PARENT_SCRIPT = """
+import asyncio
+from worker.broker import EmbeddedBroker
+
+async def main():
+    broker = EmbeddedBroker()
+    await broker.start()
+    print(broker.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux-only")
+async def test_the_broker_does_not_outlive_a_killed_parent() -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT_SCRIPT, stdout=asyncio.subprocess.PIPE
+    )
+    broker_pid: int | None = None
+    try:
+        assert parent.stdout is not None
+        async with asyncio.timeout(30):
+            broker_pid = int(await parent.stdout.readline())
+        # SIGKILL: no cleanup code in the parent runs, as when a CI timeout ends a test run.
+        parent.kill()
+        await parent.wait()
+        async with asyncio.timeout(10):
+            while alive(broker_pid):
+                await asyncio.sleep(0.05)
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+        if broker_pid is not None and alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
 
 
 @pytest.fixture
