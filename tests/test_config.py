@@ -37,9 +37,7 @@ def test_environment_values_are_typed() -> None:
 
 
 def test_boolean_flags_can_switch_off_an_environment_default() -> None:
-    settings = Settings.from_sources(
-        parse(["--no-align-to-words"]), {"QA_ALIGN_TO_WORDS": "true"}
-    )
+    settings = Settings.from_sources(parse(["--no-align-to-words"]), {"QA_ALIGN_TO_WORDS": "true"})
     assert settings.align_to_words is False
 
 

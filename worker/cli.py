@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
+from . import __version__, streaming
 from .config import ConfigError, Settings, add_arguments
 from .export import ExportError, export_model
 from .manifest import ModelFolderError
@@ -19,26 +21,6 @@ from .squad import InputFileError, QuestionRecord, evaluate, read_questions
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
 CHUNK_QUESTIONS = 512
-
-
-def load_engine(settings: Settings) -> QAEngine:
-    return QAEngine.load(
-        settings.require_model(),
-        precision=settings.precision,  # type: ignore[arg-type]
-        threads=settings.threads,
-        max_seq_len=settings.max_seq_len,
-        doc_stride=settings.doc_stride,
-    )
-
-
-def qa_options(settings: Settings) -> QAOptions:
-    return QAOptions(
-        top_k=settings.top_k,
-        max_answer_len=settings.max_answer_len,
-        handle_impossible_answer=settings.handle_impossible_answer,
-        null_threshold=settings.null_threshold,
-        align_to_words=settings.align_to_words,
-    )
 
 
 def result_line(question_id: str, result: QAResult | InputError) -> dict[str, object]:
@@ -76,8 +58,8 @@ def command_answer(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     if (args.input is None) == (args.question is None and args.context is None):
         raise ConfigError("give either --question and --context, or --input FILE")
-    engine = load_engine(settings)
-    options = qa_options(settings)
+    engine = settings.load_engine()
+    options = settings.qa_options()
     if args.input is None:
         if args.question is None or args.context is None:
             raise ConfigError("--question and --context go together")
@@ -95,7 +77,7 @@ def command_answer(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
-    engine = load_engine(settings)
+    engine = settings.load_engine()
     records = read_questions(args.squad)
     if any(record.is_impossible is None for record in records):
         raise ConfigError(f"{args.squad} has no gold answers: eval needs a SQuAD-format file")
@@ -103,7 +85,7 @@ def command_eval(args: argparse.Namespace) -> int:
     span_predictions: dict[str, str] = {}
     margins: dict[str, float] = {}
     began = time.perf_counter()
-    for record, result in answer_records(engine, records, settings, qa_options(settings)):
+    for record, result in answer_records(engine, records, settings, settings.qa_options()):
         if isinstance(result, InputError):
             predictions[record.id] = ""
             continue
@@ -146,6 +128,44 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return asyncio.run(streaming.run_worker(Settings.from_sources(args)))
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings.from_sources(args)
+    return asyncio.run(streaming.demo(settings, args.input, args.count))
+
+
+def command_produce(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    events = streaming.question_events(args.input, args.count)
+    topic = args.topic or settings.questions_topic
+    sent = asyncio.run(streaming.produce(settings, events, topic))
+    print(f"sent {sent} questions to {topic}", file=sys.stderr)
+    return 0
+
+
+def command_consume(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    topics = args.topic or [settings.answers_topic]
+
+    async def print_events() -> None:
+        received = 0
+        async for _topic, event in streaming.consume(
+            settings, topics, args.from_beginning, args.timeout
+        ):
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+            received += 1
+            if args.count is not None and received >= args.count:
+                return
+
+    asyncio.run(print_events())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-worker", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -175,6 +195,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(evaluation, ("model", "qa", "batching"))
     evaluation.add_argument("--squad", required=True, type=Path, help="SQuAD-format JSON file")
     evaluation.set_defaults(handler=command_eval)
+
+    run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
+    add_arguments(run, ("model", "qa", "batching", "kafka", "worker"))
+    run.set_defaults(handler=command_run)
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + worker: send questions, print answers, shut down"
+    )
+    add_arguments(demo, ("model", "qa", "batching", "worker"))
+    demo.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
+    demo.add_argument("--count", type=int, help="send this many questions (cycling the input)")
+    demo.set_defaults(handler=command_demo)
+
+    produce = commands.add_parser("produce", help="send JSONL or SQuAD questions to a topic")
+    add_arguments(produce, ("kafka",))
+    produce.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
+    produce.add_argument("--count", type=int, help="send this many (cycling the input)")
+    produce.add_argument("--topic", help="default: the questions topic")
+    produce.set_defaults(handler=command_produce)
+
+    consume = commands.add_parser("consume", help="print answers (or any JSON topic) as JSONL")
+    add_arguments(consume, ("kafka",))
+    consume.add_argument("--topic", action="append", help="default: the answers topic")
+    consume.add_argument("--count", type=int, help="stop after this many events")
+    consume.add_argument("--timeout", type=float, default=10.0, help="stop after idle seconds")
+    consume.add_argument("--from-beginning", action="store_true")
+    consume.set_defaults(handler=command_consume)
     return parser
 
 

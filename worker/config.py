@@ -17,7 +17,12 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .qa.types import QAOptions
+
+if TYPE_CHECKING:
+    from .qa import QAEngine
 
 ENV_PREFIX = "QA_"
 
@@ -69,8 +74,84 @@ class Settings:
         8192, "Most padded tokens (windows x longest window) in one inference batch.", "batching"
     )
 
+    max_wait_ms: float = setting(
+        0.0,
+        "How long an idle engine waits for a fuller batch; 0 dispatches at once.",
+        "batching",
+    )
+    # kafka
+    broker: str = setting(
+        "localhost:9092", "Kafka bootstrap servers, comma-separated host:port.", "kafka"
+    )
+    questions_topic: str = setting(
+        "qa-questions", "Topic the worker reads questions from.", "kafka"
+    )
+    answers_topic: str = setting("qa-answers", "Topic the worker writes answers to.", "kafka")
+    dead_letter_topic: str = setting(
+        "qa-dead-letters", "Topic for events that cannot be answered, with the reason.", "kafka"
+    )
+    group_id: str = setting(
+        "kafka-qa-worker", "Consumer group; replicas with the same group share partitions.", "kafka"
+    )
+    security_protocol: str = setting(
+        "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+        "kafka",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = setting(
+        "PLAIN",
+        "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+        "kafka",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    sasl_username: str | None = setting(None, "SASL user name.", "kafka")
+    sasl_password: str | None = setting(None, "SASL password (prefer the environment).", "kafka")
+    ssl_cafile: Path | None = setting(
+        None, "CA bundle that signed the brokers' certificates.", "kafka"
+    )
+    ssl_certfile: Path | None = setting(None, "Client certificate for mutual TLS.", "kafka")
+    ssl_keyfile: Path | None = setting(None, "Private key of the client certificate.", "kafka")
+    session_timeout_s: float = setting(
+        10.0, "Consumer group session timeout; a dead replica's partitions move after it.", "kafka"
+    )
+    commit_interval_s: float = setting(
+        1.0, "How often acknowledged offsets are committed.", "kafka"
+    )
+    # worker
+    max_in_flight: int = setting(
+        256, "Most events read but not yet answered; fetching pauses beyond it.", "worker"
+    )
+    deadline_ms: int | None = setting(
+        None,
+        "Default deadline from event time; later events go to the dead-letter topic. "
+        "Events may set their own `deadline_ms`.",
+        "worker",
+    )
+    max_question_chars: int = setting(
+        2_000, "Longer questions go to the dead-letter topic.", "worker"
+    )
+    max_context_chars: int = setting(
+        100_000, "Longer contexts go to the dead-letter topic.", "worker"
+    )
+    http_host: str = setting(
+        "0.0.0.0", "Address of the /metrics, /healthz, /readyz server.", "worker"
+    )
+    http_port: int = setting(8000, "Port of the /metrics, /healthz, /readyz server.", "worker")
+    drain_timeout_s: float = setting(
+        30.0, "On SIGTERM, how long to finish in-flight events before exiting.", "worker"
+    )
+
     def __post_init__(self) -> None:
-        positive = ("top_k", "max_answer_len", "batch_size", "max_batch_tokens")
+        positive = (
+            "top_k",
+            "max_answer_len",
+            "batch_size",
+            "max_batch_tokens",
+            "max_in_flight",
+            "max_question_chars",
+            "max_context_chars",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{describe(name)} must be at least 1, got {getattr(self, name)}")
@@ -80,6 +161,33 @@ class Settings:
             raise ConfigError(f"{describe('max_seq_len')} must be at least 8")
         if self.doc_stride is not None and self.doc_stride < 0:
             raise ConfigError(f"{describe('doc_stride')} must be 0 or more")
+        if self.deadline_ms is not None and self.deadline_ms < 1:
+            raise ConfigError(f"{describe('deadline_ms')} must be at least 1")
+        if self.sasl_username is not None and "SASL" not in self.security_protocol:
+            raise ConfigError(
+                f"{describe('sasl_username')} is set but {describe('security_protocol')} is "
+                f"{self.security_protocol}; use SASL_SSL or SASL_PLAINTEXT"
+            )
+
+    def qa_options(self) -> QAOptions:
+        return QAOptions(
+            top_k=self.top_k,
+            max_answer_len=self.max_answer_len,
+            handle_impossible_answer=self.handle_impossible_answer,
+            null_threshold=self.null_threshold,
+            align_to_words=self.align_to_words,
+        )
+
+    def load_engine(self) -> QAEngine:
+        from .qa import QAEngine
+
+        return QAEngine.load(
+            self.require_model(),
+            precision=self.precision,  # type: ignore[arg-type]
+            threads=self.threads,
+            max_seq_len=self.max_seq_len,
+            doc_stride=self.doc_stride,
+        )
 
     def require_model(self) -> Path:
         if self.model is None:

@@ -1,0 +1,461 @@
+"""MicroBatcher: scheduling with a fake engine whose batches the tests hold and release, and
+answer parity with `QAEngine.answer_many` on a real exported model.
+
+The fake engine's `infer` reports every batch to the event loop before it runs; a held `Gate`
+keeps it inside `infer` until the test lets it through, which is how the tests decide what is
+pending when the next batch forms. Nothing waits for a length of time: where the batcher announces
+nothing (windows reaching its queue), the tests poll `pending_windows` until it shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from tests.support import texts
+from worker.batcher import Answered, BatchLimits, DeadlineExceeded, MicroBatcher
+from worker.qa import InputError, QAEngine, QAOptions, QAResult, Question
+from worker.qa.decode import WindowLogits
+from worker.qa.windows import EncodedQuestion, Window
+
+T = TypeVar("T")
+
+# Bounds every wait in these tests; nothing here should come close to it.
+TIMEOUT = 30.0
+OPTIONS = QAOptions(max_answer_len=7)
+
+
+async def bounded(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, TIMEOUT)
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Waits for a state of the batcher that no event announces (windows reaching the queue)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+    await bounded(poll())
+
+
+class Gate:
+    """Reports each batch `infer` starts to the event loop and, while held, keeps it in `infer`."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._entered: asyncio.Queue[object] = asyncio.Queue()
+        self._held = False
+        self._permits = threading.Semaphore(0)
+
+    def enter(self, batch: object) -> None:
+        """Called in the inference thread."""
+        self._loop.call_soon_threadsafe(self._entered.put_nowait, batch)
+        if self._held and not self._permits.acquire(timeout=TIMEOUT):
+            raise TimeoutError("the test never let this batch through")
+
+    async def next_batch(self) -> object:
+        return await bounded(self._entered.get())
+
+    def hold(self) -> None:
+        self._held = True
+
+    def step(self) -> None:
+        """Lets one held batch finish."""
+        self._permits.release()
+
+    def open(self) -> None:
+        """Lets the held batch and all later ones run."""
+        self._held = False
+        self._permits.release()
+
+
+def label(window: Window) -> str:
+    return window.encoding  # type: ignore[return-value]
+
+
+class FakeEngine:
+    """A deterministic engine without a model.
+
+    `encode(question, context)` reads the context as window lengths ("5 12 3" gives three windows)
+    and labels window i "question#i", keeping the label where a real window keeps its tokenizer
+    Encoding; token ids are derived from the label. Logits are sin and cos of the token ids, so
+    each window's logits are its own whatever batch it runs in. A batch holding a window of a
+    question that starts with "boom" fails.
+    """
+
+    def __init__(self) -> None:
+        self.gate = Gate()
+        self.batches: list[list[Window]] = []
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        if not context:
+            raise InputError("empty_context", "context cannot be empty")
+        windows = []
+        for index, length in enumerate(int(part) for part in context.split()):
+            name = f"{question}#{index}"
+            ids = (np.arange(length, dtype=np.int64) + zlib.crc32(name.encode())) % 30_000
+            windows.append(
+                Window(ids, np.zeros_like(ids), np.ones(length, dtype=bool), encoding=name)  # type: ignore[arg-type]
+            )
+        return EncodedQuestion(question, context, windows, context_sequence=1)
+
+    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+        self.batches.append(list(windows))
+        self.gate.enter([label(window) for window in windows])
+        if any(label(window).startswith("boom") for window in windows):
+            raise RuntimeError("inference failed")
+        return [
+            WindowLogits(
+                np.sin(window.input_ids).astype(np.float32),
+                np.cos(window.input_ids).astype(np.float32),
+            )
+            for window in windows
+        ]
+
+    def decode(
+        self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+    ) -> QAResult:
+        assert [len(item.start) for item in logits] == [len(w) for w in encoded.windows]
+        # Weighted by position, so that logits handed back in the wrong order change the answer.
+        score = sum((i + 1) * float(item.start.sum()) for i, item in enumerate(logits))
+        best = int(np.argmax(np.concatenate([item.end for item in logits])))
+        return QAResult(
+            answer=encoded.question,
+            score=score,
+            start=best,
+            end=best + options.max_answer_len,
+            is_impossible=False,
+            null_score=float(sum(float(item.end.sum()) for item in logits)),
+        )
+
+    def labels(self) -> list[list[str]]:
+        return [[label(window) for window in batch] for batch in self.batches]
+
+
+def ask(
+    batcher: MicroBatcher, question: str, *lengths: int, **kwargs: float
+) -> asyncio.Task[Answered]:
+    context = " ".join(str(length) for length in lengths)
+    return asyncio.create_task(batcher.answer(question, context, OPTIONS, **kwargs))
+
+
+async def test_answers_equal_one_window_at_a_time() -> None:
+    engine = FakeEngine()
+    rng = random.Random(1)
+    questions = [
+        (f"q{i}", " ".join(str(rng.randint(3, 60)) for _ in range(rng.randint(1, 4))))
+        for i in range(40)
+    ]
+    total = sum(len(context.split()) for _, context in questions)
+    async with MicroBatcher(engine, BatchLimits(batch_size=5, max_batch_tokens=200)) as batcher:
+        engine.gate.hold()
+        tasks = [asyncio.create_task(batcher.answer(q, c, OPTIONS)) for q, c in questions]
+        first = await engine.gate.next_batch()
+        await wait_until(lambda: batcher.pending_windows == total - len(first))  # type: ignore[arg-type]
+        engine.gate.open()
+        answered = await bounded(asyncio.gather(*tasks))
+    reference = FakeEngine()
+    for (question, context), got in zip(questions, answered, strict=True):
+        encoded = reference.encode(question, context)
+        logits = [reference.infer([window])[0] for window in encoded.windows]
+        assert got.result == reference.decode(encoded, logits, OPTIONS)
+        assert got.queue_s >= 0 and got.inference_s >= 0
+    assert max(len(batch) for batch in engine.batches) > 1
+
+
+@pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, 1000), (4, 100), (16, 250)])
+async def test_batches_stay_within_limits(batch_size: int, max_batch_tokens: int) -> None:
+    engine = FakeEngine()
+    rng = random.Random(batch_size)
+    lengths = [[rng.randint(1, 90) for _ in range(rng.randint(1, 3))] for _ in range(30)]
+    lengths[7].append(max_batch_tokens + 50)
+    limits = BatchLimits(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    async with MicroBatcher(engine, limits) as batcher:
+        answered = await bounded(
+            asyncio.gather(*(ask(batcher, f"q{i}", *sizes) for i, sizes in enumerate(lengths)))
+        )
+    assert [a.result.answer for a in answered] == [f"q{i}" for i in range(len(lengths))]
+    ran = sorted(name for batch in engine.labels() for name in batch)
+    assert ran == sorted(f"q{i}#{w}" for i, sizes in enumerate(lengths) for w in range(len(sizes)))
+    for batch in engine.batches:
+        assert len(batch) <= batch_size
+        assert len(batch) * max(len(w) for w in batch) <= max_batch_tokens or len(batch) == 1
+
+
+async def test_an_idle_engine_starts_at_once_without_waiting_for_more() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=8, max_wait_ms=0)) as batcher:
+        engine.gate.hold()
+        # Submitted together: A is queued first and finds the engine idle, so it must not wait
+        # for B, which is queued right after.
+        first, second = ask(batcher, "A", 10), ask(batcher, "B", 10)
+        assert await engine.gate.next_batch() == ["A#0"]
+        await wait_until(lambda: batcher.pending_windows == 1)
+        engine.gate.open()
+        await bounded(asyncio.gather(first, second))
+    assert engine.labels() == [["A#0"], ["B#0"]]
+
+
+async def test_questions_accumulate_while_a_batch_runs() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=8)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "A", 10)]
+        assert await engine.gate.next_batch() == ["A#0"]
+        tasks += [ask(batcher, "B", 12, 30), ask(batcher, "C", 9), ask(batcher, "D", 40)]
+        await wait_until(lambda: batcher.pending_windows == 4)
+        assert engine.labels() == [["A#0"]]
+        engine.gate.step()
+        assert sorted(await engine.gate.next_batch()) == ["B#0", "B#1", "C#0", "D#0"]  # type: ignore[arg-type]
+        engine.gate.open()
+        await bounded(asyncio.gather(*tasks))
+    assert len(engine.batches) == 2
+
+
+async def test_batches_grow_around_the_oldest_window_by_length() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=3, max_batch_tokens=200)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "hold", 5)]
+        await engine.gate.next_batch()
+        # One at a time, so that the queue holds them in this order.
+        for queued, length in enumerate((50, 10, 48, 90, 52, 49), start=1):
+            tasks.append(ask(batcher, f"w{length}", length))
+            await wait_until(lambda queued=queued: batcher.pending_windows == queued)
+        engine.gate.open()
+        await bounded(asyncio.gather(*tasks))
+    # 48 and 52 are equally close to 50; the older goes first. 3 x 90 exceeds the budget.
+    assert engine.labels()[1:] == [
+        ["w50#0", "w49#0", "w48#0"],
+        ["w10#0", "w52#0"],
+        ["w90#0"],
+    ]
+
+
+async def test_a_long_window_is_not_starved_by_a_stream_of_short_ones() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=2)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "s", 10)]
+        await engine.gate.next_batch()
+        tasks.append(ask(batcher, "long", 300))
+        await wait_until(lambda: batcher.pending_windows == 1)
+        for round_ in range(4):
+            # Two short windows arrive for every batch that runs: pure length grouping would
+            # pair them up forever and never run the long one.
+            before = batcher.pending_windows
+            tasks += [ask(batcher, f"s{round_}a", 10), ask(batcher, f"s{round_}b", 11)]
+            await wait_until(lambda before=before: batcher.pending_windows == before + 2)
+            engine.gate.step()
+            await engine.gate.next_batch()
+        engine.gate.open()
+        await bounded(asyncio.gather(*tasks))
+    # The long window runs right after the held batch; every batch starts with the oldest window
+    # and takes the one closest to it in length (10 and 11 differ, so they pair apart).
+    assert engine.labels() == [
+        ["s#0"],
+        ["long#0", "s0b#0"],
+        ["s0a#0", "s1a#0"],
+        ["s1b#0", "s2b#0"],
+        ["s2a#0", "s3a#0"],
+        ["s3b#0"],
+    ]
+
+
+async def test_max_wait_groups_questions_that_arrive_within_it() -> None:
+    engine = FakeEngine()
+    # A wait far longer than the test: only a full batch can start.
+    limits = BatchLimits(batch_size=3, max_wait_ms=600_000)
+    async with MicroBatcher(engine, limits) as batcher:
+        tasks = [ask(batcher, "A", 10)]
+        await wait_until(lambda: batcher.pending_windows == 1)
+        tasks.append(ask(batcher, "B", 10))
+        await wait_until(lambda: batcher.pending_windows == 2)
+        assert engine.batches == []
+        tasks.append(ask(batcher, "C", 10))
+        assert await engine.gate.next_batch() == ["A#0", "B#0", "C#0"]
+        await bounded(asyncio.gather(*tasks))
+    assert len(engine.batches) == 1
+
+
+async def test_max_wait_runs_a_partial_batch_when_it_is_over() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=8, max_wait_ms=50)) as batcher:
+        answered = await bounded(ask(batcher, "A", 10))
+    assert engine.labels() == [["A#0"]]
+    assert answered.queue_s >= 0.05
+
+
+async def test_stop_runs_a_batch_waiting_for_max_wait() -> None:
+    engine = FakeEngine()
+    batcher = MicroBatcher(engine, BatchLimits(batch_size=8, max_wait_ms=600_000))
+    await batcher.start()
+    task = ask(batcher, "A", 10)
+    await wait_until(lambda: batcher.pending_windows == 1)
+    await bounded(batcher.stop())
+    assert task.result().result.answer == "A"
+
+
+async def test_expired_questions_never_reach_inference() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits()) as batcher:
+        engine.gate.hold()
+        held = ask(batcher, "A", 10)
+        await engine.gate.next_batch()
+        late = ask(batcher, "B", 10, 20, deadline=time.monotonic() + 0.5)
+        await wait_until(lambda: batcher.pending_windows == 2)
+        with pytest.raises(DeadlineExceeded):
+            await bounded(late)
+        assert batcher.pending_windows == 0
+        with pytest.raises(DeadlineExceeded):
+            await bounded(ask(batcher, "C", 10, deadline=time.monotonic() - 1))
+        engine.gate.open()
+        await bounded(held)
+        assert (await bounded(ask(batcher, "D", 10))).result.answer == "D"
+    assert engine.labels() == [["A#0"], ["D#0"]]
+
+
+async def test_bad_input_fails_alone() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits()) as batcher:
+        results = await bounded(
+            asyncio.gather(
+                ask(batcher, "A", 10),
+                asyncio.create_task(batcher.answer("bad", "", OPTIONS)),
+                ask(batcher, "C", 10),
+                return_exceptions=True,
+            )
+        )
+    assert isinstance(results[1], InputError)
+    assert results[1].code == "empty_context"
+    assert [r.result.answer for r in (results[0], results[2])] == ["A", "C"]  # type: ignore[union-attr]
+
+
+async def test_an_inference_failure_fails_only_that_batch() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=2)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "A", 5)]
+        await engine.gate.next_batch()
+        tasks += [ask(batcher, name, 5) for name in ("boom", "X", "Y", "Z")]
+        await wait_until(lambda: batcher.pending_windows == 4)
+        engine.gate.open()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+        after = await bounded(ask(batcher, "after", 5))
+    assert engine.labels()[:3] == [["A#0"], ["boom#0", "X#0"], ["Y#0", "Z#0"]]
+    failed = [
+        name
+        for name, r in zip("A boom X Y Z".split(), results, strict=True)
+        if not isinstance(r, Answered)
+    ]
+    assert failed == ["boom", "X"]
+    assert all(
+        isinstance(results[i], RuntimeError) and str(results[i]) == "inference failed"
+        for i in (1, 2)
+    )
+    assert after.result.answer == "after"
+
+
+async def test_stop_finishes_what_was_submitted() -> None:
+    engine = FakeEngine()
+    batcher = MicroBatcher(engine, BatchLimits(batch_size=2))
+    await batcher.start()
+    engine.gate.hold()
+    tasks = [ask(batcher, "A", 10)]
+    await engine.gate.next_batch()
+    tasks += [ask(batcher, "B", 10, 11), ask(batcher, "C", 10)]
+    await wait_until(lambda: batcher.pending_windows == 3)
+    stopping = asyncio.create_task(batcher.stop())
+    # One turn of the loop: stop() runs until it waits for the questions in flight.
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await batcher.answer("late", "10", OPTIONS)
+    assert not stopping.done()
+    engine.gate.open()
+    await bounded(stopping)
+    assert [task.result().result.answer for task in tasks] == ["A", "B", "C"]
+    assert (batcher.pending_windows, batcher.in_flight_requests) == (0, 0)
+
+
+async def test_cancelling_a_caller_drops_its_windows() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits()) as batcher:
+        engine.gate.hold()
+        held = ask(batcher, "A", 10)
+        await engine.gate.next_batch()
+        cancelled = ask(batcher, "B", 10, 20, 30)
+        await wait_until(lambda: batcher.pending_windows == 3)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert (batcher.pending_windows, batcher.in_flight_requests) == (0, 1)
+        engine.gate.open()
+        await bounded(held)
+    assert engine.labels() == [["A#0"]]
+
+
+class GatedEngine:
+    """A real engine whose batches pass through a Gate, so the test can make them pile up."""
+
+    def __init__(self, engine: QAEngine) -> None:
+        self.engine = engine
+        self.gate = Gate()
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        return self.engine.encode(question, context)
+
+    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+        self.gate.enter(len(windows))
+        return self.engine.infer(windows)
+
+    def decode(
+        self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+    ) -> QAResult:
+        return self.engine.decode(encoded, logits, options)
+
+
+class BatchSizes:
+    def __init__(self) -> None:
+        self.windows: list[int] = []
+
+    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        assert real_tokens <= padded_tokens
+        self.windows.append(windows)
+
+
+async def test_real_model_answers_equal_answer_many(exported_models: dict[str, Path]) -> None:
+    engine = QAEngine.load(exported_models["bert"], precision="fp32")
+    options = QAOptions(top_k=2)
+    pairs = texts.pairs(seed=5, count=50)
+    expected = engine.answer_many([Question(q, c, options) for q, c in pairs])
+    windows = sum(len(engine.encode(q, c).windows) for q, c in pairs)
+    gated, sizes = GatedEngine(engine), BatchSizes()
+    limits = BatchLimits(batch_size=8, max_batch_tokens=4096)
+    async with MicroBatcher(gated, limits, sizes) as batcher:
+        # The first batch waits until every other window is queued, so batches must form.
+        gated.gate.hold()
+        tasks = [asyncio.create_task(batcher.answer(q, c, options)) for q, c in pairs]
+        first = await gated.gate.next_batch()
+        await wait_until(lambda: batcher.pending_windows == windows - first)  # type: ignore[operator]
+        gated.gate.open()
+        answered = await bounded(asyncio.gather(*tasks))
+    assert sum(sizes.windows) == windows
+    assert max(sizes.windows) > 1
+    for want, got in zip(expected, answered, strict=True):
+        assert isinstance(want, QAResult)
+        assert [(s.answer, s.start, s.end) for s in got.result.answers] == [
+            (s.answer, s.start, s.end) for s in want.answers
+        ]
+        assert [s.score for s in got.result.answers] == pytest.approx(
+            [s.score for s in want.answers], abs=1e-5
+        )

@@ -1,0 +1,127 @@
+"""`qa-worker run` as a real process: kill -9 at random moments, and SIGTERM draining."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support import texts
+from tests.support.streaming import (
+    ANSWERS,
+    TopicWatcher,
+    committed_offsets,
+    create_topics,
+    produce,
+    question_values,
+    start_worker_process,
+    wait_until,
+    worker_settings,
+)
+from worker.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.broker
+
+
+async def test_kill_9_at_random_moments_loses_no_event(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    rng = random.Random(2024)
+    values = question_values(texts.pairs(seed=13, count=2000))
+    expected = {json.loads(v)["id"] for v in values}
+    log = tmp_path / "worker.log"
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], batch_size=8, max_in_flight=64
+        )
+        await produce(broker.bootstrap_servers, values)
+        async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
+            kills = 0
+            while kills < 5 and len(set(answers.ids())) < len(expected):
+                process = start_worker_process(settings, log)
+                seen = len(answers.records)
+                await wait_until(
+                    lambda seen=seen, process=process: (
+                        len(answers.records) > seen or process.poll() is not None
+                    ),
+                    timeout=90,
+                    what="the restarted worker to answer",
+                )
+                assert process.poll() is None, log.read_text()
+                # A random moment while events flow: the point of the test.
+                await asyncio.sleep(rng.uniform(0.0, 1.5))
+                process.kill()
+                process.wait()
+                kills += 1
+            process = start_worker_process(settings, log)
+            try:
+                await wait_until(
+                    lambda: set(answers.ids()) >= expected,
+                    timeout=300,
+                    what="every question to be answered",
+                )
+            finally:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+            ids = answers.ids()
+    assert kills >= 3, "the worker finished before it could be killed three times"
+    assert set(ids) == expected
+    duplicates = len(ids) - len(set(ids))
+    print(f"\n{kills} kills, {len(ids)} answers, {duplicates} answered twice")
+
+
+async def test_sigterm_drains_in_flight_events_and_commits_them(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    values = question_values(texts.pairs(seed=17, count=1000))
+    log = tmp_path / "worker.log"
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], batch_size=4, max_in_flight=128
+        )
+        positions = await produce(broker.bootstrap_servers, values)
+        location = {
+            json.loads(v)["id"]: position for v, position in zip(values, positions, strict=True)
+        }
+        async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
+            process = start_worker_process(settings, log)
+            await wait_until(
+                lambda: len(answers.records) >= 100, timeout=90, what="answers to flow"
+            )
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+            committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
+            # Everything delivered before the exit is on the topic by now; read it all.
+            await wait_until(
+                lambda: len(answers.records) >= sum(committed.values()),
+                timeout=30,
+                what="the drained answers",
+            )
+            drained = answers.ids()
+            assert len(drained) < len(values), "the worker finished before the signal"
+            below_commit = {
+                event_id
+                for event_id, (partition, offset) in location.items()
+                if offset < committed[partition]
+            }
+            # Every event the worker took was answered and committed, and nothing else.
+            assert set(drained) == below_commit
+            assert len(drained) == len(set(drained))
+
+            process = start_worker_process(settings, log)
+            try:
+                await wait_until(
+                    lambda: len(set(answers.ids())) == len(values),
+                    timeout=300,
+                    what="the restarted worker to answer the rest",
+                )
+            finally:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=60) == 0
+            assert len(answers.ids()) == len(values), "a drained event was answered twice"

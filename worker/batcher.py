@@ -1,0 +1,348 @@
+"""Async micro-batching between the Kafka transport and the QA engine.
+
+The transport awaits `MicroBatcher.answer` once per event; the batcher pools the windows of all
+concurrent questions and runs them through the engine in padded batches:
+
+    async with MicroBatcher(engine, BatchLimits(batch_size=16)) as batcher:
+        answered = await batcher.answer(question, context, QAOptions(), deadline=deadline)
+
+Threads: inference runs in one dedicated thread, because the ONNX Runtime session already spreads
+a batch over every core; tokenizing and decoding run in one other thread so they overlap with
+inference. The event loop only does the bookkeeping below, so it never blocks.
+
+Scheduling: whenever the inference thread is free and windows are pending, the next batch is
+formed from what is pending and started at once; while it runs, new windows accumulate for the
+one after. A batch is seeded with the oldest pending window and filled with the pending windows
+closest to it in length, within `batch_size` windows and `max_batch_tokens` padded tokens. Length
+grouping keeps padding low; the oldest-first seed means no window waits behind more batches than
+there are windows ahead of it, whatever its length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from types import TracebackType
+from typing import Protocol, Self
+
+from .qa.decode import WindowLogits
+from .qa.types import QAOptions, QAResult
+from .qa.windows import EncodedQuestion, Window
+
+__all__ = [
+    "Answered",
+    "BatchLimits",
+    "BatchObserver",
+    "DeadlineExceeded",
+    "Engine",
+    "MicroBatcher",
+]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds of one inference batch, and how long an idle engine may wait to fill one.
+
+    A batch holds at most `batch_size` windows and `max_batch_tokens` padded tokens (windows x
+    longest window); a window longer than the token budget runs alone. With `max_wait_ms` at 0 an
+    idle engine starts on whatever is pending at once. Above 0, an idle engine whose pending
+    windows do not fill a batch waits until `max_wait_ms` after the oldest of them arrived for
+    more to come, then runs what it has: fuller batches for a bounded delay, which pays off when
+    questions arrive faster than one at a time but slower than the engine answers them. A batch
+    that fills never waits, and time spent waiting for a busy engine counts toward the wait.
+    """
+
+    batch_size: int = 16
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms cannot be negative, got {self.max_wait_ms}")
+
+
+class BatchObserver(Protocol):
+    """Told about every batch that ran, on the event loop (metrics plug in here)."""
+
+    def on_batch(
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float
+    ) -> None: ...
+
+
+class Engine(Protocol):
+    """What the batcher needs of `QAEngine`; `infer` runs one padded batch synchronously."""
+
+    def encode(self, question: str, context: str) -> EncodedQuestion: ...
+
+    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]: ...
+
+    def decode(
+        self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+    ) -> QAResult: ...
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An answer and where its time went.
+
+    `queue_s` runs from the call to `answer` until the batch holding its last window started
+    (tokenizing included). `inference_s` is the sum of the run times of the distinct batches its
+    windows ran in: engine time spent on its behalf, shared with the other windows of those
+    batches.
+    """
+
+    result: QAResult
+    queue_s: float
+    inference_s: float
+
+
+class DeadlineExceeded(Exception):
+    """The deadline passed before all of the question's windows started inference."""
+
+
+@dataclass(eq=False)
+class _Request:
+    size: int
+    submitted: float
+    deadline: float | None
+    future: asyncio.Future[list[WindowLogits]]
+    unstarted: int
+    logits: dict[int, WindowLogits] = field(default_factory=dict)
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    expiry: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: _Request
+    index: int
+    window: Window
+    arrived: float
+
+
+class MicroBatcher:
+    def __init__(
+        self, engine: Engine, limits: BatchLimits, observer: BatchObserver | None = None
+    ) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._observer = observer
+        # Executors start their threads on first use, so building them here costs nothing.
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="qa-inference")
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
+        self._started = False
+        self._accepting = False
+        # Oldest first; everything here is touched on the event loop only, so needs no lock.
+        self._pending: list[_Pending] = []
+        self._running: asyncio.Future[tuple[list[WindowLogits], float]] | None = None
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending_windows(self) -> int:
+        """Windows waiting for a batch (not counting the one running)."""
+        return len(self._pending)
+
+    @property
+    def in_flight_requests(self) -> int:
+        """Calls to `answer` that have not returned yet."""
+        return self._in_flight
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("a MicroBatcher can be started only once")
+        self._started = self._accepting = True
+
+    async def stop(self) -> None:
+        """Refuses new questions, answers all those already submitted, then ends the threads."""
+        self._accepting = False
+        # No more windows will come to fill a batch that is waiting for them.
+        self._dispatch()
+        await self._idle.wait()
+        # A batch or decode whose callers were cancelled may still be running; wait for it off
+        # the loop.
+        await asyncio.to_thread(self._shutdown_threads)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def answer(
+        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+    ) -> Answered:
+        """Answers one question; `deadline` is a `time.monotonic()` instant.
+
+        Raises `InputError` when the engine cannot take the input, `DeadlineExceeded` when the
+        deadline passes before its windows start inference (those not started never run), and
+        whatever `infer` raised for a batch holding one of its windows. Cancelling the caller
+        withdraws its pending windows.
+        """
+        if not self._accepting:
+            raise RuntimeError("the batcher is not accepting questions (not started, or stopping)")
+        submitted = time.monotonic()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(
+                self._cpu, self._encode, question, context, deadline
+            )
+            request = self._enqueue(encoded, submitted, deadline)
+            try:
+                logits = await request.future
+            except asyncio.CancelledError:
+                self._withdraw(request)
+                raise
+            result = await loop.run_in_executor(
+                self._cpu, self._engine.decode, encoded, logits, options
+            )
+            return Answered(result, request.queue_s, request.inference_s)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    def _encode(self, question: str, context: str, deadline: float | None) -> EncodedQuestion:
+        # Questions queue for this thread; one whose deadline passed meanwhile is not worth it.
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed before the question was tokenized")
+        return self._engine.encode(question, context)
+
+    def _enqueue(
+        self, encoded: EncodedQuestion, submitted: float, deadline: float | None
+    ) -> _Request:
+        loop = asyncio.get_running_loop()
+        size = len(encoded.windows)
+        request = _Request(size, submitted, deadline, loop.create_future(), unstarted=size)
+        now = time.monotonic()
+        self._pending.extend(
+            _Pending(request, index, window, now) for index, window in enumerate(encoded.windows)
+        )
+        if deadline is not None:
+            # Fails the caller on time even while a long batch keeps the engine busy.
+            request.expiry = loop.call_later(deadline - now, self._expire, request)
+        self._dispatch()
+        return request
+
+    def _dispatch(self) -> None:
+        """Starts the next batch if the engine is free and there is one worth starting now."""
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        if self._running is not None:
+            return
+        now = time.monotonic()
+        # The expiry timers may lag the clock a little; an expired window must never run.
+        for request in {p.request for p in self._pending if _overdue(p.request, now)}:
+            self._expire(request)
+        if not self._pending:
+            return
+        batch = self._plan()
+        wait_until = self._pending[0].arrived + self._limits.max_wait_ms / 1000
+        more_fit = len(batch) == len(self._pending) < self._limits.batch_size
+        if self._accepting and more_fit and now < wait_until:
+            self._wait_timer = asyncio.get_running_loop().call_later(
+                wait_until - now, self._dispatch
+            )
+            return
+        chosen = set(batch)
+        self._pending = [item for item in self._pending if item not in chosen]
+        for item in batch:
+            request = item.request
+            request.unstarted -= 1
+            if not request.unstarted:
+                request.queue_s = now - request.submitted
+                if request.expiry is not None:
+                    request.expiry.cancel()
+        windows = [item.window for item in batch]
+        self._running = asyncio.get_running_loop().run_in_executor(
+            self._inference, self._infer, windows
+        )
+        self._running.add_done_callback(partial(self._finished, batch))
+
+    def _plan(self) -> list[_Pending]:
+        seed, *rest = self._pending
+        seed_length = len(seed.window)
+        batch = [seed]
+        longest = seed_length
+        # sorted() is stable: of two windows equally close in length, the older goes first.
+        for item in sorted(rest, key=lambda p: abs(len(p.window) - seed_length)):
+            if len(batch) == self._limits.batch_size:
+                break
+            widest = max(longest, len(item.window))
+            if (len(batch) + 1) * widest <= self._limits.max_batch_tokens:
+                batch.append(item)
+                longest = widest
+        return batch
+
+    def _infer(self, windows: list[Window]) -> tuple[list[WindowLogits], float]:
+        began = time.perf_counter()
+        logits = self._engine.infer(windows)
+        seconds = time.perf_counter() - began
+        if len(logits) != len(windows):
+            raise RuntimeError(f"infer returned {len(logits)} logits for {len(windows)} windows")
+        return logits, seconds
+
+    def _finished(
+        self,
+        batch: list[_Pending],
+        done: asyncio.Future[tuple[list[WindowLogits], float]],
+    ) -> None:
+        self._running = None
+        requests = list(dict.fromkeys(item.request for item in batch))
+        error = done.exception()
+        if error is not None:
+            for request in requests:
+                self._fail(request, error)
+            self._dispatch()
+            return
+        logits, seconds = done.result()
+        for item, window_logits in zip(batch, logits, strict=True):
+            item.request.logits[item.index] = window_logits
+        for request in requests:
+            request.inference_s += seconds
+            if len(request.logits) == request.size and not request.future.done():
+                request.future.set_result([request.logits[i] for i in range(request.size)])
+        self._dispatch()
+        # Last, so that an observer that raises cannot hold up answers or the next batch.
+        if self._observer is not None:
+            lengths = [len(item.window) for item in batch]
+            self._observer.on_batch(len(batch), sum(lengths), len(batch) * max(lengths), seconds)
+
+    def _expire(self, request: _Request) -> None:
+        self._fail(request, DeadlineExceeded("the deadline passed before inference started"))
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        self._withdraw(request)
+        if not request.future.done():
+            request.future.set_exception(error)
+
+    def _withdraw(self, request: _Request) -> None:
+        if request.expiry is not None:
+            request.expiry.cancel()
+        self._pending = [item for item in self._pending if item.request is not request]
+
+    def _shutdown_threads(self) -> None:
+        self._cpu.shutdown()
+        self._inference.shutdown()
+
+
+def _overdue(request: _Request, now: float) -> bool:
+    return request.deadline is not None and request.deadline <= now

@@ -1,0 +1,393 @@
+"""The event contracts in code: question events in, answer and dead-letter events out.
+
+The JSON Schemas in `worker.schemas` (the repository's schemas/ folder) are the contracts. Types,
+required fields and ranges of a question are checked by the schema alone, so code and schema
+cannot drift; the code adds only what a schema cannot say: a question with more than whitespace,
+the worker's character limits, a `created_at` that is a real instant, and JSON that every
+consumer reads alike (finite numbers, no unpaired surrogates).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .config import describe as describe_setting
+from .qa.types import QAOptions, QAResult
+
+SCHEMA_PACKAGE = "worker.schemas"
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The schema `question`, `answer` or `dead-letter` as shipped in the installed package."""
+    path = resources.files(SCHEMA_PACKAGE).joinpath(f"{name}.schema.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+QUESTION_SCHEMA = load_schema("question")
+_VALIDATOR = Draft202012Validator(QUESTION_SCHEMA)
+_PROPERTIES: dict[str, dict[str, Any]] = QUESTION_SCHEMA["properties"]
+
+# Answering options an event may set: the schema's properties that are QAOptions fields,
+# converted by schema type (JSON Schema counts 3.0 as an integer).
+_CONVERTERS = {"integer": int, "number": float, "boolean": bool}
+_OPTION_FIELDS = tuple(
+    (spec.name, _CONVERTERS[_PROPERTIES[spec.name]["type"]])
+    for spec in dataclasses.fields(QAOptions)
+    if spec.name in _PROPERTIES
+)
+
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+# RFC 3339 section 5.6: T and Z may be lower case, a time zone is required, seconds may be 60.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+_SHOWN_CHARS = 40
+
+
+class EventError(Exception):
+    """A message that is not a usable question event; `code` names the reason for dead letters."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    max_question_chars: int
+    max_context_chars: int
+
+
+@dataclass(frozen=True)
+class QuestionEvent:
+    """A question event that passed every check, with its options resolved: ready to answer."""
+
+    id: str
+    question: str
+    context: str
+    options: QAOptions
+    metadata: dict[str, Any] | None
+    # Epoch milliseconds: `created_at` when given, else the Kafka message timestamp.
+    event_time_ms: int
+    # Epoch milliseconds by which the answer is due; None: no deadline.
+    deadline_ms: int | None
+
+
+def parse_question(
+    value: bytes | None,
+    kafka_timestamp_ms: int,
+    defaults: QAOptions,
+    limits: InputLimits,
+    default_deadline_ms: int | None = None,
+) -> QuestionEvent:
+    """Reads one message value into a QuestionEvent, or raises EventError saying what to fix.
+
+    `kafka_timestamp_ms` is the event time when the event has no `created_at`;
+    `default_deadline_ms` (relative to the event time) applies when it has no `deadline_ms`.
+    """
+    document = _decode(value)
+    if not _VALIDATOR.is_valid(document):
+        raise EventError("invalid_event", _explain(document))
+    question: str = document["question"]
+    if not question or question.isspace():
+        raise EventError(
+            "empty_question",
+            f'"question" must contain more than whitespace, got {_shown(question)}',
+        )
+    _check_size("question", question, limits.max_question_chars, "max_question_chars")
+    context: str = document["context"]
+    _check_size("context", context, limits.max_context_chars, "max_context_chars")
+    overrides = {
+        name: convert(document[name]) for name, convert in _OPTION_FIELDS if name in document
+    }
+    created_at = document.get("created_at")
+    event_time_ms = kafka_timestamp_ms if created_at is None else _epoch_ms(created_at)
+    relative_deadline = document.get("deadline_ms", default_deadline_ms)
+    return QuestionEvent(
+        id=document["id"],
+        question=question,
+        context=context,
+        options=dataclasses.replace(defaults, **overrides) if overrides else defaults,
+        metadata=document.get("metadata"),
+        event_time_ms=event_time_ms,
+        deadline_ms=None if relative_deadline is None else event_time_ms + int(relative_deadline),
+    )
+
+
+def answer_event(
+    event: QuestionEvent,
+    result: QAResult,
+    model_name: str,
+    model_checksum: str,
+    queue_ms: float,
+    inference_ms: float,
+    total_ms: float,
+    worker_version: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The answer event for `event` (answer.schema.json); `model_checksum` is the manifest's."""
+    answer: dict[str, Any] = {
+        "id": event.id,
+        **result.to_dict(),
+        "model": {"name": model_name, "checksum": model_checksum},
+        # Times from a producer's clock that runs ahead of ours would come out negative.
+        "timings": {
+            "queue_ms": round(max(queue_ms, 0.0), 3),
+            "inference_ms": round(max(inference_ms, 0.0), 3),
+            "total_ms": round(max(total_ms, 0.0), 3),
+        },
+    }
+    if event.metadata is not None:
+        answer["metadata"] = event.metadata
+    answer["worker_version"] = worker_version
+    answer["answered_at"] = _timestamp(now_ms)
+    return answer
+
+
+def dead_letter_event(
+    value: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    code: str,
+    message: str,
+    worker_version: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The dead-letter event (dead-letter.schema.json) for the message `value` that failed."""
+    try:
+        text = "" if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    dead_letter: dict[str, Any] = {
+        "payload": base64.b64encode(value).decode("ascii") if text is None else text,
+        "payload_encoding": "base64" if text is None else "utf-8",
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "error": {"code": code, "message": message},
+    }
+    event_id = None if text is None else _readable_id(text)
+    if event_id is not None:
+        dead_letter["id"] = event_id
+    dead_letter["failed_at"] = _timestamp(now_ms)
+    dead_letter["worker_version"] = worker_version
+    return dead_letter
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def to_bytes(event: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; raises ValueError on a NaN or infinity, which JSON cannot carry."""
+    return _ENCODER.encode(event).encode("utf-8")
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotFinite(f"{name} is not a JSON number; send finite numbers only")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise _NotFinite(f"the number {text[:_SHOWN_CHARS]} is too large for a 64-bit float")
+    return number
+
+
+# Non-finite numbers would pass range checks (NaN compares false) and make answers invalid JSON.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
+
+
+def _decode(value: bytes | None) -> Any:
+    if not value:
+        raise EventError(
+            "invalid_json", "the message has no value; send a question event as a JSON object"
+        )
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise EventError(
+            "invalid_utf8",
+            f"the value is not UTF-8 ({error.reason}: byte 0x{value[error.start]:02x} at offset "
+            f"{error.start}); encode question events as UTF-8 JSON",
+        ) from None
+    if text.startswith("\ufeff"):
+        raise EventError(
+            "invalid_json", "the value starts with a byte order mark; send JSON without one"
+        )
+    try:
+        document = _DECODER.decode(text)
+    except json.JSONDecodeError as error:
+        raise EventError(
+            "invalid_json",
+            f"the value is not JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+            "send a question event as a JSON object",
+        ) from None
+    except _NotFinite as error:
+        raise EventError("invalid_json", f"the value is not usable JSON: {error}") from None
+    except ValueError:  # the only other: an integer past Python's digit limit
+        raise EventError(
+            "invalid_json",
+            f"the value has an integer of more than {sys.get_int_max_str_digits()} digits; "
+            "send numbers that fit a 64-bit float",
+        ) from None
+    except RecursionError:
+        raise EventError(
+            "invalid_json", "the value nests arrays or objects too deeply to read"
+        ) from None
+    # An escaped lone surrogate ("\ud800") decodes to a string that cannot be encoded as UTF-8,
+    # for the tokenizer or in the answer; only escapes can produce one, so look for them first.
+    if ("\\ud" in text or "\\uD" in text) and not _encodable(document):
+        raise EventError(
+            "invalid_json",
+            "the value has an unpaired UTF-16 surrogate escape (such as \\ud800); "
+            "escape characters outside the Basic Multilingual Plane as surrogate pairs",
+        )
+    return document
+
+
+def _encodable(document: Any) -> bool:
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _describe(schema: dict[str, Any]) -> str:
+    """What a property schema requires, in words; tests keep its keywords in step with schemas."""
+    kinds = {
+        "string": "a string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "object": "a JSON object",
+        "array": "an array",
+    }
+    text = kinds[schema["type"]]
+    if schema.get("format") == "date-time":
+        text = "an RFC 3339 date-time string"
+    if "minLength" in schema:
+        length = schema["minLength"]
+        text = "a non-empty string" if length == 1 else f"a string of at least {length} characters"
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is not None and high is not None:
+        text += f" from {low} to {high}"
+    elif low is not None:
+        text += f" >= {low}"
+    elif high is not None:
+        text += f" <= {high}"
+    return text
+
+
+_REQUIREMENTS = {name: _describe(schema) for name, schema in _PROPERTIES.items()}
+_FIELD_ORDER = {name: index for index, name in enumerate(_PROPERTIES)}
+_REQUIRED = ", ".join(f'"{name}"' for name in QUESTION_SCHEMA["required"])
+
+
+def _explain(document: Any) -> str:
+    """Every schema violation, one per field, in schema order: '"top_k" must be ..., got ...'."""
+    problems: dict[str, str] = {}
+    for error in _VALIDATOR.iter_errors(document):
+        if error.validator == "required":
+            for name in error.validator_value:
+                if name not in document:
+                    problems.setdefault(name, f'"{name}" is required')
+        elif error.path:
+            name = str(error.path[0])
+            problems.setdefault(
+                name, f'"{name}" must be {_REQUIREMENTS[name]}, got {_shown(document[name])}'
+            )
+        else:
+            problems.setdefault(
+                "",
+                f"a question event must be {_describe(QUESTION_SCHEMA)} with {_REQUIRED}, "
+                f"got {_shown(document)}",
+            )
+    ordered = sorted(problems.items(), key=lambda item: _FIELD_ORDER.get(item[0], -1))
+    return "; ".join(message for _, message in ordered)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str) and len(value) > _SHOWN_CHARS:
+        return json.dumps(value[:_SHOWN_CHARS], ensure_ascii=False)[:-1] + '..."'
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _check_size(name: str, text: str, limit: int, setting: str) -> None:
+    if len(text) > limit:
+        raise EventError(
+            f"{name}_too_large",
+            f'"{name}" has {len(text):,} characters, over the limit of {limit:,} '
+            f"({describe_setting(setting)}); shorten it, or raise the limit",
+        )
+
+
+def _epoch_ms(created_at: str) -> int:
+    problem = 'must be an RFC 3339 date-time with a time zone, such as "2024-05-01T12:00:00Z"'
+    match = _RFC3339.fullmatch(created_at)
+    if match is None:
+        raise EventError("invalid_created_at", f'"created_at" {problem}, got {_shown(created_at)}')
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10)
+    offset = timedelta(0)
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise EventError(
+                "invalid_created_at",
+                f'"created_at" has a time zone offset out of range, got {_shown(created_at)}',
+            )
+        offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+        offset = -offset if sign == "-" else offset
+    # A leap second (23:59:60) is the instant after 23:59:59, as in epoch time.
+    leap = second == 60
+    try:
+        instant = datetime(
+            year, month, day, hour, minute, 59 if leap else second, tzinfo=timezone(offset)
+        )
+    except ValueError as error:
+        raise EventError(
+            "invalid_created_at",
+            f'"created_at" is not a real date-time ({error}), got {_shown(created_at)}',
+        ) from None
+    milliseconds = int((fraction or "0")[:3].ljust(3, "0"))
+    return (instant - _EPOCH_UTC) // _MILLISECOND + milliseconds + (1000 if leap else 0)
+
+
+def _timestamp(epoch_ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds."""
+    return (_EPOCH + epoch_ms * _MILLISECOND).isoformat(timespec="milliseconds") + "Z"
+
+
+def _readable_id(text: str) -> str | None:
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    event_id = document.get("id")
+    if isinstance(event_id, str) and event_id and _encodable(event_id):
+        return event_id
+    return None

@@ -1,0 +1,66 @@
+"""Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from .config import ConfigError, Settings, describe
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if "SSL" not in settings.security_protocol:
+        return None
+    cafile = str(settings.ssl_cafile) if settings.ssl_cafile else None
+    context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if settings.ssl_certfile:
+        keyfile = str(settings.ssl_keyfile) if settings.ssl_keyfile else None
+        context.load_cert_chain(str(settings.ssl_certfile), keyfile)
+    elif settings.ssl_keyfile:
+        raise ConfigError(f"{describe('ssl_keyfile')} needs {describe('ssl_certfile')} too")
+    return context
+
+
+def _require_sasl_login(settings: Settings) -> tuple[str, str]:
+    if settings.sasl_username is None or settings.sasl_password is None:
+        raise ConfigError(
+            f"{settings.security_protocol} needs {describe('sasl_username')} and "
+            f"{describe('sasl_password')}"
+        )
+    return settings.sasl_username, settings.sasl_password
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    context = ssl_context(settings)
+    if "SASL" in settings.security_protocol:
+        username, password = _require_sasl_login(settings)
+        return faust.SASLCredentials(
+            username=username,
+            password=password,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def aiokafka_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments shared by AIOKafkaProducer and AIOKafkaConsumer."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.broker,
+        "security_protocol": settings.security_protocol,
+    }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if "SASL" in settings.security_protocol:
+        username, password = _require_sasl_login(settings)
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=username,
+            sasl_plain_password=password,
+        )
+    return options

@@ -1,0 +1,262 @@
+"""Prometheus metrics of the streaming worker.
+
+Each `WorkerMetrics` owns its own `CollectorRegistry`, so tests, and two workers in one process,
+never clash over the global registry. `worker.http.HealthServer` serves `render()` on `/metrics`.
+
+The exported names below are a contract: the Helm chart's alerts and the Grafana dashboard are
+built on them. Rename or relabel one only together with those. `METRIC_NAMES` lists the same
+names as they appear on `# TYPE` lines and in PromQL (histograms also export `_bucket`, `_sum`
+and `_count` series; counters and histograms also export prometheus_client's `_created` series
+unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
+
+| name                                 | type      | labels           | what                     |
+| ------------------------------------ | --------- | ---------------- | ------------------------ |
+| qa_worker_events_received_total      | counter   | topic            | question events consumed |
+| qa_worker_events_answered_total      | counter   |                  | answers acked by broker  |
+| qa_worker_events_dead_lettered_total | counter   | reason           | events dead-lettered     |
+| qa_worker_end_to_end_latency_seconds | histogram |                  | event time to answer ack |
+| qa_worker_queue_wait_seconds         | histogram |                  | wait for an inference    |
+| qa_worker_inference_seconds          | histogram |                  | inference time per batch |
+| qa_worker_batch_size_windows         | histogram |                  | windows per batch        |
+| qa_worker_batch_tokens               | histogram |                  | padded tokens per batch  |
+| qa_worker_tokens_real_total          | counter   |                  | tokens of the windows    |
+| qa_worker_tokens_padded_total        | counter   |                  | tokens run, with padding |
+| qa_worker_padding_ratio              | gauge     |                  | padded / real, recent    |
+| qa_worker_in_flight_events           | gauge     |                  | events being worked on   |
+| qa_worker_consumer_lag_messages      | gauge     | topic, partition | lag per partition        |
+| qa_worker_seconds_since_last_commit  | gauge     |                  | since the last commit    |
+| qa_worker_model_info                 | gauge = 1 | see below        | the loaded model         |
+| qa_worker_ready                      | gauge     |                  | 1 ready, 0 not           |
+
+Details:
+
+- Dead-letter `reason` is the error code (`InputError.code` for what the engine refuses).
+- End-to-end latency runs from the event's Kafka timestamp (the producer's clock; a negative
+  difference from clock skew counts as 0) to the broker acknowledging the answer.
+- Queue wait runs from consuming the event to the start of the batch that holds its windows.
+- Padded tokens are windows x longest window of a batch, as ONNX Runtime runs them; real tokens
+  are the windows' own lengths.
+- In-flight events are consumed and neither answered nor dead-lettered yet.
+- Consumer lag is messages behind the high watermark; series of partitions no longer assigned
+  are removed, so that only the partition's current owner reports it.
+- Seconds since last commit is computed at scrape time; before the first commit it counts from
+  the worker's start.
+- Model info labels: `model`, `model_type`, `precision`, `checksum` (of the model folder) and
+  `worker_version`; there is no series until a model is loaded, and one after.
+
+`qa_worker_padding_ratio` divides padded by real tokens, each summed over batches with weights
+that halve every `PADDING_HALF_LIFE_SECONDS` of the injected clock, so it follows the last minute
+or so and holds its value while no batches run; it is NaN before the first batch. For an exact
+ratio over any range use
+`rate(qa_worker_tokens_padded_total[5m]) / rate(qa_worker_tokens_real_total[5m])`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import __version__
+
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PADDING_HALF_LIFE_SECONDS", "WorkerMetrics"]
+
+PREFIX = "qa_worker_"
+
+METRIC_NAMES: tuple[str, ...] = tuple(
+    PREFIX + name
+    for name in (
+        "events_received_total",
+        "events_answered_total",
+        "events_dead_lettered_total",
+        "end_to_end_latency_seconds",
+        "queue_wait_seconds",
+        "inference_seconds",
+        "batch_size_windows",
+        "batch_tokens",
+        "tokens_real_total",
+        "tokens_padded_total",
+        "padding_ratio",
+        "in_flight_events",
+        "consumer_lag_messages",
+        "seconds_since_last_commit",
+        "model_info",
+        "ready",
+    )
+)
+
+# The classic text format, which every Prometheus version reads; all names here are valid in it,
+# so the UTF-8 name escaping of newer formats never applies. Spelled out because
+# prometheus_client's own constant for it is younger than the oldest release we accept.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+PADDING_HALF_LIFE_SECONDS = 60.0
+
+# 5 ms (a short batch on a warm int8 model) to 60 s (a backlog after a restart); beyond that the
+# +Inf bucket and the sum still say how bad it is.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class WorkerMetrics:
+    """The worker's metrics in a registry of their own; see the module docstring for the names."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock` is monotonic seconds; tests pass one they control."""
+        self.registry = CollectorRegistry()
+        self._clock = clock
+        self._last_commit = clock()
+        # Guards the state kept beside the registry (padding sums, assigned partitions): the
+        # batcher may report from its inference threads, not only from the event loop.
+        self._lock = threading.Lock()
+        self._lag_keys: set[tuple[str, str]] = set()
+        self._decayed_real = 0.0
+        self._decayed_padded = 0.0
+        self._last_batch: float | None = None
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, labels, registry=self.registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(PREFIX + name, doc, labels, registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(PREFIX + name, doc, buckets=buckets, registry=self.registry)
+
+        self._received = counter("events_received_total", "Question events consumed.", ("topic",))
+        self._answered = counter(
+            "events_answered_total", "Answers published and acknowledged by the broker."
+        )
+        self._dead_lettered = counter(
+            "events_dead_lettered_total",
+            "Events sent to the dead-letter topic, by error code.",
+            ("reason",),
+        )
+        self._end_to_end = histogram(
+            "end_to_end_latency_seconds",
+            "From the event's timestamp to its answer being acknowledged by the broker.",
+            LATENCY_BUCKETS,
+        )
+        self._queue_wait = histogram(
+            "queue_wait_seconds",
+            "Time an event waited in the worker before its inference batch ran.",
+            LATENCY_BUCKETS,
+        )
+        self._inference = histogram(
+            "inference_seconds", "Inference time per batch.", LATENCY_BUCKETS
+        )
+        self._batch_windows = histogram(
+            "batch_size_windows", "Windows per inference batch.", BATCH_SIZE_BUCKETS
+        )
+        self._batch_tokens = histogram(
+            "batch_tokens",
+            "Padded tokens (windows x longest window) per inference batch.",
+            BATCH_TOKEN_BUCKETS,
+        )
+        self._tokens_real = counter("tokens_real_total", "Tokens of the windows themselves.")
+        self._tokens_padded = counter(
+            "tokens_padded_total", "Tokens the inference batches ran, padding included."
+        )
+        self._padding_ratio = gauge(
+            "padding_ratio",
+            f"Padded / real tokens, weights halving every {PADDING_HALF_LIFE_SECONDS:g} s; "
+            "NaN before the first batch.",
+        )
+        self._padding_ratio.set(math.nan)
+        self._in_flight = gauge(
+            "in_flight_events", "Events consumed and not yet answered or dead-lettered."
+        )
+        self._lag = gauge(
+            "consumer_lag_messages",
+            "Messages behind the high watermark, per assigned partition.",
+            ("topic", "partition"),
+        )
+        since_commit = gauge(
+            "seconds_since_last_commit",
+            "Seconds since the last offset commit; before any commit, since the worker started.",
+        )
+        since_commit.set_function(lambda: self._clock() - self._last_commit)
+        self._model_info = gauge(
+            "model_info",
+            "The loaded model; always 1.",
+            ("model", "model_type", "precision", "checksum", "worker_version"),
+        )
+        self._ready = gauge("ready", "1 when the worker is ready to answer questions, else 0.")
+
+    def event_received(self, topic: str) -> None:
+        self._received.labels(topic).inc()
+
+    def event_answered(self, end_to_end_s: float, queue_s: float) -> None:
+        self._answered.inc()
+        # The event timestamp comes from the producer's wall clock; skew can make the difference
+        # negative, which would drag the histogram's sum below what was really waited.
+        self._end_to_end.observe(max(0.0, end_to_end_s))
+        self._queue_wait.observe(queue_s)
+
+    def event_dead_lettered(self, reason: str) -> None:
+        self._dead_lettered.labels(reason).inc()
+
+    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        """The batcher's observer: one inference batch ran."""
+        self._inference.observe(seconds)
+        self._batch_windows.observe(windows)
+        self._batch_tokens.observe(padded_tokens)
+        self._tokens_real.inc(real_tokens)
+        self._tokens_padded.inc(padded_tokens)
+
+        with self._lock:
+            # Read under the lock so that batches are decayed in the order their times say.
+            now = self._clock()
+            if self._last_batch is not None:
+                decay = 0.5 ** ((now - self._last_batch) / PADDING_HALF_LIFE_SECONDS)
+                self._decayed_real *= decay
+                self._decayed_padded *= decay
+            self._last_batch = now
+            self._decayed_real += real_tokens
+            self._decayed_padded += padded_tokens
+            if self._decayed_real > 0:
+                self._padding_ratio.set(self._decayed_padded / self._decayed_real)
+
+    def set_in_flight(self, n: int) -> None:
+        self._in_flight.set(n)
+
+    def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Sets the lag of every assigned (topic, partition); drops series of revoked ones."""
+        keys = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
+        # A revoked partition's last lag would otherwise stay exported for good, and another
+        # worker now reports that partition: a lag alert would fire on a stale copy.
+        with self._lock:
+            for gone in self._lag_keys - keys.keys():
+                self._lag.remove(*gone)
+            for key, lag in keys.items():
+                self._lag.labels(*key).set(lag)
+            self._lag_keys = set(keys)
+
+    def committed(self) -> None:
+        self._last_commit = self._clock()
+
+    def set_model_info(
+        self,
+        *,
+        model: str,
+        model_type: str,
+        precision: str,
+        checksum: str,
+        worker_version: str = __version__,
+    ) -> None:
+        # One series only: a reload must not leave the previous model's labels behind.
+        self._model_info.clear()
+        self._model_info.labels(model, model_type, precision, checksum, worker_version).set(1)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (`content_type`)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,338 @@
+"""The streaming worker: a faust agent reads questions, the batcher answers, answers go out.
+
+Delivery is at-least-once. An event's offset is acknowledged to faust only after its answer (or
+dead-letter record) is acknowledged by the broker, and acknowledgements go out in offset order
+per partition, so a commit never passes an event still in flight. faust commits acknowledged
+offsets every `commit_interval_s`, on rebalance and on stop; in both of the latter it first waits
+until every event the agent has taken is acknowledged, which is how SIGTERM drains and why a
+rebalance neither loses nor double-commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from faust.types import TP
+
+from . import __version__
+from .batcher import BatchLimits, DeadlineExceeded, MicroBatcher
+from .config import Settings
+from .events import (
+    EventError,
+    InputLimits,
+    QuestionEvent,
+    answer_event,
+    dead_letter_event,
+    parse_question,
+    to_bytes,
+)
+from .kafka import faust_credentials
+from .metrics import WorkerMetrics
+from .qa import InputError, QAEngine
+
+log = logging.getLogger(__name__)
+
+# How often consumer lag is refreshed for /metrics.
+LAG_REFRESH_S = 1.0
+# Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
+MAX_RETRY_BACKOFF_S = 5.0
+
+
+@dataclass(eq=False)
+class Tracked:
+    event: faust.types.EventT
+    done: bool = False
+
+
+@dataclass
+class OffsetTracker:
+    """Acknowledges each partition's events strictly in offset order.
+
+    faust commits the end of the first run of acknowledged offsets, but it can step over a single
+    unacknowledged offset (docs/notes/faust-on-tansu.md, section 4.3). Acknowledging in order
+    leaves it no gap to misjudge.
+    """
+
+    pending: dict[TP, deque[Tracked]] = field(default_factory=dict)
+    count: int = 0
+
+    def track(self, event: faust.types.EventT) -> Tracked:
+        tracked = Tracked(event)
+        self.pending.setdefault(event.message.tp, deque()).append(tracked)
+        self.count += 1
+        return tracked
+
+    def complete(self, tracked: Tracked) -> None:
+        tracked.done = True
+        queue = self.pending[tracked.event.message.tp]
+        while queue and queue[0].done:
+            queue.popleft().event.ack()
+            self.count -= 1
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: faust.types.TopicT
+    value: bytes
+    event_time: float
+    dead_letter_reason: str | None = None
+    queue_s: float = 0.0
+
+
+class CommitSensor(faust.Sensor):
+    """Tells the metrics when faust finished a commit."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        self._metrics.committed()
+
+
+class QAWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: QAEngine,
+        metrics: WorkerMetrics,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self._on_fatal = on_fatal
+        self._defaults = settings.qa_options()
+        metrics.set_model_info(
+            model=settings.model.name if settings.model else "",
+            model_type=engine.manifest.model_type,
+            precision=settings.precision or engine.manifest.default_precision,
+            checksum=engine.model_id,
+            worker_version=__version__,
+        )
+        self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+        self.batcher = MicroBatcher(
+            engine,
+            BatchLimits(settings.batch_size, settings.max_batch_tokens, settings.max_wait_ms),
+            observer=metrics,
+        )
+        self.tracker = OffsetTracker()
+        self._room = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lag_task: asyncio.Task[None] | None = None
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        settings = self.settings
+        app = faust.App(
+            settings.group_id,
+            broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+            broker_credentials=faust_credentials(settings),
+            store="memory://",
+            # /metrics, /healthz and /readyz have their own server (worker.http).
+            web_enabled=False,
+            # The worker keeps no tables and uses no leader election.
+            topic_disable_leader=True,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.session_timeout_s / 4,
+            broker_request_timeout=max(90.0, settings.session_timeout_s),
+            broker_commit_interval=settings.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            # faust pauses fetching once an agent's buffer fills; with the in-flight bound this
+            # keeps memory bounded however far behind the worker is.
+            stream_buffer_maxsize=max(16, settings.max_in_flight),
+            broker_max_poll_records=max(16, settings.max_in_flight),
+            producer_acks=-1,
+        )
+        self.questions = app.topic(
+            settings.questions_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.answers = app.topic(
+            settings.answers_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.dead_letters = app.topic(
+            settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
+        )
+        app.agent(self.questions, name="answer-questions")(self._consume)
+        app.sensors.add(CommitSensor(self.metrics))
+        return app
+
+    # lifecycle
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        await self.app.start()
+        self._lag_task = asyncio.create_task(self._refresh_lag())
+        self.metrics.set_ready(True)
+
+    async def stop(self) -> bool:
+        """Stops fetching, finishes what is in flight, commits, then stops the engine.
+
+        Returns False when in-flight work did not finish within `drain_timeout_s`; its offsets
+        stay uncommitted, so those events are answered again after a restart.
+        """
+        self.metrics.set_ready(False)
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        try:
+            await asyncio.wait_for(self.app.stop(), self.settings.drain_timeout_s)
+            drained = True
+        except TimeoutError:
+            log.error(
+                "%d events still in flight after %.0f s; exiting without committing them",
+                self.tracker.count,
+                self.settings.drain_timeout_s,
+            )
+            drained = False
+        await self.batcher.stop()
+        return drained
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.app.started:
+            return False, "the Kafka consumer has not started"
+        if not self.assigned_partitions():
+            return False, f"no partition of {self.settings.questions_topic} is assigned"
+        return True, "model loaded, partitions assigned"
+
+    def assigned_partitions(self) -> list[TP]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # consumer not started, or stopping
+            return []
+        return sorted(tp for tp in assignment if tp.topic == self.settings.questions_topic)
+
+    # consuming
+
+    async def _consume(self, stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            self._spawn(self._handle(event, self.tracker.track(event)))
+            async with self._room:
+                await self._room.wait_for(lambda: self.tracker.count < self.settings.max_in_flight)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        self.metrics.set_in_flight(self.tracker.count)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Unreachable by design (every failure of one event becomes a dead letter); if it
+            # happens the event stays unacknowledged, so the process must restart to redeliver it.
+            log.critical("event handling failed", exc_info=task.exception())
+            if self._on_fatal is not None:
+                self._on_fatal(task.exception())  # type: ignore[arg-type]
+
+    async def _handle(self, event: faust.types.EventT, tracked: Tracked) -> None:
+        message = event.message
+        received = time.time()
+        self.metrics.event_received(message.topic)
+        outgoing = await self._answer(message, received)
+        await self._deliver(outgoing, message)
+        if outgoing.dead_letter_reason is None:
+            self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
+        else:
+            self.metrics.event_dead_lettered(outgoing.dead_letter_reason)
+        self.tracker.complete(tracked)
+        self.metrics.set_in_flight(self.tracker.count)
+        async with self._room:
+            self._room.notify_all()
+
+    async def _answer(self, message: Any, received: float) -> Outgoing:
+        kafka_ms = int(message.timestamp * 1000) if message.timestamp else int(received * 1000)
+        try:
+            question = parse_question(
+                message.value, kafka_ms, self._defaults, self._limits, self.settings.deadline_ms
+            )
+        except EventError as error:
+            return self._dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        event_time = question.event_time_ms / 1000
+        try:
+            answered = await self.batcher.answer(
+                question.question, question.context, question.options, self._deadline(question)
+            )
+        except InputError as error:
+            return self._dead_letter(message, event_time, error.code, str(error))
+        except DeadlineExceeded:
+            late = f"not answered within {question.deadline_ms - question.event_time_ms} ms"
+            return self._dead_letter(message, event_time, "deadline_exceeded", late)
+        except Exception as error:  # the engine failed on this input; others go on
+            log.exception("inference failed for event %s", question.id)
+            return self._dead_letter(message, event_time, "inference_failed", repr(error))
+        value = answer_event(
+            question,
+            answered.result,
+            model_name=self.settings.model.name if self.settings.model else "",
+            model_checksum=self.engine.model_id,
+            queue_ms=answered.queue_s * 1000,
+            inference_ms=answered.inference_s * 1000,
+            total_ms=(time.time() - received) * 1000,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        return Outgoing(self.answers, to_bytes(value), event_time, queue_s=answered.queue_s)
+
+    @staticmethod
+    def _deadline(question: QuestionEvent) -> float | None:
+        if question.deadline_ms is None:
+            return None
+        return time.monotonic() + (question.deadline_ms - time.time() * 1000) / 1000
+
+    def _dead_letter(self, message: Any, event_time: float, code: str, reason: str) -> Outgoing:
+        record = dead_letter_event(
+            message.value,
+            message.topic,
+            message.partition,
+            message.offset,
+            code,
+            reason,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        return Outgoing(self.dead_letters, to_bytes(record), event_time, dead_letter_reason=code)
+
+    async def _deliver(self, outgoing: Outgoing, message: Any) -> None:
+        """Sends until the broker acknowledges; the event is held in flight meanwhile."""
+        headers = (
+            list(message.headers.items())
+            if isinstance(message.headers, dict)
+            else (message.headers or [])
+        )
+        backoff = 0.1
+        while True:
+            try:
+                pending = await outgoing.topic.send(
+                    key=message.key, value=outgoing.value, headers=headers
+                )
+                await pending
+                return
+            except MessageSizeTooLargeError as error:
+                if outgoing.dead_letter_reason is not None:
+                    raise
+                outgoing = self._dead_letter(
+                    message, outgoing.event_time, "answer_too_large", str(error)
+                )
+            except KafkaError as error:
+                log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+
+    async def _refresh_lag(self) -> None:
+        while True:
+            lags = {}
+            committed = self.app.monitor.tp_committed_offsets
+            for tp in self.assigned_partitions():
+                highwater = self.app.consumer.highwater(tp)
+                if highwater is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, highwater - committed.get(tp, 0))
+            self.metrics.set_lags(lags)
+            await asyncio.sleep(LAG_REFRESH_S)
