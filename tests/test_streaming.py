@@ -96,9 +96,13 @@ async def test_answers_through_the_broker_equal_offline_answers(
 
                 await wait_until(caught_up, timeout=30, what="consumer lag to reach zero")
                 samples = await scrape(server.port)
+                readiness = json.loads(
+                    await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/readyz")
+                )
             finally:
                 await worker.stop()
 
+    assert readiness["ready"] is True
     assert len(records) == 500
     for record in records:
         answer = record.json()
@@ -147,6 +151,15 @@ async def test_bad_input_is_dead_lettered_while_the_rest_is_answered(
         ).encode(),
         "context_too_large": json.dumps(
             {"id": "long-c", "question": "q?", "context": "word " * 1000}
+        ).encode(),
+        "deadline_exceeded": json.dumps(
+            {
+                "id": "late",
+                "question": "q?",
+                "context": "c",
+                "created_at": "2020-01-01T00:00:00Z",
+                "deadline_ms": 1000,
+            }
         ).encode(),
     }
     wrong_type = json.dumps({"id": "t", "question": "q?", "context": "c", "top_k": "3"}).encode()

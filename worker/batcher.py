@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
+from .lifecycle import AsyncLifecycle
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult
 from .qa.windows import EncodedQuestion, Window
@@ -127,7 +127,7 @@ class _Pending:
     arrived: float
 
 
-class MicroBatcher:
+class MicroBatcher(AsyncLifecycle):
     def __init__(
         self, engine: Engine, limits: BatchLimits, observer: BatchObserver | None = None
     ) -> None:
@@ -171,18 +171,6 @@ class MicroBatcher:
         # A batch or decode whose callers were cancelled may still be running; wait for it off
         # the loop.
         await asyncio.to_thread(self._shutdown_threads)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def answer(
         self, question: str, context: str, options: QAOptions, deadline: float | None = None

@@ -32,11 +32,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
+
+from .lifecycle import AsyncLifecycle
 
 __all__ = ["BrokerError", "EmbeddedBroker", "find_tansu"]
 
@@ -104,7 +105,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(AsyncLifecycle):
     """A single-node, memory-backed tansu broker running as a child process.
 
     Nothing survives `stop()`: topics, messages and committed offsets live in the process.
@@ -256,15 +257,3 @@ class EmbeddedBroker:
         for topic, code, *message in response.topic_errors:
             if code:
                 raise for_code(code)(f"creating topic {topic!r}: {' '.join(map(str, message))}")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

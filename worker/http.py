@@ -15,11 +15,10 @@ Routes:
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
 
+from .lifecycle import AsyncLifecycle
 from .metrics import WorkerMetrics
 
 __all__ = ["HealthServer", "Readiness"]
@@ -28,7 +27,7 @@ Readiness = Callable[[], tuple[bool, str]]
 """Says whether the worker is ready, and why (not)."""
 
 
-class HealthServer:
+class HealthServer(AsyncLifecycle):
     """Serves `/metrics`, `/healthz` and `/readyz` on the running event loop."""
 
     def __init__(
@@ -77,18 +76,6 @@ class HealthServer:
         runner, self._runner, self._port = self._runner, None, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # Passed as a header: aiohttp's content_type argument refuses a charset parameter.
