@@ -96,7 +96,15 @@ def test_pyproject_packages_every_subpackage_and_the_schemas() -> None:
 
 def test_every_question_property_is_used() -> None:
     # A property the code does not read would be accepted and silently ignored.
-    read_by_code = {"id", "question", "context", "metadata", "created_at", "deadline_ms"}
+    read_by_code = {
+        "id",
+        "question",
+        "context",
+        "metadata",
+        "created_at",
+        "deadline_ms",
+        "reply_to",
+    }
     assert set(QUESTION_PROPERTIES) == read_by_code | set(OPTION_FIELDS)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import TextIO
 
 from . import __version__, streaming
 from .config import ConfigError, Settings, add_arguments
+from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
 from .export import ExportError, export_model
 from .manifest import ModelFolderError
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
+from .tagging import QuestionSetError, load_question_sets, tag_offline
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
 CHUNK_QUESTIONS = 512
@@ -128,6 +131,63 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tag(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    question_sets = load_question_sets(args.questions, settings.qa_options())
+    engine = settings.load_engine()
+    limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+    documents: list[DocumentEvent | EventError] = []
+    for line in args.input.read_bytes().splitlines():
+        if line.strip():
+            try:
+                documents.append(parse_document(line, 0, limits))
+            except EventError as error:
+                documents.append(error)
+    by_set: dict[str, list[int]] = {}
+    lines: list[dict[str, object]] = [{} for _ in documents]
+    for index, document in enumerate(documents):
+        if isinstance(document, EventError):
+            lines[index] = {"error": {"code": document.code, "message": str(document)}}
+            continue
+        name = document.question_set or args.question_set or next(iter(question_sets))
+        if name not in question_sets:
+            known = ", ".join(question_sets)
+            message = f"no question set named {name!r} (known: {known})"
+            lines[index] = {
+                "id": document.id,
+                "error": {"code": "unknown_question_set", "message": message},
+            }
+            continue
+        by_set.setdefault(name, []).append(index)
+    for name, indexes in by_set.items():
+        texts = [documents[i].text for i in indexes]  # type: ignore[union-attr]
+        tagged = tag_offline(
+            engine, question_sets[name], texts, settings.batch_size, settings.max_batch_tokens
+        )
+        for index, results in zip(indexes, tagged, strict=True):
+            document = documents[index]
+            assert isinstance(document, DocumentEvent)
+            if isinstance(results, InputError):
+                lines[index] = {
+                    "id": document.id,
+                    "error": {"code": results.code, "message": str(results)},
+                }
+            else:
+                lines[index] = tags_event(
+                    document,
+                    name,
+                    dict(results),
+                    settings.require_model().name,
+                    engine.model_id,
+                    __version__,
+                    int(time.time() * 1000),
+                )
+    with open_output(args.output) as output:
+        for line in lines:
+            output.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return 0
+
+
 def command_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return asyncio.run(streaming.run_worker(Settings.from_sources(args)))
@@ -136,7 +196,10 @@ def command_run(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_sources(args)
-    return asyncio.run(streaming.demo(settings, args.input, args.count))
+    with tempfile.TemporaryDirectory(prefix="qa-worker-demo-") as workdir:
+        return asyncio.run(
+            streaming.demo(settings, args.input, args.count, args.tagging, Path(workdir))
+        )
 
 
 def command_produce(args: argparse.Namespace) -> int:
@@ -196,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--squad", required=True, type=Path, help="SQuAD-format JSON file")
     evaluation.set_defaults(handler=command_eval)
 
+    tag = commands.add_parser("tag", help="tag JSONL documents with a question set, offline")
+    add_arguments(tag, ("model", "qa", "batching"))
+    tag.add_argument("--questions", required=True, type=Path, help="question-set file")
+    tag.add_argument("--input", required=True, type=Path, help="JSONL of {id, text, ...}")
+    tag.add_argument("--question-set", help="set for documents that name none; default: first")
+    tag.add_argument("--output", type=Path, help="JSONL to write; default stdout")
+    tag.set_defaults(handler=command_tag)
+
     run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
     add_arguments(run, ("model", "qa", "batching", "kafka", "worker"))
     run.set_defaults(handler=command_run)
@@ -206,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(demo, ("model", "qa", "batching", "worker"))
     demo.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
     demo.add_argument("--count", type=int, help="send this many questions (cycling the input)")
+    demo.add_argument(
+        "--tagging", action="store_true", help="also tag sample documents with a question set"
+    )
     demo.set_defaults(handler=command_demo)
 
     produce = commands.add_parser("produce", help="send JSONL or SQuAD questions to a topic")
@@ -229,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, ModelFolderError, InputFileError, InputError, ExportError) as error:
+    except (
+        ConfigError,
+        ModelFolderError,
+        InputFileError,
+        InputError,
+        ExportError,
+        QuestionSetError,
+    ) as error:
         print(f"qa-worker {args.command}: {error}", file=sys.stderr)
         return 2

@@ -118,6 +118,23 @@ class Settings:
     commit_interval_s: float = setting(
         1.0, "How often acknowledged offsets are committed.", "kafka"
     )
+    # tagging and request/reply
+    question_sets: Path | None = setting(
+        None, "YAML or JSON file of question sets for documents topics.", "tagging"
+    )
+    documents_topics: str | None = setting(
+        None,
+        "Documents topics to tag, comma-separated; `topic=set` gives the topic a default "
+        "question set (events may name their own in `question_set`).",
+        "tagging",
+    )
+    tags_topic: str = setting("qa-tags", "Topic for tags events.", "tagging")
+    reply_topics: str | None = setting(
+        None,
+        "Comma-separated glob patterns of topics a question may name as its reply topic; "
+        "unset: no reply topics.",
+        "tagging",
+    )
     # worker
     max_in_flight: int = setting(
         256, "Most events read but not yet answered; fetching pauses beyond it.", "worker"
@@ -163,6 +180,8 @@ class Settings:
             raise ConfigError(f"{describe('doc_stride')} must be 0 or more")
         if self.deadline_ms is not None and self.deadline_ms < 1:
             raise ConfigError(f"{describe('deadline_ms')} must be at least 1")
+        if self.documents_topics and self.question_sets is None:
+            raise ConfigError(f"{describe('documents_topics')} needs {describe('question_sets')}")
         if self.sasl_username is not None and "SASL" not in self.security_protocol:
             raise ConfigError(
                 f"{describe('sasl_username')} is set but {describe('security_protocol')} is "

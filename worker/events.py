@@ -29,22 +29,59 @@ SCHEMA_PACKAGE = "worker.schemas"
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The schema `question`, `answer` or `dead-letter` as shipped in the installed package."""
+    """A schema (`question`, `answer`, `dead-letter`, `document`, `tags`) as shipped."""
     path = resources.files(SCHEMA_PACKAGE).joinpath(f"{name}.schema.json")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-QUESTION_SCHEMA = load_schema("question")
-_VALIDATOR = Draft202012Validator(QUESTION_SCHEMA)
-_PROPERTIES: dict[str, dict[str, Any]] = QUESTION_SCHEMA["properties"]
+class Contract:
+    """One event schema, compiled once, with messages that say which field is wrong and how."""
+
+    def __init__(self, name: str, title: str) -> None:
+        self.schema = load_schema(name)
+        self.title = title
+        self.properties: dict[str, dict[str, Any]] = self.schema["properties"]
+        self._validator = Draft202012Validator(self.schema)
+        self._requirements = {field: _describe(spec) for field, spec in self.properties.items()}
+        self._order = {field: index for index, field in enumerate(self.properties)}
+        self._required = ", ".join(f'"{field}"' for field in self.schema["required"])
+
+    def validate(self, document: Any) -> None:
+        if not self._validator.is_valid(document):
+            raise EventError("invalid_event", self.explain(document))
+
+    def explain(self, document: Any) -> str:
+        """Every violation, one per field, in schema order: '"top_k" must be ..., got ...'."""
+        problems: dict[str, str] = {}
+        for error in self._validator.iter_errors(document):
+            if error.validator == "required":
+                for field in error.validator_value:
+                    if field not in document:
+                        problems.setdefault(field, f'"{field}" is required')
+            elif error.path:
+                field = str(error.path[0])
+                problems.setdefault(
+                    field,
+                    f'"{field}" must be {self._requirements[field]}, got {_shown(document[field])}',
+                )
+            else:
+                problems.setdefault(
+                    "",
+                    f"a {self.title} must be {_describe(self.schema)} with {self._required}, "
+                    f"got {_shown(document)}",
+                )
+        ordered = sorted(problems.items(), key=lambda item: self._order.get(item[0], -1))
+        return "; ".join(message for _, message in ordered)
+
 
 # Answering options an event may set: the schema's properties that are QAOptions fields,
 # converted by schema type (JSON Schema counts 3.0 as an integer).
 _CONVERTERS = {"integer": int, "number": float, "boolean": bool}
+QUESTION_SCHEMA = load_schema("question")
 _OPTION_FIELDS = tuple(
-    (spec.name, _CONVERTERS[_PROPERTIES[spec.name]["type"]])
+    (spec.name, _CONVERTERS[QUESTION_SCHEMA["properties"][spec.name]["type"]])
     for spec in dataclasses.fields(QAOptions)
-    if spec.name in _PROPERTIES
+    if spec.name in QUESTION_SCHEMA["properties"]
 )
 
 _EPOCH = datetime(1970, 1, 1)
@@ -86,6 +123,8 @@ class QuestionEvent:
     event_time_ms: int
     # Epoch milliseconds by which the answer is due; None: no deadline.
     deadline_ms: int | None
+    # Topic the answer goes to instead of the answers topic, when the caller asked for one.
+    reply_to: str | None = None
 
 
 def parse_question(
@@ -101,8 +140,7 @@ def parse_question(
     `default_deadline_ms` (relative to the event time) applies when it has no `deadline_ms`.
     """
     document = _decode(value)
-    if not _VALIDATOR.is_valid(document):
-        raise EventError("invalid_event", _explain(document))
+    QUESTION.validate(document)
     question: str = document["question"]
     if not question or question.isspace():
         raise EventError(
@@ -126,7 +164,65 @@ def parse_question(
         metadata=document.get("metadata"),
         event_time_ms=event_time_ms,
         deadline_ms=None if relative_deadline is None else event_time_ms + int(relative_deadline),
+        reply_to=document.get("reply_to"),
     )
+
+
+@dataclass(frozen=True)
+class DocumentEvent:
+    """A document to tag, checked: its question set is still to be resolved by the caller."""
+
+    id: str
+    text: str
+    question_set: str | None
+    metadata: dict[str, Any] | None
+    event_time_ms: int
+
+
+def parse_document(
+    value: bytes | None, kafka_timestamp_ms: int, limits: InputLimits
+) -> DocumentEvent:
+    """Reads one documents-topic message, or raises EventError saying what to fix."""
+    document = _decode(value)
+    DOCUMENT.validate(document)
+    _check_size("text", document["text"], limits.max_context_chars, "max_context_chars")
+    created_at = document.get("created_at")
+    return DocumentEvent(
+        id=document["id"],
+        text=document["text"],
+        question_set=document.get("question_set"),
+        metadata=document.get("metadata"),
+        event_time_ms=kafka_timestamp_ms if created_at is None else _epoch_ms(created_at),
+    )
+
+
+def tags_event(
+    document: DocumentEvent,
+    question_set: str,
+    results: dict[str, QAResult],
+    model_name: str,
+    model_checksum: str,
+    worker_version: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The tags event (tags.schema.json): one entry per field, `found` false on abstention."""
+    tags = {
+        name: {
+            "answer": result.answer,
+            "score": result.score,
+            "start": result.start,
+            "end": result.end,
+            "found": not result.is_impossible,
+        }
+        for name, result in results.items()
+    }
+    event: dict[str, Any] = {"id": document.id, "question_set": question_set, "tags": tags}
+    if document.metadata is not None:
+        event["metadata"] = document.metadata
+    event["model"] = {"name": model_name, "checksum": model_checksum}
+    event["worker_version"] = worker_version
+    event["tagged_at"] = _timestamp(now_ms)
+    return event
 
 
 def answer_event(
@@ -297,34 +393,6 @@ def _describe(schema: dict[str, Any]) -> str:
     return text
 
 
-_REQUIREMENTS = {name: _describe(schema) for name, schema in _PROPERTIES.items()}
-_FIELD_ORDER = {name: index for index, name in enumerate(_PROPERTIES)}
-_REQUIRED = ", ".join(f'"{name}"' for name in QUESTION_SCHEMA["required"])
-
-
-def _explain(document: Any) -> str:
-    """Every schema violation, one per field, in schema order: '"top_k" must be ..., got ...'."""
-    problems: dict[str, str] = {}
-    for error in _VALIDATOR.iter_errors(document):
-        if error.validator == "required":
-            for name in error.validator_value:
-                if name not in document:
-                    problems.setdefault(name, f'"{name}" is required')
-        elif error.path:
-            name = str(error.path[0])
-            problems.setdefault(
-                name, f'"{name}" must be {_REQUIREMENTS[name]}, got {_shown(document[name])}'
-            )
-        else:
-            problems.setdefault(
-                "",
-                f"a question event must be {_describe(QUESTION_SCHEMA)} with {_REQUIRED}, "
-                f"got {_shown(document)}",
-            )
-    ordered = sorted(problems.items(), key=lambda item: _FIELD_ORDER.get(item[0], -1))
-    return "; ".join(message for _, message in ordered)
-
-
 def _shown(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
@@ -391,3 +459,7 @@ def _readable_id(text: str) -> str | None:
     if isinstance(event_id, str) and event_id and _encodable(event_id):
         return event_id
     return None
+
+
+QUESTION = Contract("question", "question event")
+DOCUMENT = Contract("document", "document event")

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import faust
@@ -24,24 +25,28 @@ from faust.types import TP
 
 from . import __version__
 from .batcher import BatchLimits, DeadlineExceeded, MicroBatcher
-from .config import Settings
+from .config import Settings, describe
 from .events import (
     EventError,
     InputLimits,
     QuestionEvent,
     answer_event,
     dead_letter_event,
+    parse_document,
     parse_question,
+    tags_event,
     to_bytes,
 )
 from .kafka import faust_credentials
 from .metrics import WorkerMetrics
 from .qa import InputError, QAEngine
+from .tagging import load_question_sets, parse_topic_sets, tag_results
 
 log = logging.getLogger(__name__)
 
 # How often consumer lag is refreshed for /metrics.
 LAG_REFRESH_S = 1.0
+REPLY_TO_HEADER = "reply-to"
 # Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
 MAX_RETRY_BACKOFF_S = 5.0
 
@@ -87,6 +92,19 @@ class Outgoing:
     queue_s: float = 0.0
 
 
+def header(message: Any, name: str) -> str | None:
+    """The last value of a message header, as text; None when absent or not UTF-8."""
+    headers = message.headers.items() if isinstance(message.headers, dict) else message.headers
+    found = None
+    for key, value in headers or ():
+        if key == name and value is not None:
+            found = value
+    try:
+        return None if found is None else found.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class CommitSensor(faust.Sensor):
     """Tells the metrics when faust finished a commit."""
 
@@ -119,6 +137,11 @@ class QAWorker:
             worker_version=__version__,
         )
         self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+        self._question_sets = (
+            load_question_sets(settings.question_sets, self._defaults)
+            if settings.question_sets is not None
+            else {}
+        )
         self.batcher = MicroBatcher(
             engine,
             BatchLimits(settings.batch_size, settings.max_batch_tokens, settings.max_wait_ms),
@@ -161,7 +184,15 @@ class QAWorker:
         self.dead_letters = app.topic(
             settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
         )
-        app.agent(self.questions, name="answer-questions")(self._consume)
+        app.agent(self.questions, name="answer-questions")(self._consumer(self._answer))
+        self._topic_sets = parse_topic_sets(settings.documents_topics)
+        if self._topic_sets:
+            self.documents = app.topic(
+                *self._topic_sets, key_serializer="raw", value_serializer="raw"
+            )
+            self.tags = app.topic(settings.tags_topic, key_serializer="raw", value_serializer="raw")
+            app.agent(self.documents, name="tag-documents")(self._consumer(self._tag))
+        self._reply_topics: dict[str, faust.types.TopicT] = {}
         app.sensors.add(CommitSensor(self.metrics))
         return app
 
@@ -199,7 +230,7 @@ class QAWorker:
         if not self.app.started:
             return False, "the Kafka consumer has not started"
         if not self.assigned_partitions():
-            return False, f"no partition of {self.settings.questions_topic} is assigned"
+            return False, f"no partition of {', '.join(self.input_topics)} is assigned"
         return True, "model loaded, partitions assigned"
 
     def assigned_partitions(self) -> list[TP]:
@@ -207,15 +238,28 @@ class QAWorker:
             assignment = self.app.consumer.assignment()
         except Exception:  # consumer not started, or stopping
             return []
-        return sorted(tp for tp in assignment if tp.topic == self.settings.questions_topic)
+        return sorted(tp for tp in assignment if tp.topic in self.input_topics)
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.settings.questions_topic, *self._topic_sets]
 
     # consuming
 
-    async def _consume(self, stream: faust.StreamT) -> None:
-        async for event in stream.noack().events():
-            self._spawn(self._handle(event, self.tracker.track(event)))
-            async with self._room:
-                await self._room.wait_for(lambda: self.tracker.count < self.settings.max_in_flight)
+    def _consumer(
+        self, respond: Callable[[Any, float], Awaitable[Outgoing]]
+    ) -> Callable[[faust.StreamT], Awaitable[None]]:
+        """An agent body: every event is answered by `respond`, at most max_in_flight at once."""
+
+        async def consume(stream: faust.StreamT) -> None:
+            async for event in stream.noack().events():
+                self._spawn(self._handle(event, self.tracker.track(event), respond))
+                async with self._room:
+                    await self._room.wait_for(
+                        lambda: self.tracker.count < self.settings.max_in_flight
+                    )
+
+        return consume
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -232,11 +276,16 @@ class QAWorker:
             if self._on_fatal is not None:
                 self._on_fatal(task.exception())  # type: ignore[arg-type]
 
-    async def _handle(self, event: faust.types.EventT, tracked: Tracked) -> None:
+    async def _handle(
+        self,
+        event: faust.types.EventT,
+        tracked: Tracked,
+        respond: Callable[[Any, float], Awaitable[Outgoing]],
+    ) -> None:
         message = event.message
         received = time.time()
         self.metrics.event_received(message.topic)
-        outgoing = await self._answer(message, received)
+        outgoing = await respond(message, received)
         await self._deliver(outgoing, message)
         if outgoing.dead_letter_reason is None:
             self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
@@ -268,6 +317,15 @@ class QAWorker:
         except Exception as error:  # the engine failed on this input; others go on
             log.exception("inference failed for event %s", question.id)
             return self._dead_letter(message, event_time, "inference_failed", repr(error))
+        reply_to = question.reply_to or header(message, REPLY_TO_HEADER)
+        if reply_to is not None and not self._reply_allowed(reply_to):
+            return self._dead_letter(
+                message,
+                event_time,
+                "reply_topic_not_allowed",
+                f"reply topic {reply_to!r} matches no pattern of "
+                f"{describe('reply_topics')} ({self.settings.reply_topics or 'unset'})",
+            )
         value = answer_event(
             question,
             answered.result,
@@ -279,7 +337,62 @@ class QAWorker:
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
         )
-        return Outgoing(self.answers, to_bytes(value), event_time, queue_s=answered.queue_s)
+        topic = self.answers if reply_to is None else self._reply_topic(reply_to)
+        return Outgoing(topic, to_bytes(value), event_time, queue_s=answered.queue_s)
+
+    def _reply_allowed(self, topic: str) -> bool:
+        patterns = (self.settings.reply_topics or "").split(",")
+        return any(pattern.strip() and fnmatchcase(topic, pattern.strip()) for pattern in patterns)
+
+    def _reply_topic(self, name: str) -> faust.types.TopicT:
+        if name not in self._reply_topics:
+            self._reply_topics[name] = self.app.topic(
+                name, key_serializer="raw", value_serializer="raw"
+            )
+        return self._reply_topics[name]
+
+    async def _tag(self, message: Any, received: float) -> Outgoing:
+        kafka_ms = int(message.timestamp * 1000) if message.timestamp else int(received * 1000)
+        try:
+            document = parse_document(message.value, kafka_ms, self._limits)
+        except EventError as error:
+            return self._dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        event_time = document.event_time_ms / 1000
+        set_name = document.question_set or self._topic_sets.get(message.topic)
+        if set_name is None:
+            reason = (
+                f"the document names no question_set and {message.topic} has no default set "
+                f"in {describe('documents_topics')}"
+            )
+            return self._dead_letter(message, event_time, "missing_question_set", reason)
+        question_set = self._question_sets.get(set_name)
+        if question_set is None:
+            known = ", ".join(sorted(self._question_sets)) or "none"
+            reason = f"no question set named {set_name!r} (known: {known})"
+            return self._dead_letter(message, event_time, "unknown_question_set", reason)
+        try:
+            answered = await asyncio.gather(
+                *(
+                    self.batcher.answer(field.question, document.text, field.options)
+                    for field in question_set.fields
+                )
+            )
+        except InputError as error:
+            return self._dead_letter(message, event_time, error.code, str(error))
+        except Exception as error:  # the engine failed on this input; others go on
+            log.exception("inference failed for document %s", document.id)
+            return self._dead_letter(message, event_time, "inference_failed", repr(error))
+        value = tags_event(
+            document,
+            set_name,
+            tag_results(question_set.fields, [item.result for item in answered]),
+            model_name=self.settings.model.name if self.settings.model else "",
+            model_checksum=self.engine.model_id,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        queue_s = max(item.queue_s for item in answered)
+        return Outgoing(self.tags, to_bytes(value), event_time, queue_s=queue_s)
 
     @staticmethod
     def _deadline(question: QuestionEvent) -> float | None:

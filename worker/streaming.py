@@ -49,6 +49,23 @@ SAMPLES = (
 )
 
 
+DEMO_QUESTION_SET = """\
+acquisitions:
+  fields:
+    buyer: {question: "Which company made the acquisition?"}
+    target: {question: "Which company was acquired?"}
+    price: {question: "How much was paid?", null_threshold: 0.0}
+"""
+
+DEMO_DOCUMENTS = (
+    "In March, Acme Corp. acquired the robotics startup Widget Inc. for $40 million after "
+    "months of talks.",
+    "Globex bought the analytics firm Initech on Tuesday; terms were not disclosed.",
+    "Umbrella Health agreed to acquire Cyberdyne Labs for 1.2 billion euros in cash.",
+)
+DEMO_DOCUMENTS_TOPIC = "qa-documents"
+
+
 async def run_worker(settings: Settings) -> int:
     """Runs until SIGTERM or SIGINT, then drains; non-zero when work was left unfinished."""
     engine = settings.load_engine()
@@ -145,17 +162,26 @@ async def consume(
         await consumer.stop()
 
 
-async def demo(settings: Settings, input_path: Path | None, count: int | None) -> int:
+async def demo(
+    settings: Settings, input_path: Path | None, count: int | None, tagging: bool, workdir: Path
+) -> int:
+    """Answers the questions, and with `tagging` also tags sample documents with a sample set."""
     from .broker import EmbeddedBroker
 
     events = question_events(input_path, count)
+    topics = [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
+    if tagging:
+        question_sets = workdir / "question-sets.yaml"
+        question_sets.write_text(DEMO_QUESTION_SET, encoding="utf-8")
+        settings = dataclasses.replace(
+            settings,
+            question_sets=question_sets,
+            documents_topics=f"{DEMO_DOCUMENTS_TOPIC}=acquisitions",
+        )
+        topics += [DEMO_DOCUMENTS_TOPIC, settings.tags_topic]
     async with EmbeddedBroker() as broker:
-        for topic, partitions in (
-            (settings.questions_topic, 4),
-            (settings.answers_topic, 4),
-            (settings.dead_letter_topic, 1),
-        ):
-            await broker.create_topic(topic, partitions)
+        for topic in topics:
+            await broker.create_topic(topic, 4)
         # The embedded broker holds one group member; short sessions make it join in a second.
         settings = dataclasses.replace(
             settings, broker=broker.bootstrap_servers, session_timeout_s=1.0, http_port=0
@@ -165,16 +191,18 @@ async def demo(settings: Settings, input_path: Path | None, count: int | None) -
         worker = QAWorker(settings, engine, metrics)
         await worker.start()
         try:
-            listener = consume(
-                settings,
-                [settings.answers_topic, settings.dead_letter_topic],
-                from_beginning=True,
-                idle_timeout=60.0,
-            )
+            listener = consume(settings, topics[1:], from_beginning=True, idle_timeout=60.0)
             sent = await produce(settings, events, settings.questions_topic)
+            if tagging:
+                documents = [
+                    {"id": f"doc-{i}", "text": text} for i, text in enumerate(DEMO_DOCUMENTS)
+                ]
+                sent += await produce(settings, documents, DEMO_DOCUMENTS_TOPIC)
             print(f"sent {sent} questions to {broker.bootstrap_servers}", file=sys.stderr)
             received = 0
-            async for _topic, event in listener:
+            async for topic, event in listener:
+                if topic == DEMO_DOCUMENTS_TOPIC:
+                    continue
                 print(json.dumps(event, ensure_ascii=False), flush=True)
                 received += 1
                 if received == sent:

@@ -1,0 +1,133 @@
+"""Content tagging: fixed question sets asked of every document.
+
+A question set names fields, each a question with optional answering options:
+
+    fields:
+      company: {question: "Which company is acquired?"}
+      amount:  {question: "How much was paid?", null_threshold: 0.1}
+
+A file holds one set (top-level `fields`, named `default`) or several under their names
+(`{acquisitions: {fields: ...}, people: {fields: ...}}`), as YAML or JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .qa import QAEngine, QAOptions, QAResult, Question
+
+DEFAULT_SET = "default"
+FIELD_OPTIONS = {
+    "top_k": int,
+    "max_answer_len": int,
+    "null_threshold": float,
+    "handle_impossible_answer": bool,
+}
+
+
+class QuestionSetError(ValueError):
+    """A question-set file that cannot be used; the message points at the problem."""
+
+
+@dataclass(frozen=True)
+class TagField:
+    name: str
+    question: str
+    options: QAOptions
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    name: str
+    fields: tuple[TagField, ...]
+
+
+def load_question_sets(path: Path, defaults: QAOptions) -> dict[str, QuestionSet]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise QuestionSetError(f"cannot read question sets from {path}: {error}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise QuestionSetError(f"{path}: expected a mapping with `fields`, or named sets")
+    named = {DEFAULT_SET: raw} if "fields" in raw else raw
+    return {
+        name: _question_set(f"{path}: {name}", name, spec, defaults) for name, spec in named.items()
+    }
+
+
+def _question_set(where: str, name: str, spec: Any, defaults: QAOptions) -> QuestionSet:
+    fields = spec.get("fields") if isinstance(spec, dict) else None
+    if not isinstance(fields, dict) or not fields:
+        raise QuestionSetError(f"{where}: needs `fields`, a mapping of field name to question")
+    return QuestionSet(
+        str(name),
+        tuple(_field(f"{where}.{key}", str(key), value, defaults) for key, value in fields.items()),
+    )
+
+
+def _field(where: str, name: str, spec: Any, defaults: QAOptions) -> TagField:
+    if not isinstance(spec, dict) or not isinstance(spec.get("question"), str):
+        raise QuestionSetError(f"{where}: needs `question`, a string")
+    if not spec["question"].strip():
+        raise QuestionSetError(f"{where}: the question is empty")
+    unknown = set(spec) - {"question", *FIELD_OPTIONS}
+    if unknown:
+        allowed = ", ".join(sorted(FIELD_OPTIONS))
+        raise QuestionSetError(f"{where}: unknown options {sorted(unknown)}; allowed: {allowed}")
+    overrides = {}
+    for option, kind in FIELD_OPTIONS.items():
+        if option in spec:
+            value = spec[option]
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
+                raise QuestionSetError(f"{where}.{option}: expected {kind.__name__}, got {value!r}")
+            overrides[option] = kind(value)
+    try:
+        options = dataclasses.replace(defaults, **overrides)
+    except ValueError as error:
+        raise QuestionSetError(f"{where}: {error}") from None
+    return TagField(name, spec["question"], options)
+
+
+def parse_topic_sets(mapping: str | None) -> dict[str, str | None]:
+    """`--documents-topics`: `topic=set,other` maps topics to default sets (None: per event)."""
+    topics: dict[str, str | None] = {}
+    for item in (mapping or "").split(","):
+        if item.strip():
+            topic, _, set_name = item.partition("=")
+            topics[topic.strip()] = set_name.strip() or None
+    return topics
+
+
+def tag_results(fields: Sequence[TagField], results: Sequence[QAResult]) -> dict[str, QAResult]:
+    return {field.name: result for field, result in zip(fields, results, strict=True)}
+
+
+def tag_offline(
+    engine: QAEngine,
+    question_set: QuestionSet,
+    texts: Sequence[str],
+    batch_size: int,
+    max_batch_tokens: int,
+) -> list[Mapping[str, QAResult] | Exception]:
+    """Every field of the set for every text, batched together; per text, results or an error."""
+    questions = [
+        Question(field.question, text, field.options)
+        for text in texts
+        for field in question_set.fields
+    ]
+    answers = engine.answer_many(questions, batch_size, max_batch_tokens)
+    width = len(question_set.fields)
+    tagged: list[Mapping[str, QAResult] | Exception] = []
+    for start in range(0, len(answers), width):
+        chunk = answers[start : start + width]
+        failure = next((result for result in chunk if isinstance(result, Exception)), None)
+        tagged.append(failure or tag_results(question_set.fields, chunk))  # type: ignore[arg-type]
+    return tagged
