@@ -112,7 +112,8 @@ def test_offline_tags_equal_answers_for_each_field(
     model = str(exported_models["bert"])
     docs = documents(12, seed=1)
     docs_file = tmp_path / "docs.jsonl"
-    docs_file.write_text("\n".join(json.dumps(d) for d in docs))
+    broken = [{"id": "no-text"}, {"id": "odd-set", "text": "x", "question_set": "nope"}]
+    docs_file.write_text("\n".join(json.dumps(d) for d in docs + broken))
     tagged = run_cli(
         "tag",
         "--model",
@@ -127,6 +128,10 @@ def test_offline_tags_equal_answers_for_each_field(
         "deals",
     )
     schema = Draft202012Validator(load_schema("tags"))
+    *tagged, no_text, odd_set = tagged
+    assert no_text == {"id": None, "error": no_text["error"]}
+    assert no_text["error"]["code"] == "invalid_event" and "text" in no_text["error"]["message"]
+    assert odd_set["id"] == "odd-set" and odd_set["error"]["code"] == "unknown_question_set"
     assert [t["id"] for t in tagged] == [d["id"] for d in docs]
     for line in tagged:
         schema.validate(line)

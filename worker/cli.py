@@ -20,7 +20,7 @@ from .export import ExportError, export_model
 from .manifest import ModelFolderError
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
-from .tagging import QuestionSetError, load_question_sets, tag_offline
+from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
 CHUNK_QUESTIONS = 512
@@ -136,54 +136,41 @@ def command_tag(args: argparse.Namespace) -> int:
     question_sets = load_question_sets(args.questions, settings.qa_options())
     engine = settings.load_engine()
     limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
-    documents: list[DocumentEvent | EventError] = []
+    parsed: list[DocumentEvent | EventError] = []
     for line in args.input.read_bytes().splitlines():
         if line.strip():
             try:
-                documents.append(parse_document(line, 0, limits))
+                parsed.append(parse_document(line, 0, limits))
             except EventError as error:
-                documents.append(error)
-    by_set: dict[str, list[int]] = {}
-    lines: list[dict[str, object]] = [{} for _ in documents]
-    for index, document in enumerate(documents):
-        if isinstance(document, EventError):
-            lines[index] = {"error": {"code": document.code, "message": str(document)}}
-            continue
-        name = document.question_set or args.question_set or next(iter(question_sets))
-        if name not in question_sets:
-            known = ", ".join(question_sets)
-            message = f"no question set named {name!r} (known: {known})"
-            lines[index] = {
-                "id": document.id,
-                "error": {"code": "unknown_question_set", "message": message},
-            }
-            continue
-        by_set.setdefault(name, []).append(index)
-    for name, indexes in by_set.items():
-        texts = [documents[i].text for i in indexes]  # type: ignore[union-attr]
-        tagged = tag_offline(
-            engine, question_sets[name], texts, settings.batch_size, settings.max_batch_tokens
+                parsed.append(error)
+    documents = [item for item in parsed if isinstance(item, DocumentEvent)]
+    tagged = iter(
+        tag_documents(
+            engine,
+            question_sets,
+            documents,
+            args.question_set or next(iter(question_sets)),
+            settings.batch_size,
+            settings.max_batch_tokens,
         )
-        for index, results in zip(indexes, tagged, strict=True):
-            document = documents[index]
-            assert isinstance(document, DocumentEvent)
-            if isinstance(results, InputError):
-                lines[index] = {
-                    "id": document.id,
-                    "error": {"code": results.code, "message": str(results)},
-                }
-            else:
-                lines[index] = tags_event(
-                    document,
-                    name,
-                    dict(results),
+    )
+    with open_output(args.output) as output:
+        for item in parsed:
+            outcome = item if isinstance(item, EventError) else next(tagged)
+            if isinstance(outcome, TaggedDocument):
+                line = tags_event(
+                    outcome.document,
+                    outcome.question_set,
+                    dict(outcome.results),
                     settings.require_model().name,
                     engine.model_id,
                     __version__,
                     int(time.time() * 1000),
                 )
-    with open_output(args.output) as output:
-        for line in lines:
+            else:
+                document_id = item.id if isinstance(item, DocumentEvent) else None
+                error = {"code": outcome.code, "message": str(outcome)}
+                line = {"id": document_id, "error": error}
             output.write(json.dumps(line, ensure_ascii=False) + "\n")
     return 0
 

@@ -92,6 +92,11 @@ class Outgoing:
     queue_s: float = 0.0
 
 
+def kafka_timestamp_ms(message: Any, received: float) -> int:
+    """The message's Kafka timestamp; the time it was received when it carries none."""
+    return int((message.timestamp or received) * 1000)
+
+
 def header(message: Any, name: str) -> str | None:
     """The last value of a message header, as text; None when absent or not UTF-8."""
     headers = message.headers.items() if isinstance(message.headers, dict) else message.headers
@@ -129,8 +134,9 @@ class QAWorker:
         self.metrics = metrics
         self._on_fatal = on_fatal
         self._defaults = settings.qa_options()
+        self._model_name = settings.model.name if settings.model else ""
         metrics.set_model_info(
-            model=settings.model.name if settings.model else "",
+            model=self._model_name,
             model_type=engine.manifest.model_type,
             precision=settings.precision or engine.manifest.default_precision,
             checksum=engine.model_id,
@@ -297,7 +303,7 @@ class QAWorker:
             self._room.notify_all()
 
     async def _answer(self, message: Any, received: float) -> Outgoing:
-        kafka_ms = int(message.timestamp * 1000) if message.timestamp else int(received * 1000)
+        kafka_ms = kafka_timestamp_ms(message, received)
         try:
             question = parse_question(
                 message.value, kafka_ms, self._defaults, self._limits, self.settings.deadline_ms
@@ -329,7 +335,7 @@ class QAWorker:
         value = answer_event(
             question,
             answered.result,
-            model_name=self.settings.model.name if self.settings.model else "",
+            model_name=self._model_name,
             model_checksum=self.engine.model_id,
             queue_ms=answered.queue_s * 1000,
             inference_ms=answered.inference_s * 1000,
@@ -352,7 +358,7 @@ class QAWorker:
         return self._reply_topics[name]
 
     async def _tag(self, message: Any, received: float) -> Outgoing:
-        kafka_ms = int(message.timestamp * 1000) if message.timestamp else int(received * 1000)
+        kafka_ms = kafka_timestamp_ms(message, received)
         try:
             document = parse_document(message.value, kafka_ms, self._limits)
         except EventError as error:
@@ -386,7 +392,7 @@ class QAWorker:
             document,
             set_name,
             tag_results(question_set.fields, [item.result for item in answered]),
-            model_name=self.settings.model.name if self.settings.model else "",
+            model_name=self._model_name,
             model_checksum=self.engine.model_id,
             worker_version=__version__,
             now_ms=int(time.time() * 1000),

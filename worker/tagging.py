@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from .qa import QAEngine, QAOptions, QAResult, Question
+from .events import DocumentEvent, EventError
+from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
 FIELD_OPTIONS = {
@@ -131,3 +132,41 @@ def tag_offline(
         failure = next((result for result in chunk if isinstance(result, Exception)), None)
         tagged.append(failure or tag_results(question_set.fields, chunk))  # type: ignore[arg-type]
     return tagged
+
+
+@dataclass(frozen=True)
+class TaggedDocument:
+    document: DocumentEvent
+    question_set: str
+    results: Mapping[str, QAResult]
+
+
+def tag_documents(
+    engine: QAEngine,
+    question_sets: Mapping[str, QuestionSet],
+    documents: Sequence[DocumentEvent],
+    default_set: str,
+    batch_size: int,
+    max_batch_tokens: int,
+) -> list[TaggedDocument | EventError | InputError]:
+    """Tags documents offline, in order; each with its own set or `default_set`."""
+    tagged: list[TaggedDocument | EventError | InputError | None] = [None] * len(documents)
+    by_set: dict[str, list[int]] = {}
+    for index, document in enumerate(documents):
+        name = document.question_set or default_set
+        if name in question_sets:
+            by_set.setdefault(name, []).append(index)
+        else:
+            known = ", ".join(question_sets)
+            message = f"no question set named {name!r} (known: {known})"
+            tagged[index] = EventError("unknown_question_set", message)
+    for name, indexes in by_set.items():
+        texts = [documents[index].text for index in indexes]
+        answers = tag_offline(engine, question_sets[name], texts, batch_size, max_batch_tokens)
+        for index, results in zip(indexes, answers, strict=True):
+            tagged[index] = (
+                results
+                if isinstance(results, InputError)
+                else TaggedDocument(documents[index], name, results)  # type: ignore[arg-type]
+            )
+    return [item for item in tagged if item is not None]
