@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +19,8 @@ from tests.support.streaming import (
     TopicWatcher,
     collect,
     create_topics,
+    kill_at_random_moments,
     produce,
-    start_worker_process,
-    wait_until,
     worker_settings,
 )
 from worker.broker import EmbeddedBroker
@@ -71,6 +68,22 @@ def run_cli(*args: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+def tag_with_cli(model: Path, question_sets: Path, docs_file: Path) -> list[dict]:
+    return run_cli(
+        "tag",
+        "--model",
+        str(model),
+        "--precision",
+        "fp32",
+        "--questions",
+        str(question_sets),
+        "--input",
+        str(docs_file),
+        "--question-set",
+        "deals",
+    )
+
+
 # --- question sets
 
 
@@ -114,19 +127,7 @@ def test_offline_tags_equal_answers_for_each_field(
     docs_file = tmp_path / "docs.jsonl"
     broken = [{"id": "no-text"}, {"id": "odd-set", "text": "x", "question_set": "nope"}]
     docs_file.write_text("\n".join(json.dumps(d) for d in docs + broken))
-    tagged = run_cli(
-        "tag",
-        "--model",
-        model,
-        "--precision",
-        "fp32",
-        "--questions",
-        str(question_sets),
-        "--input",
-        str(docs_file),
-        "--question-set",
-        "deals",
-    )
+    tagged = tag_with_cli(Path(model), question_sets, docs_file)
     schema = Draft202012Validator(load_schema("tags"))
     *tagged, no_text, odd_set = tagged
     assert no_text == {"id": None, "error": no_text["error"]}
@@ -198,19 +199,7 @@ async def test_tags_through_the_broker_equal_offline_tags(
     docs = documents(20, seed=2)
     docs_file = tmp_path / "docs.jsonl"
     docs_file.write_text("\n".join(json.dumps(d) for d in docs))
-    offline = run_cli(
-        "tag",
-        "--model",
-        str(model),
-        "--precision",
-        "fp32",
-        "--questions",
-        str(question_sets),
-        "--input",
-        str(docs_file),
-        "--question-set",
-        "deals",
-    )
+    offline = tag_with_cli(Path(str(model)), question_sets, docs_file)
     bad = [
         json.dumps({"id": "no-set", "text": "x", "question_set": "nope"}).encode(),
         json.dumps({"id": "no-text"}).encode(),
@@ -313,7 +302,6 @@ async def test_killed_mid_document_never_publishes_partial_tags(
         + "".join(f'    f{i}: {{question: "What is item {i}?"}}\n' for i in range(12))
     )
     docs = documents(150, seed=4)
-    rng = random.Random(7)
     log = tmp_path / "worker.log"
     async with EmbeddedBroker() as broker:
         await create_topics(broker)
@@ -331,30 +319,9 @@ async def test_killed_mid_document_never_publishes_partial_tags(
             broker.bootstrap_servers, [json.dumps(d).encode() for d in docs], topic=DOCUMENTS
         )
         async with TopicWatcher(broker.bootstrap_servers, [TAGS]) as tags:
-            kills = 0
-            while kills < 3 and len(set(tags.ids())) < len(docs):
-                process = start_worker_process(settings, log)
-                seen = len(tags.records)
-                await wait_until(
-                    lambda seen=seen, process=process: (
-                        len(tags.records) > seen or process.poll() is not None
-                    ),
-                    timeout=90,
-                    what="tags from the restarted worker",
-                )
-                assert process.poll() is None, log.read_text()[-3000:]
-                await asyncio.sleep(rng.uniform(0.0, 1.0))  # a random moment mid-stream
-                process.kill()
-                process.wait()
-                kills += 1
-            process = start_worker_process(settings, log)
-            try:
-                await wait_until(
-                    lambda: len(set(tags.ids())) == len(docs), timeout=300, what="every document"
-                )
-            finally:
-                process.send_signal(signal.SIGTERM)
-                assert process.wait(timeout=60) == 0
+            kills = await kill_at_random_moments(
+                settings, log, tags, len(docs), most_kills=3, seed=7
+            )
             events = [record.json() for record in tags.records]
     assert kills >= 2
     first: dict[str, dict] = {}

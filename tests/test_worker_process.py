@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import signal
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from tests.support.streaming import (
     TopicWatcher,
     committed_offsets,
     create_topics,
+    kill_at_random_moments,
     produce,
     question_values,
     start_worker_process,
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.broker
 async def test_kill_9_at_random_moments_loses_no_event(
     exported_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    rng = random.Random(2024)
     values = question_values(texts.pairs(seed=13, count=2000))
     expected = {json.loads(v)["id"] for v in values}
     log = tmp_path / "worker.log"
@@ -41,33 +39,9 @@ async def test_kill_9_at_random_moments_loses_no_event(
         )
         await produce(broker.bootstrap_servers, values)
         async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
-            kills = 0
-            while kills < 5 and len(set(answers.ids())) < len(expected):
-                process = start_worker_process(settings, log)
-                seen = len(answers.records)
-                await wait_until(
-                    lambda seen=seen, process=process: (
-                        len(answers.records) > seen or process.poll() is not None
-                    ),
-                    timeout=90,
-                    what="the restarted worker to answer",
-                )
-                assert process.poll() is None, log.read_text()
-                # A random moment while events flow: the point of the test.
-                await asyncio.sleep(rng.uniform(0.0, 1.5))
-                process.kill()
-                process.wait()
-                kills += 1
-            process = start_worker_process(settings, log)
-            try:
-                await wait_until(
-                    lambda: set(answers.ids()) >= expected,
-                    timeout=300,
-                    what="every question to be answered",
-                )
-            finally:
-                process.send_signal(signal.SIGTERM)
-                assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+            kills = await kill_at_random_moments(
+                settings, log, answers, len(expected), most_kills=5, seed=2024
+            )
             ids = answers.ids()
     assert kills >= 3, "the worker finished before it could be killed three times"
     assert set(ids) == expected

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -191,3 +193,43 @@ async def wait_until(condition: object, timeout: float, what: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def kill_at_random_moments(
+    settings: Settings,
+    log: Path,
+    output: TopicWatcher,
+    wanted: int,
+    most_kills: int,
+    seed: int,
+) -> int:
+    """Starts `qa-worker run` and kills it with SIGKILL while it produces to `output`, again and
+    again, until `most_kills` or `wanted` distinct ids arrived; then runs one to completion and
+    stops it with SIGTERM. Returns how many times it was killed."""
+    rng = random.Random(seed)
+    kills = 0
+    while kills < most_kills and len(set(output.ids())) < wanted:
+        process = start_worker_process(settings, log)
+        seen = len(output.records)
+        await wait_until(
+            lambda seen=seen, process=process: (
+                len(output.records) > seen or process.poll() is not None
+            ),
+            timeout=90,
+            what="the restarted worker to produce",
+        )
+        assert process.poll() is None, log.read_text()[-3000:]
+        # A random moment while events flow: the point of the test.
+        await asyncio.sleep(rng.uniform(0.0, 1.5))
+        process.kill()
+        process.wait()
+        kills += 1
+    process = start_worker_process(settings, log)
+    try:
+        await wait_until(
+            lambda: len(set(output.ids())) >= wanted, timeout=300, what="every id to arrive"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    return kills
