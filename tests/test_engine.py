@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import texts
+from worker.backends.onnx import cgroup_cpu_limit
 from worker.manifest import Manifest, ModelFolderError
 from worker.qa import InputError, QAEngine, QAOptions, Question
 
@@ -98,3 +99,14 @@ def test_missing_precision_names_the_fix(exported_models: dict[str, Path]) -> No
     with pytest.raises(ModelFolderError, match="--quantize int8"):
         fp32_only.onnx_path(exported_models["bert"], "int8")
     assert manifest.onnx_path(exported_models["bert"]).name == manifest.onnx_files["int8"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), ("garbage", None)],
+)
+def test_cgroup_cpu_limit_caps_threads(tmp_path: Path, content: str, expected: int | None) -> None:
+    limit_file = tmp_path / "cpu.max"
+    limit_file.write_text(content)
+    assert cgroup_cpu_limit(limit_file) == expected
+    assert cgroup_cpu_limit(tmp_path / "missing") is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -157,6 +158,9 @@ class QAWorker:
         self._room = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._lag_task: asyncio.Task[None] | None = None
+        # faust creates a table folder in its data dir even with no tables; a private temporary
+        # one keeps the worker runnable on a read-only root filesystem.
+        self._datadir = tempfile.TemporaryDirectory(prefix="qa-worker-faust-")
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -166,6 +170,7 @@ class QAWorker:
             broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
             broker_credentials=faust_credentials(settings),
             store="memory://",
+            datadir=self._datadir.name,
             # /metrics, /healthz and /readyz have their own server (worker.http).
             web_enabled=False,
             # The worker keeps no tables and uses no leader election.
@@ -230,6 +235,7 @@ class QAWorker:
             )
             drained = False
         await self.batcher.stop()
+        self._datadir.cleanup()
         return drained
 
     def readiness(self) -> tuple[bool, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +14,27 @@ START_LOGITS = "start_logits"
 END_LOGITS = "end_logits"
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU limit.
+
+    In a container the affinity is every core of the node; the limit is what the pod gets, and
+    more threads than that only contend with each other.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cores or 1, cgroup_cpu_limit(CGROUP_CPU_MAX) or cores or 1)
+
+
+def cgroup_cpu_limit(path: Path) -> int | None:
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 class OnnxBackend:
