@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__, streaming
+from . import __version__, bench, streaming
 from .config import ConfigError, Settings, add_arguments
 from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
 from .export import ExportError, export_model
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=float, default=10.0, help="stop after idle seconds")
     consume.add_argument("--from-beginning", action="store_true")
     consume.set_defaults(handler=command_consume)
+
+    bench.add_bench_parser(commands)
     return parser
 
 

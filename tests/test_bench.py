@@ -1,0 +1,291 @@
+"""`qa-worker bench` on a tiny model: every section of the report is there and consistent.
+
+Speeds are not judged here (the targets belong to benchmark runs on a quiet machine): the tests
+check that each measurement ran, on the events it should, and that the numbers agree with each
+other and with what can be counted by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import texts
+from tests.support.reference import reference_python
+from worker import bench
+from worker.broker import EmbeddedBroker
+from worker.config import Settings
+
+pytestmark = pytest.mark.broker
+
+EVENTS = 30
+SWEEP_EVENTS = 12
+LOADS = [0.25, 0.5, 0.75, 1.0]
+THROUGHPUT_SECTIONS = ("ceiling", "engine", "end_to_end")
+
+
+def write_squad(path: Path, count: int, seed: int = 31) -> Path:
+    """A SQuAD 2.0 file of unanswerable questions over contexts of one to several windows."""
+    paragraphs = [
+        {
+            "context": context,
+            "qas": [{"id": f"q{i}", "question": question, "answers": [], "is_impossible": True}],
+        }
+        for i, (question, context) in enumerate(texts.pairs(seed=seed, count=count))
+    ]
+    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs}]}), encoding="utf-8")
+    return path
+
+
+def run_bench(*argv: str) -> int:
+    """`qa-worker bench ARGV`, through the parser `add_bench_parser` registers."""
+    parser = argparse.ArgumentParser(prog="qa-worker")
+    bench.add_bench_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", *argv])
+    return int(args.handler(args))
+
+
+def hand_count_gflop(config: dict[str, Any], tokens: int) -> float:
+    """A BERT encoder's matrix products for one window of `tokens`, from its config."""
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    per_layer = (
+        4 * 2 * tokens * hidden * hidden  # query, key, value and output projections
+        + 2 * 2 * tokens * tokens * hidden  # scores and weighted values, all heads together
+        + 2 * 2 * tokens * hidden * inner  # the feed-forward network, in and out
+    )
+    start_end_head = 2 * tokens * hidden * 2
+    return (config["num_hidden_layers"] * per_layer + start_end_head) / 1e9
+
+
+def checkpoint_config(model: Path) -> dict[str, Any]:
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    return json.loads((Path(manifest["source"]) / "config.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def bench_run(
+    exported_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    """One bench run on the tiny BERT (int8, the manifest's default): its report and plot."""
+    folder = tmp_path_factory.mktemp("bench")
+    squad = write_squad(folder / "squad.json", count=EVENTS + 10)
+    report_path, plot_path = folder / "report.json", folder / "latency.png"
+    code = run_bench(
+        "--model",
+        str(exported_models["bert"]),
+        "--squad",
+        str(squad),
+        "--events",
+        str(EVENTS),
+        "--sweep-events",
+        str(SWEEP_EVENTS),
+        "--json",
+        str(report_path),
+        "--plot",
+        str(plot_path),
+    )
+    assert code == 0
+    return json.loads(report_path.read_text(encoding="utf-8")), plot_path
+
+
+def test_report_has_every_section(bench_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = bench_run
+    required = {
+        "ceiling",
+        "engine",
+        "end_to_end",
+        "sweep",
+        "padding_ratio",
+        "peak_rss_mb",
+        "startup_s",
+        "gemm_gflops",
+        "model_gflop_per_window",
+        "window_inference_ms",
+        "targets",
+    }
+    assert required <= set(report)
+    assert "reference" not in report, "no --reference-python was given"
+    for section in THROUGHPUT_SECTIONS:
+        assert {"events_per_s", "windows_per_s", "gflops", "peak_share"} <= set(report[section])
+    assert {"p50", "p95", "p99"} == set(report["end_to_end"]["latency_ms"])
+    for entry in report["sweep"]:
+        assert {"load", "events_per_s", "latency_ms"} <= set(entry)
+
+
+def test_every_phase_answers_its_events(bench_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = bench_run
+    assert report["events"] == EVENTS
+    assert report["refused_events"] == 0
+    assert report["windows"] > EVENTS, "some contexts are longer than one window"
+    assert report["end_to_end"]["events"] == EVENTS
+    assert report["end_to_end"]["dead_lettered"] == 0
+    assert [entry["load"] for entry in report["sweep"]] == LOADS
+    for entry in report["sweep"]:
+        assert entry["events"] == SWEEP_EVENTS
+        assert entry["dead_lettered"] == 0
+        assert entry["target_events_per_s"] == pytest.approx(
+            entry["load"] * report["end_to_end"]["events_per_s"], rel=1e-4
+        )
+
+
+def test_throughputs_and_latencies_are_sane(bench_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = bench_run
+    for section in THROUGHPUT_SECTIONS:
+        assert report[section]["events_per_s"] > 0
+    ceiling = report["ceiling"]
+    assert str(ceiling["batch_size"]) in ceiling["events_per_s_by_batch_size"]
+    assert ceiling["events_per_s"] == max(ceiling["events_per_s_by_batch_size"].values())
+    phases = [report["end_to_end"], *report["sweep"]]
+    for phase in phases:
+        assert phase["events_per_s"] > 0
+        for latency in (phase["latency_ms"], phase["worker_latency_ms"]):
+            assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        # The worker's part cannot be longer than the whole way from producer to consumer.
+        assert phase["worker_latency_ms"]["p50"] <= phase["latency_ms"]["p99"]
+    assert report["window_inference_ms"] > 0
+
+
+def test_padding_memory_startup_and_machine_are_measured(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    assert report["padding_ratio"] == report["end_to_end"]["padding_ratio"]
+    for padding in (
+        report["padding_ratio"],
+        report["ceiling"]["padding_ratio"],
+        report["engine"]["padding_ratio"],
+        *(entry["padding_ratio"] for entry in report["sweep"]),
+    ):
+        assert padding >= 1
+    assert report["end_to_end"]["mean_batch_windows"] >= 1
+    assert report["peak_rss_mb"] > 0
+    assert report["startup_s"] > 0
+    assert report["gemm_gflops"] > 0
+    assert report["gemm_int8_gops"] > 0
+    assert report["precision"] == "int8"
+    assert report["peak_gemm"] == "int8"
+
+
+def test_model_flops_match_a_hand_count(
+    bench_run: tuple[dict[str, Any], Path], exported_models: dict[str, Path]
+) -> None:
+    report, _ = bench_run
+    tokens = report["flop_window_tokens"]
+    assert tokens == round(report["mean_window_tokens"])
+    expected = hand_count_gflop(checkpoint_config(exported_models["bert"]), tokens)
+    assert report["model_gflop_per_window"] == pytest.approx(expected, rel=1e-5)
+    ceiling = report["ceiling"]
+    assert ceiling["gflops"] == pytest.approx(
+        ceiling["windows_per_s"] * report["model_gflop_per_window"], rel=1e-4
+    )
+    assert ceiling["peak_share"] == pytest.approx(
+        ceiling["gflops"] / report["gemm_int8_gops"], rel=1e-4
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("tokens", [1, 64, 384])
+def test_flop_count_matches_a_hand_count_at_any_length(
+    exported_models: dict[str, Path], precision: str, tokens: int
+) -> None:
+    model = exported_models["bert"]
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    counted = bench.model_gflop_per_window(model / manifest["onnx_files"][precision], tokens)
+    assert counted == pytest.approx(hand_count_gflop(checkpoint_config(model), tokens), rel=1e-9)
+
+
+def test_targets_are_checked(bench_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = bench_run
+    assert set(report["targets"]) == {name for name, *_ in bench.TARGETS}
+    startup = report["targets"]["startup_s"]
+    assert startup["value"] == report["startup_s"]
+    assert startup["met"] == (report["startup_s"] <= 10)
+    p50 = report["targets"]["p50_at_25pct_load"]["value"]
+    assert p50 == pytest.approx(
+        report["sweep"][0]["latency_ms"]["p50"] / report["window_inference_ms"], rel=1e-4
+    )
+
+
+def test_plot_is_written_as_png(bench_run: tuple[dict[str, Any], Path]) -> None:
+    _, plot = bench_run
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_onnx_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(bench.BenchError, match=r"pip install 'kafka-qa-worker\[bench\]'"):
+        bench.measure_int8_gemm(size=64, repeats=1)
+
+
+def test_missing_matplotlib_fails_before_measuring(
+    exported_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    squad = write_squad(tmp_path / "squad.json", count=3)
+    plot = tmp_path / "latency.png"
+    model = str(exported_models["bert"])
+    assert run_bench("--model", model, "--squad", str(squad), "--plot", str(plot)) == 1
+    error = capsys.readouterr().err
+    assert "--plot needs matplotlib" in error
+    assert "ceiling" not in error, "nothing was measured"
+    assert not plot.exists()
+
+
+async def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    settings = bench.bench_worker_settings(
+        Settings(model=tmp_path / "no-model"), "127.0.0.1:9", embedded=True
+    )
+    with pytest.raises(bench.BenchError, match=r"exited with code 2(.|\n)*no manifest.json"):
+        async with bench.WorkerProcess(settings):
+            pass
+
+
+@pytest.mark.reference
+async def test_reference_pipeline_runs_on_the_same_events_through_a_given_broker(
+    exported_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--reference-python times transformers' pipeline; --broker uses a broker already running."""
+    python = reference_python()
+    squad = write_squad(tmp_path / "squad.json", count=8, seed=5)
+    report_path = tmp_path / "report.json"
+    async with EmbeddedBroker() as broker:
+        code = await asyncio.to_thread(
+            run_bench,
+            "--model",
+            str(exported_models["bert"]),
+            "--precision",
+            "fp32",
+            "--squad",
+            str(squad),
+            "--events",
+            "8",
+            "--sweep-events",
+            "4",
+            "--broker",
+            broker.bootstrap_servers,
+            "--reference-python",
+            str(python),
+            "--json",
+            str(report_path),
+        )
+    assert code == 0
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    reference = report["reference"]
+    assert reference["events"] == 8
+    assert reference["errors"] == 0
+    assert reference["events_per_s"] > 0
+    assert reference["versions"]["transformers"] == "4.57.6"
+    manifest = json.loads((exported_models["bert"] / "manifest.json").read_text())
+    assert reference["model"] == manifest["source"]
+    assert report["peak_gemm"] == "fp32"
+    assert report["end_to_end"]["events"] == 8
+    assert "reference: " in capsys.readouterr().err
