@@ -477,3 +477,8 @@ def test_malformed_squad_names_the_question(tmp_path: Path) -> None:
         InputFileError, match=r'at data\[0\]\.paragraphs\[0\]\.qas\[1\]: missing "question"'
     ):
         read_questions(path)
+
+
+def test_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match=r"cannot read .*missing\.jsonl"):
+        read_questions(tmp_path / "missing.jsonl")

@@ -68,6 +68,8 @@ def read_questions(path: Path) -> list[QuestionRecord]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputFileError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from None
+    except OSError as error:
+        raise InputFileError(f"cannot read {path}: {error.strerror}") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
