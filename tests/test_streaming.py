@@ -131,6 +131,7 @@ async def test_answers_through_the_broker_equal_offline_answers(
     assert 1.0 <= one("qa_worker_padding_ratio") < 2.0
     assert one("qa_worker_seconds_since_last_commit") < 30
     assert sum(samples["qa_worker_model_info"].values()) == 1
+    assert one("qa_worker_ready") == 1
     assert set(samples["qa_worker_consumer_lag_messages"]) == {
         (("partition", str(p)), ("topic", "questions")) for p in range(4)
     }

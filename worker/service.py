@@ -45,7 +45,7 @@ from .tagging import load_question_sets, parse_topic_sets, tag_results
 
 log = logging.getLogger(__name__)
 
-# How often consumer lag is refreshed for /metrics.
+# How often consumer lag and readiness are refreshed for /metrics.
 LAG_REFRESH_S = 1.0
 REPLY_TO_HEADER = "reply-to"
 # Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
@@ -213,7 +213,6 @@ class QAWorker:
         await self.batcher.start()
         await self.app.start()
         self._lag_task = asyncio.create_task(self._refresh_lag())
-        self.metrics.set_ready(True)
 
     async def stop(self) -> bool:
         """Stops fetching, finishes what is in flight, commits, then stops the engine.
@@ -460,4 +459,5 @@ class QAWorker:
                 if highwater is not None:
                     lags[(tp.topic, tp.partition)] = max(0, highwater - committed.get(tp, 0))
             self.metrics.set_lags(lags)
+            self.metrics.set_ready(self.readiness()[0])
             await asyncio.sleep(LAG_REFRESH_S)
