@@ -98,11 +98,16 @@ def kafka_timestamp_ms(message: Any, received: float) -> int:
     return int((message.timestamp or received) * 1000)
 
 
+def message_headers(message: Any) -> list[tuple[str, bytes]]:
+    """A message's headers as a list of pairs, whichever form faust hands them over in."""
+    headers = message.headers
+    return list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+
+
 def header(message: Any, name: str) -> str | None:
     """The last value of a message header, as text; None when absent or not UTF-8."""
-    headers = message.headers.items() if isinstance(message.headers, dict) else message.headers
     found = None
-    for key, value in headers or ():
+    for key, value in message_headers(message):
         if key == name and value is not None:
             found = value
     try:
@@ -316,18 +321,7 @@ class QAWorker:
         except EventError as error:
             return self._dead_letter(message, kafka_ms / 1000, error.code, str(error))
         event_time = question.event_time_ms / 1000
-        try:
-            answered = await self.batcher.answer(
-                question.question, question.context, question.options, self._deadline(question)
-            )
-        except InputError as error:
-            return self._dead_letter(message, event_time, error.code, str(error))
-        except DeadlineExceeded:
-            late = f"not answered within {question.deadline_ms - question.event_time_ms} ms"
-            return self._dead_letter(message, event_time, "deadline_exceeded", late)
-        except Exception as error:  # the engine failed on this input; others go on
-            log.exception("inference failed for event %s", question.id)
-            return self._dead_letter(message, event_time, "inference_failed", repr(error))
+        # Checked before inference: a refused reply topic needs no answer.
         reply_to = question.reply_to or header(message, REPLY_TO_HEADER)
         if reply_to is not None and not self._reply_allowed(reply_to):
             return self._dead_letter(
@@ -337,6 +331,15 @@ class QAWorker:
                 f"reply topic {reply_to!r} matches no pattern of "
                 f"{describe('reply_topics')} ({self.settings.reply_topics or 'unset'})",
             )
+        try:
+            answered = await self.batcher.answer(
+                question.question, question.context, question.options, self._deadline(question)
+            )
+        except DeadlineExceeded:
+            late = f"not answered within {question.deadline_ms - question.event_time_ms} ms"
+            return self._dead_letter(message, event_time, "deadline_exceeded", late)
+        except Exception as error:
+            return self._unanswerable(message, event_time, error, question.id)
         value = answer_event(
             question,
             answered.result,
@@ -388,11 +391,8 @@ class QAWorker:
                     for field in question_set.fields
                 )
             )
-        except InputError as error:
-            return self._dead_letter(message, event_time, error.code, str(error))
-        except Exception as error:  # the engine failed on this input; others go on
-            log.exception("inference failed for document %s", document.id)
-            return self._dead_letter(message, event_time, "inference_failed", repr(error))
+        except Exception as error:
+            return self._unanswerable(message, event_time, error, document.id)
         value = tags_event(
             document,
             set_name,
@@ -411,6 +411,16 @@ class QAWorker:
             return None
         return time.monotonic() + (question.deadline_ms - time.time() * 1000) / 1000
 
+    def _unanswerable(
+        self, message: Any, event_time: float, error: Exception, event_id: str
+    ) -> Outgoing:
+        """The dead letter for input the engine rejected, or on which it failed."""
+        if isinstance(error, InputError):
+            return self._dead_letter(message, event_time, error.code, str(error))
+        # The engine failed on this input; other events go on.
+        log.error("inference failed for event %s", event_id, exc_info=error)
+        return self._dead_letter(message, event_time, "inference_failed", repr(error))
+
     def _dead_letter(self, message: Any, event_time: float, code: str, reason: str) -> Outgoing:
         record = dead_letter_event(
             message.value,
@@ -426,11 +436,7 @@ class QAWorker:
 
     async def _deliver(self, outgoing: Outgoing, message: Any) -> None:
         """Sends until the broker acknowledges; the event is held in flight meanwhile."""
-        headers = (
-            list(message.headers.items())
-            if isinstance(message.headers, dict)
-            else (message.headers or [])
-        )
+        headers = message_headers(message)
         backoff = 0.1
         while True:
             try:
