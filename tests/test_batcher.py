@@ -10,6 +10,7 @@ nothing (windows reaching its queue), the tests poll `pending_windows` until it 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 import time
@@ -173,13 +174,18 @@ async def test_answers_equal_one_window_at_a_time() -> None:
     assert max(len(batch) for batch in engine.batches) > 1
 
 
-@pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, 1000), (4, 100), (16, 250)])
-async def test_batches_stay_within_limits(batch_size: int, max_batch_tokens: int) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "max_batch_tokens", "max_padding"),
+    [(1, 1000, 0.0), (4, 100, 0.05), (16, 250, 0.2), (16, 4000, 0.0)],
+)
+async def test_batches_stay_within_limits(
+    batch_size: int, max_batch_tokens: int, max_padding: float
+) -> None:
     engine = FakeEngine()
     rng = random.Random(batch_size)
     lengths = [[rng.randint(1, 90) for _ in range(rng.randint(1, 3))] for _ in range(30)]
     lengths[7].append(max_batch_tokens + 50)
-    limits = BatchLimits(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    limits = BatchLimits(batch_size, max_batch_tokens, max_padding=max_padding)
     async with MicroBatcher(engine, limits) as batcher:
         answered = await bounded(
             asyncio.gather(*(ask(batcher, f"q{i}", *sizes) for i, sizes in enumerate(lengths)))
@@ -189,7 +195,10 @@ async def test_batches_stay_within_limits(batch_size: int, max_batch_tokens: int
     assert ran == sorted(f"q{i}#{w}" for i, sizes in enumerate(lengths) for w in range(len(sizes)))
     for batch in engine.batches:
         assert len(batch) <= batch_size
-        assert len(batch) * max(len(w) for w in batch) <= max_batch_tokens or len(batch) == 1
+        padded = len(batch) * max(len(w) for w in batch)
+        assert padded <= max_batch_tokens or len(batch) == 1
+        assert padded <= sum(len(w) for w in batch) * (1 + max_padding)
+    assert max(len(batch) for batch in engine.batches) > 1 or batch_size == 1
 
 
 async def test_an_idle_engine_starts_at_once_without_waiting_for_more() -> None:
@@ -208,7 +217,7 @@ async def test_an_idle_engine_starts_at_once_without_waiting_for_more() -> None:
 
 async def test_questions_accumulate_while_a_batch_runs() -> None:
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=8)) as batcher:
+    async with MicroBatcher(engine, BatchLimits(batch_size=8, max_padding=math.inf)) as batcher:
         engine.gate.hold()
         tasks = [ask(batcher, "A", 10)]
         assert await engine.gate.next_batch() == ["A#0"]
@@ -224,7 +233,8 @@ async def test_questions_accumulate_while_a_batch_runs() -> None:
 
 async def test_batches_grow_around_the_oldest_window_by_length() -> None:
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=3, max_batch_tokens=200)) as batcher:
+    limits = BatchLimits(batch_size=3, max_batch_tokens=200, max_padding=math.inf)
+    async with MicroBatcher(engine, limits) as batcher:
         engine.gate.hold()
         tasks = [ask(batcher, "hold", 5)]
         await engine.gate.next_batch()
@@ -242,9 +252,27 @@ async def test_batches_grow_around_the_oldest_window_by_length() -> None:
     ]
 
 
+async def test_an_outlier_in_length_runs_apart_rather_than_padding_a_batch() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=8, max_padding=0.05)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "hold", 5)]
+        await engine.gate.next_batch()
+        for queued, (name, length) in enumerate(
+            [("long", 384), ("a", 100), ("b", 100), ("c", 98), ("d", 383), ("e", 80)], start=1
+        ):
+            tasks.append(ask(batcher, name, length))
+            await wait_until(lambda queued=queued: batcher.pending_windows == queued)
+        engine.gate.open()
+        await bounded(asyncio.gather(*tasks))
+    # 100-token windows padded to 384 would almost quadruple the work; adding the 80-token one
+    # to a, b and c would pad the batch by 5.8% of its real tokens, over the 5% cap.
+    assert engine.labels()[1:] == [["long#0", "d#0"], ["a#0", "b#0", "c#0"], ["e#0"]]
+
+
 async def test_a_long_window_is_not_starved_by_a_stream_of_short_ones() -> None:
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=2)) as batcher:
+    async with MicroBatcher(engine, BatchLimits(batch_size=2, max_padding=math.inf)) as batcher:
         engine.gate.hold()
         tasks = [ask(batcher, "s", 10)]
         await engine.gate.next_batch()

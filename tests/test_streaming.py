@@ -26,7 +26,7 @@ from tests.support.streaming import (
     wait_until,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
+from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.http import HealthServer
 from worker.metrics import WorkerMetrics
 from worker.service import QAWorker
@@ -85,6 +85,9 @@ async def test_answers_through_the_broker_equal_offline_answers(
         async with HealthServer(metrics, worker.readiness, "127.0.0.1", 0) as server:
             await worker.start()
             try:
+                # faust hard-codes 1500 ms; the setting must reach the fetcher aiokafka started.
+                fetcher = worker.app.consumer._thread._consumer._fetcher
+                assert fetcher._fetch_max_wait_ms == settings.fetch_max_wait_ms == FETCH_WAIT_MS
                 keys = [f"key-{i}".encode() for i in range(len(values))]
                 headers = [[("correlation-id", f"corr-{i}".encode())] for i in range(len(values))]
                 await produce(broker.bootstrap_servers, values, keys, headers)

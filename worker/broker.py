@@ -16,6 +16,8 @@ with differences from Kafka that clients notice (docs/notes/faust-on-tansu.md ha
   topics with `create_topic` before any client asks about them.
 - `end_offsets()` (ListOffsets) undercounts after multi-record batches; a consumer's
   `highwater()`, which comes from fetch responses, is right.
+- A fetch is answered only when the consumer's fetch wait runs out, even if records arrive
+  meanwhile, so the wait adds to every hop: consumers should use `FETCH_WAIT_MS`.
 """
 
 from __future__ import annotations
@@ -39,9 +41,13 @@ from aiokafka.errors import KafkaError, for_code
 
 from .lifecycle import AsyncLifecycle
 
-__all__ = ["BrokerError", "EmbeddedBroker", "find_tansu"]
+__all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "find_tansu"]
 
 HOST = "127.0.0.1"
+
+# A fetch wait for consumers of this broker: short enough to add little latency per hop, long
+# enough that an idle consumer's fetches cost the broker little.
+FETCH_WAIT_MS = 5
 
 # tansu reads these from the environment; an inherited value would quietly turn on schema
 # validation or telemetry export in a broker that is meant to be plain and offline.

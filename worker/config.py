@@ -71,9 +71,14 @@ class Settings:
     # batching
     batch_size: int = setting(16, "Most windows in one inference batch.", "batching")
     max_batch_tokens: int = setting(
-        8192, "Most padded tokens (windows x longest window) in one inference batch.", "batching"
+        1024, "Most padded tokens (windows x longest window) in one inference batch.", "batching"
     )
-
+    max_padding: float = setting(
+        0.05,
+        "Most padding a batch carries, as a share of its real tokens; a window that would add "
+        "more waits for a batch of windows closer to its length.",
+        "batching",
+    )
     max_wait_ms: float = setting(
         0.0,
         "How long an idle engine waits for a fuller batch; 0 dispatches at once.",
@@ -117,6 +122,12 @@ class Settings:
     )
     commit_interval_s: float = setting(
         1.0, "How often acknowledged offsets are committed.", "kafka"
+    )
+    fetch_max_wait_ms: int = setting(
+        500,
+        "Longest the broker may hold a fetch while no records arrive. Kafka answers as soon as "
+        "records arrive; brokers that hold every fetch this long (tansu) add it to latency.",
+        "kafka",
     )
     # tagging and request/reply
     question_sets: Path | None = setting(
@@ -168,10 +179,13 @@ class Settings:
             "max_in_flight",
             "max_question_chars",
             "max_context_chars",
+            "fetch_max_wait_ms",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{describe(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_padding < 0:
+            raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
         if self.threads < 0:
             raise ConfigError(f"{describe('threads')} must be 0 or more, got {self.threads}")
         if self.max_seq_len is not None and self.max_seq_len < 8:

@@ -346,7 +346,7 @@ def _export_onnx(
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
     # The exporter lists the torchvision operators it skips; QA models use none of them.
-    skipped = _dropping_logs(
+    skipped = dropping_logs(
         "torch.onnx._internal.exporter._registration", "torchvision is not installed"
     )
     with skipped, warnings.catch_warnings():
@@ -382,7 +382,7 @@ def _quantize_int8(source: Path, target: Path, external: bool) -> None:
     # quantization does not need it here: it quantizes every MatMul whose second input is a
     # weight, and the exported graph keeps weights as plain initializers. (The pre-processing's
     # symbolic shape inference also fails on these graphs.) Keep the advice off the console.
-    with _dropping_logs("", "Please consider to run pre-processing before quantization"):
+    with dropping_logs("", "Please consider to run pre-processing before quantization"):
         quantize_dynamic(
             source,
             target,
@@ -395,7 +395,7 @@ def _quantize_int8(source: Path, target: Path, external: bool) -> None:
 
 
 @contextmanager
-def _dropping_logs(logger_name: str, prefix: str) -> Iterator[None]:
+def dropping_logs(logger_name: str, prefix: str) -> Iterator[None]:
     """Drops the records of one logger whose message starts with `prefix`, for a while."""
 
     def keep(record: logging.LogRecord) -> bool:

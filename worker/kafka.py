@@ -6,6 +6,7 @@ import ssl
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from .config import ConfigError, Settings, describe
 
@@ -64,3 +65,27 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password,
         )
     return options
+
+
+class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # faust 0.15 passes a fixed fetch_max_wait_ms=1500 with no setting to change it; the
+        # consumer reads this attribute when it starts, which happens after this returns.
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
+        return consumer
+
+
+class _FetchWaitConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _FetchWaitConsumerThread:
+        return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class FetchWaitTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with the consumer's fetch wait taken from the settings."""
+
+    Consumer = _FetchWaitConsumer
+
+    def __init__(self, url: Any, app: faust.App, *, fetch_max_wait_ms: int) -> None:
+        super().__init__(url, app)
+        self.fetch_max_wait_ms = fetch_max_wait_ms

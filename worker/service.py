@@ -38,7 +38,7 @@ from .events import (
     tags_event,
     to_bytes,
 )
-from .kafka import faust_credentials
+from .kafka import FetchWaitTransport, faust_credentials
 from .metrics import WorkerMetrics
 from .qa import InputError, QAEngine
 from .tagging import load_question_sets, parse_topic_sets, tag_results
@@ -156,7 +156,12 @@ class QAWorker:
         )
         self.batcher = MicroBatcher(
             engine,
-            BatchLimits(settings.batch_size, settings.max_batch_tokens, settings.max_wait_ms),
+            BatchLimits(
+                settings.batch_size,
+                settings.max_batch_tokens,
+                settings.max_wait_ms,
+                settings.max_padding,
+            ),
             observer=metrics,
         )
         self.tracker = OffsetTracker()
@@ -190,6 +195,9 @@ class QAWorker:
             stream_buffer_maxsize=max(16, settings.max_in_flight),
             broker_max_poll_records=max(16, settings.max_in_flight),
             producer_acks=-1,
+        )
+        app.transport = FetchWaitTransport(
+            app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms
         )
         self.questions = app.topic(
             settings.questions_topic, key_serializer="raw", value_serializer="raw"

@@ -138,29 +138,11 @@ def _distilbert_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _roberta_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
     from transformers import RobertaTokenizerFast
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(
-        CORPUS,
-        BpeTrainer(
-            vocab_size=VOCAB_SIZE,
-            special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tokenizer.post_processor = processors.RobertaProcessing(
-        sep=("</s>", tokenizer.token_to_id("</s>")),
-        cls=("<s>", tokenizer.token_to_id("<s>")),
-        trim_offsets=True,
-        add_prefix_space=False,
-    )
+    from benchmarks.build_model import byte_level_bpe_tokenizer
+
+    tokenizer = byte_level_bpe_tokenizer(CORPUS, VOCAB_SIZE)
     return RobertaTokenizerFast(tokenizer_object=tokenizer, model_max_length=MODEL_MAX_LENGTH)
 
 

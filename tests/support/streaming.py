@@ -19,6 +19,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from worker.broker import FETCH_WAIT_MS
 from worker.config import Settings, env_name
 
 QUESTIONS, ANSWERS, DEAD_LETTERS = "questions", "answers", "dead-letters"
@@ -48,6 +49,7 @@ def worker_settings(bootstrap: str, model: Path, **overrides: object) -> Setting
         group_id="test-workers",
         session_timeout_s=1.0,
         commit_interval_s=0.2,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
         http_host="127.0.0.1",
         http_port=0,
         precision="fp32",

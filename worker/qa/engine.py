@@ -143,7 +143,7 @@ class QAEngine:
         self,
         questions: Sequence[Question],
         batch_size: int = 16,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 1024,
     ) -> list[QAResult | InputError]:
         """Answers in input order; a question the engine cannot take yields its InputError."""
         encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])

@@ -1,0 +1,90 @@
+"""Medians over repeated `qa-worker bench` runs: each run's ratios first, then their median.
+
+    for run in 1 2 3 4 5; do
+        qa-worker bench --model models/mobilebert --squad FILE --json runs/$run.json
+    done
+    python -m benchmarks.bench_medians runs/*.json
+
+Times on a shared 2-core machine swing by tens of percent between runs, and not alike for every
+phase; a ratio taken inside one run (end_to_end over ceiling) cancels most of that, so targets are
+checked on the median of the per-run ratios, never on a ratio of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from worker.bench import TARGETS
+
+FIGURES = (
+    ("ceiling events/s", ("ceiling", "events_per_s")),
+    ("engine events/s", ("engine", "events_per_s")),
+    ("end_to_end events/s", ("end_to_end", "events_per_s")),
+    ("reference events/s", ("reference", "events_per_s")),
+    ("window inference ms", ("window_inference_ms",)),
+    ("p50 at 25% load, ms", ("sweep", 0.25, "p50")),
+    ("p99 at 75% load, ms", ("sweep", 0.75, "p99")),
+    ("padding ratio", ("padding_ratio",)),
+    ("peak RSS MB", ("peak_rss_mb",)),
+    ("start to ready s", ("startup_s",)),
+    ("share of GEMM peak, end_to_end", ("end_to_end", "peak_share")),
+)
+
+
+def figure(report: dict[str, Any], path: tuple[Any, ...]) -> float | None:
+    if path[0] == "sweep":
+        _, load, percentile = path
+        return next(
+            (e["latency_ms"][percentile] for e in report["sweep"] if e["load"] == load), None
+        )
+    value: Any = report
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value)
+
+
+def medians(reports: list[dict[str, Any]]) -> list[tuple[str, float, float, float, str]]:
+    """(name, median, min, max, check) for every figure and target the runs have."""
+    rows = []
+    for name, path in FIGURES:
+        values = [v for v in (figure(r, path) for r in reports) if v is not None]
+        if values:
+            rows.append((name, statistics.median(values), min(values), max(values), ""))
+    for name, meaning, operator, limit in TARGETS:
+        values = [r["targets"][name]["value"] for r in reports if name in r["targets"]]
+        if not values:
+            continue
+        median = statistics.median(values)
+        met = median >= limit if operator == ">=" else median <= limit
+        check = f"{operator} {limit:g}: {'met' if met else 'MISSED'}"
+        rows.append((f"{meaning} (target)", median, min(values), max(values), check))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="JSON reports of qa-worker bench")
+    args = parser.parse_args()
+    reports = [json.loads(path.read_text()) for path in args.reports]
+    models = {(r["model_type"], r["precision"]) for r in reports}
+    if len(models) != 1:
+        raise SystemExit(f"the reports are of different models or precisions: {sorted(models)}")
+    ((model_type, precision),) = models
+    print(
+        f"{model_type} {precision}, median of {len(reports)} runs of {reports[0]['events']} events"
+    )
+    print()
+    print("| figure | median | min | max | target |")
+    print("|---|---|---|---|---|")
+    for name, median, low, high, check in medians(reports):
+        print(f"| {name} | {median:.3g} | {low:.3g} | {high:.3g} | {check} |")
+
+
+if __name__ == "__main__":
+    main()
