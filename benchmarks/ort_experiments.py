@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from worker.backends.onnx import END_LOGITS, START_LOGITS, available_cores
-from worker.export import INT8_SETTINGS, OUTPUT_NAMES, dropping_logs
+from worker.export import OUTPUT_NAMES, quantize_int8
 from worker.manifest import TOKENIZER_NAME, Manifest, manifest_checksum
 from worker.qa import QAOptions, QAResult
 from worker.qa.decode import WindowLogits, decode
@@ -150,22 +150,10 @@ def build_once(target: Path, make: Callable[[Path], None]) -> Path:
 
 def quantize(source: Path, target: Path, **overrides: Any) -> None:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    settings = {**INT8_SETTINGS, **overrides}
     # Given a path, the quantizer writes a shape-inferred copy beside it, which would be inside
     # the model folder; given the graph, it uses a temporary folder.
-    model = onnx.load(str(source))
-    # Same reason as worker.export: the pre-processing advice does not apply to these graphs.
-    with dropping_logs("", "Please consider to run pre-processing before quantization"):
-        quantize_dynamic(
-            model,
-            target,
-            op_types_to_quantize=settings["op_types"],
-            per_channel=settings["per_channel"],
-            reduce_range=settings["reduce_range"],
-            weight_type=getattr(QuantType, settings["weight_type"]),
-        )
+    quantize_int8(onnx.load(str(source)), target, **overrides)
 
 
 def attention_shape(checkpoint: Path | None) -> tuple[int, int]:

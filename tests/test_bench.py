@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,10 @@ def test_every_phase_answers_its_events(bench_run: tuple[dict[str, Any], Path]) 
     assert report["windows"] > EVENTS, "some contexts are longer than one window"
     assert report["end_to_end"]["events"] == EVENTS
     assert report["end_to_end"]["dead_lettered"] == 0
+    # The reported round is the median one of those that ran.
+    by_round = report["end_to_end"]["events_per_s_by_round"]
+    assert len(by_round) == bench.END_TO_END_ROUNDS
+    assert report["end_to_end"]["events_per_s"] == statistics.median(by_round)
     assert [entry["load"] for entry in report["sweep"]] == LOADS
     for entry in report["sweep"]:
         assert entry["events"] == SWEEP_EVENTS

@@ -118,7 +118,7 @@ def export_model(
         written += _with_external_data(stage, FP32_NAME)
         quantization: dict[str, object] = {}
         if quantize == "int8":
-            _quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
+            quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
             onnx_files["int8"] = INT8_NAME
             written += _with_external_data(stage, INT8_NAME)
             quantization = copy.deepcopy(INT8_SETTINGS)
@@ -375,9 +375,17 @@ def _export_onnx(
             ) from error
 
 
-def _quantize_int8(source: Path, target: Path, external: bool) -> None:
+def quantize_int8(
+    source: Path | Any, target: Path, external: bool = False, **overrides: Any
+) -> None:
+    """ONNX Runtime's dynamic int8 quantization with INT8_SETTINGS, or `overrides` of them.
+
+    `source` is a file or a loaded ModelProto; given a file, the quantizer writes a
+    shape-inferred copy beside it while it works.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    settings = {**INT8_SETTINGS, **overrides}
     # The quantizer always advises running its pre-processing (shape inference) first. Dynamic
     # quantization does not need it here: it quantizes every MatMul whose second input is a
     # weight, and the exported graph keeps weights as plain initializers. (The pre-processing's
@@ -386,10 +394,10 @@ def _quantize_int8(source: Path, target: Path, external: bool) -> None:
         quantize_dynamic(
             source,
             target,
-            op_types_to_quantize=INT8_SETTINGS["op_types"],
-            per_channel=INT8_SETTINGS["per_channel"],
-            reduce_range=INT8_SETTINGS["reduce_range"],
-            weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"]),
+            op_types_to_quantize=settings["op_types"],
+            per_channel=settings["per_channel"],
+            reduce_range=settings["reduce_range"],
+            weight_type=getattr(QuantType, settings["weight_type"]),
             use_external_data_format=external,
         )
 
