@@ -307,3 +307,27 @@ async def test_reference_pipeline_runs_on_the_same_events_through_a_given_broker
     assert versus["value"] == pytest.approx(
         report["end_to_end"]["events_per_s"] / reference["events_per_s"], rel=1e-4
     )
+
+
+def test_medians_over_runs_take_each_runs_ratio_first() -> None:
+    from benchmarks.bench_medians import medians
+
+    def run(ceiling: float, end_to_end: float) -> dict[str, Any]:
+        return {
+            "ceiling": {"events_per_s": ceiling},
+            "end_to_end": {"events_per_s": end_to_end},
+            "sweep": [],
+            "targets": {
+                "end_to_end_vs_ceiling": {"value": end_to_end / ceiling},
+                "startup_s": {"value": ceiling / 100},
+            },
+        }
+
+    rows = {name: row for name, *row in medians([run(100, 90), run(50, 40), run(80, 76)])}
+    assert rows["ceiling events/s"][:3] == [80, 50, 100]
+    # Per-run ratios 0.9, 0.8, 0.95: their median, not 76 / 80 (the ratio of the medians).
+    ratio = rows["end_to_end / ceiling events/s (target)"]
+    assert ratio[0] == pytest.approx(0.9)
+    assert ratio[3] == ">= 0.9: met"
+    assert rows["worker start to ready, s (target)"][3] == "<= 10: met"
+    assert "reference events/s" not in rows

@@ -18,6 +18,7 @@ from tests.support import texts
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
+    TopicWatcher,
     collect,
     committed_offsets,
     create_topics,
@@ -127,9 +128,12 @@ async def test_answers_through_the_broker_equal_offline_answers(
     assert one("qa_worker_events_answered_total") == 500
     assert one("qa_worker_end_to_end_latency_seconds_count") == 500
     assert one("qa_worker_queue_wait_seconds_count") == 500
+    # How many batches the windows needed depends on how fast events arrive against how fast
+    # this tiny model answers them; batching itself is tested in test_batcher.py.
     batches = one("qa_worker_inference_seconds_count")
-    assert 0 < batches < 500  # windows of different events shared batches
-    assert one("qa_worker_batch_size_windows_sum") >= 500
+    windows = one("qa_worker_batch_size_windows_sum")
+    assert windows >= 500
+    assert 0 < batches <= windows
     assert one("qa_worker_in_flight_events") == 0
     assert 1.0 <= one("qa_worker_padding_ratio") < 2.0
     assert one("qa_worker_seconds_since_last_commit") < 30
@@ -231,13 +235,21 @@ async def test_two_workers_share_partitions_and_one_takes_over(
                 timeout=30,
                 what="the first worker to take over every partition",
             )
-            await produce(broker.bootstrap_servers, values[150:])
-            records = await collect(broker.bootstrap_servers, [ANSWERS], 300, timeout=120)
+            async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
+                await produce(broker.bootstrap_servers, values[150:])
+                expected = {json.loads(v)["id"] for v in values}
+                await wait_until(
+                    lambda: set(answers.ids()) >= expected, timeout=120, what="every answer"
+                )
+                answered = answers.ids()
         finally:
             await first.stop()
             if not stopped_second:
                 await second.stop()
-    assert {r.json()["id"] for r in records} == {json.loads(v)["id"] for v in values}
+    assert set(answered) == expected
+    # At least once: an event answered but not yet committed when its partition moved may be
+    # answered again by its new owner, never more of them than were in flight.
+    assert len(answered) - len(expected) <= settings.max_in_flight
 
 
 class SlowEngine:
