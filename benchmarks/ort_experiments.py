@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from worker.backends.onnx import END_LOGITS, START_LOGITS, available_cores
-from worker.export import OUTPUT_NAMES, quantize_int8
+from worker.export import OUTPUT_NAMES, logits_only, quantize_int8
 from worker.manifest import TOKENIZER_NAME, Manifest, manifest_checksum
 from worker.qa import QAOptions, QAResult
 from worker.qa.decode import WindowLogits, decode
@@ -203,15 +203,6 @@ def legacy_export(checkpoint: Path, target: Path, input_names: Sequence[str]) ->
         checkpoint, use_safetensors=True
     ).eval()
 
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *inputs: Any) -> tuple[Any, Any]:
-            output = self.model(**dict(zip(input_names, inputs, strict=True)), return_dict=True)
-            return output.start_logits, output.end_logits
-
     # Padded pairs of two lengths, so the trace sees a batch above one and a padding mask.
     sample = tokenizer(
         ["Where does the river flow?", "Who?"],
@@ -225,7 +216,7 @@ def legacy_export(checkpoint: Path, target: Path, input_names: Sequence[str]) ->
         # answers with fp32 is what tells whether the trace generalised.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            LogitsOnly().eval(),
+            logits_only(torch, model, input_names),
             tuple(sample[name] for name in input_names),
             str(target),
             input_names=list(input_names),

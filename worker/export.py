@@ -19,7 +19,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -329,12 +329,10 @@ def _export_sample(tokenizer: Any, input_names: list[str]) -> tuple[Any, ...]:
     return tuple(encoded[name] for name in input_names)
 
 
-def _export_onnx(
-    torch: Any, model: Any, tokenizer: Any, input_names: list[str], target: Path, external: bool
-) -> None:
-    class LogitsOnly(torch.nn.Module):
-        """Takes the inputs positionally and returns exactly the two logits, in a fixed order."""
+def logits_only(torch: Any, model: Any, input_names: Sequence[str]) -> Any:
+    """`model` as a module that takes the inputs positionally and returns the two logits."""
 
+    class LogitsOnly(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -342,6 +340,13 @@ def _export_onnx(
         def forward(self, *inputs: Any) -> tuple[Any, Any]:
             output = self.model(**dict(zip(input_names, inputs, strict=True)), return_dict=True)
             return output.start_logits, output.end_logits
+
+    return LogitsOnly().eval()
+
+
+def _export_onnx(
+    torch: Any, model: Any, tokenizer: Any, input_names: list[str], target: Path, external: bool
+) -> None:
 
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
@@ -356,7 +361,7 @@ def _export_onnx(
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
         try:
             torch.onnx.export(
-                LogitsOnly().eval(),
+                logits_only(torch, model, input_names),
                 _export_sample(tokenizer, input_names),
                 str(target),
                 input_names=input_names,
