@@ -64,7 +64,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from .backends.onnx import available_cores
-from .broker import FETCH_WAIT_MS, EmbeddedBroker
+from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail
 from .config import ENV_PREFIX, ConfigError, Settings, add_arguments, env_name
 from .kafka import aiokafka_options
 from .lifecycle import AsyncLifecycle
@@ -564,9 +564,7 @@ class WorkerProcess(AsyncLifecycle):
     def log_tail(self) -> str:
         if self._log is None:
             return "(no log)"
-        self._log.seek(0)
-        lines = self._log.read().decode(errors="replace").splitlines()
-        return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+        return file_tail(self._log, LOG_TAIL_LINES) or "(empty log)"
 
     async def counters(self) -> dict[str, float]:
         """The worker's metric samples by name, summed over labels."""

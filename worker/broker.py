@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError, for_code
 
 from .lifecycle import AsyncLifecycle
 
-__all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "find_tansu"]
+__all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "file_tail", "find_tansu"]
 
 HOST = "127.0.0.1"
 
@@ -83,6 +83,13 @@ _DIE_WITH_PARENT = _parent_death_signal()
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found, started or used."""
+
+
+def file_tail(file: IO[bytes], count: int) -> str:
+    """The last `count` lines a child process wrote to `file` (decoded leniently), or ""."""
+    file.seek(0)
+    lines = file.read().decode(errors="replace").splitlines()
+    return "\n".join(lines[-count:])
 
 
 def find_tansu() -> Path:
@@ -228,9 +235,7 @@ class EmbeddedBroker(AsyncLifecycle):
     def _output_tail(self) -> str:
         if self._output is None:
             return "(no output captured)"
-        self._output.seek(0)
-        lines = self._output.read().decode(errors="replace").splitlines()
-        return "\n".join(lines[-_OUTPUT_TAIL_LINES:]) or "(no output)"
+        return file_tail(self._output, _OUTPUT_TAIL_LINES) or "(no output)"
 
     async def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after `stop_timeout`. Safe to call again."""
