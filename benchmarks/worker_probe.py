@@ -1,0 +1,187 @@
+"""Drives a `QAWorker` in this process through the embedded broker and reports where time goes.
+
+    python -m benchmarks.worker_probe --model models/mobilebert \\
+        --squad ../shared/data/squad-v2-dev-half.json [--events N] [--rate R] [--max-padding P]
+
+With `--rate 0` (the default) every event is produced at once (a burst); otherwise events arrive
+as a Poisson stream of R per second. Printed: throughput, the share of the time the inference
+thread was busy, the padding ratio and the worst batches, latency percentiles split by the
+answers' own timings (queue, inference, the rest of the worker, the broker hops), and the CPU
+each thread of this process and the broker used. Unlike `qa-worker bench`, the load generator
+shares this process with the worker: use it to look inside one configuration, and compare
+configurations only in interleaved repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.bench import cpu_seconds
+from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
+from worker.config import Settings
+from worker.metrics import WorkerMetrics
+from worker.service import QAWorker
+from worker.squad import read_questions
+
+TOPICS = ("probe-questions", "probe-answers", "probe-dead-letters")
+
+
+class BatchLog(WorkerMetrics):
+    """The worker's metrics, also keeping every batch: (windows, real, padded tokens, seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[int, int, int, float]] = []
+
+    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        super().on_batch(windows, real_tokens, padded_tokens, seconds)
+        self.batches.append((windows, real_tokens, padded_tokens, seconds))
+
+
+def thread_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of each thread of this process by thread id (Linux)."""
+    used: dict[int, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def thread_names() -> dict[int, str]:
+    """Python's names of its threads; the others are native (ONNX Runtime's pool)."""
+    return {thread.native_id: thread.name for thread in threading.enumerate() if thread.native_id}
+
+
+def p50_p95(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"p50 {statistics.median(ordered):.1f} p95 {ordered[int(0.95 * (len(ordered) - 1))]:.1f}"
+
+
+async def probe(settings: Settings, squad: Path, events: int, rate: float) -> None:
+    records = read_questions(squad)[:events]
+    rng = random.Random(0)
+    async with EmbeddedBroker() as broker:
+        for topic in TOPICS:
+            await broker.create_topic(topic, 4)
+        settings = dataclasses.replace(
+            settings,
+            broker=broker.bootstrap_servers,
+            questions_topic=TOPICS[0],
+            answers_topic=TOPICS[1],
+            dead_letter_topic=TOPICS[2],
+            session_timeout_s=1.0,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            http_port=0,
+        )
+        metrics = BatchLog()
+        worker = QAWorker(settings, settings.load_engine(), metrics)
+        await worker.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        consumer = AIOKafkaConsumer(
+            *TOPICS[1:],
+            bootstrap_servers=broker.bootstrap_servers,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            while not worker.readiness()[0]:
+                await asyncio.sleep(0.05)
+            arrived: dict[str, tuple[float, dict]] = {}
+
+            async def read() -> None:
+                async for record in consumer:
+                    arrived[record.key.decode()] = (time.perf_counter(), json.loads(record.value))
+
+            reader = asyncio.create_task(read())
+            threads_before, broker_before = thread_cpu_seconds(), cpu_seconds(broker.pid)
+            sent: dict[str, float] = {}
+            began = scheduled = time.perf_counter()
+            for index, record in enumerate(records):
+                if rate:
+                    scheduled += rng.expovariate(rate)
+                    await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                key = f"e{index}"
+                sent[key] = time.perf_counter()
+                event = {"id": key, "question": record.question, "context": record.context}
+                await producer.send(TOPICS[0], json.dumps(event).encode(), key=key.encode())
+            while len(arrived) < len(sent):
+                await asyncio.sleep(0.02)
+            wall = time.perf_counter() - began
+            reader.cancel()
+            threads_after, broker_after = thread_cpu_seconds(), cpu_seconds(broker.pid)
+            names = thread_names()
+        finally:
+            await producer.stop()
+            await consumer.stop()
+            await worker.stop()
+
+    busy = sum(seconds for *_, seconds in metrics.batches)
+    real = sum(real for _, real, _, _ in metrics.batches)
+    padded = sum(padded for _, _, padded, _ in metrics.batches)
+    windows = sum(count for count, *_ in metrics.batches)
+    print(
+        f"{len(sent)} events: {len(sent) / wall:.1f} events/s, inference busy {busy / wall:.2f}, "
+        f"{len(metrics.batches)} batches of {windows / len(metrics.batches):.1f} windows, "
+        f"padding {padded / real:.3f}"
+    )
+    worst = sorted(metrics.batches, key=lambda batch: batch[2] / batch[1], reverse=True)[:5]
+    print(
+        "most padded batches (windows, padded/real):",
+        ", ".join(f"({count}, {pad / real_:.2f})" for count, real_, pad, _ in worst),
+    )
+    timings = [arrived[key][1].get("timings", {}) for key in sent]
+    end_to_end = [(arrived[key][0] - sent[key]) * 1000 for key in sent]
+    queue = [t["queue_ms"] for t in timings if t]
+    inference = [t["inference_ms"] for t in timings if t]
+    total = [t["total_ms"] for t in timings if t]
+    print(f"latency ms, end to end: {p50_p95(end_to_end)}")
+    print(f"  in the worker (total_ms): {p50_p95(total)}")
+    print(f"  queued, tokenizing included (queue_ms): {p50_p95(queue)}")
+    print(f"  inference of its batches (inference_ms): {p50_p95(inference)}")
+    print(
+        "  the rest of the worker: "
+        + p50_p95([t["total_ms"] - t["queue_ms"] - t["inference_ms"] for t in timings if t])
+    )
+    if broker_before is not None and broker_after is not None:
+        print(f"CPU cores: broker {(broker_after - broker_before) / wall:.2f}")
+    used = {
+        names.get(tid, f"native thread {tid}"): (seconds - threads_before.get(tid, 0.0)) / wall
+        for tid, seconds in threads_after.items()
+    }
+    busiest = sorted(used.items(), key=lambda item: -item[1])
+    print(
+        "CPU cores by thread of this process: "
+        + ", ".join(f"{name} {cores:.2f}" for name, cores in busiest if cores >= 0.01)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--squad", type=Path, required=True)
+    parser.add_argument("--events", type=int, default=600)
+    parser.add_argument("--rate", type=float, default=0.0, help="events/s; 0: all at once")
+    parser.add_argument("--max-padding", type=float, default=Settings().max_padding)
+    args = parser.parse_args()
+    settings = Settings(model=args.model, max_padding=args.max_padding)
+    asyncio.run(probe(settings, args.squad, args.events, args.rate))
+
+
+if __name__ == "__main__":
+    main()
