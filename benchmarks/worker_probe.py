@@ -78,13 +78,10 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
         for topic in TOPICS:
             await broker.create_topic(topic, 4)
         settings = dataclasses.replace(
-            settings,
-            broker=broker.bootstrap_servers,
+            broker.worker_settings(settings),
             questions_topic=TOPICS[0],
             answers_topic=TOPICS[1],
             dead_letter_topic=TOPICS[2],
-            session_timeout_s=1.0,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
             http_port=0,
         )
         metrics = BatchLog()

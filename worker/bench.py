@@ -628,12 +628,11 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return environ
 
 
-def bench_worker_settings(settings: Settings, servers: str, embedded: bool) -> Settings:
+def bench_worker_settings(settings: Settings) -> Settings:
     """The worker's settings on topics and a group of its own, so no earlier run interferes."""
     run = f"qa-bench-{uuid.uuid4().hex[:8]}"
     return dataclasses.replace(
         settings,
-        broker=servers,
         questions_topic=f"{run}-questions",
         answers_topic=f"{run}-answers",
         dead_letter_topic=f"{run}-dead-letters",
@@ -642,10 +641,6 @@ def bench_worker_settings(settings: Settings, servers: str, embedded: bool) -> S
         documents_topics=None,
         http_host="127.0.0.1",
         http_port=_free_port(),
-        # The embedded broker holds one group member; short sessions make it join in a second.
-        session_timeout_s=1.0 if embedded else settings.session_timeout_s,
-        # It also holds every fetch for the full wait, which would otherwise be the latency.
-        fetch_max_wait_ms=FETCH_WAIT_MS if embedded else settings.fetch_max_wait_ms,
     )
 
 
@@ -873,10 +868,10 @@ async def measure_streaming(
         broker_pid = None
         if options.broker is None:
             broker = await stack.enter_async_context(EmbeddedBroker())
-            servers, broker_pid = broker.bootstrap_servers, broker.pid
+            settings, broker_pid = broker.worker_settings(settings), broker.pid
         else:
-            servers = options.broker
-        worker_settings = bench_worker_settings(settings, servers, options.broker is None)
+            settings = dataclasses.replace(settings, broker=options.broker)
+        worker_settings = bench_worker_settings(settings)
         await create_topics(worker_settings)
         if options.broker is not None:
             stack.push_async_callback(delete_topics, worker_settings)

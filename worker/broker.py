@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import importlib.resources
 import os
@@ -34,12 +35,15 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
 from .lifecycle import AsyncLifecycle
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "file_tail", "find_tansu"]
 
@@ -142,6 +146,17 @@ class EmbeddedBroker(AsyncLifecycle):
     def pid(self) -> int | None:
         """Process id of the running broker, or None when it is not running."""
         return self._process.pid if self._process is not None else None
+
+    def worker_settings(self, settings: Settings) -> Settings:
+        """`settings` pointed at this broker, with what a worker needs to run well on it."""
+        return dataclasses.replace(
+            settings,
+            broker=self.bootstrap_servers,
+            # tansu holds one group member; short sessions make it join in a second.
+            session_timeout_s=1.0,
+            # tansu holds every fetch for the full wait, which would be each hop's latency.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+        )
 
     async def start(self) -> None:
         """Start the broker and return once it answers Kafka metadata requests."""

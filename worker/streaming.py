@@ -166,7 +166,7 @@ async def demo(
     settings: Settings, input_path: Path | None, count: int | None, tagging: bool, workdir: Path
 ) -> int:
     """Answers the questions, and with `tagging` also tags sample documents with a sample set."""
-    from .broker import FETCH_WAIT_MS, EmbeddedBroker
+    from .broker import EmbeddedBroker
 
     events = question_events(input_path, count)
     topics = [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
@@ -182,14 +182,7 @@ async def demo(
     async with EmbeddedBroker() as broker:
         for topic in topics:
             await broker.create_topic(topic, 4)
-        # The embedded broker holds one group member; short sessions make it join in a second.
-        settings = dataclasses.replace(
-            settings,
-            broker=broker.bootstrap_servers,
-            session_timeout_s=1.0,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            http_port=0,
-        )
+        settings = dataclasses.replace(broker.worker_settings(settings), http_port=0)
         engine = settings.load_engine()
         metrics = WorkerMetrics()
         worker = QAWorker(settings, engine, metrics)
