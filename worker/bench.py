@@ -761,16 +761,19 @@ class LoadGenerator:
         """Sends the events all at once, or open-loop at `rate` per second; reports the phase."""
         before = await self.worker.counters()
         pids = {"worker": self.worker.pid, "broker": self.broker_pid, "load_generator": os.getpid()}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        # The wall interval encloses every process's CPU interval, so together they can never
+        # report more cores than the machine has.
         began = time.perf_counter()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         sent = await (self._burst(events) if rate is None else self._open_loop(events, rate))
         await self.collector.wait_for(sent, self.worker, PHASE_TIMEOUT_S)
+        cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wall = time.perf_counter() - began
         cpu_cores = {}
-        for name, pid in pids.items():
-            spent = cpu_seconds(pid)
-            if spent is not None and cpu_before[name] is not None:
-                cpu_cores[name] = (spent - cpu_before[name]) / wall
+        for name, spent in cpu_after.items():
+            started = cpu_before[name]
+            if spent is not None and started is not None:
+                cpu_cores[name] = (spent - started) / wall
         after = await self.worker.counters()
         return {**phase_report(sent, self.collector, before, after), "cpu_cores": cpu_cores}
 
@@ -806,15 +809,23 @@ class LoadGenerator:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """CPU time (user + system) a process has used so far, from /proc (Linux); else None."""
-    if pid is None:
+    """CPU time (user + system, all threads) a process has used so far; None where unknown.
+
+    Read from the process's CPU-time clock (Linux's clock_getcpuclockid), which counts in
+    nanoseconds. /proc's stat counts in 10 ms ticks, and a process that used less than one tick
+    in a short phase would read as idle.
+    """
+    if pid is None or not sys.platform.startswith("linux"):
         return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return time.clock_gettime(process_cpu_clock(pid))
+    except OSError:  # the process has exited
         return None
-    # After the command name: state is field 3 of stat(5); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_clock(pid: int) -> int:
+    """The clock id clock_getcpuclockid(pid) returns on Linux: ~pid << 3 | CPUCLOCK_SCHED."""
+    return (~pid << 3) | 2
 
 
 def phase_report(
