@@ -58,6 +58,12 @@ class Manifest:
             )
         return folder / self.onnx_files[chosen]
 
+    def files_to_load(self, precision: Precision | None = None) -> list[str]:
+        """The files an engine of `precision` reads: the tokenizer, the ONNX file and its data."""
+        onnx_name = self.onnx_files[precision or self.default_precision]
+        side_files = sorted(name for name in self.checksums if name.startswith(f"{onnx_name}."))
+        return [TOKENIZER_NAME, onnx_name, *side_files]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
@@ -99,6 +105,7 @@ def manifest_checksum(folder: Path) -> str:
 
 
 def verify_checksums(folder: Path, manifest: Manifest, names: list[str]) -> None:
+    """Refuses a folder whose files differ from what the export wrote, naming the first one."""
     for name in names:
         expected = manifest.checksums.get(name)
         if expected is None:
