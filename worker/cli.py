@@ -125,7 +125,11 @@ class open_output:
 
 def command_export(args: argparse.Namespace) -> int:
     manifest = export_model(
-        args.model, args.out, quantize=args.quantize, allow_pickle=args.allow_pickle
+        args.model,
+        args.out,
+        quantize=args.quantize,
+        allow_pickle=args.allow_pickle,
+        revision=args.revision,
     )
     print(manifest.to_json(), end="")
     return 0
@@ -225,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
     export.add_argument("--out", required=True, type=Path, help="folder to write")
     export.add_argument("--quantize", choices=("none", "int8"), default="none")
+    export.add_argument("--revision", help="Hub branch, tag or commit to download; default: main")
     export.add_argument(
         "--allow-pickle",
         action="store_true",
