@@ -2,15 +2,11 @@
 
 The Hub-style folders are made with the export extra (the test's own tool: torch exports the
 ONNX file, tests/support/hub_layouts.py lays the folder out); the preparation itself then runs in
-a child interpreter where torch and transformers cannot be imported: its path finder is wrapped
-so that both are simply not found, as if they were not installed.
+a child interpreter where torch and transformers cannot be imported (tests/support/without_torch).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,56 +17,13 @@ from onnx import TensorProto, helper
 
 from tests import test_parity as parity
 from tests.support.hub_layouts import hub_onnx_layout, source_checkpoint
+from tests.support.without_torch import run_without_torch
 from worker.export import ExportError, export_model
 from worker.manifest import Manifest, sha256_file
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WITHOUT_TORCH = """
-import sys
-from importlib.machinery import PathFinder
-
-BLOCKED = {"torch", "transformers"}
-
-
-class PathFinderWithoutTorch(PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            return None
-        return super().find_spec(name, path, target)
-
-
-sys.meta_path[:] = [PathFinderWithoutTorch if f is PathFinder else f for f in sys.meta_path]
-try:
-    import torch
-except ImportError:
-    pass
-else:
-    sys.exit("the import blocker let torch through")
-from worker.cli import main
-
-status = main(sys.argv[1:])
-loaded = sorted(BLOCKED & {name.partition(".")[0] for name in sys.modules})
-sys.exit(f"imported {loaded}" if loaded else status)
-"""
 
 # Which test checkpoint goes into which Hub layout: BERT-style vocab.txt at the root, RoBERTa's
 # vocab.json and merges.txt beside onnx/model.onnx.
 LAYOUTS = {"mobilebert": "root", "roberta": "onnx"}
-
-
-def run_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=600,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from .config import ConfigError, Settings, add_arguments
 from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
 from .export import ExportError, export_model
 from .manifest import ModelFolderError
+from .model_cache import DEFAULT_MODEL
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
 from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
@@ -185,8 +187,11 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     settings = Settings.from_sources(args)
+    if settings.model is None:
+        print(f"no --model given: using the Hub model {DEFAULT_MODEL}", file=sys.stderr)
+        settings = dataclasses.replace(settings, model=Path(DEFAULT_MODEL))
     with tempfile.TemporaryDirectory(prefix="qa-worker-demo-") as workdir:
         return asyncio.run(
             streaming.demo(settings, args.input, args.count, args.tagging, Path(workdir))

@@ -37,7 +37,21 @@ def setting(default: Any, help: str, group: str, choices: Iterable[str] | None =
 @dataclass(frozen=True)
 class Settings:
     # model
-    model: Path | None = setting(None, "Prepared model folder (from `qa-worker export`).", "model")
+    model: Path | None = setting(
+        None,
+        "Prepared model folder (from `qa-worker export`), or a Hub id, prepared (int8) into "
+        "the model cache on first use; `demo` defaults to csarron/mobilebert-uncased-squad-v2.",
+        "model",
+    )
+    model_revision: str | None = setting(
+        None, "Hub branch, tag or commit when --model is a Hub id; default: main.", "model"
+    )
+    model_cache: Path | None = setting(
+        None,
+        "Folder for models prepared from Hub ids; default $XDG_CACHE_HOME/kafka-qa-worker/models "
+        "(~/.cache/kafka-qa-worker/models).",
+        "model",
+    )
     precision: str | None = setting(
         None,
         "ONNX file to load: fp32 or int8; default: the one the manifest names.",
@@ -212,10 +226,11 @@ class Settings:
         )
 
     def load_engine(self) -> QAEngine:
+        from .model_cache import model_folder
         from .qa import QAEngine
 
         return QAEngine.load(
-            self.require_model(),
+            model_folder(self.require_model(), self.model_revision, self.model_cache),
             precision=self.precision,  # type: ignore[arg-type]
             threads=self.threads,
             max_seq_len=self.max_seq_len,
