@@ -20,6 +20,7 @@ from .events import DocumentEvent, EventError, InputLimits, parse_document, tags
 from .export import ExportError, export_model
 from .manifest import ModelFolderError
 from .model_cache import DEFAULT_MODEL
+from .progress import Progress, progress_wanted
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
 from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
@@ -37,14 +38,17 @@ def result_line(question_id: str, result: QAResult | InputError) -> dict[str, ob
 def answer_records(
     engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
 ) -> Iterator[tuple[QuestionRecord, QAResult | InputError]]:
-    for offset in range(0, len(records), CHUNK_QUESTIONS):
-        chunk = records[offset : offset + CHUNK_QUESTIONS]
-        results = engine.answer_many(
-            [Question(record.question, record.context, options) for record in chunk],
-            batch_size=settings.batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-        )
-        yield from zip(chunk, results, strict=True)
+    enabled = progress_wanted(settings.progress)
+    with Progress("answering", len(records), enabled, unit="questions") as bar:
+        for offset in range(0, len(records), CHUNK_QUESTIONS):
+            chunk = records[offset : offset + CHUNK_QUESTIONS]
+            results = engine.answer_many(
+                [Question(record.question, record.context, options) for record in chunk],
+                batch_size=settings.batch_size,
+                max_batch_tokens=settings.max_batch_tokens,
+            )
+            yield from zip(chunk, results, strict=True)
+            bar.advance(len(chunk))
 
 
 def report_throughput(engine: QAEngine, questions: int, seconds: float) -> None:
@@ -126,12 +130,15 @@ class open_output:
 
 
 def command_export(args: argparse.Namespace) -> int:
+    # Only the progress setting applies to export; its other flags are its own.
+    progress = Settings.from_sources(argparse.Namespace(progress=args.progress)).progress
     manifest = export_model(
         args.model,
         args.out,
         quantize=args.quantize,
         allow_pickle=args.allow_pickle,
         revision=args.revision,
+        progress=progress_wanted(progress),
     )
     print(manifest.to_json(), end="")
     return 0
@@ -235,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="folder to write")
     export.add_argument("--quantize", choices=("none", "int8"), default="none")
     export.add_argument("--revision", help="Hub branch, tag or commit to download; default: main")
+    export.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr; default: only when stderr is a terminal [env QA_PROGRESS]",
+    )
     export.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -46,6 +46,12 @@ class Settings:
     model_revision: str | None = setting(
         None, "Hub branch, tag or commit when --model is a Hub id; default: main.", "model"
     )
+    progress: bool | None = setting(
+        None,
+        "Progress bars on stderr for downloads, model preparation and answering a file; "
+        "default: only when stderr is a terminal.",
+        "model",
+    )
     model_cache: Path | None = setting(
         None,
         "Folder for models prepared from Hub ids; default $XDG_CACHE_HOME/kafka-qa-worker/models "
@@ -227,10 +233,17 @@ class Settings:
 
     def load_engine(self) -> QAEngine:
         from .model_cache import model_folder
+        from .progress import progress_wanted
         from .qa import QAEngine
 
+        folder = model_folder(
+            self.require_model(),
+            self.model_revision,
+            self.model_cache,
+            progress_wanted(self.progress),
+        )
         return QAEngine.load(
-            model_folder(self.require_model(), self.model_revision, self.model_cache),
+            folder,
             precision=self.precision,  # type: ignore[arg-type]
             threads=self.threads,
             max_seq_len=self.max_seq_len,

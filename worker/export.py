@@ -46,6 +46,7 @@ from .onnx_source import (
     tokenizer_info,
     write_tokenizer,
 )
+from .progress import Progress
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -89,6 +90,7 @@ def export_model(
     quantize: Literal["none", "int8"] = "none",
     allow_pickle: bool = False,
     revision: str | None = None,
+    progress: bool = False,
 ) -> Manifest:
     """Prepares the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
 
@@ -100,20 +102,23 @@ def export_model(
     if quantize not in ("none", "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; use 'none' or 'int8'")
     _check_target(out)
-    folder = _checkpoint_folder(source, revision, allow_pickle)
+    folder = _checkpoint_folder(source, revision, allow_pickle, progress)
     onnx_path = find_onnx(folder)
     # The manifest names the source as it was asked for, pinned to the revision if one was given.
     source = source if revision is None else f"{source}@{revision}"
+    steps = 4 if quantize == "int8" else 3
     try:
-        if onnx_path is not None:
-            return _prepare_onnx(source, inspect_onnx_source(folder, onnx_path), out, quantize)
-        return _export_weights(source, folder, out, quantize, allow_pickle)
+        with Progress("export", steps, progress, unit="steps") as bar:
+            if onnx_path is not None:
+                found = inspect_onnx_source(folder, onnx_path)
+                return _prepare_onnx(source, found, out, quantize, bar)
+            return _export_weights(source, folder, out, quantize, allow_pickle, bar)
     except (OnnxSourceError, ExportCheckFailed) as error:
         raise ExportError(str(error)) from error
 
 
 def _prepare_onnx(
-    source: str, found: OnnxSource, out: Path, quantize: Literal["none", "int8"]
+    source: str, found: OnnxSource, out: Path, quantize: Literal["none", "int8"], bar: Progress
 ) -> Manifest:
     import onnxruntime
     import tokenizers
@@ -124,8 +129,10 @@ def _prepare_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
         stage = Path(staging)
+        bar.advance(0, step="export: tokenizer")
         tokenizer = write_tokenizer(found, stage / TOKENIZER_NAME)
         info = tokenizer_info(found, tokenizer, max_length)
+        bar.advance(step="export: copying the ONNX model")
         # The graph names its side file of weights; both keep their names.
         for path in (found.onnx_path, *found.side_files):
             shutil.copyfile(path, stage / path.name)
@@ -137,20 +144,25 @@ def _prepare_onnx(
             "onnxruntime": onnxruntime.__version__,
             "tokenizers": tokenizers.__version__,
         }
+        bar.advance()
         if quantize == "int8":
             import onnx
 
+            bar.advance(0, step="export: int8 quantization")
             quantize_int8(stage / FP32_NAME, stage / INT8_NAME, bool(found.side_files))
             onnx_files["int8"] = INT8_NAME
             written += _with_external_data(stage, INT8_NAME)
             quantization = copy.deepcopy(INT8_SETTINGS)
             versions["onnx"] = onnx.__version__
+            bar.advance()
+        bar.advance(0, step="export: checking logits")
         inputs = sample_inputs(
             stage / TOKENIZER_NAME, found.input_names, info.pad_token_id, max_length
         )
         check = check_export(
             stage, onnx_files, inputs, onnx_logits(found.onnx_path), "source ONNX model"
         )
+        bar.advance()
         manifest = Manifest(
             model_type=found.model_type,
             source=source,
@@ -175,8 +187,10 @@ def _export_weights(
     out: Path,
     quantize: Literal["none", "int8"],
     allow_pickle: bool,
+    bar: Progress,
 ) -> Manifest:
     _check_weights(folder, allow_pickle)
+    bar.advance(0, step="export: loading the checkpoint")
     torch, transformers = _import_export_libraries()
 
     tokenizer = _load_tokenizer(transformers, folder)
@@ -195,20 +209,26 @@ def _export_weights(
         stage = Path(staging)
         written = [TOKENIZER_NAME]
         _write_tokenizer(tokenizer, folder, stage / TOKENIZER_NAME)
+        bar.advance(step="export: torch.onnx.export")
         onnx_files = {"fp32": FP32_NAME}
         external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
         _export_onnx(torch, model, tokenizer, input_names, stage / FP32_NAME, external)
         written += _with_external_data(stage, FP32_NAME)
+        bar.advance()
         quantization: dict[str, object] = {}
         if quantize == "int8":
+            bar.advance(0, step="export: int8 quantization")
             quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
             onnx_files["int8"] = INT8_NAME
             written += _with_external_data(stage, INT8_NAME)
             quantization = copy.deepcopy(INT8_SETTINGS)
+            bar.advance()
+        bar.advance(0, step="export: checking logits")
         inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
         check = check_export(
             stage, onnx_files, inputs, _torch_logits(torch, model), "PyTorch model"
         )
+        bar.advance()
         manifest = Manifest(
             model_type=model.config.model_type,
             source=source,
@@ -246,7 +266,9 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _checkpoint_folder(source: str, revision: str | None, allow_pickle: bool) -> Path:
+def _checkpoint_folder(
+    source: str, revision: str | None, allow_pickle: bool, progress: bool
+) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -259,7 +281,7 @@ def _checkpoint_folder(source: str, revision: str | None, allow_pickle: bool) ->
             f"{source} does not exist; pass a Hugging Face checkpoint folder or a Hub model id"
         )
     try:
-        return download_checkpoint(source, revision, allow_pickle)
+        return download_checkpoint(source, revision, allow_pickle, progress)
     except HubError as error:
         raise ExportError(str(error)) from error
 

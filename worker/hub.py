@@ -70,10 +70,17 @@ def _matching(names: list[str], patterns: list[str]) -> list[str]:
     ]
 
 
-def download_checkpoint(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
+def download_checkpoint(
+    repo_id: str, revision: str | None, allow_pickle: bool, progress: bool
+) -> Path:
     """The local folder of `repo_id` at `revision`, downloaded into the Hub cache if need be."""
     import huggingface_hub
     from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars
+
+    if not progress:
+        # huggingface_hub draws its own download bars; without a terminal they are only noise.
+        disable_progress_bars()
 
     local_hint = (
         f"download it on a machine with Hub access (`huggingface-cli download {repo_id} "

@@ -30,7 +30,7 @@ def cached_folder(repo_id: str, revision: str | None, cache: Path | None) -> Pat
     return (cache or default_cache()) / repo_id.replace("/", "--") / (revision or "main")
 
 
-def model_folder(model: Path, revision: str | None, cache: Path | None) -> Path:
+def model_folder(model: Path, revision: str | None, cache: Path | None, progress: bool) -> Path:
     """`model` itself when it is a folder (or no Hub id); else its prepared copy in the cache."""
     if model.exists() or not looks_like_hub_id(str(model)):
         return model
@@ -42,5 +42,5 @@ def model_folder(model: Path, revision: str | None, cache: Path | None) -> Path:
     from .export import export_model
 
     log.warning("preparing %s (int8) into %s; later runs reuse it", repo_id, folder)
-    export_model(repo_id, folder, quantize="int8", revision=revision)
+    export_model(repo_id, folder, quantize="int8", revision=revision, progress=progress)
     return folder
