@@ -134,3 +134,43 @@ def test_a_special_token_outside_the_vocabulary_is_an_error(tmp_path: Path) -> N
     write_vocabulary_files(trained, folder, {"cls_token": "<cls>"})
     with pytest.raises(TokenizerBuildError, match="'<cls>' is not in the vocabulary"):
         build_tokenizer(folder)
+
+
+ALIGN_CASES = {
+    # A lowercasing tokenizer.json in a folder whose configuration says cased.
+    "bert-cased-config": ("bert", {"do_lower_case": False}),
+    "bert-strip-accents": ("bert", {"strip_accents": False, "tokenize_chinese_chars": False}),
+    # Silent configuration: transformers' defaults apply (and agree with the file).
+    "bert-silent": ("bert", {}),
+    "roberta-prefix-space": ("roberta", {"add_prefix_space": True}),
+    "roberta-no-trim": ("roberta", {"trim_offsets": False}),
+    "roberta-silent": ("roberta", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIGN_CASES))
+def test_a_given_tokenizer_json_is_adjusted_as_transformers_adjusts_it(
+    case: str, tmp_path: Path
+) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from tests.support.models import _bert_tokenizer, _roberta_tokenizer
+    from worker.tokenizer_build import align_with_config
+
+    model_type, tokenizer_config = ALIGN_CASES[case]
+    backend = (
+        _bert_tokenizer() if model_type == "bert" else _roberta_tokenizer()
+    ).backend_tokenizer
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), "utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}), "utf-8")
+
+    from_file = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    aligned = align_with_config(from_file, tmp_path, model_type)
+    loaded = AutoTokenizer.from_pretrained(tmp_path).backend_tokenizer
+    pairs = texts.pairs(seed=16, count=40) + EXTRA_TEXTS
+    assert encodings(aligned, pairs) == encodings(loaded, pairs)
+    # Changed exactly when transformers changes something.
+    assert (aligned is from_file) == (encodings(from_file, pairs) == encodings(loaded, pairs))
+    assert (aligned is from_file) == case.endswith("silent")

@@ -15,10 +15,13 @@ from typing import Any
 
 from .manifest import TOKENIZER_NAME, TokenizerInfo
 from .tokenizer_build import (
+    BPE_MODEL_TYPES,
     BPE_SPECIALS,
+    WORDPIECE_MODEL_TYPES,
     WORDPIECE_SPECIALS,
     TokenizerBuildError,
     TokenizerConfig,
+    align_with_config,
     build_tokenizer,
     tokenizer_kind,
 )
@@ -30,10 +33,6 @@ EXTERNAL_DATA_SUFFIXES = ("_data", ".data")
 ENGINE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 REQUIRED_OUTPUTS = ("start_logits", "end_logits")
-
-# Model types whose slow tokenizer is the one tokenizer_build rebuilds from vocab files.
-WORDPIECE_MODEL_TYPES = ("bert", "mobilebert", "distilbert", "electra")
-BPE_MODEL_TYPES = ("roberta",)
 
 
 class OnnxSourceError(Exception):
@@ -142,13 +141,19 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def write_tokenizer(source: OnnxSource, target: Path) -> Any:
-    """Copies the folder's tokenizer.json, or builds one from its vocabulary files."""
+    """The folder's tokenizer.json as transformers would use it, or one built from vocab files."""
     from tokenizers import Tokenizer
 
     given = source.folder / TOKENIZER_NAME
     if given.is_file():
-        target.write_bytes(given.read_bytes())
-        return Tokenizer.from_file(str(target))
+        from_file = Tokenizer.from_file(str(given))
+        aligned = align_with_config(from_file, source.folder, source.model_type)
+        if aligned is from_file:
+            # Unchanged: the very bytes the reference reads, so nothing can drift.
+            target.write_bytes(given.read_bytes())
+        else:
+            aligned.save(str(target))
+        return aligned
     kind = tokenizer_kind(source.folder)
     allowed = WORDPIECE_MODEL_TYPES if kind == "wordpiece" else BPE_MODEL_TYPES
     if kind is not None and source.model_type not in allowed:

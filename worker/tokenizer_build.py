@@ -34,6 +34,10 @@ BPE_SPECIALS = {
     "cls_token": "<s>",
     "mask_token": "<mask>",
 }
+# Model types whose slow tokenizer is BertTokenizer's WordPiece, or RobertaTokenizer's byte-level
+# BPE: the conversions (and adjustments) this module reproduces.
+WORDPIECE_MODEL_TYPES = ("bert", "mobilebert", "distilbert", "electra")
+BPE_MODEL_TYPES = ("roberta",)
 # The order in which transformers registers special tokens (SPECIAL_TOKENS_ATTRIBUTES).
 SPECIAL_ORDER = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
 
@@ -97,6 +101,62 @@ def build_tokenizer(folder: Path) -> Any:
         f"{folder} has no tokenizer.json and none of the files one is built from "
         "(vocab.txt for BERT-style models; vocab.json and merges.txt for RoBERTa-style ones)"
     )
+
+
+def align_with_config(tokenizer: Any, folder: Path, model_type: str) -> Any:
+    """`tokenizer` (read from tokenizer.json) as transformers adjusts it to tokenizer_config.json.
+
+    Loading a tokenizer.json, transformers' fast tokenizer classes rewrite parts of it from the
+    configuration, with their own defaults where it is silent: BERT-style classes set the
+    normalizer's lowercasing, accent stripping and CJK splitting; every class sets the
+    pre-tokenizer's add_prefix_space; RoBERTa's sets the post-processor's add_prefix_space and
+    trim_offsets. The file alone would tokenize differently when they disagree.
+    """
+    from tokenizers import Tokenizer
+
+    config = TokenizerConfig.read(folder)
+    state = json.loads(tokenizer.to_str())
+    changed = False
+
+    def set_fields(component: str, wanted: dict[str, Any]) -> None:
+        nonlocal changed
+        part = state.get(component)
+        if not isinstance(part, dict):
+            return
+        for key, value in wanted.items():
+            if key in part and part[key] != value:
+                part.update(wanted)
+                changed = True
+                return
+
+    tokenizer_class = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+    bert_like = tokenizer_class in (
+        "",
+        "BertTokenizer",
+        "DistilBertTokenizer",
+        "MobileBertTokenizer",
+        "ElectraTokenizer",
+    )
+    if model_type in WORDPIECE_MODEL_TYPES and bert_like:
+        set_fields(
+            "normalizer",
+            {
+                "lowercase": bool(config.get("do_lower_case", True)),
+                "strip_accents": config.get("strip_accents"),
+                "handle_chinese_chars": bool(config.get("tokenize_chinese_chars", True)),
+            },
+        )
+    add_prefix_space = bool(config.get("add_prefix_space", False))
+    set_fields("pre_tokenizer", {"add_prefix_space": add_prefix_space})
+    if model_type in BPE_MODEL_TYPES and tokenizer_class in ("", "RobertaTokenizer"):
+        set_fields(
+            "post_processor",
+            {
+                "add_prefix_space": add_prefix_space,
+                "trim_offsets": bool(config.get("trim_offsets", True)),
+            },
+        )
+    return Tokenizer.from_str(json.dumps(state)) if changed else tokenizer
 
 
 def _wordpiece(folder: Path, config: TokenizerConfig) -> Any:

@@ -14,13 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-WORDPIECE_SPECIALS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
+# BertTokenizer's own special tokens, written out as a Hub repository's special_tokens_map.json.
+from worker.tokenizer_build import WORDPIECE_SPECIALS
 
 
 def write_vocabulary_files(
