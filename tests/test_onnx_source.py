@@ -7,6 +7,7 @@ a child interpreter where torch and transformers cannot be imported (tests/suppo
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,3 +220,34 @@ def test_the_export_records_its_check(export_factory: Callable[[str], Path]) -> 
     assert set(differences) == {"fp32", "int8"}  # type: ignore[arg-type]
     assert 0 <= differences["fp32"] <= check["tolerance"]["fp32"]  # type: ignore[index]
     assert np.isfinite(differences["int8"])  # type: ignore[index]
+
+
+def test_weights_in_a_side_file_travel_with_the_model(
+    hub_folders: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    from worker.qa import QAEngine
+
+    hub, _ = hub_folders["mobilebert"]
+    repo = tmp_path / "repo"
+    shutil.copytree(hub, repo)
+    # As Optimum stores large models: every weight in model.onnx_data beside the graph.
+    model = onnx.load(str(hub / "model.onnx"))
+    onnx.save(
+        model,
+        str(repo / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx_data",
+        size_threshold=1024,
+    )
+    assert (repo / "model.onnx").stat().st_size < (repo / "model.onnx_data").stat().st_size
+
+    out = tmp_path / "out"
+    manifest = export_model(str(repo), out, quantize="int8")
+    assert "model.onnx_data" in manifest.checksums
+    assert manifest.files_to_load("fp32") == ["tokenizer.json", "model.onnx", "model.onnx_data"]
+    assert manifest.check["max_logit_difference"]["fp32"] == 0.0  # type: ignore[index]
+    context = "Marie Curie won two Nobel Prizes, in physics and in chemistry."
+    for precision in ("fp32", "int8"):
+        result = QAEngine.load(out, precision=precision).answer("Who won?", context)
+        assert result.answer == context[result.start : result.end]

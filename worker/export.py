@@ -136,7 +136,7 @@ def _prepare_onnx(
         # The graph names its side file of weights; both keep their names.
         for path in (found.onnx_path, *found.side_files):
             shutil.copyfile(path, stage / path.name)
-        written = [TOKENIZER_NAME, *_with_external_data(stage, FP32_NAME)]
+        written = [TOKENIZER_NAME, FP32_NAME, *(path.name for path in found.side_files)]
         onnx_files = {"fp32": FP32_NAME}
         quantization: dict[str, object] = {}
         versions = {
