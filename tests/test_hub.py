@@ -124,7 +124,9 @@ def test_a_hub_id_missing_from_an_offline_cache_says_how_to_pass_a_folder(
 
 
 @pytest.mark.broker
-def test_demo_without_a_model_prepares_the_default_once(hub_cache: Path, tmp_path: Path) -> None:
+def test_demo_prepares_the_default_model_once_and_takes_hub_ids(
+    hub_cache: Path, tmp_path: Path
+) -> None:
     env = offline_env(hub_cache, tmp_path / "models")
     folder = tmp_path / "models" / DEFAULT_MODEL.replace("/", "--") / "main"
     runs = []
@@ -139,6 +141,12 @@ def test_demo_without_a_model_prepares_the_default_once(hub_cache: Path, tmp_pat
     assert f"preparing {DEFAULT_MODEL} (int8) into {folder}" in runs[0]
     assert "preparing" not in runs[1]
     assert Manifest.read(folder).source == DEFAULT_MODEL
+
+    # And any Hub id given with --model, from the same offline cache.
+    done = run_without_torch("demo", "--model", "example-org/tiny-qa", "--count", "3", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "preparing example-org/tiny-qa (int8)" in done.stderr
+    assert len(done.stdout.splitlines()) == 3
 
 
 @pytest.mark.parametrize(
