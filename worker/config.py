@@ -46,16 +46,16 @@ class Settings:
     model_revision: str | None = setting(
         None, "Hub branch, tag or commit when --model is a Hub id; default: main.", "model"
     )
-    progress: bool | None = setting(
-        None,
-        "Progress bars on stderr for downloads, model preparation and answering a file; "
-        "default: only when stderr is a terminal.",
-        "model",
-    )
     model_cache: Path | None = setting(
         None,
         "Folder for models prepared from Hub ids; default $XDG_CACHE_HOME/kafka-qa-worker/models "
         "(~/.cache/kafka-qa-worker/models).",
+        "model",
+    )
+    progress: bool | None = setting(
+        None,
+        "Progress bars on stderr for downloads, model preparation and answering a file; "
+        "default: only when stderr is a terminal.",
         "model",
     )
     precision: str | None = setting(
