@@ -321,6 +321,9 @@ def test_every_worker_setting_is_reachable_from_values(chart: helm.Chart) -> Non
                 "docStride": 64,
                 "nullThreshold": 0.25,
                 "deadlineMs": 5000,
+                "modelRevision": "main",
+                "modelCache": "/tmp/models",
+                "progress": False,
             }
         },
     )

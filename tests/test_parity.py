@@ -120,6 +120,13 @@ def test_answers_match_reference_pipeline(kind: str, exported_models: dict[str, 
 
     assert len(cases) >= 200
     assert sum(len(case["context"].split()) > 300 for case in cases) >= 20
+    assert_answers_match(cases, expected, actual)
+
+
+def assert_answers_match(
+    cases: list[dict[str, Any]], expected: list[dict[str, Any]], actual: list[dict[str, Any]]
+) -> None:
+    """The engine's answers are the reference's, but for flips between near-tied candidates."""
     mismatches = []
     for case, reference, mine in zip(cases, expected, actual, strict=True):
         if "error" in reference:

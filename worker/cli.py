@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,8 @@ from .config import ConfigError, Settings, add_arguments
 from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
 from .export import ExportError, export_model
 from .manifest import ModelFolderError
+from .model_cache import DEFAULT_MODEL
+from .progress import Progress, progress_wanted
 from .qa import InputError, QAEngine, QAOptions, QAResult, Question
 from .squad import InputFileError, QuestionRecord, evaluate, read_questions
 from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
@@ -35,14 +38,17 @@ def result_line(question_id: str, result: QAResult | InputError) -> dict[str, ob
 def answer_records(
     engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
 ) -> Iterator[tuple[QuestionRecord, QAResult | InputError]]:
-    for offset in range(0, len(records), CHUNK_QUESTIONS):
-        chunk = records[offset : offset + CHUNK_QUESTIONS]
-        results = engine.answer_many(
-            [Question(record.question, record.context, options) for record in chunk],
-            batch_size=settings.batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-        )
-        yield from zip(chunk, results, strict=True)
+    enabled = progress_wanted(settings.progress)
+    with Progress("answering", len(records), enabled, unit="questions") as bar:
+        for offset in range(0, len(records), CHUNK_QUESTIONS):
+            chunk = records[offset : offset + CHUNK_QUESTIONS]
+            results = engine.answer_many(
+                [Question(record.question, record.context, options) for record in chunk],
+                batch_size=settings.batch_size,
+                max_batch_tokens=settings.max_batch_tokens,
+            )
+            yield from zip(chunk, results, strict=True)
+            bar.advance(len(chunk))
 
 
 def report_throughput(engine: QAEngine, questions: int, seconds: float) -> None:
@@ -124,8 +130,15 @@ class open_output:
 
 
 def command_export(args: argparse.Namespace) -> int:
+    # Only the progress setting applies to export; its other flags are its own.
+    progress = Settings.from_sources(argparse.Namespace(progress=args.progress)).progress
     manifest = export_model(
-        args.model, args.out, quantize=args.quantize, allow_pickle=args.allow_pickle
+        args.model,
+        args.out,
+        quantize=args.quantize,
+        allow_pickle=args.allow_pickle,
+        revision=args.revision,
+        progress=progress_wanted(progress),
     )
     print(manifest.to_json(), end="")
     return 0
@@ -181,8 +194,11 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     settings = Settings.from_sources(args)
+    if settings.model is None:
+        print(f"no --model given: using the Hub model {DEFAULT_MODEL}", file=sys.stderr)
+        settings = dataclasses.replace(settings, model=Path(DEFAULT_MODEL))
     with tempfile.TemporaryDirectory(prefix="qa-worker-demo-") as workdir:
         return asyncio.run(
             streaming.demo(settings, args.input, args.count, args.tagging, Path(workdir))
@@ -225,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
     export.add_argument("--out", required=True, type=Path, help="folder to write")
     export.add_argument("--quantize", choices=("none", "int8"), default="none")
+    export.add_argument("--revision", help="Hub branch, tag or commit to download; default: main")
+    export.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr; default: only when stderr is a terminal [env QA_PROGRESS]",
+    )
     export.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -37,7 +37,27 @@ def setting(default: Any, help: str, group: str, choices: Iterable[str] | None =
 @dataclass(frozen=True)
 class Settings:
     # model
-    model: Path | None = setting(None, "Prepared model folder (from `qa-worker export`).", "model")
+    model: Path | None = setting(
+        None,
+        "Prepared model folder (from `qa-worker export`), or a Hub id, prepared (int8) into "
+        "the model cache on first use; `demo` defaults to csarron/mobilebert-uncased-squad-v2.",
+        "model",
+    )
+    model_revision: str | None = setting(
+        None, "Hub branch, tag or commit when --model is a Hub id; default: main.", "model"
+    )
+    model_cache: Path | None = setting(
+        None,
+        "Folder for models prepared from Hub ids; default $XDG_CACHE_HOME/kafka-qa-worker/models "
+        "(~/.cache/kafka-qa-worker/models).",
+        "model",
+    )
+    progress: bool | None = setting(
+        None,
+        "Progress bars on stderr for downloads, model preparation and answering a file; "
+        "default: only when stderr is a terminal.",
+        "model",
+    )
     precision: str | None = setting(
         None,
         "ONNX file to load: fp32 or int8; default: the one the manifest names.",
@@ -212,10 +232,18 @@ class Settings:
         )
 
     def load_engine(self) -> QAEngine:
+        from .model_cache import model_folder
+        from .progress import progress_wanted
         from .qa import QAEngine
 
-        return QAEngine.load(
+        folder = model_folder(
             self.require_model(),
+            self.model_revision,
+            self.model_cache,
+            progress_wanted(self.progress),
+        )
+        return QAEngine.load(
+            folder,
             precision=self.precision,  # type: ignore[arg-type]
             threads=self.threads,
             max_seq_len=self.max_seq_len,

@@ -19,13 +19,34 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from . import __version__
+from .export_check import (
+    ExportCheckFailed,
+    Logits,
+    LogitSource,
+    check_export,
+    onnx_logits,
+    sample_inputs,
+)
+from .hub import HubError, download_checkpoint, looks_like_hub_id
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TokenizerInfo, sha256_file
+from .onnx_source import (
+    OnnxSource,
+    OnnxSourceError,
+    declared_max_length,
+    find_onnx,
+    inspect_onnx_source,
+    tokenizer_info,
+    write_tokenizer,
+)
+from .progress import Progress
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -56,21 +77,6 @@ UNLIMITED_LENGTH = 1_000_000_000
 # embeddings for.
 POSITION_OFFSETS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
-HUB_PATTERNS = [
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
-    "*.safetensors",
-    "*.safetensors.index.json",
-]
-PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-
 EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[export]'"
 
 
@@ -83,17 +89,108 @@ def export_model(
     out: Path,
     quantize: Literal["none", "int8"] = "none",
     allow_pickle: bool = False,
+    revision: str | None = None,
+    progress: bool = False,
 ) -> Manifest:
-    """Exports the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
+    """Prepares the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
 
+    A checkpoint that ships an ONNX model (`model.onnx` or `onnx/model.onnx`) is prepared from it
+    with the runtime dependencies alone; otherwise its weights are exported through torch.
     Everything is written to a staging folder beside `out` first, so a failed export leaves `out`
     as it was; a previous export in `out` is replaced.
     """
     if quantize not in ("none", "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; use 'none' or 'int8'")
     _check_target(out)
-    folder = _checkpoint_folder(source, allow_pickle)
+    folder = _checkpoint_folder(source, revision, allow_pickle, progress)
+    onnx_path = find_onnx(folder)
+    # The manifest names the source as it was asked for, pinned to the revision if one was given.
+    source = source if revision is None else f"{source}@{revision}"
+    steps = 4 if quantize == "int8" else 3
+    try:
+        with Progress("export", steps, progress, unit="steps") as bar:
+            if onnx_path is not None:
+                found = inspect_onnx_source(folder, onnx_path)
+                return _prepare_onnx(source, found, out, quantize, bar)
+            return _export_weights(source, folder, out, quantize, allow_pickle, bar)
+    except (OnnxSourceError, ExportCheckFailed) as error:
+        raise ExportError(str(error)) from error
+
+
+def _prepare_onnx(
+    source: str, found: OnnxSource, out: Path, quantize: Literal["none", "int8"], bar: Progress
+) -> Manifest:
+    import onnxruntime
+    import tokenizers
+
+    max_length = max_sequence_length(
+        found.model_type, found.max_position_embeddings, declared_max_length(found.folder)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
+        stage = Path(staging)
+        bar.advance(0, step="export: tokenizer")
+        tokenizer = write_tokenizer(found, stage / TOKENIZER_NAME)
+        info = tokenizer_info(found, tokenizer, max_length)
+        bar.advance(step="export: copying the ONNX model")
+        # The graph names its side file of weights; both keep their names.
+        for path in (found.onnx_path, *found.side_files):
+            shutil.copyfile(path, stage / path.name)
+        written = [TOKENIZER_NAME, FP32_NAME, *(path.name for path in found.side_files)]
+        onnx_files = {"fp32": FP32_NAME}
+        quantization: dict[str, object] = {}
+        versions = {
+            "kafka-qa-worker": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "tokenizers": tokenizers.__version__,
+        }
+        bar.advance()
+        if quantize == "int8":
+            import onnx
+
+            bar.advance(0, step="export: int8 quantization")
+            quantize_int8(stage / FP32_NAME, stage / INT8_NAME, bool(found.side_files))
+            onnx_files["int8"] = INT8_NAME
+            written += _with_external_data(stage, INT8_NAME)
+            quantization = copy.deepcopy(INT8_SETTINGS)
+            versions["onnx"] = onnx.__version__
+            bar.advance()
+        bar.advance(0, step="export: checking logits")
+        inputs = sample_inputs(
+            stage / TOKENIZER_NAME, found.input_names, info.pad_token_id, max_length
+        )
+        check = check_export(
+            stage, onnx_files, inputs, onnx_logits(found.onnx_path), "source ONNX model"
+        )
+        bar.advance()
+        manifest = Manifest(
+            model_type=found.model_type,
+            source=source,
+            input_names=found.input_names,
+            max_length=max_length,
+            tokenizer=info,
+            onnx_files=onnx_files,
+            default_precision="int8" if quantize == "int8" else "fp32",
+            checksums={name: sha256_file(stage / name) for name in written},
+            versions=versions,
+            quantization=quantization,
+            check=check,
+        )
+        _replace_export(stage, out, written)
+        manifest.write(out)
+    return manifest
+
+
+def _export_weights(
+    source: str,
+    folder: Path,
+    out: Path,
+    quantize: Literal["none", "int8"],
+    allow_pickle: bool,
+    bar: Progress,
+) -> Manifest:
     _check_weights(folder, allow_pickle)
+    bar.advance(0, step="export: loading the checkpoint")
     torch, transformers = _import_export_libraries()
 
     tokenizer = _load_tokenizer(transformers, folder)
@@ -112,16 +209,26 @@ def export_model(
         stage = Path(staging)
         written = [TOKENIZER_NAME]
         _write_tokenizer(tokenizer, folder, stage / TOKENIZER_NAME)
+        bar.advance(step="export: torch.onnx.export")
         onnx_files = {"fp32": FP32_NAME}
         external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
         _export_onnx(torch, model, tokenizer, input_names, stage / FP32_NAME, external)
         written += _with_external_data(stage, FP32_NAME)
+        bar.advance()
         quantization: dict[str, object] = {}
         if quantize == "int8":
+            bar.advance(0, step="export: int8 quantization")
             quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
             onnx_files["int8"] = INT8_NAME
             written += _with_external_data(stage, INT8_NAME)
             quantization = copy.deepcopy(INT8_SETTINGS)
+            bar.advance()
+        bar.advance(0, step="export: checking logits")
+        inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
+        check = check_export(
+            stage, onnx_files, inputs, _torch_logits(torch, model), "PyTorch model"
+        )
+        bar.advance()
         manifest = Manifest(
             model_type=model.config.model_type,
             source=source,
@@ -133,10 +240,20 @@ def export_model(
             checksums={name: sha256_file(stage / name) for name in written},
             versions=_versions(torch, transformers),
             quantization=quantization,
+            check=check,
         )
         _replace_export(stage, out, written)
         manifest.write(out)
     return manifest
+
+
+def _torch_logits(torch: Any, model: Any) -> LogitSource:
+    def run(inputs: Mapping[str, np.ndarray]) -> Logits:
+        with torch.no_grad():
+            output = model(**{name: torch.from_numpy(array) for name, array in inputs.items()})
+        return output.start_logits.numpy(), output.end_logits.numpy()
+
+    return run
 
 
 def _check_target(out: Path) -> None:
@@ -149,37 +266,24 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _checkpoint_folder(source: str, allow_pickle: bool) -> Path:
+def _checkpoint_folder(
+    source: str, revision: str | None, allow_pickle: bool, progress: bool
+) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
+        if revision is not None:
+            raise ExportError(f"--revision applies to Hub ids, and {source} is a local folder")
         return path
     if path.exists():
         raise ExportError(f"{source} is a file; pass the checkpoint folder that holds it")
-    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+    if not looks_like_hub_id(source):
         raise ExportError(
             f"{source} does not exist; pass a Hugging Face checkpoint folder or a Hub model id"
         )
-    return _download(source, allow_pickle)
-
-
-def _download(repo_id: str, allow_pickle: bool) -> Path:
-    local_hint = (
-        f"download it on a machine with Hub access (`huggingface-cli download {repo_id} "
-        f"--local-dir DIR`), copy DIR here, then run `qa-worker export --model DIR ...`"
-    )
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError as error:
-        raise ExportError(f"cannot download {repo_id}: {error}; {EXPORT_EXTRA_HINT}") from error
-    patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
-    try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
-    except Exception as error:
-        raise ExportError(
-            f"downloading {repo_id!r} from the Hugging Face Hub failed "
-            f"({type(error).__name__}: {error}); to export from a local folder instead, "
-            f"{local_hint}"
-        ) from error
+        return download_checkpoint(source, revision, allow_pickle, progress)
+    except HubError as error:
+        raise ExportError(str(error)) from error
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
@@ -196,9 +300,10 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
         )
     if not pickled:
         raise ExportError(
-            f"{folder} has no model weights (no *.safetensors or pytorch_model.bin); pass the "
-            "folder of a complete Hugging Face checkpoint (a Hub download fetches "
-            "pytorch_model.bin only with --allow-pickle)"
+            f"{folder} has neither an ONNX model (model.onnx or onnx/model.onnx) nor model "
+            "weights (*.safetensors or pytorch_model.bin); pass the folder of a complete "
+            "Hugging Face checkpoint (a Hub download fetches pytorch_model.bin only with "
+            "--allow-pickle)"
         )
 
 
@@ -269,11 +374,17 @@ def _input_names(model: Any, tokenizer: Any) -> list[str]:
 
 
 def _max_length(config: Any, tokenizer: Any) -> int:
+    return max_sequence_length(
+        config.model_type,
+        getattr(config, "max_position_embeddings", None),
+        tokenizer.model_max_length,
+    )
+
+
+def max_sequence_length(model_type: str, positions: int | None, declared: int | None) -> int:
     """The longest sequence the model accepts: the tokenizer's limit, capped by the positions."""
-    positions = getattr(config, "max_position_embeddings", None)
     if positions is not None:
-        positions -= POSITION_OFFSETS.get(config.model_type, 0)
-    declared = tokenizer.model_max_length
+        positions -= POSITION_OFFSETS.get(model_type, 0)
     if declared is None or declared >= UNLIMITED_LENGTH:
         if positions is None:
             raise ExportError(

@@ -46,6 +46,9 @@ class Manifest:
     checksums: dict[str, str]
     versions: dict[str, str]
     quantization: dict[str, object] = field(default_factory=dict)
+    # What the export's self-check found: the largest logit difference from the source per
+    # precision, and the tolerance it was held to (see worker.export_check).
+    check: dict[str, object] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def onnx_path(self, folder: Path, precision: Precision | None = None) -> Path:
@@ -57,6 +60,14 @@ class Manifest:
                 f"re-run `qa-worker export` with --quantize int8 or pick --precision from those"
             )
         return folder / self.onnx_files[chosen]
+
+    def files_to_load(self, precision: Precision | None = None) -> list[str]:
+        """The files an engine of `precision` reads: the tokenizer, the ONNX file and its data."""
+        onnx_name = self.onnx_files[precision or self.default_precision]
+        side_files = sorted(
+            name for name in self.checksums if name.startswith(onnx_name) and name != onnx_name
+        )
+        return [TOKENIZER_NAME, onnx_name, *side_files]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -99,6 +110,7 @@ def manifest_checksum(folder: Path) -> str:
 
 
 def verify_checksums(folder: Path, manifest: Manifest, names: list[str]) -> None:
+    """Refuses a folder whose files differ from what the export wrote, naming the first one."""
     for name in names:
         expected = manifest.checksums.get(name)
         if expected is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import InferenceBackend
-from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum
+from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum, verify_checksums
 from .decode import WindowLogits, decode
 from .types import InputError, QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer
@@ -104,10 +104,13 @@ class QAEngine:
         from ..backends.onnx import OnnxBackend
 
         manifest = Manifest.read(folder)
+        onnx_path = manifest.onnx_path(folder, precision)
+        # A changed or truncated file would otherwise load and answer differently, unnoticed.
+        verify_checksums(folder, manifest, manifest.files_to_load(precision))
         tokenizer = WindowTokenizer(
             folder / TOKENIZER_NAME, manifest.tokenizer, max_seq_len, doc_stride
         )
-        backend = OnnxBackend(manifest.onnx_path(folder, precision), threads=threads)
+        backend = OnnxBackend(onnx_path, threads=threads)
         return cls(tokenizer, backend, manifest, model_id=manifest_checksum(folder))
 
     def encode(self, question: str, context: str) -> EncodedQuestion:

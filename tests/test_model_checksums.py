@@ -1,0 +1,82 @@
+"""A prepared model folder is checked against its manifest's checksums whenever a model loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worker.cli import main
+from worker.manifest import ModelFolderError
+from worker.qa import QAEngine
+
+CONTEXT = "Marie Curie won two Nobel Prizes, in physics and in chemistry."
+
+
+@pytest.fixture
+def model_folder(tmp_path: Path, export_factory: Callable[[str], Path]) -> Path:
+    """A private copy of an fp32 + int8 export, free to be damaged."""
+    return Path(shutil.copytree(export_factory("distilbert"), tmp_path / "model"))
+
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    # The middle of the file lies in the weights: the graph still parses, only the checksum tells.
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def answer(folder: Path, *flags: str) -> int:
+    return main(
+        ["answer", "--model", str(folder), "--question", "Who?", "--context", CONTEXT, *flags]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "flags"),
+    [
+        ("model.onnx", ("--precision", "fp32")),
+        ("model.int8.onnx", ()),
+        ("tokenizer.json", ()),
+    ],
+)
+def test_answer_refuses_a_changed_file_and_names_it(
+    model_folder: Path,
+    name: str,
+    flags: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert answer(model_folder, *flags) == 0
+    capsys.readouterr()
+
+    flip_one_byte(model_folder / name)
+    assert answer(model_folder, *flags) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{model_folder / name} does not match the checksum in manifest.json" in captured.err
+    assert "re-run `qa-worker export`" in captured.err
+
+
+def test_only_the_files_a_precision_loads_are_checked(model_folder: Path) -> None:
+    flip_one_byte(model_folder / "model.onnx")
+    # The int8 engine never reads model.onnx, so it loads and answers.
+    result = QAEngine.load(model_folder, precision="int8").answer("Who?", CONTEXT)
+    assert result.answer == CONTEXT[result.start : result.end]
+    with pytest.raises(ModelFolderError, match=r"model\.onnx does not match"):
+        QAEngine.load(model_folder, precision="fp32")
+
+
+def test_a_missing_file_or_checksum_is_an_error(model_folder: Path) -> None:
+    (model_folder / "model.int8.onnx").unlink()
+    with pytest.raises(ModelFolderError, match=r"model\.int8\.onnx is listed in the manifest"):
+        QAEngine.load(model_folder, precision="int8")
+
+    manifest_path = model_folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del manifest["checksums"]["tokenizer.json"]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelFolderError, match=r"lists no checksum for tokenizer\.json"):
+        QAEngine.load(model_folder, precision="fp32")

@@ -1,0 +1,100 @@
+"""Progress bars: on stderr when it is a terminal or when asked, and nowhere else."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worker.export import export_model
+from worker.progress import Progress, progress_wanted
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_shown_on_a_terminal_or_when_asked() -> None:
+    assert progress_wanted(None, Terminal()) is True
+    assert progress_wanted(None, io.StringIO()) is False
+    assert progress_wanted(False, Terminal()) is False
+    assert progress_wanted(True, io.StringIO()) is True
+
+
+def test_a_bar_counts_up_and_ends_its_line() -> None:
+    stream = io.StringIO()
+    with Progress("answering", 3, True, unit="questions", stream=stream) as bar:
+        bar.advance(2)
+        bar.advance(5)
+    text = stream.getvalue()
+    assert text.startswith("\ranswering [")
+    assert "0/3 questions" in text
+    # Counts never pass the total, and the last redraw shows it full, then a newline.
+    assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith(f"answering [{'#' * 30}] 3/3")
+    assert "7/3" not in text
+    assert text.endswith("\n")
+
+
+def test_a_disabled_bar_writes_nothing() -> None:
+    stream = io.StringIO()
+    with Progress("answering", 3, False, stream=stream) as bar:
+        bar.advance(3, step="done")
+    assert stream.getvalue() == ""
+
+
+def run_answer(folder: Path, questions: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    command = ["answer", "--model", str(folder), "--input", str(questions), *flags]
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_answer_over_a_file_shows_progress_only_when_asked(
+    export_factory: Callable[[str], Path], tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.jsonl"
+    lines = [
+        {"id": f"q{i}", "question": "Who won?", "context": "Marie Curie won two Nobel Prizes."}
+        for i in range(7)
+    ]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    folder = export_factory("distilbert")
+
+    quiet = run_answer(folder, questions)
+    shown = run_answer(folder, questions, "--progress")
+    for done in (quiet, shown):
+        assert done.returncode == 0, done.stderr
+        # The answers on stdout are the same either way: the bar never touches them.
+        assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == [
+            f"q{i}" for i in range(7)
+        ]
+    assert quiet.stdout == shown.stdout
+    # (Read in text mode, the bar's carriage returns arrive as newlines.)
+    assert "answering [" not in quiet.stderr
+    assert "answering [" in shown.stderr
+    assert "7/7 questions" in shown.stderr
+
+
+def test_export_reports_its_steps_when_asked(
+    checkpoint_factory: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    export_model(str(checkpoint_factory("distilbert")), tmp_path / "out", progress=True)
+    shown = capsys.readouterr().err
+    for step in ("export: loading the checkpoint", "export: torch.onnx.export", "checking logits"):
+        assert step in shown
+    assert "3/3 steps" in shown
+
+    export_model(str(checkpoint_factory("distilbert")), tmp_path / "quiet")
+    assert "\r" not in capsys.readouterr().err
