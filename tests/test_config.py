@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, Settings, add_arguments, markdown_table
+from worker.config import Settings, add_arguments, markdown_table
+from worker.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
