@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from tests.support import texts
-from worker.batcher import Answered, BatchLimits, DeadlineExceeded, MicroBatcher
+from worker.batcher import Answered, DeadlineExceeded, MicroBatcher
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
+from worker.qa.batching import BatchLimits
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 

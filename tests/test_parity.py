@@ -18,7 +18,7 @@ from tests.support import texts
 from tests.support.reference import run_reference
 from worker.errors import EventError
 from worker.manifest import Manifest
-from worker.qa import QAEngine, QAOptions, Question
+from worker.qa import BatchLimits, QAEngine, QAOptions, Question
 
 pytestmark = pytest.mark.reference
 
@@ -86,7 +86,9 @@ def engine_answers(model_dir: Path, cases: list[dict[str, Any]]) -> list[dict[st
             )
             for i in chosen
         ]
-        for i, result in zip(chosen, engine.answer_many(questions, batch_size=8), strict=True):
+        for i, result in zip(
+            chosen, engine.answer_many(questions, BatchLimits(batch_size=8)), strict=True
+        ):
             if isinstance(result, EventError):
                 results[i] = {"error": result.code}
             else:

@@ -69,7 +69,8 @@ from .config import ENV_PREFIX, Settings, add_arguments, env_name
 from .errors import BenchError, ConfigError, EventError
 from .lifecycle import AsyncLifecycle
 from .qa import QAEngine, QAOptions, Question
-from .qa.engine import InferenceStats, pad_windows, plan_batches
+from .qa.batching import BatchLimits, plan_batches
+from .qa.engine import InferenceStats, pad_windows
 from .qa.windows import EncodedQuestion, Window
 from .squad import QuestionRecord, read_questions
 from .stream.transport import aiokafka_options
@@ -237,7 +238,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
     )
     sizes = ceiling_batch_sizes(settings)
     note(f"ceiling: {len(workload.windows)} windows in batches of {sizes}")
-    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.max_batch_tokens)
+    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.batch_limits())
     report["window_inference_ms"] = measure_window(engine, workload)
     note("engine: answer_many")
     report["engine"] = measure_engine(engine, workload, settings)
@@ -389,7 +390,7 @@ def ceiling_batch_sizes(settings: Settings) -> list[int]:
 
 
 def measure_ceiling(
-    engine: QAEngine, workload: Workload, batch_sizes: Sequence[int], max_batch_tokens: int
+    engine: QAEngine, workload: Workload, batch_sizes: Sequence[int], limits: BatchLimits
 ) -> Report:
     """Session runs only, over windows tokenized and padded beforehand, at each batch size.
 
@@ -400,7 +401,9 @@ def measure_ceiling(
     runs: dict[int, list[tuple[float, float]]] = {size: [] for size in batch_sizes}
     for _ in range(CEILING_ROUNDS):
         for size in rng.sample(list(batch_sizes), len(batch_sizes)):
-            runs[size].append(_time_batches(engine, workload, size, max_batch_tokens))
+            runs[size].append(
+                _time_batches(engine, workload, dataclasses.replace(limits, batch_size=size))
+            )
     by_size = {
         size: (statistics.median(seconds for seconds, _ in timed), timed[0][1])
         for size, timed in runs.items()
@@ -418,12 +421,10 @@ def measure_ceiling(
     }
 
 
-def _time_batches(
-    engine: QAEngine, workload: Workload, batch_size: int, max_batch_tokens: int
-) -> tuple[float, float]:
-    """Seconds to run every window in batches of `batch_size`, and the padding ratio."""
+def _time_batches(engine: QAEngine, workload: Workload, limits: BatchLimits) -> tuple[float, float]:
+    """Seconds to run every window in batches planned within `limits`, and the padding ratio."""
     pad_id = engine.manifest.tokenizer.pad_token_id
-    plan = plan_batches(workload.lengths, batch_size, max_batch_tokens)
+    plan = plan_batches(workload.lengths, limits)
     batches = [pad_windows([workload.windows[i] for i in batch], pad_id) for batch in plan]
     # The last batch holds the longest windows: the session sizes its buffers for it once.
     engine.backend.run(batches[-1])
@@ -447,7 +448,7 @@ def measure_window(engine: QAEngine, workload: Workload) -> float:
 def measure_engine(engine: QAEngine, workload: Workload, settings: Settings) -> Report:
     engine.stats = InferenceStats()
     began = time.perf_counter()
-    engine.answer_many(workload.questions, settings.batch_size, settings.max_batch_tokens)
+    engine.answer_many(workload.questions, settings.batch_limits())
     seconds = time.perf_counter() - began
     return {
         "events_per_s": workload.events / seconds,

@@ -39,8 +39,7 @@ def answer_records(
         chunk = records[offset : offset + CHUNK_QUESTIONS]
         results = engine.answer_many(
             [Question(record.question, record.context, options) for record in chunk],
-            batch_size=settings.batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
+            settings.batch_limits(),
         )
         yield from zip(chunk, results, strict=True)
 
@@ -150,8 +149,7 @@ def command_tag(args: argparse.Namespace) -> int:
             question_sets,
             documents,
             args.question_set or next(iter(question_sets)),
-            settings.batch_size,
-            settings.max_batch_tokens,
+            settings.batch_limits(),
         )
     )
     with open_output(args.output) as output:

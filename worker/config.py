@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .qa.batching import BatchLimits
 from .qa.types import QAOptions
 
 if TYPE_CHECKING:
@@ -210,6 +211,15 @@ class Settings:
             handle_impossible_answer=self.handle_impossible_answer,
             null_threshold=self.null_threshold,
             align_to_words=self.align_to_words,
+        )
+
+    def batch_limits(self) -> BatchLimits:
+        """The batching settings, for the streaming batcher and every offline command alike."""
+        return BatchLimits(
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_wait_ms=self.max_wait_ms,
+            max_padding=self.max_padding,
         )
 
     def load_engine(self) -> QAEngine:

@@ -23,7 +23,7 @@ import yaml
 
 from .errors import ErrorCode, EventError, QuestionSetError
 from .events import DocumentEvent
-from .qa import QAEngine, QAOptions, QAResult, Question
+from .qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
 FIELD_OPTIONS = {
@@ -112,8 +112,7 @@ def tag_offline(
     engine: QAEngine,
     question_set: QuestionSet,
     texts: Sequence[str],
-    batch_size: int,
-    max_batch_tokens: int,
+    limits: BatchLimits,
 ) -> list[Mapping[str, QAResult] | Exception]:
     """Every field of the set for every text, batched together; per text, results or an error."""
     questions = [
@@ -121,7 +120,7 @@ def tag_offline(
         for text in texts
         for field in question_set.fields
     ]
-    answers = engine.answer_many(questions, batch_size, max_batch_tokens)
+    answers = engine.answer_many(questions, limits)
     width = len(question_set.fields)
     tagged: list[Mapping[str, QAResult] | Exception] = []
     for start in range(0, len(answers), width):
@@ -143,8 +142,7 @@ def tag_documents(
     question_sets: Mapping[str, QuestionSet],
     documents: Sequence[DocumentEvent],
     default_set: str,
-    batch_size: int,
-    max_batch_tokens: int,
+    limits: BatchLimits,
 ) -> list[TaggedDocument | EventError]:
     """Tags documents offline, in order; each with its own set or `default_set`."""
     tagged: list[TaggedDocument | EventError | None] = [None] * len(documents)
@@ -159,7 +157,7 @@ def tag_documents(
             tagged[index] = EventError(ErrorCode.UNKNOWN_QUESTION_SET, message)
     for name, indexes in by_set.items():
         texts = [documents[index].text for index in indexes]
-        answers = tag_offline(engine, question_sets[name], texts, batch_size, max_batch_tokens)
+        answers = tag_offline(engine, question_sets[name], texts, limits)
         for index, results in zip(indexes, answers, strict=True):
             tagged[index] = (
                 results

@@ -1,6 +1,7 @@
 """The extractive QA engine: windows, decoding and batching, with no broker involved."""
 
-from .engine import QAEngine, Question, plan_batches
+from .batching import BatchLimits, plan_batches
+from .engine import QAEngine, Question
 from .types import QAOptions, QAResult, Span
 
-__all__ = ["QAEngine", "QAOptions", "QAResult", "Question", "Span", "plan_batches"]
+__all__ = ["BatchLimits", "QAEngine", "QAOptions", "QAResult", "Question", "Span", "plan_batches"]

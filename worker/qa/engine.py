@@ -16,6 +16,7 @@ import numpy as np
 from ..backends import InferenceBackend
 from ..errors import EventError
 from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum
+from .batching import BatchLimits, plan_batches
 from .decode import WindowLogits, decode
 from .types import QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer
@@ -41,28 +42,6 @@ class Question:
     question: str
     context: str
     options: QAOptions = QAOptions()
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Groups window indexes by length into batches within both limits.
-
-    Sorting by length keeps padding low; a batch closes when one more window would exceed
-    `batch_size` windows or `max_batch_tokens` padded tokens (windows x longest window). A window
-    longer than the token budget still runs, alone.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        # Ascending order: the newcomer is the longest window of the batch.
-        padded = (len(current) + 1) * lengths[index]
-        if current and (len(current) >= batch_size or padded > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def pad_windows(windows: Sequence[Window], pad_token_id: int) -> dict[str, np.ndarray]:
@@ -143,10 +122,12 @@ class QAEngine:
     def answer_many(
         self,
         questions: Sequence[Question],
-        batch_size: int = 16,
-        max_batch_tokens: int = 1024,
+        limits: BatchLimits = BatchLimits(),
     ) -> list[QAResult | EventError]:
-        """Answers in input order; a question the engine cannot take yields its EventError."""
+        """Answers in input order; a question the engine cannot take yields its EventError.
+
+        Windows are batched by the same planner as the streaming batcher's, within `limits`.
+        """
         encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])
         owners: list[tuple[int, int]] = []
         windows: list[Window] = []
@@ -156,7 +137,7 @@ class QAEngine:
                     owners.append((question_index, window_index))
                     windows.append(window)
         logits: dict[tuple[int, int], WindowLogits] = {}
-        for batch in plan_batches([len(w) for w in windows], batch_size, max_batch_tokens):
+        for batch in plan_batches([len(w) for w in windows], limits):
             batch_logits = self.infer([windows[index] for index in batch])
             for index, window_logits in zip(batch, batch_logits, strict=True):
                 logits[owners[index]] = window_logits

@@ -21,7 +21,7 @@ import faust
 from faust.types import TP
 
 from .. import __version__
-from ..batcher import BatchLimits, MicroBatcher
+from ..batcher import MicroBatcher
 from ..config import Settings
 from ..lifecycle import AsyncLifecycle
 from ..metrics import WorkerMetrics
@@ -69,16 +69,7 @@ class QAWorker(AsyncLifecycle):
             checksum=engine.model_id,
             worker_version=__version__,
         )
-        self.batcher = MicroBatcher(
-            engine,
-            BatchLimits(
-                settings.batch_size,
-                settings.max_batch_tokens,
-                settings.max_wait_ms,
-                settings.max_padding,
-            ),
-            observer=metrics,
-        )
+        self.batcher = MicroBatcher(engine, settings.batch_limits(), observer=metrics)
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
             load_question_sets(settings.question_sets, settings.qa_options())
