@@ -26,6 +26,7 @@ from tests.support.streaming import (
 from worker.broker import EmbeddedBroker
 from worker.errors import QuestionSetError
 from worker.events import load_schema
+from worker.loading import load_engine
 from worker.metrics import WorkerMetrics
 from worker.qa import QAOptions
 from worker.stream import QAWorker
@@ -187,7 +188,7 @@ async def start_tagging_worker(
         tags_topic=TAGS,
         **overrides,
     )
-    worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+    worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
     await worker.start()
     return worker
 
@@ -268,7 +269,7 @@ async def test_replies_go_to_allowed_topics_only(exported_models: dict[str, Path
         for topic in ("replies.client-a", "replies.client-b", "payments"):
             await broker.create_topic(topic, 1)
         settings = worker_settings(broker.bootstrap_servers, model, reply_topics="replies.*")
-        worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
         await worker.start()
         try:
             keys = [b"k1", b"k2", b"k3", b"k4"]

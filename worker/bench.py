@@ -68,6 +68,7 @@ from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail
 from .config import ENV_PREFIX, Settings, add_arguments, env_name
 from .errors import BenchError, ConfigError, EventError
 from .lifecycle import AsyncLifecycle
+from .loading import load_engine
 from .qa import QAEngine, QAOptions, Question
 from .qa.batching import BatchLimits, plan_batches
 from .qa.engine import InferenceStats, pad_windows
@@ -224,7 +225,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
         raise BenchError(f"{options.squad} holds no questions")
     if len(records) < options.events:
         note(f"{options.squad} holds {len(records)} questions; measuring on those")
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     workload = Workload.encode(engine, records, settings.qa_options())
     report = describe_run(settings, engine, workload)
     note("measuring the GEMM rates")
@@ -766,9 +767,9 @@ class LoadGenerator:
         wall = time.perf_counter() - began
         cpu_cores = {}
         for name, pid in pids.items():
-            spent = cpu_seconds(pid)
-            if spent is not None and cpu_before[name] is not None:
-                cpu_cores[name] = (spent - cpu_before[name]) / wall
+            spent, spent_before = cpu_seconds(pid), cpu_before[name]
+            if spent is not None and spent_before is not None:
+                cpu_cores[name] = (spent - spent_before) / wall
         after = await self.worker.counters()
         return {**phase_report(sent, self.collector, before, after), "cpu_cores": cpu_cores}
 

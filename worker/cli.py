@@ -18,6 +18,7 @@ from .config import Settings, add_arguments
 from .errors import ConfigError, EventError, WorkerError
 from .events import DocumentEvent, InputLimits, parse_document, tags_event
 from .export import export_model
+from .loading import load_engine
 from .qa import QAEngine, QAOptions, QAResult, Question
 from .squad import QuestionRecord, evaluate, read_questions
 from .tagging import TaggedDocument, load_question_sets, tag_documents
@@ -60,7 +61,7 @@ def command_answer(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     if (args.input is None) == (args.question is None and args.context is None):
         raise ConfigError("give either --question and --context, or --input FILE")
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     options = settings.qa_options()
     if args.input is None:
         if args.question is None or args.context is None:
@@ -79,7 +80,7 @@ def command_answer(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     records = read_questions(args.squad)
     if any(record.is_impossible is None for record in records):
         raise ConfigError(f"{args.squad} has no gold answers: eval needs a SQuAD-format file")
@@ -133,7 +134,7 @@ def command_export(args: argparse.Namespace) -> int:
 def command_tag(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     question_sets = load_question_sets(args.questions, settings.qa_options())
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
     parsed: list[DocumentEvent | EventError] = []
     for line in args.input.read_bytes().splitlines():
@@ -167,8 +168,10 @@ def command_tag(args: argparse.Namespace) -> int:
                 )
             else:
                 document_id = item.id if isinstance(item, DocumentEvent) else None
-                error = {"code": outcome.code, "message": str(outcome)}
-                line = {"id": document_id, "error": error}
+                line = {
+                    "id": document_id,
+                    "error": {"code": outcome.code, "message": str(outcome)},
+                }
             output.write(json.dumps(line, ensure_ascii=False) + "\n")
     return 0
 

@@ -17,21 +17,26 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
 from .qa.batching import BatchLimits
 from .qa.types import QAOptions
 
-if TYPE_CHECKING:
-    from .qa import QAEngine
-
 ENV_PREFIX = "QA_"
 
 
-def setting(default: Any, help: str, group: str, choices: Iterable[str] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    group: str,
+    choices: Iterable[str] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of Settings; a `secret` one stays out of the repr, so out of logs and tracebacks."""
     return field(
         default=default,
+        repr=not secret,
         metadata={"help": help, "group": group, "choices": tuple(choices) if choices else None},
     )
 
@@ -113,7 +118,9 @@ class Settings:
         choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     )
     sasl_username: str | None = setting(None, "SASL user name.", "kafka")
-    sasl_password: str | None = setting(None, "SASL password (prefer the environment).", "kafka")
+    sasl_password: str | None = setting(
+        None, "SASL password (prefer the environment).", "kafka", secret=True
+    )
     ssl_cafile: Path | None = setting(
         None, "CA bundle that signed the brokers' certificates.", "kafka"
     )
@@ -220,17 +227,6 @@ class Settings:
             max_batch_tokens=self.max_batch_tokens,
             max_wait_ms=self.max_wait_ms,
             max_padding=self.max_padding,
-        )
-
-    def load_engine(self) -> QAEngine:
-        from .qa import QAEngine
-
-        return QAEngine.load(
-            self.require_model(),
-            precision=self.precision,  # type: ignore[arg-type]
-            threads=self.threads,
-            max_seq_len=self.max_seq_len,
-            doc_stride=self.doc_stride,
         )
 
     def require_model(self) -> Path:

@@ -276,12 +276,14 @@ def dead_letter_event(
     now_ms: int,
 ) -> dict[str, Any]:
     """The dead-letter event (dead-letter.schema.json) for the message `value` that failed."""
+    raw = value or b""
+    text: str | None
     try:
-        text = "" if value is None else value.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     dead_letter: dict[str, Any] = {
-        "payload": base64.b64encode(value).decode("ascii") if text is None else text,
+        "payload": base64.b64encode(raw).decode("ascii") if text is None else text,
         "payload_encoding": "base64" if text is None else "utf-8",
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "error": {"code": code, "message": message},

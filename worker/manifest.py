@@ -21,7 +21,6 @@ TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 
 Precision = Literal["fp32", "int8"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 
 
 @dataclass(frozen=True)

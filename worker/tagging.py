@@ -113,7 +113,7 @@ def tag_offline(
     question_set: QuestionSet,
     texts: Sequence[str],
     limits: BatchLimits,
-) -> list[Mapping[str, QAResult] | Exception]:
+) -> list[Mapping[str, QAResult] | EventError]:
     """Every field of the set for every text, batched together; per text, results or an error."""
     questions = [
         Question(field.question, text, field.options)
@@ -122,11 +122,12 @@ def tag_offline(
     ]
     answers = engine.answer_many(questions, limits)
     width = len(question_set.fields)
-    tagged: list[Mapping[str, QAResult] | Exception] = []
+    tagged: list[Mapping[str, QAResult] | EventError] = []
     for start in range(0, len(answers), width):
         chunk = answers[start : start + width]
-        failure = next((result for result in chunk if isinstance(result, Exception)), None)
-        tagged.append(failure or tag_results(question_set.fields, chunk))  # type: ignore[arg-type]
+        failure = next((result for result in chunk if isinstance(result, EventError)), None)
+        results = [result for result in chunk if isinstance(result, QAResult)]
+        tagged.append(failure if failure is not None else tag_results(question_set.fields, results))
     return tagged
 
 
@@ -162,6 +163,6 @@ def tag_documents(
             tagged[index] = (
                 results
                 if isinstance(results, EventError)
-                else TaggedDocument(documents[index], name, results)  # type: ignore[arg-type]
+                else TaggedDocument(documents[index], name, results)
             )
     return [item for item in tagged if item is not None]

@@ -40,13 +40,26 @@ MAX_RETRY_BACKOFF_S = 5.0
 class IncomingMessage(Protocol):
     """The parts of a consumed Kafka message (faust's `Message`) that the worker reads."""
 
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float | None
-    headers: Any
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> float | None: ...
+
+    @property
+    def headers(self) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ class EventHandlers:
         except EventError as error:
             return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
         event_time = question.event_time_ms / 1000
+        allowed_ms = (
+            None if question.deadline_ms is None else question.deadline_ms - question.event_time_ms
+        )
         # Checked before inference: a refused reply topic needs no answer.
         reply_to = self.replies.requested(message, question.reply_to)
         if reply_to is not None and not self.replies.allowed(reply_to):
@@ -98,7 +101,7 @@ class EventHandlers:
                 question.question, question.context, question.options, _deadline(question)
             )
         except DeadlineExceeded:
-            late = f"not answered within {question.deadline_ms - question.event_time_ms} ms"
+            late = f"not answered within {allowed_ms} ms"
             return self.dead_letter(message, event_time, ErrorCode.DEADLINE_EXCEEDED, late)
         except Exception as error:
             return self._unanswerable(message, event_time, error, question.id)

@@ -15,10 +15,11 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Set
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
+from mode.types.signals import SignalHandlerT
 
 from .. import __version__
 from ..batcher import MicroBatcher
@@ -103,7 +104,8 @@ class QAWorker(AsyncLifecycle):
             self.topics(settings.tags_topic)
             app.agent(documents, name="tag-documents")(self._consumer(self.handlers.tag_document))
         app.sensors.add(CommitSensor(self.metrics))
-        app.on_partitions_revoked.connect(self._revoked)
+        # mypy cannot match a bound method to mode's receiver type (a mypy_extensions Callable).
+        app.on_partitions_revoked.connect(cast(SignalHandlerT, self._revoked))
         return app
 
     # lifecycle
@@ -165,17 +167,20 @@ class QAWorker(AsyncLifecycle):
 
     # consuming
 
-    def _consumer(self, respond: Handler) -> Callable[[faust.StreamT], Awaitable[None]]:
+    def _consumer(self, respond: Handler) -> Callable[[faust.StreamT[Any]], Awaitable[None]]:
         """An agent body: every event is answered by `respond`, at most max_in_flight at once."""
 
-        async def consume(stream: faust.StreamT) -> None:
-            async for event in stream.noack().events():
+        async def consume(stream: faust.StreamT[Any]) -> None:
+            # Agents are handed a faust.Stream; the StreamT protocol leaves out noack().
+            async for event in cast(faust.Stream[Any], stream).noack().events():
                 self._spawn(self._handle(event, self.tracker.track(event), respond))
                 await self.tracker.wait_for_room()
 
         return consume
 
-    async def _revoked(self, sender: Any, revoked: Set[TP], **kwargs: Any) -> None:
+    def _revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """faust's on_partitions_revoked receiver: sent (app, revoked) once they are drained."""
+        revoked: Set[TP] = args[0]
         self.tracker.forget(revoked)
 
     def _spawn(self, work: Awaitable[None]) -> None:
