@@ -44,7 +44,6 @@ import math
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,12 +59,13 @@ import aiohttp
 import numpy as np
 import onnxruntime as ort
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from .backends.onnx import available_cores
-from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail
-from .config import ENV_PREFIX, Settings, add_arguments, env_name
+from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail, free_port
+from .config import Settings, add_arguments, settings_environment
 from .errors import BenchError, ConfigError, EventError
 from .lifecycle import AsyncLifecycle
 from .loading import load_engine
@@ -74,7 +74,7 @@ from .qa.batching import BatchLimits, plan_batches
 from .qa.engine import InferenceStats, pad_windows
 from .qa.windows import EncodedQuestion, Window
 from .squad import QuestionRecord, read_questions
-from .stream.transport import aiokafka_options
+from .stream.transport import aiokafka_options, create_topics
 
 __all__ = ["BenchError", "BenchOptions", "add_bench_parser", "command_bench", "run_bench"]
 
@@ -521,7 +521,7 @@ class WorkerProcess(AsyncLifecycle):
         began = time.perf_counter()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=worker_environment(self.settings),
+            env=settings_environment(self.settings),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -617,16 +617,6 @@ class WorkerProcess(AsyncLifecycle):
             self._log = None
 
 
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """This environment, with every QA_ variable replaced by `settings`."""
-    environ = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
-    for spec in dataclasses.fields(settings):
-        value = getattr(settings, spec.name)
-        if value is not None:
-            environ[env_name(spec.name)] = str(value)
-    return environ
-
-
 def bench_worker_settings(settings: Settings) -> Settings:
     """The worker's settings on topics and a group of its own, so no earlier run interferes."""
     run = f"qa-bench-{uuid.uuid4().hex[:8]}"
@@ -639,33 +629,19 @@ def bench_worker_settings(settings: Settings) -> Settings:
         question_sets=None,
         documents_topics=None,
         http_host="127.0.0.1",
-        http_port=_free_port(),
+        http_port=free_port(),
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_topics(settings: Settings) -> list[str]:
     return [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
 
 
-async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
-    await admin.start()
+async def create_bench_topics(settings: Settings) -> None:
     try:
-        response = await admin.create_topics(
-            [NewTopic(name, PARTITIONS, 1) for name in bench_topics(settings)]
-        )
-    finally:
-        await admin.close()
-    # aiokafka reports per-topic failures inside the response instead of raising them.
-    failed = [f"{topic} (error {code})" for topic, code, *_ in response.topic_errors if code]
-    if failed:
-        raise BenchError(f"could not create topics: {', '.join(failed)}")
+        await create_topics(aiokafka_options(settings), bench_topics(settings), PARTITIONS)
+    except KafkaError as error:
+        raise BenchError(f"could not create topics: {error}") from None
 
 
 async def delete_topics(settings: Settings) -> None:
@@ -871,7 +847,7 @@ async def measure_streaming(
         else:
             settings = dataclasses.replace(settings, broker=options.broker)
         worker_settings = bench_worker_settings(settings)
-        await create_topics(worker_settings)
+        await create_bench_topics(worker_settings)
         if options.broker is not None:
             stack.push_async_callback(delete_topics, worker_settings)
         note("starting the worker")

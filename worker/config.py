@@ -253,6 +253,20 @@ class Settings:
         return cls(**values)
 
 
+def settings_environment(
+    settings: Settings, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`base` (default: this process's environment) with every QA_ variable replaced by
+    `settings`: the environment that makes a child `qa-worker` read exactly these settings."""
+    base = os.environ if base is None else base
+    environ = {key: value for key, value in base.items() if not key.startswith(ENV_PREFIX)}
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if value is not None:
+            environ[env_name(spec.name)] = str(value)
+    return environ
+
+
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 

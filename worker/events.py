@@ -79,11 +79,12 @@ class Contract:
 # converted by schema type (JSON Schema counts 3.0 as an integer).
 _CONVERTERS = {"integer": int, "number": float, "boolean": bool}
 QUESTION_SCHEMA = load_schema("question")
-_OPTION_FIELDS = tuple(
-    (spec.name, _CONVERTERS[QUESTION_SCHEMA["properties"][spec.name]["type"]])
+OPTION_TYPES: dict[str, type] = {
+    spec.name: _CONVERTERS[QUESTION_SCHEMA["properties"][spec.name]["type"]]
     for spec in dataclasses.fields(QAOptions)
     if spec.name in QUESTION_SCHEMA["properties"]
-)
+}
+"""The answering options a question may set (also each field of a question set), by type."""
 
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
@@ -155,7 +156,7 @@ def parse_question(
         ErrorCode.CONTEXT_TOO_LARGE,
     )
     overrides = {
-        name: convert(document[name]) for name, convert in _OPTION_FIELDS if name in document
+        name: convert(document[name]) for name, convert in OPTION_TYPES.items() if name in document
     }
     created_at = document.get("created_at")
     event_time_ms = kafka_timestamp_ms if created_at is None else _epoch_ms(created_at)

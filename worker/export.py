@@ -26,11 +26,17 @@ from typing import Any, Literal
 
 from . import __version__
 from .errors import ExportError
-from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TokenizerInfo, sha256_file
+from .manifest import (
+    LOGIT_OUTPUTS,
+    MANIFEST_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    TokenizerInfo,
+    sha256_file,
+)
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
-OUTPUT_NAMES = ("start_logits", "end_logits")
 
 # The lowest opset the torch.export-based exporter emits natively; every onnxruntime the worker
 # accepts (>= 1.20) runs it, and onnxruntime's quantizer handles it.
@@ -362,7 +368,7 @@ def _export_onnx(
                 _export_sample(tokenizer, input_names),
                 str(target),
                 input_names=input_names,
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(LOGIT_OUTPUTS),
                 dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in input_names),),
                 opset_version=OPSET,
                 dynamo=True,

@@ -22,6 +22,11 @@ FORMAT_VERSION = 1
 
 Precision = Literal["fp32", "int8"]
 
+# The model's two outputs, by these names, in every exported ONNX file.
+START_LOGITS = "start_logits"
+END_LOGITS = "end_logits"
+LOGIT_OUTPUTS = (START_LOGITS, END_LOGITS)
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:

@@ -22,16 +22,10 @@ from typing import Any
 import yaml
 
 from .errors import ErrorCode, EventError, QuestionSetError
-from .events import DocumentEvent
+from .events import OPTION_TYPES, DocumentEvent
 from .qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
-FIELD_OPTIONS = {
-    "top_k": int,
-    "max_answer_len": int,
-    "null_threshold": float,
-    "handle_impossible_answer": bool,
-}
 
 
 @dataclass(frozen=True)
@@ -76,12 +70,12 @@ def _field(where: str, name: str, spec: Any, defaults: QAOptions) -> TagField:
         raise QuestionSetError(f"{where}: needs `question`, a string")
     if not spec["question"].strip():
         raise QuestionSetError(f"{where}: the question is empty")
-    unknown = set(spec) - {"question", *FIELD_OPTIONS}
+    unknown = set(spec) - {"question", *OPTION_TYPES}
     if unknown:
-        allowed = ", ".join(sorted(FIELD_OPTIONS))
+        allowed = ", ".join(sorted(OPTION_TYPES))
         raise QuestionSetError(f"{where}: unknown options {sorted(unknown)}; allowed: {allowed}")
     overrides = {}
-    for option, kind in FIELD_OPTIONS.items():
+    for option, kind in OPTION_TYPES.items():
         if option in spec:
             value = spec[option]
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
