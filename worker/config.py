@@ -17,13 +17,15 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .qa.batching import BatchLimits
 from .qa.types import QAOptions
 
 ENV_PREFIX = "QA_"
+
+_Subset = TypeVar("_Subset", QAOptions, BatchLimits)
 
 
 def setting(
@@ -212,22 +214,16 @@ class Settings:
             )
 
     def qa_options(self) -> QAOptions:
-        return QAOptions(
-            top_k=self.top_k,
-            max_answer_len=self.max_answer_len,
-            handle_impossible_answer=self.handle_impossible_answer,
-            null_threshold=self.null_threshold,
-            align_to_words=self.align_to_words,
-        )
+        """The default answering options, which events and question-set fields may override."""
+        return self._subset(QAOptions)
 
     def batch_limits(self) -> BatchLimits:
         """The batching settings, for the streaming batcher and every offline command alike."""
-        return BatchLimits(
-            batch_size=self.batch_size,
-            max_batch_tokens=self.max_batch_tokens,
-            max_wait_ms=self.max_wait_ms,
-            max_padding=self.max_padding,
-        )
+        return self._subset(BatchLimits)
+
+    def _subset(self, kind: type[_Subset]) -> _Subset:
+        """A `kind` built from the settings of its field names (each is a setting here)."""
+        return kind(**{spec.name: getattr(self, spec.name) for spec in dataclasses.fields(kind)})
 
     def require_model(self) -> Path:
         if self.model is None:
