@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import statistics
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from worker.config import Settings
 from worker.qa import QAEngine
-from worker.qa.engine import plan_batches
+from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.windows import EncodedQuestion, Window
 from worker.squad import read_questions
 
@@ -70,7 +71,10 @@ def main() -> None:
     windows = first_windows(engine, args.squad, args.windows)
     lengths = [len(window) for window in windows]
     shapes = sorted({*itertools.product(BATCH_SIZES, TOKEN_BUDGETS), baseline})
-    plans = {shape: plan_batches(lengths, *shape) for shape in shapes}
+    # Uncapped padding: the shapes are compared on batch size and token budget alone.
+    plans = {
+        shape: plan_batches(lengths, BatchLimits(*shape, max_padding=math.inf)) for shape in shapes
+    }
     for plan in plans.values():  # warm-up: the session's arenas grow to every batch shape once
         run_plan(engine, windows, plan)
 

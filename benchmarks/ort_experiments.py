@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -32,12 +33,20 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from worker.backends.onnx import END_LOGITS, START_LOGITS, available_cores
-from worker.export import OUTPUT_NAMES, logits_only, quantize_int8
-from worker.manifest import TOKENIZER_NAME, Manifest, manifest_checksum
+from worker.backends.onnx import available_cores
+from worker.export import logits_only, quantize_int8
+from worker.manifest import (
+    END_LOGITS,
+    LOGIT_OUTPUTS,
+    START_LOGITS,
+    TOKENIZER_NAME,
+    Manifest,
+    manifest_checksum,
+)
 from worker.qa import QAOptions, QAResult
+from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.decode import WindowLogits, decode
-from worker.qa.engine import pad_windows, plan_batches
+from worker.qa.engine import pad_windows
 from worker.qa.windows import EncodedQuestion, Window, WindowTokenizer
 from worker.squad import read_questions
 
@@ -210,7 +219,7 @@ def legacy_export(checkpoint: Path, target: Path, input_names: Sequence[str]) ->
         padding=True,
         return_tensors="pt",
     )
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *OUTPUT_NAMES]}
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *LOGIT_OUTPUTS]}
     with warnings.catch_warnings(), torch.no_grad():
         # The deprecation notice, and tracer warnings about Python branches: comparing the
         # answers with fp32 is what tells whether the trace generalised.
@@ -220,7 +229,7 @@ def legacy_export(checkpoint: Path, target: Path, input_names: Sequence[str]) ->
             tuple(sample[name] for name in input_names),
             str(target),
             input_names=list(input_names),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(LOGIT_OUTPUTS),
             dynamic_axes=axes,
             opset_version=LEGACY_OPSET,
             dynamo=False,
@@ -387,7 +396,9 @@ def load_workload(folder: Path, squad: Path, windows: int, batch_size: int) -> W
             break
     owners = [(q, w) for q, item in enumerate(questions) for w in range(len(item.windows))]
     flat = [questions[q].windows[w] for q, w in owners]
-    batches = plan_batches([len(window) for window in flat], batch_size, MAX_BATCH_TOKENS)
+    # Uncapped padding, as when these experiments were recorded (docs/performance.md).
+    limits = BatchLimits(batch_size, MAX_BATCH_TOKENS, max_padding=math.inf)
+    batches = plan_batches([len(window) for window in flat], limits)
     pad = manifest.tokenizer.pad_token_id
     feeds = [pad_windows([flat[index] for index in batch], pad) for batch in batches]
     return Workload(questions, owners, flat, batches, feeds)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from tests.support.models import build_checkpoint
+from tests.support.parity import build_cases, engine_answers, first_difference
 from tests.support.reference import run_reference
-from tests.test_parity import build_cases, engine_answers, first_difference
 from worker.export import export_model
 from worker.manifest import Manifest
 

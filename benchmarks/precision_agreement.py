@@ -11,14 +11,14 @@ import json
 import time
 from pathlib import Path
 
-from worker.qa import QAEngine, QAOptions, QAResult, Question
+from worker.qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 from worker.squad import read_questions
 
 
 def run(model: Path, precision: str, questions: list[Question]) -> tuple[list[QAResult], dict]:
     engine = QAEngine.load(model, precision=precision)  # type: ignore[arg-type]
     began = time.perf_counter()
-    results = engine.answer_many(questions, batch_size=16, max_batch_tokens=8192)
+    results = engine.answer_many(questions, BatchLimits(batch_size=16, max_batch_tokens=8192))
     elapsed = time.perf_counter() - began
     stats = engine.stats
     report = {

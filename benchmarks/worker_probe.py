@@ -30,9 +30,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from worker.bench import cpu_seconds
 from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.config import Settings
+from worker.loading import load_engine
 from worker.metrics import WorkerMetrics
-from worker.service import QAWorker
 from worker.squad import read_questions
+from worker.stream import QAWorker
 
 TOPICS = ("probe-questions", "probe-answers", "probe-dead-letters")
 
@@ -85,7 +86,7 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
             http_port=0,
         )
         metrics = BatchLog()
-        worker = QAWorker(settings, settings.load_engine(), metrics)
+        worker = QAWorker(settings, load_engine(settings), metrics)
         await worker.start()
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
         consumer = AIOKafkaConsumer(

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, Settings, add_arguments, markdown_table
+from worker.config import Settings, add_arguments, markdown_table
+from worker.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -66,3 +67,12 @@ def test_readme_documents_every_setting() -> None:
         "README's configuration table is stale: regenerate it with "
         "`python -m worker.config --markdown`"
     )
+
+
+def test_the_sasl_password_stays_out_of_the_repr() -> None:
+    settings = Settings(
+        security_protocol="SASL_SSL", sasl_username="qa", sasl_password="hunter2-secret"
+    )
+    assert "hunter2-secret" not in repr(settings) and "sasl_password" not in repr(settings)
+    assert "sasl_username='qa'" in repr(settings)
+    assert settings.sasl_password == "hunter2-secret"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +12,9 @@ import pytest
 
 from tests.support import texts
 from worker.backends.onnx import cgroup_cpu_limit
-from worker.manifest import Manifest, ModelFolderError
-from worker.qa import InputError, QAEngine, QAOptions, Question
+from worker.errors import EventError, ModelFolderError
+from worker.manifest import Manifest
+from worker.qa import BatchLimits, QAEngine, QAOptions, Question
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])
@@ -26,13 +29,74 @@ def spans(result: object) -> list[tuple[str, int, int]]:
 def test_batched_answers_equal_one_at_a_time(engine: QAEngine) -> None:
     options = QAOptions(top_k=3, handle_impossible_answer=True)
     questions = [Question(q, c, options) for q, c in texts.pairs(seed=7, count=40)]
-    batched = engine.answer_many(questions, batch_size=16, max_batch_tokens=4096)
+    # Padding uncapped, so that windows of unlike lengths share batches here.
+    limits = BatchLimits(batch_size=16, max_batch_tokens=4096, max_padding=math.inf)
+    batched = engine.answer_many(questions, limits)
     assert engine.stats.batches < len(questions)
     for question, together in zip(questions, batched, strict=True):
-        alone = engine.answer_many([question], batch_size=1)[0]
+        alone = engine.answer_many([question], BatchLimits(batch_size=1))[0]
         assert spans(together) == spans(alone)
         for a, b in zip(together.answers, alone.answers, strict=True):  # type: ignore[union-attr]
             assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.1])
+def test_answer_many_keeps_to_the_padding_cap(engine: QAEngine, max_padding: float) -> None:
+    # One window each, of very unlike lengths: uncapped, they share one heavily padded batch.
+    rng = random.Random(5)
+    questions = [Question(texts.question(rng), texts.context(rng, words)) for words in (3, 12, 40)]
+    engine.stats = replace(engine.stats, padded_tokens=0, real_tokens=0)
+    engine.answer_many(questions, BatchLimits(batch_size=16, max_padding=max_padding))
+    capped = engine.stats.padded_tokens / engine.stats.real_tokens
+    # A batch's padding is within the cap, so the whole run's is too.
+    assert capped <= 1 + max_padding
+    engine.stats = replace(engine.stats, padded_tokens=0, real_tokens=0)
+    engine.answer_many(questions, BatchLimits(batch_size=16, max_padding=math.inf))
+    assert engine.stats.padded_tokens / engine.stats.real_tokens > 1 + max_padding
+
+
+@pytest.mark.parametrize("command", ["answer", "eval"])
+def test_offline_commands_honour_max_padding(
+    command: str,
+    exported_models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from worker.cli import main
+
+    pairs = texts.pairs(seed=5, count=40)
+    squad = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "qas": [
+                            {
+                                "id": f"q{i}",
+                                "question": question,
+                                "answers": [],
+                                "is_impossible": True,
+                            }
+                        ],
+                    }
+                    for i, (question, context) in enumerate(pairs)
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad), encoding="utf-8")
+    source = ["--input", str(path)] if command == "answer" else ["--squad", str(path)]
+    ratios = {}
+    for cap in ("0", "10"):
+        model = str(exported_models["bert"])
+        assert main([command, "--model", model, "--max-padding", cap, *source]) == 0
+        report = capsys.readouterr().err
+        ratios[cap] = float(report.rsplit("padding ratio ", 1)[1].split()[0])
+    assert ratios["0"] == 1.0 < ratios["10"]
 
 
 def test_long_context_is_answered_across_many_windows(engine: QAEngine) -> None:
@@ -83,7 +147,7 @@ def test_bad_inputs_fail_alone_with_a_code(engine: QAEngine) -> None:
 
 
 def test_non_string_input_is_rejected(engine: QAEngine) -> None:
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(EventError) as caught:
         engine.encode("q", 42)  # type: ignore[arg-type]
     assert caught.value.code == "invalid_context"
 

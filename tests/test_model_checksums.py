@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.cli import main
-from worker.manifest import ModelFolderError
+from worker.errors import ModelFolderError
 from worker.qa import QAEngine
 
 CONTEXT = "Marie Curie won two Nobel Prizes, in physics and in chemistry."

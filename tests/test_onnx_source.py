@@ -16,10 +16,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests import test_parity as parity
+from tests.support import parity
 from tests.support.hub_layouts import hub_onnx_layout, source_checkpoint
 from tests.support.without_torch import run_without_torch
-from worker.export import ExportError, export_model
+from worker.errors import ExportError
+from worker.export import export_model
 from worker.manifest import Manifest, sha256_file
 
 # Which test checkpoint goes into which Hub layout: BERT-style vocab.txt at the root, RoBERTa's

@@ -29,8 +29,9 @@ from tests.support.streaming import (
 )
 from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.http import HealthServer
+from worker.loading import load_engine
 from worker.metrics import WorkerMetrics
-from worker.service import QAWorker
+from worker.stream import QAWorker
 
 pytestmark = pytest.mark.broker
 
@@ -82,8 +83,10 @@ async def test_answers_through_the_broker_equal_offline_answers(
         await create_topics(broker)
         settings = worker_settings(broker.bootstrap_servers, model, top_k=2)
         metrics = WorkerMetrics()
-        worker = QAWorker(settings, settings.load_engine(), metrics)
+        worker = QAWorker(settings, load_engine(settings), metrics)
         async with HealthServer(metrics, worker.readiness, "127.0.0.1", 0) as server:
+            await worker.start()
+            # A second start is a no-op, not a second consumer.
             await worker.start()
             try:
                 # faust hard-codes 1500 ms; the setting must reach the fetcher aiokafka started.
@@ -104,7 +107,10 @@ async def test_answers_through_the_broker_equal_offline_answers(
                     await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/readyz")
                 )
             finally:
-                await worker.stop()
+                # A signal and a `finally` may both stop the worker: both get the one drain.
+                drains = await asyncio.gather(worker.stop(), worker.stop())
+            assert drains == [True, True]
+            assert await worker.stop() is True
 
     assert readiness["ready"] is True
     assert len(records) == 500
@@ -177,7 +183,7 @@ async def test_bad_input_is_dead_lettered_while_the_rest_is_answered(
         settings = worker_settings(
             broker.bootstrap_servers, model, max_question_chars=200, max_context_chars=2000
         )
-        worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
         await worker.start()
         try:
             await produce(broker.bootstrap_servers, values, topic="questions")
@@ -214,8 +220,8 @@ async def test_two_workers_share_partitions_and_one_takes_over(
     async with EmbeddedBroker() as broker:
         await create_topics(broker)
         settings = worker_settings(broker.bootstrap_servers, model)
-        first = QAWorker(settings, settings.load_engine(), WorkerMetrics())
-        second = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        first = QAWorker(settings, load_engine(settings), WorkerMetrics())
+        second = QAWorker(settings, load_engine(settings), WorkerMetrics())
         await first.start()
         await second.start()
         stopped_second = False
@@ -291,7 +297,7 @@ async def test_backpressure_bounds_memory_and_in_flight_events(
     async with EmbeddedBroker() as broker:
         await create_topics(broker)
         settings = worker_settings(broker.bootstrap_servers, model, max_in_flight=32)
-        worker = QAWorker(settings, SlowEngine(settings.load_engine(), 0.05), WorkerMetrics())
+        worker = QAWorker(settings, SlowEngine(load_engine(settings), 0.05), WorkerMetrics())
         process = psutil.Process()
 
         def answered() -> float:

@@ -24,11 +24,13 @@ from tests.support.streaming import (
     worker_settings,
 )
 from worker.broker import EmbeddedBroker
+from worker.errors import QuestionSetError
 from worker.events import load_schema
+from worker.loading import load_engine
 from worker.metrics import WorkerMetrics
 from worker.qa import QAOptions
-from worker.service import QAWorker
-from worker.tagging import QuestionSetError, load_question_sets
+from worker.stream import QAWorker
+from worker.tagging import load_question_sets
 
 DOCUMENTS, TAGS = "documents", "tags"
 
@@ -186,7 +188,7 @@ async def start_tagging_worker(
         tags_topic=TAGS,
         **overrides,
     )
-    worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+    worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
     await worker.start()
     return worker
 
@@ -267,7 +269,7 @@ async def test_replies_go_to_allowed_topics_only(exported_models: dict[str, Path
         for topic in ("replies.client-a", "replies.client-b", "payments"):
             await broker.create_topic(topic, 1)
         settings = worker_settings(broker.bootstrap_servers, model, reply_topics="replies.*")
-        worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
         await worker.start()
         try:
             keys = [b"k1", b"k2", b"k3", b"k4"]
@@ -335,7 +337,8 @@ async def test_killed_mid_document_never_publishes_partial_tags(
 
 
 def test_documents_topics_need_question_sets() -> None:
-    from worker.config import ConfigError, Settings
+    from worker.config import Settings
+    from worker.errors import ConfigError
 
     with pytest.raises(ConfigError, match="QA_QUESTION_SETS"):
         dataclasses.replace(Settings(), documents_topics="docs=deals")

@@ -11,8 +11,9 @@ a batch over every core; tokenizing and decoding run in one other thread so they
 inference. The event loop only does the bookkeeping below, so it never blocks.
 
 Scheduling: whenever the inference thread is free and windows are pending, the next batch is
-formed from what is pending and started at once; while it runs, new windows accumulate for the
-one after. A batch is seeded with the oldest pending window and filled with the pending windows
+formed from what is pending (by `worker.qa.batching.next_batch`, the planner offline commands
+use too) and started at once; while it runs, new windows accumulate for the one after. A batch
+is seeded with the oldest pending window and filled with the pending windows
 closest to it in length, within `batch_size` windows, `max_batch_tokens` padded tokens and
 `max_padding`. Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token
 window among 100-token ones) from making a whole batch compute on padding, which costs more than
@@ -31,46 +32,18 @@ from functools import partial
 from typing import Protocol
 
 from .lifecycle import AsyncLifecycle
+from .qa.batching import BatchLimits, next_batch
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult
 from .qa.windows import EncodedQuestion, Window
 
 __all__ = [
     "Answered",
-    "BatchLimits",
     "BatchObserver",
     "DeadlineExceeded",
     "Engine",
     "MicroBatcher",
 ]
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """Bounds of one inference batch, and how long an idle engine may wait to fill one.
-
-    A batch holds at most `batch_size` windows and `max_batch_tokens` padded tokens (windows x
-    longest window), and its padded tokens exceed its real ones by at most `max_padding` (a
-    share); a window longer than the token budget runs alone. With `max_wait_ms` at 0 an
-    idle engine starts on whatever is pending at once. Above 0, an idle engine whose pending
-    windows do not fill a batch waits until `max_wait_ms` after the oldest of them arrived for
-    more to come, then runs what it has: fuller batches for a bounded delay, which pays off when
-    questions arrive faster than one at a time but slower than the engine answers them. A batch
-    that fills never waits, and time spent waiting for a busy engine counts toward the wait.
-    """
-
-    batch_size: int = 16
-    max_batch_tokens: int = 1024
-    max_wait_ms: float = 0.0
-    max_padding: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_batch_tokens < 1:
-            raise ValueError("batch_size and max_batch_tokens must be at least 1")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms cannot be negative, got {self.max_wait_ms}")
-        if self.max_padding < 0:
-            raise ValueError(f"max_padding cannot be negative, got {self.max_padding}")
 
 
 class BatchObserver(Protocol):
@@ -183,7 +156,7 @@ class MicroBatcher(AsyncLifecycle):
     ) -> Answered:
         """Answers one question; `deadline` is a `time.monotonic()` instant.
 
-        Raises `InputError` when the engine cannot take the input, `DeadlineExceeded` when the
+        Raises `EventError` when the engine cannot take the input, `DeadlineExceeded` when the
         deadline passes before its windows start inference (those not started never run), and
         whatever `infer` raised for a batch holding one of its windows. Cancelling the caller
         withdraws its pending windows.
@@ -272,22 +245,8 @@ class MicroBatcher(AsyncLifecycle):
         self._running.add_done_callback(partial(self._finished, batch))
 
     def _plan(self) -> list[_Pending]:
-        limits = self._limits
-        seed, *rest = self._pending
-        seed_length = len(seed.window)
-        batch = [seed]
-        longest = real = seed_length
-        # sorted() is stable: of two windows equally close in length, the older goes first.
-        for item in sorted(rest, key=lambda p: abs(len(p.window) - seed_length)):
-            if len(batch) == limits.batch_size:
-                break
-            widest = max(longest, len(item.window))
-            padded = (len(batch) + 1) * widest
-            with_item = real + len(item.window)
-            if padded <= limits.max_batch_tokens and padded <= with_item * (1 + limits.max_padding):
-                batch.append(item)
-                longest, real = widest, with_item
-        return batch
+        chosen = next_batch([len(item.window) for item in self._pending], self._limits)
+        return [self._pending[index] for index in chosen]
 
     def _infer(self, windows: list[Window]) -> tuple[list[WindowLogits], float]:
         began = time.perf_counter()

@@ -44,7 +44,6 @@ import math
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,18 +59,22 @@ import aiohttp
 import numpy as np
 import onnxruntime as ort
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from .backends.onnx import available_cores
-from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail
-from .config import ENV_PREFIX, ConfigError, Settings, add_arguments, env_name
-from .kafka import aiokafka_options
+from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail, free_port
+from .config import Settings, add_arguments, settings_environment
+from .errors import BenchError, ConfigError, EventError
 from .lifecycle import AsyncLifecycle
-from .qa import InputError, QAEngine, QAOptions, Question
-from .qa.engine import InferenceStats, pad_windows, plan_batches
+from .loading import load_engine
+from .qa import QAEngine, QAOptions, Question
+from .qa.batching import BatchLimits, plan_batches
+from .qa.engine import InferenceStats, pad_windows
 from .qa.windows import EncodedQuestion, Window
 from .squad import QuestionRecord, read_questions
+from .stream.transport import aiokafka_options, create_topics
 
 __all__ = ["BenchError", "BenchOptions", "add_bench_parser", "command_bench", "run_bench"]
 
@@ -116,10 +119,6 @@ TARGETS = (
     ("startup_s", "worker start to ready, s", "<=", 10.0),
     ("end_to_end_vs_reference", "end_to_end / reference pipeline events/s", ">=", 3.0),
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run to the end; the message says what failed and where to look."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +225,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
         raise BenchError(f"{options.squad} holds no questions")
     if len(records) < options.events:
         note(f"{options.squad} holds {len(records)} questions; measuring on those")
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     workload = Workload.encode(engine, records, settings.qa_options())
     report = describe_run(settings, engine, workload)
     note("measuring the GEMM rates")
@@ -240,7 +239,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
     )
     sizes = ceiling_batch_sizes(settings)
     note(f"ceiling: {len(workload.windows)} windows in batches of {sizes}")
-    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.max_batch_tokens)
+    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.batch_limits())
     report["window_inference_ms"] = measure_window(engine, workload)
     note("engine: answer_many")
     report["engine"] = measure_engine(engine, workload, settings)
@@ -262,7 +261,7 @@ class Workload:
     """The events, and the windows of those the engine can take."""
 
     questions: list[Question]
-    encoded: list[EncodedQuestion | InputError]
+    encoded: list[EncodedQuestion | EventError]
     windows: list[Window]
 
     @classmethod
@@ -282,7 +281,7 @@ class Workload:
 
     @property
     def refused(self) -> int:
-        return sum(isinstance(item, InputError) for item in self.encoded)
+        return sum(isinstance(item, EventError) for item in self.encoded)
 
     @property
     def lengths(self) -> list[int]:
@@ -392,7 +391,7 @@ def ceiling_batch_sizes(settings: Settings) -> list[int]:
 
 
 def measure_ceiling(
-    engine: QAEngine, workload: Workload, batch_sizes: Sequence[int], max_batch_tokens: int
+    engine: QAEngine, workload: Workload, batch_sizes: Sequence[int], limits: BatchLimits
 ) -> Report:
     """Session runs only, over windows tokenized and padded beforehand, at each batch size.
 
@@ -403,7 +402,9 @@ def measure_ceiling(
     runs: dict[int, list[tuple[float, float]]] = {size: [] for size in batch_sizes}
     for _ in range(CEILING_ROUNDS):
         for size in rng.sample(list(batch_sizes), len(batch_sizes)):
-            runs[size].append(_time_batches(engine, workload, size, max_batch_tokens))
+            runs[size].append(
+                _time_batches(engine, workload, dataclasses.replace(limits, batch_size=size))
+            )
     by_size = {
         size: (statistics.median(seconds for seconds, _ in timed), timed[0][1])
         for size, timed in runs.items()
@@ -421,12 +422,10 @@ def measure_ceiling(
     }
 
 
-def _time_batches(
-    engine: QAEngine, workload: Workload, batch_size: int, max_batch_tokens: int
-) -> tuple[float, float]:
-    """Seconds to run every window in batches of `batch_size`, and the padding ratio."""
+def _time_batches(engine: QAEngine, workload: Workload, limits: BatchLimits) -> tuple[float, float]:
+    """Seconds to run every window in batches planned within `limits`, and the padding ratio."""
     pad_id = engine.manifest.tokenizer.pad_token_id
-    plan = plan_batches(workload.lengths, batch_size, max_batch_tokens)
+    plan = plan_batches(workload.lengths, limits)
     batches = [pad_windows([workload.windows[i] for i in batch], pad_id) for batch in plan]
     # The last batch holds the longest windows: the session sizes its buffers for it once.
     engine.backend.run(batches[-1])
@@ -450,7 +449,7 @@ def measure_window(engine: QAEngine, workload: Workload) -> float:
 def measure_engine(engine: QAEngine, workload: Workload, settings: Settings) -> Report:
     engine.stats = InferenceStats()
     began = time.perf_counter()
-    engine.answer_many(workload.questions, settings.batch_size, settings.max_batch_tokens)
+    engine.answer_many(workload.questions, settings.batch_limits())
     seconds = time.perf_counter() - began
     return {
         "events_per_s": workload.events / seconds,
@@ -522,7 +521,7 @@ class WorkerProcess(AsyncLifecycle):
         began = time.perf_counter()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=worker_environment(self.settings),
+            env=settings_environment(self.settings),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -618,16 +617,6 @@ class WorkerProcess(AsyncLifecycle):
             self._log = None
 
 
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """This environment, with every QA_ variable replaced by `settings`."""
-    environ = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
-    for spec in dataclasses.fields(settings):
-        value = getattr(settings, spec.name)
-        if value is not None:
-            environ[env_name(spec.name)] = str(value)
-    return environ
-
-
 def bench_worker_settings(settings: Settings) -> Settings:
     """The worker's settings on topics and a group of its own, so no earlier run interferes."""
     run = f"qa-bench-{uuid.uuid4().hex[:8]}"
@@ -640,33 +629,19 @@ def bench_worker_settings(settings: Settings) -> Settings:
         question_sets=None,
         documents_topics=None,
         http_host="127.0.0.1",
-        http_port=_free_port(),
+        http_port=free_port(),
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_topics(settings: Settings) -> list[str]:
     return [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
 
 
-async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
-    await admin.start()
+async def create_bench_topics(settings: Settings) -> None:
     try:
-        response = await admin.create_topics(
-            [NewTopic(name, PARTITIONS, 1) for name in bench_topics(settings)]
-        )
-    finally:
-        await admin.close()
-    # aiokafka reports per-topic failures inside the response instead of raising them.
-    failed = [f"{topic} (error {code})" for topic, code, *_ in response.topic_errors if code]
-    if failed:
-        raise BenchError(f"could not create topics: {', '.join(failed)}")
+        await create_topics(aiokafka_options(settings), bench_topics(settings), PARTITIONS)
+    except KafkaError as error:
+        raise BenchError(f"could not create topics: {error}") from None
 
 
 async def delete_topics(settings: Settings) -> None:
@@ -883,7 +858,7 @@ async def measure_streaming(
         else:
             settings = dataclasses.replace(settings, broker=options.broker)
         worker_settings = bench_worker_settings(settings)
-        await create_topics(worker_settings)
+        await create_bench_topics(worker_settings)
         if options.broker is not None:
             stack.push_async_callback(delete_topics, worker_settings)
         note("starting the worker")

@@ -34,7 +34,8 @@ def time_pipeline(model: str, options: dict[str, Any], questions: list[list[str]
     import transformers
 
     qa = transformers.pipeline("question-answering", model=model, tokenizer=model, device="cpu")
-    answered(qa, *questions[0], options)
+    first_question, first_context = questions[0]
+    answered(qa, first_question, first_context, options)
     errors = 0
     began = time.perf_counter()
     # One call per question, as a service answers one event at a time.

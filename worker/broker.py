@@ -37,10 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
+from .errors import BrokerError
 from .lifecycle import AsyncLifecycle
+from .stream.transport import create_topics
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -85,10 +87,6 @@ def _parent_death_signal() -> Callable[[], object] | None:
 _DIE_WITH_PARENT = _parent_death_signal()
 
 
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found, started or used."""
-
-
 def file_tail(file: IO[bytes], count: int) -> str:
     """The last `count` lines a child process wrote to `file` (decoded leniently), or ""."""
     file.seek(0)
@@ -116,7 +114,8 @@ def find_tansu() -> Path:
     return resource
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -166,7 +165,7 @@ class EmbeddedBroker(AsyncLifecycle):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = _free_port()
+            port = free_port()
             await self._spawn(binary, port)
             try:
                 await self._wait_ready(port, deadline)
@@ -272,14 +271,4 @@ class EmbeddedBroker(AsyncLifecycle):
 
     async def create_topic(self, name: str, partitions: int) -> None:
         """Create a topic (replication factor 1); raises if it exists or the broker refuses."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-        await admin.start()
-        try:
-            response = await admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            await admin.close()
-        # aiokafka returns per-topic failures inside the response instead of raising them.
-        # Entries are (topic, error_code) or, from v1 on, (topic, error_code, error_message).
-        for topic, code, *message in response.topic_errors:
-            if code:
-                raise for_code(code)(f"creating topic {topic!r}: {' '.join(map(str, message))}")
+        await create_topics({"bootstrap_servers": self.bootstrap_servers}, [name], partitions)

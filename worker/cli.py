@@ -15,37 +15,37 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__, bench, streaming
-from .config import ConfigError, Settings, add_arguments
-from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
-from .export import ExportError, export_model
-from .manifest import ModelFolderError
+from .config import Settings, add_arguments
+from .errors import ConfigError, EventError, WorkerError
+from .events import DocumentEvent, InputLimits, parse_document, tags_event
+from .export import export_model
+from .loading import load_engine
 from .model_cache import DEFAULT_MODEL
 from .progress import Progress, progress_wanted
-from .qa import InputError, QAEngine, QAOptions, QAResult, Question
-from .squad import InputFileError, QuestionRecord, evaluate, read_questions
-from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
+from .qa import QAEngine, QAOptions, QAResult, Question
+from .squad import QuestionRecord, evaluate, read_questions
+from .tagging import TaggedDocument, load_question_sets, tag_documents
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
 CHUNK_QUESTIONS = 512
 
 
-def result_line(question_id: str, result: QAResult | InputError) -> dict[str, object]:
-    if isinstance(result, InputError):
+def result_line(question_id: str, result: QAResult | EventError) -> dict[str, object]:
+    if isinstance(result, EventError):
         return {"id": question_id, "error": {"code": result.code, "message": str(result)}}
     return {"id": question_id, **result.to_dict()}
 
 
 def answer_records(
     engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
-) -> Iterator[tuple[QuestionRecord, QAResult | InputError]]:
+) -> Iterator[tuple[QuestionRecord, QAResult | EventError]]:
     enabled = progress_wanted(settings.progress)
     with Progress("answering", len(records), enabled, unit="questions") as bar:
         for offset in range(0, len(records), CHUNK_QUESTIONS):
             chunk = records[offset : offset + CHUNK_QUESTIONS]
             results = engine.answer_many(
                 [Question(record.question, record.context, options) for record in chunk],
-                batch_size=settings.batch_size,
-                max_batch_tokens=settings.max_batch_tokens,
+                settings.batch_limits(),
             )
             yield from zip(chunk, results, strict=True)
             bar.advance(len(chunk))
@@ -67,14 +67,14 @@ def command_answer(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     if (args.input is None) == (args.question is None and args.context is None):
         raise ConfigError("give either --question and --context, or --input FILE")
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     options = settings.qa_options()
     if args.input is None:
         if args.question is None or args.context is None:
             raise ConfigError("--question and --context go together")
         result = engine.answer_many([Question(args.question, args.context, options)])[0]
         print(json.dumps(result_line(args.id, result), ensure_ascii=False))
-        return 2 if isinstance(result, InputError) else 0
+        return 2 if isinstance(result, EventError) else 0
     records = read_questions(args.input)
     began = time.perf_counter()
     with open_output(args.output) as output:
@@ -86,7 +86,7 @@ def command_answer(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     records = read_questions(args.squad)
     if any(record.is_impossible is None for record in records):
         raise ConfigError(f"{args.squad} has no gold answers: eval needs a SQuAD-format file")
@@ -95,7 +95,7 @@ def command_eval(args: argparse.Namespace) -> int:
     margins: dict[str, float] = {}
     began = time.perf_counter()
     for record, result in answer_records(engine, records, settings, settings.qa_options()):
-        if isinstance(result, InputError):
+        if isinstance(result, EventError):
             predictions[record.id] = ""
             continue
         predictions[record.id] = result.answer
@@ -147,7 +147,7 @@ def command_export(args: argparse.Namespace) -> int:
 def command_tag(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     question_sets = load_question_sets(args.questions, settings.qa_options())
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
     parsed: list[DocumentEvent | EventError] = []
     for line in args.input.read_bytes().splitlines():
@@ -163,8 +163,7 @@ def command_tag(args: argparse.Namespace) -> int:
             question_sets,
             documents,
             args.question_set or next(iter(question_sets)),
-            settings.batch_size,
-            settings.max_batch_tokens,
+            settings.batch_limits(),
         )
     )
     with open_output(args.output) as output:
@@ -182,8 +181,10 @@ def command_tag(args: argparse.Namespace) -> int:
                 )
             else:
                 document_id = item.id if isinstance(item, DocumentEvent) else None
-                error = {"code": outcome.code, "message": str(outcome)}
-                line = {"id": document_id, "error": error}
+                line = {
+                    "id": document_id,
+                    "error": {"code": outcome.code, "message": str(outcome)},
+                }
             output.write(json.dumps(line, ensure_ascii=False) + "\n")
     return 0
 
@@ -315,13 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (
-        ConfigError,
-        ModelFolderError,
-        InputFileError,
-        InputError,
-        ExportError,
-        QuestionSetError,
-    ) as error:
+    except WorkerError as error:
         print(f"qa-worker {args.command}: {error}", file=sys.stderr)
         return 2

@@ -17,19 +17,28 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
+from .errors import ConfigError
+from .qa.batching import BatchLimits
 from .qa.types import QAOptions
-
-if TYPE_CHECKING:
-    from .qa import QAEngine
 
 ENV_PREFIX = "QA_"
 
+_Subset = TypeVar("_Subset", QAOptions, BatchLimits)
 
-def setting(default: Any, help: str, group: str, choices: Iterable[str] | None = None) -> Any:
+
+def setting(
+    default: Any,
+    help: str,
+    group: str,
+    choices: Iterable[str] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of Settings; a `secret` one stays out of the repr, so out of logs and tracebacks."""
     return field(
         default=default,
+        repr=not secret,
         metadata={"help": help, "group": group, "choices": tuple(choices) if choices else None},
     )
 
@@ -131,7 +140,9 @@ class Settings:
         choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     )
     sasl_username: str | None = setting(None, "SASL user name.", "kafka")
-    sasl_password: str | None = setting(None, "SASL password (prefer the environment).", "kafka")
+    sasl_password: str | None = setting(
+        None, "SASL password (prefer the environment).", "kafka", secret=True
+    )
     ssl_cafile: Path | None = setting(
         None, "CA bundle that signed the brokers' certificates.", "kafka"
     )
@@ -223,32 +234,16 @@ class Settings:
             )
 
     def qa_options(self) -> QAOptions:
-        return QAOptions(
-            top_k=self.top_k,
-            max_answer_len=self.max_answer_len,
-            handle_impossible_answer=self.handle_impossible_answer,
-            null_threshold=self.null_threshold,
-            align_to_words=self.align_to_words,
-        )
+        """The default answering options, which events and question-set fields may override."""
+        return self._subset(QAOptions)
 
-    def load_engine(self) -> QAEngine:
-        from .model_cache import model_folder
-        from .progress import progress_wanted
-        from .qa import QAEngine
+    def batch_limits(self) -> BatchLimits:
+        """The batching settings, for the streaming batcher and every offline command alike."""
+        return self._subset(BatchLimits)
 
-        folder = model_folder(
-            self.require_model(),
-            self.model_revision,
-            self.model_cache,
-            progress_wanted(self.progress),
-        )
-        return QAEngine.load(
-            folder,
-            precision=self.precision,  # type: ignore[arg-type]
-            threads=self.threads,
-            max_seq_len=self.max_seq_len,
-            doc_stride=self.doc_stride,
-        )
+    def _subset(self, kind: type[_Subset]) -> _Subset:
+        """A `kind` built from the settings of its field names (each is a setting here)."""
+        return kind(**{spec.name: getattr(self, spec.name) for spec in dataclasses.fields(kind)})
 
     def require_model(self) -> Path:
         if self.model is None:
@@ -274,8 +269,18 @@ class Settings:
         return cls(**values)
 
 
-class ConfigError(ValueError):
-    """A setting has a value the worker cannot use."""
+def settings_environment(
+    settings: Settings, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`base` (default: this process's environment) with every QA_ variable replaced by
+    `settings`: the environment that makes a child `qa-worker` read exactly these settings."""
+    base = os.environ if base is None else base
+    environ = {key: value for key, value in base.items() if not key.startswith(ENV_PREFIX)}
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if value is not None:
+            environ[env_name(spec.name)] = str(value)
+    return environ
 
 
 def env_name(name: str) -> str:

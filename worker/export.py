@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import __version__
+from .errors import ExportError
 from .export_check import (
     ExportCheckFailed,
     Logits,
@@ -36,7 +37,14 @@ from .export_check import (
     sample_inputs,
 )
 from .hub import HubError, download_checkpoint, looks_like_hub_id
-from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TokenizerInfo, sha256_file
+from .manifest import (
+    LOGIT_OUTPUTS,
+    MANIFEST_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    TokenizerInfo,
+    sha256_file,
+)
 from .onnx_source import (
     OnnxSource,
     OnnxSourceError,
@@ -50,7 +58,6 @@ from .progress import Progress
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
-OUTPUT_NAMES = ("start_logits", "end_logits")
 
 # The lowest opset the torch.export-based exporter emits natively; every onnxruntime the worker
 # accepts (>= 1.20) runs it, and onnxruntime's quantizer handles it.
@@ -78,10 +85,6 @@ UNLIMITED_LENGTH = 1_000_000_000
 POSITION_OFFSETS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
 EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[export]'"
-
-
-class ExportError(Exception):
-    """The checkpoint cannot be exported; the message says what to do about it."""
 
 
 def export_model(
@@ -476,7 +479,7 @@ def _export_onnx(
                 _export_sample(tokenizer, input_names),
                 str(target),
                 input_names=input_names,
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(LOGIT_OUTPUTS),
                 dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in input_names),),
                 opset_version=OPSET,
                 dynamo=True,

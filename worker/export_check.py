@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SetupError
+
 Logits = tuple[np.ndarray, np.ndarray]
 LogitSource = Callable[[Mapping[str, np.ndarray]], Logits]
 
@@ -35,7 +37,7 @@ SAMPLE_PAIRS = (
 SAMPLE_TOKENS = 128
 
 
-class ExportCheckFailed(Exception):
+class ExportCheckFailed(SetupError):
     """A prepared ONNX file's logits differ from its source's beyond the tolerance."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path, PurePosixPath
 
+from .errors import SetupError
 from .onnx_source import ONNX_LOCATIONS
 
 # Configuration and tokenizer files: small, and needed whichever way the model is prepared.
@@ -32,7 +33,7 @@ WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
-class HubError(Exception):
+class HubError(SetupError):
     """The checkpoint could not be had from the Hub; the message says how to pass a folder."""
 
 

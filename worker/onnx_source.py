@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import SetupError
 from .manifest import TOKENIZER_NAME, TokenizerInfo
 from .tokenizer_build import (
     BPE_MODEL_TYPES,
@@ -35,7 +36,7 @@ REQUIRED_INPUTS = ("input_ids", "attention_mask")
 REQUIRED_OUTPUTS = ("start_logits", "end_logits")
 
 
-class OnnxSourceError(Exception):
+class OnnxSourceError(SetupError):
     """The folder's ONNX model or tokenizer files cannot serve the worker; the message says why."""
 
 

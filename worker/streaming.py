@@ -9,17 +9,18 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from .config import Settings
 from .http import HealthServer
-from .kafka import aiokafka_options
+from .loading import load_engine
 from .metrics import WorkerMetrics
-from .service import QAWorker
 from .squad import read_questions
+from .stream import QAWorker
+from .stream.transport import aiokafka_options
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ DEMO_DOCUMENTS_TOPIC = "qa-documents"
 
 async def run_worker(settings: Settings) -> int:
     """Runs until SIGTERM or SIGINT, then drains; non-zero when work was left unfinished."""
-    engine = settings.load_engine()
+    engine = load_engine(settings)
     metrics = WorkerMetrics()
     stop = asyncio.Event()
     failures: list[BaseException] = []
@@ -120,7 +121,7 @@ def question_events(path: Path | None, count: int | None) -> list[dict[str, obje
     return cycled
 
 
-async def produce(settings: Settings, events: Iterable[dict[str, object]], topic: str) -> int:
+async def produce(settings: Settings, events: Iterable[Mapping[str, object]], topic: str) -> int:
     producer = AIOKafkaProducer(acks="all", **aiokafka_options(settings))
     await producer.start()
     try:
@@ -140,7 +141,7 @@ async def produce(settings: Settings, events: Iterable[dict[str, object]], topic
 
 async def consume(
     settings: Settings, topics: list[str], from_beginning: bool, idle_timeout: float
-) -> AsyncIterator[tuple[str, dict[str, object]]]:
+) -> AsyncGenerator[tuple[str, dict[str, object]]]:
     """Yields (topic, event) until nothing arrives for `idle_timeout` seconds."""
     consumer = AIOKafkaConsumer(
         *topics,
@@ -183,7 +184,7 @@ async def demo(
         for topic in topics:
             await broker.create_topic(topic, 4)
         settings = dataclasses.replace(broker.worker_settings(settings), http_port=0)
-        engine = settings.load_engine()
+        engine = load_engine(settings)
         metrics = WorkerMetrics()
         worker = QAWorker(settings, engine, metrics)
         await worker.start()

@@ -21,20 +21,11 @@ from typing import Any
 
 import yaml
 
-from .events import DocumentEvent, EventError
-from .qa import InputError, QAEngine, QAOptions, QAResult, Question
+from .errors import ErrorCode, EventError, QuestionSetError
+from .events import OPTION_TYPES, DocumentEvent
+from .qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
-FIELD_OPTIONS = {
-    "top_k": int,
-    "max_answer_len": int,
-    "null_threshold": float,
-    "handle_impossible_answer": bool,
-}
-
-
-class QuestionSetError(ValueError):
-    """A question-set file that cannot be used; the message points at the problem."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +70,12 @@ def _field(where: str, name: str, spec: Any, defaults: QAOptions) -> TagField:
         raise QuestionSetError(f"{where}: needs `question`, a string")
     if not spec["question"].strip():
         raise QuestionSetError(f"{where}: the question is empty")
-    unknown = set(spec) - {"question", *FIELD_OPTIONS}
+    unknown = set(spec) - {"question", *OPTION_TYPES}
     if unknown:
-        allowed = ", ".join(sorted(FIELD_OPTIONS))
+        allowed = ", ".join(sorted(OPTION_TYPES))
         raise QuestionSetError(f"{where}: unknown options {sorted(unknown)}; allowed: {allowed}")
     overrides = {}
-    for option, kind in FIELD_OPTIONS.items():
+    for option, kind in OPTION_TYPES.items():
         if option in spec:
             value = spec[option]
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
@@ -115,22 +106,22 @@ def tag_offline(
     engine: QAEngine,
     question_set: QuestionSet,
     texts: Sequence[str],
-    batch_size: int,
-    max_batch_tokens: int,
-) -> list[Mapping[str, QAResult] | Exception]:
+    limits: BatchLimits,
+) -> list[Mapping[str, QAResult] | EventError]:
     """Every field of the set for every text, batched together; per text, results or an error."""
     questions = [
         Question(field.question, text, field.options)
         for text in texts
         for field in question_set.fields
     ]
-    answers = engine.answer_many(questions, batch_size, max_batch_tokens)
+    answers = engine.answer_many(questions, limits)
     width = len(question_set.fields)
-    tagged: list[Mapping[str, QAResult] | Exception] = []
+    tagged: list[Mapping[str, QAResult] | EventError] = []
     for start in range(0, len(answers), width):
         chunk = answers[start : start + width]
-        failure = next((result for result in chunk if isinstance(result, Exception)), None)
-        tagged.append(failure or tag_results(question_set.fields, chunk))  # type: ignore[arg-type]
+        failure = next((result for result in chunk if isinstance(result, EventError)), None)
+        results = [result for result in chunk if isinstance(result, QAResult)]
+        tagged.append(failure if failure is not None else tag_results(question_set.fields, results))
     return tagged
 
 
@@ -146,11 +137,10 @@ def tag_documents(
     question_sets: Mapping[str, QuestionSet],
     documents: Sequence[DocumentEvent],
     default_set: str,
-    batch_size: int,
-    max_batch_tokens: int,
-) -> list[TaggedDocument | EventError | InputError]:
+    limits: BatchLimits,
+) -> list[TaggedDocument | EventError]:
     """Tags documents offline, in order; each with its own set or `default_set`."""
-    tagged: list[TaggedDocument | EventError | InputError | None] = [None] * len(documents)
+    tagged: list[TaggedDocument | EventError | None] = [None] * len(documents)
     by_set: dict[str, list[int]] = {}
     for index, document in enumerate(documents):
         name = document.question_set or default_set
@@ -159,14 +149,14 @@ def tag_documents(
         else:
             known = ", ".join(question_sets)
             message = f"no question set named {name!r} (known: {known})"
-            tagged[index] = EventError("unknown_question_set", message)
+            tagged[index] = EventError(ErrorCode.UNKNOWN_QUESTION_SET, message)
     for name, indexes in by_set.items():
         texts = [documents[index].text for index in indexes]
-        answers = tag_offline(engine, question_sets[name], texts, batch_size, max_batch_tokens)
+        answers = tag_offline(engine, question_sets[name], texts, limits)
         for index, results in zip(indexes, answers, strict=True):
             tagged[index] = (
                 results
-                if isinstance(results, InputError)
-                else TaggedDocument(documents[index], name, results)  # type: ignore[arg-type]
+                if isinstance(results, EventError)
+                else TaggedDocument(documents[index], name, results)
             )
     return [item for item in tagged if item is not None]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import SetupError
+
 WORDPIECE_FILES = ("vocab.txt",)
 BPE_FILES = ("vocab.json", "merges.txt")
 
@@ -42,7 +44,7 @@ BPE_MODEL_TYPES = ("roberta",)
 SPECIAL_ORDER = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
 
 
-class TokenizerBuildError(Exception):
+class TokenizerBuildError(SetupError):
     """The folder's tokenizer files cannot be turned into tokenizer.json; the message says why."""
 
 

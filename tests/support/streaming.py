@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from worker.broker import FETCH_WAIT_MS
-from worker.config import Settings, env_name
+from worker.config import Settings, settings_environment
 
 QUESTIONS, ANSWERS, DEAD_LETTERS = "questions", "answers", "dead-letters"
 
@@ -55,16 +54,6 @@ def worker_settings(bootstrap: str, model: Path, **overrides: object) -> Setting
         precision="fp32",
     )
     return dataclasses.replace(base, **overrides)
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The environment that makes `qa-worker run` read these settings."""
-    environ = dict(os.environ)
-    for spec in dataclasses.fields(settings):
-        value = getattr(settings, spec.name)
-        if value is not None:
-            environ[env_name(spec.name)] = str(value)
-    return environ
 
 
 def start_worker_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-START_LOGITS = "start_logits"
-END_LOGITS = "end_logits"
-
+from ..manifest import END_LOGITS, START_LOGITS
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 

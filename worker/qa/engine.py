@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import InferenceBackend
+from ..errors import EventError
 from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum, verify_checksums
+from .batching import BatchLimits, plan_batches
 from .decode import WindowLogits, decode
-from .types import InputError, QAOptions, QAResult
+from .types import QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer
 
 
@@ -40,28 +42,6 @@ class Question:
     question: str
     context: str
     options: QAOptions = QAOptions()
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Groups window indexes by length into batches within both limits.
-
-    Sorting by length keeps padding low; a batch closes when one more window would exceed
-    `batch_size` windows or `max_batch_tokens` padded tokens (windows x longest window). A window
-    longer than the token budget still runs, alone.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        # Ascending order: the newcomer is the longest window of the batch.
-        padded = (len(current) + 1) * lengths[index]
-        if current and (len(current) >= batch_size or padded > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def pad_windows(windows: Sequence[Window], pad_token_id: int) -> dict[str, np.ndarray]:
@@ -138,17 +118,19 @@ class QAEngine:
 
     def answer(self, question: str, context: str, options: QAOptions | None = None) -> QAResult:
         result = self.answer_many([Question(question, context, options or QAOptions())])[0]
-        if isinstance(result, InputError):
+        if isinstance(result, EventError):
             raise result
         return result
 
     def answer_many(
         self,
         questions: Sequence[Question],
-        batch_size: int = 16,
-        max_batch_tokens: int = 1024,
-    ) -> list[QAResult | InputError]:
-        """Answers in input order; a question the engine cannot take yields its InputError."""
+        limits: BatchLimits = BatchLimits(),
+    ) -> list[QAResult | EventError]:
+        """Answers in input order; a question the engine cannot take yields its EventError.
+
+        Windows are batched by the same planner as the streaming batcher's, within `limits`.
+        """
         encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])
         owners: list[tuple[int, int]] = []
         windows: list[Window] = []
@@ -158,13 +140,13 @@ class QAEngine:
                     owners.append((question_index, window_index))
                     windows.append(window)
         logits: dict[tuple[int, int], WindowLogits] = {}
-        for batch in plan_batches([len(w) for w in windows], batch_size, max_batch_tokens):
+        for batch in plan_batches([len(w) for w in windows], limits):
             batch_logits = self.infer([windows[index] for index in batch])
             for index, window_logits in zip(batch, batch_logits, strict=True):
                 logits[owners[index]] = window_logits
-        results: list[QAResult | InputError] = []
+        results: list[QAResult | EventError] = []
         for question_index, item in enumerate(encoded):
-            if isinstance(item, InputError):
+            if isinstance(item, EventError):
                 results.append(item)
                 continue
             item_logits = [logits[(question_index, w)] for w in range(len(item.windows))]

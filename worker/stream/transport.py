@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from .config import ConfigError, Settings, describe
+from ..config import Settings, describe
+from ..errors import ConfigError
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -22,6 +26,23 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     elif settings.ssl_keyfile:
         raise ConfigError(f"{describe('ssl_keyfile')} needs {describe('ssl_certfile')} too")
     return context
+
+
+async def create_topics(
+    client_options: Mapping[str, Any], topics: Sequence[str], partitions: int
+) -> None:
+    """Creates topics (replication factor 1); raises aiokafka's error for the first refused."""
+    admin = AIOKafkaAdminClient(**client_options)
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(name, partitions, 1) for name in topics])
+    finally:
+        await admin.close()
+    # aiokafka returns per-topic failures inside the response instead of raising them.
+    # Entries are (topic, error_code) or, from v1 on, (topic, error_code, error_message).
+    for topic, code, *message in response.topic_errors:
+        if code:
+            raise for_code(code)(f"creating topic {topic!r}: {' '.join(map(str, message))}")
 
 
 def _require_sasl_login(settings: Settings) -> tuple[str, str]:

@@ -1,0 +1,33 @@
+"""The engine a command's settings name: the model folder, precision, threads and windowing."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from .config import Settings
+from .manifest import Precision
+from .model_cache import model_folder
+from .progress import progress_wanted
+from .qa import QAEngine
+
+
+def load_engine(settings: Settings) -> QAEngine:
+    """Loads `settings.model`, a folder or a Hub id prepared into the model cache on first use.
+
+    Raises ConfigError when no model is given, ModelFolderError when the folder is unusable.
+    """
+    folder = model_folder(
+        settings.require_model(),
+        settings.model_revision,
+        settings.model_cache,
+        progress_wanted(settings.progress),
+    )
+    return QAEngine.load(
+        folder,
+        # Settings.precision is a str so that flags and variables parse into it; their `choices`
+        # admit only the Precision values.
+        precision=cast(Precision | None, settings.precision),
+        threads=settings.threads,
+        max_seq_len=settings.max_seq_len,
+        doc_stride=settings.doc_stride,
+    )

@@ -1,0 +1,83 @@
+"""The one batch planner: which windows run together in one padded inference batch.
+
+Pure functions of window lengths, shared by the streaming batcher (`worker.batcher`, which
+plans over the windows waiting, oldest first) and the offline engine (`QAEngine.answer_many`,
+which plans over all windows of a call, shortest first), so every command batches alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["BatchLimits", "next_batch", "plan_batches"]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds of one inference batch, and how long an idle engine may wait to fill one.
+
+    A batch holds at most `batch_size` windows and `max_batch_tokens` padded tokens (windows x
+    longest window), and its padded tokens exceed its real ones by at most `max_padding` (a
+    share); a window longer than the token budget runs alone. With `max_wait_ms` at 0 an
+    idle engine starts on whatever is pending at once. Above 0, an idle engine whose pending
+    windows do not fill a batch waits until `max_wait_ms` after the oldest of them arrived for
+    more to come, then runs what it has: fuller batches for a bounded delay, which pays off when
+    questions arrive faster than one at a time but slower than the engine answers them. A batch
+    that fills never waits, and time spent waiting for a busy engine counts toward the wait.
+    Offline commands have every window at hand and never wait.
+    """
+
+    batch_size: int = 16
+    max_batch_tokens: int = 1024
+    max_wait_ms: float = 0.0
+    max_padding: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms cannot be negative, got {self.max_wait_ms}")
+        if self.max_padding < 0:
+            raise ValueError(f"max_padding cannot be negative, got {self.max_padding}")
+
+
+def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
+    """Indexes into `lengths` of the next batch: the first window, then those nearest its length.
+
+    The first window (the seed) always runs, alone if it must; the others join in order of how
+    close their length is to the seed's (earlier first among equals), each only if the batch
+    stays within every limit with it.
+    """
+    seed_length = lengths[0]
+    batch = [0]
+    longest = real = seed_length
+    # sorted() is stable: of two windows equally close in length, the earlier goes first.
+    for index in sorted(range(1, len(lengths)), key=lambda i: abs(lengths[i] - seed_length)):
+        if len(batch) == limits.batch_size:
+            break
+        widest = max(longest, lengths[index])
+        padded = (len(batch) + 1) * widest
+        with_window = real + lengths[index]
+        if padded <= limits.max_batch_tokens and padded <= with_window * (1 + limits.max_padding):
+            batch.append(index)
+            longest, real = widest, with_window
+    return batch
+
+
+def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Every window into batches, each by `next_batch` seeded with the shortest window left."""
+    remaining = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    while remaining:
+        # Seeded with the shortest, a window that does not fit means no longer one fits either
+        # (both limits only tighten with length), so a batch is a prefix of what is left and
+        # only the first `batch_size` windows can be in it: planning stays linear in windows.
+        candidates = remaining[: limits.batch_size]
+        chosen = next_batch([lengths[index] for index in candidates], limits)
+        batches.append([candidates[position] for position in chosen])
+        taken = set(chosen)
+        remaining = [
+            index for position, index in enumerate(candidates) if position not in taken
+        ] + remaining[limits.batch_size :]
+    return batches
