@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(handler=command_tag)
 
     run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
-    add_arguments(run, ("model", "qa", "batching", "kafka", "worker"))
+    add_arguments(run, ("model", "qa", "batching", "kafka", "tagging", "worker"))
     run.set_defaults(handler=command_run)
 
     demo = commands.add_parser(

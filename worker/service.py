@@ -127,6 +127,35 @@ class CommitSensor(faust.Sensor):
         self._metrics.committed()
 
 
+def faust_app(settings: Settings, datadir: str) -> faust.App:
+    """The faust app for `settings`, configured from them alone."""
+    return faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=datadir,
+        # /metrics, /healthz and /readyz have their own server (worker.http).
+        web_enabled=False,
+        # The worker keeps no tables and uses no leader election.
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
+        broker_request_timeout=max(90.0, settings.session_timeout_s),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        # faust pauses fetching once an agent's buffer fills; with the in-flight bound this
+        # keeps memory bounded however far behind the worker is.
+        stream_buffer_maxsize=max(16, settings.max_in_flight),
+        broker_max_poll_records=max(16, settings.max_in_flight),
+        producer_acks=-1,
+        # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
+        # environment, and they win over these arguments; the worker's settings come only
+        # from Settings, so faust gets an empty environment.
+        env={},
+    )
+
+
 class QAWorker:
     def __init__(
         self,
@@ -175,27 +204,7 @@ class QAWorker:
 
     def _build_app(self) -> faust.App:
         settings = self.settings
-        app = faust.App(
-            settings.group_id,
-            broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
-            broker_credentials=faust_credentials(settings),
-            store="memory://",
-            datadir=self._datadir.name,
-            # /metrics, /healthz and /readyz have their own server (worker.http).
-            web_enabled=False,
-            # The worker keeps no tables and uses no leader election.
-            topic_disable_leader=True,
-            broker_session_timeout=settings.session_timeout_s,
-            broker_heartbeat_interval=settings.session_timeout_s / 4,
-            broker_request_timeout=max(90.0, settings.session_timeout_s),
-            broker_commit_interval=settings.commit_interval_s,
-            consumer_auto_offset_reset="earliest",
-            # faust pauses fetching once an agent's buffer fills; with the in-flight bound this
-            # keeps memory bounded however far behind the worker is.
-            stream_buffer_maxsize=max(16, settings.max_in_flight),
-            broker_max_poll_records=max(16, settings.max_in_flight),
-            producer_acks=-1,
-        )
+        app = faust_app(settings, self._datadir.name)
         app.transport = FetchWaitTransport(
             app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms
         )
