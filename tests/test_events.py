@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import tomllib
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -326,11 +327,35 @@ def test_long_bad_values_are_cut_short_in_messages() -> None:
     assert '"top_k" must be an integer from 1 to 20, got "yyyy' in error.message
 
 
-@pytest.mark.parametrize("question", ["", " ", "\t\n ", "\u3000\u00a0"])
+INVISIBLE_TEXTS = [
+    "",
+    " ",
+    "\t\n ",
+    "\u3000\u00a0",
+    "\u200b\u200b\u200d",
+    "\ufeff\u2060\u200c \x00",
+]
+
+
+@pytest.mark.parametrize("question", INVISIBLE_TEXTS)
 def test_empty_question(question: str) -> None:
     error = rejection(question_bytes(question=question))
     assert error.code == "empty_question"
-    assert error.message.startswith('"question" must contain more than whitespace, got "')
+    assert error.message.startswith('"question" must contain a visible character, got "')
+
+
+# "" breaks the schema's minLength first: invalid_event.
+@pytest.mark.parametrize("context", INVISIBLE_TEXTS[1:])
+def test_empty_context(context: str) -> None:
+    error = rejection(question_bytes(context=context))
+    assert error.code == "empty_context"
+    assert error.message.startswith('"context" must contain a visible character, got "')
+
+
+@pytest.mark.parametrize("text", ["\u200bx", "\u0301", "\u200d\U0001f600"])
+def test_one_visible_character_is_enough(text: str) -> None:
+    event = parse(question_bytes(question=text, context=text))
+    assert (event.question, event.context) == (text, text)
 
 
 @pytest.mark.parametrize(
@@ -595,14 +620,23 @@ documents = st.builds(
 )
 
 
+def invisible(text: str) -> bool:
+    return all(
+        char.isspace() or unicodedata.category(char) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+        for char in text
+    )
+
+
 def expected_code(document: Any) -> str | None:
     """What parse_question should say, from jsonschema plus the code-only checks in order."""
     if not VALIDATORS["question"].is_valid(document):
         return "invalid_event"
-    if not document["question"].strip():
+    if invisible(document["question"]):
         return "empty_question"
     if len(document["question"]) > PROPERTY_LIMITS.max_question_chars:
         return "question_too_large"
+    if invisible(document["context"]):
+        return "empty_context"
     if len(document["context"]) > PROPERTY_LIMITS.max_context_chars:
         return "context_too_large"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -326,6 +327,37 @@ async def test_scrapes_and_probes_leave_no_access_log(
         async with http.get(f"http://127.0.0.1:{server.port}{path}") as response:
             await response.read()
     assert [record for record in caplog.records if record.name == "aiohttp.access"] == []
+
+
+MALFORMED_REQUESTS = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /\x00 HTTP/1.1\r\n\r\n",
+)
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_REQUESTS)
+async def test_a_malformed_request_logs_one_line_and_the_server_goes_on(
+    request_bytes: bytes,
+    server: HealthServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.0 400") or reply.startswith(b"HTTP/1.1 400")
+    logged = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert len(logged) == 1, [record.getMessage() for record in logged]
+    assert logged[0].levelno == logging.WARNING
+    assert logged[0].exc_info is None
+    assert "malformed HTTP, answered 400" in logged[0].getMessage()
+    assert "\n" not in logged[0].getMessage()
+    async with http.get(f"http://127.0.0.1:{server.port}/healthz") as response:
+        assert response.status == 200
 
 
 async def test_two_workers_in_one_process(http: aiohttp.ClientSession) -> None:

@@ -153,7 +153,13 @@ async def test_bad_input_is_dead_lettered_while_the_rest_is_answered(
         "invalid_json": b"{not json",
         "invalid_utf8": b'{"id": "x", "question": "\xff\xfe"}',
         "invalid_event": json.dumps({"id": "no-context", "question": "q?"}).encode(),
-        "empty_question": json.dumps({"id": "e", "question": "  ", "context": "c"}).encode(),
+        # Zero-width characters only: the model would "answer" them.
+        "empty_question": json.dumps(
+            {"id": "e", "question": "\u200b\u200b\u200d", "context": "c"}
+        ).encode(),
+        "empty_context": json.dumps(
+            {"id": "ec", "question": "q?", "context": "\u200b \u2060"}
+        ).encode(),
         "question_too_large": json.dumps(
             {"id": "long-q", "question": "why " * 100, "context": "c"}
         ).encode(),

@@ -2,9 +2,9 @@
 
 The JSON Schemas in `worker.schemas` (the repository's schemas/ folder) are the contracts. Types,
 required fields and ranges of a question are checked by the schema alone, so code and schema
-cannot drift; the code adds only what a schema cannot say: a question with more than whitespace,
-the worker's character limits, a `created_at` that is a real instant, and JSON that every
-consumer reads alike (finite numbers, no unpaired surrogates).
+cannot drift; the code adds only what a schema cannot say: a question and a context with a
+visible character, the worker's character limits, a `created_at` that is a real instant, and JSON
+that every consumer reads alike (finite numbers, no unpaired surrogates).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -142,13 +143,10 @@ def parse_question(
     document = _decode(value)
     QUESTION.validate(document)
     question: str = document["question"]
-    if not question or question.isspace():
-        raise EventError(
-            "empty_question",
-            f'"question" must contain more than whitespace, got {_shown(question)}',
-        )
+    _check_visible("question", question)
     _check_size("question", question, limits.max_question_chars, "max_question_chars")
     context: str = document["context"]
+    _check_visible("context", context)
     _check_size("context", context, limits.max_context_chars, "max_context_chars")
     overrides = {
         name: convert(document[name]) for name, convert in _OPTION_FIELDS if name in document
@@ -401,6 +399,19 @@ def _shown(value: Any) -> str:
     if isinstance(value, str) and len(value) > _SHOWN_CHARS:
         return json.dumps(value[:_SHOWN_CHARS], ensure_ascii=False)[:-1] + '..."'
     return json.dumps(value, ensure_ascii=False)
+
+
+# Whitespace, control and format characters (zero-width space and joiners, word joiner, byte
+# order mark): a text made only of these reads as empty, and the model would "answer" it.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _check_visible(name: str, text: str) -> None:
+    if all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in text):
+        raise EventError(
+            f"empty_{name}",
+            f'"{name}" must contain a visible character, got {_shown(text)}',
+        )
 
 
 def _check_size(name: str, text: str, limit: int, setting: str) -> None:
