@@ -31,8 +31,8 @@ from worker.bench import cpu_seconds
 from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.config import Settings
 from worker.metrics import WorkerMetrics
-from worker.service import QAWorker
 from worker.squad import read_questions
+from worker.stream import QAWorker
 
 TOPICS = ("probe-questions", "probe-answers", "probe-dead-letters")
 

@@ -24,7 +24,8 @@ import pytest
 
 from tests.support import texts
 from worker.batcher import Answered, BatchLimits, DeadlineExceeded, MicroBatcher
-from worker.qa import InputError, QAEngine, QAOptions, QAResult, Question
+from worker.errors import ErrorCode, EventError
+from worker.qa import QAEngine, QAOptions, QAResult, Question
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 
@@ -100,7 +101,7 @@ class FakeEngine:
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         if not context:
-            raise InputError("empty_context", "context cannot be empty")
+            raise EventError(ErrorCode.EMPTY_CONTEXT, "context cannot be empty")
         windows = []
         for index, length in enumerate(int(part) for part in context.split()):
             name = f"{question}#{index}"
@@ -364,7 +365,7 @@ async def test_bad_input_fails_alone() -> None:
                 return_exceptions=True,
             )
         )
-    assert isinstance(results[1], InputError)
+    assert isinstance(results[1], EventError)
     assert results[1].code == "empty_context"
     assert [r.result.answer for r in (results[0], results[2])] == ["A", "C"]  # type: ignore[union-attr]
 

@@ -22,6 +22,7 @@ from tests.support.reference import reference_python
 from worker import bench
 from worker.broker import EmbeddedBroker
 from worker.config import Settings
+from worker.errors import BenchError
 
 pytestmark = pytest.mark.broker
 
@@ -233,7 +234,7 @@ def test_plot_is_written_as_png(bench_run: tuple[dict[str, Any], Path]) -> None:
 
 def test_missing_onnx_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(bench.BenchError, match=r"pip install 'kafka-qa-worker\[bench\]'"):
+    with pytest.raises(BenchError, match=r"pip install 'kafka-qa-worker\[bench\]'"):
         bench.measure_int8_gemm(size=64, repeats=1)
 
 
@@ -258,7 +259,7 @@ async def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Pat
     settings = bench.bench_worker_settings(
         Settings(model=tmp_path / "no-model", broker="127.0.0.1:9")
     )
-    with pytest.raises(bench.BenchError, match=r"exited with code 2(.|\n)*no manifest.json"):
+    with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*no manifest.json"):
         async with bench.WorkerProcess(settings):
             pass
 

@@ -17,7 +17,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
 from worker import broker as broker_module
-from worker.broker import HOST, BrokerError, EmbeddedBroker
+from worker.broker import HOST, EmbeddedBroker
+from worker.errors import BrokerError
 
 pytestmark = pytest.mark.broker
 

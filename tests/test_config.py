@@ -8,7 +8,6 @@ import pytest
 
 from worker.cli import build_parser
 from worker.config import (
-    ConfigError,
     Settings,
     add_arguments,
     base_type,
@@ -16,7 +15,8 @@ from worker.config import (
     markdown_table,
     parse_value,
 )
-from worker.service import faust_app
+from worker.errors import ConfigError
+from worker.stream.app import build_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -119,7 +119,7 @@ def test_faust_environment_variables_do_not_override_settings(
     monkeypatch.setenv("CONSUMER_AUTO_OFFSET_RESET", "latest")
     monkeypatch.setenv("APP_ENV_PREFIX", "OTHER_")
     settings = Settings(commit_interval_s=1.0, session_timeout_s=3.0)
-    conf = faust_app(settings, str(tmp_path)).conf
+    conf = build_app(settings, str(tmp_path)).conf
     assert conf.broker_commit_interval == 1.0
     assert conf.broker_session_timeout == 3.0
     assert conf.consumer_auto_offset_reset == "earliest"

@@ -10,8 +10,9 @@ import pytest
 
 from tests.support import texts
 from worker.backends.onnx import cgroup_cpu_limit
-from worker.manifest import Manifest, ModelFolderError
-from worker.qa import InputError, QAEngine, QAOptions, Question
+from worker.errors import EventError, ModelFolderError
+from worker.manifest import Manifest
+from worker.qa import QAEngine, QAOptions, Question
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])
@@ -83,7 +84,7 @@ def test_bad_inputs_fail_alone_with_a_code(engine: QAEngine) -> None:
 
 
 def test_non_string_input_is_rejected(engine: QAEngine) -> None:
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(EventError) as caught:
         engine.encode("q", 42)  # type: ignore[arg-type]
     assert caught.value.code == "invalid_context"
 

@@ -15,7 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from worker.export import ExportError, export_model
+from worker.errors import ExportError
+from worker.export import export_model
 from worker.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 KINDS = ("bert", "mobilebert", "roberta", "distilbert")

@@ -30,8 +30,8 @@ from prometheus_client.metrics_core import Metric
 from worker.cli import build_parser
 from worker.config import Settings, base_type, env_name
 from worker.http import HealthServer
-from worker.kafka import faust_credentials, ssl_context
 from worker.metrics import METRIC_NAMES, WorkerMetrics
+from worker.stream.transport import faust_credentials, ssl_context
 from worker.tagging import load_question_sets, parse_topic_sets
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "kafka-qa-worker"

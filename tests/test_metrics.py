@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from worker import __version__
+from worker.errors import ErrorCode
 from worker.http import HealthServer
 from worker.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
 
@@ -105,9 +106,9 @@ def simulate(metrics: WorkerMetrics) -> None:
         metrics.event_received(topic)
     metrics.event_answered(end_to_end_s=0.2, queue_s=0.05)
     metrics.event_answered(end_to_end_s=3.0, queue_s=1.5)
-    metrics.event_dead_lettered("empty_context")
-    metrics.event_dead_lettered("empty_context")
-    metrics.event_dead_lettered("invalid_json")
+    metrics.event_dead_lettered(ErrorCode.EMPTY_CONTEXT)
+    metrics.event_dead_lettered(ErrorCode.EMPTY_CONTEXT)
+    metrics.event_dead_lettered(ErrorCode.INVALID_JSON)
     metrics.on_batch(windows=3, real_tokens=300, padded_tokens=384, seconds=0.04)
     metrics.on_batch(windows=16, real_tokens=4000, padded_tokens=6144, seconds=0.7)
     metrics.set_in_flight(5)
@@ -141,6 +142,16 @@ async def test_event_counters(
     assert scraped.value(dead, reason="empty_context") == 2
     assert scraped.value(dead, reason="invalid_json") == 1
     assert scraped.value("qa_worker_in_flight_events") == 5
+
+
+def test_dead_letter_reasons_are_only_error_codes() -> None:
+    metrics = WorkerMetrics()
+    metrics.event_dead_lettered("invalid_json")
+    with pytest.raises(ValueError, match="free text"):
+        metrics.event_dead_lettered("free text")
+    dead = "qa_worker_events_dead_lettered_total"
+    assert metrics.registry.get_sample_value(dead, {"reason": "invalid_json"}) == 1
+    assert metrics.registry.get_sample_value(dead, {"reason": "free text"}) is None
 
 
 async def test_latency_histograms(

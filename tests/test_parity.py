@@ -16,8 +16,9 @@ import pytest
 
 from tests.support import texts
 from tests.support.reference import run_reference
+from worker.errors import EventError
 from worker.manifest import Manifest
-from worker.qa import InputError, QAEngine, QAOptions, Question
+from worker.qa import QAEngine, QAOptions, Question
 
 pytestmark = pytest.mark.reference
 
@@ -86,7 +87,7 @@ def engine_answers(model_dir: Path, cases: list[dict[str, Any]]) -> list[dict[st
             for i in chosen
         ]
         for i, result in zip(chosen, engine.answer_many(questions, batch_size=8), strict=True):
-            if isinstance(result, InputError):
+            if isinstance(result, EventError):
                 results[i] = {"error": result.code}
             else:
                 results[i] = {"answers": [span.to_dict() for span in result.answers]}
@@ -155,7 +156,7 @@ def test_inputs_the_reference_rejects_are_rejected_with_a_reason(
         Path(Manifest.read(model_dir).source), [{"question": question, "context": context}]
     )
     assert "error" in reference
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(EventError) as caught:
         QAEngine.load(model_dir).answer(question, context)
     assert caught.value.code == code
 
@@ -173,7 +174,7 @@ def test_question_too_long_for_the_window_fails_like_the_reference(
     }
     [reference] = run_reference(Path(Manifest.read(model_dir).source), [case])
     assert "error" in reference
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(EventError) as caught:
         QAEngine.load(model_dir, max_seq_len=64, doc_stride=24).answer(question, case["context"])
     assert caught.value.code == "question_too_long"
     assert "shorten the question" in str(caught.value)

@@ -30,7 +30,7 @@ from tests.support.streaming import (
 from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.http import HealthServer
 from worker.metrics import WorkerMetrics
-from worker.service import QAWorker
+from worker.stream import QAWorker
 
 pytestmark = pytest.mark.broker
 
@@ -85,6 +85,8 @@ async def test_answers_through_the_broker_equal_offline_answers(
         worker = QAWorker(settings, settings.load_engine(), metrics)
         async with HealthServer(metrics, worker.readiness, "127.0.0.1", 0) as server:
             await worker.start()
+            # A second start is a no-op, not a second consumer.
+            await worker.start()
             try:
                 # faust hard-codes 1500 ms; the setting must reach the fetcher aiokafka started.
                 fetcher = worker.app.consumer._thread._consumer._fetcher
@@ -104,7 +106,10 @@ async def test_answers_through_the_broker_equal_offline_answers(
                     await asyncio.to_thread(fetch, f"http://127.0.0.1:{server.port}/readyz")
                 )
             finally:
-                await worker.stop()
+                # A signal and a `finally` may both stop the worker: both get the one drain.
+                drains = await asyncio.gather(worker.stop(), worker.stop())
+            assert drains == [True, True]
+            assert await worker.stop() is True
 
     assert readiness["ready"] is True
     assert len(records) == 500

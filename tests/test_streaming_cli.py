@@ -15,8 +15,9 @@ import pytest
 from tests.support import texts
 from tests.support.streaming import QUESTIONS, create_topics
 from worker.broker import EmbeddedBroker
-from worker.config import ConfigError, Settings
-from worker.kafka import aiokafka_options, faust_credentials
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.stream.transport import aiokafka_options, faust_credentials
 
 
 def qa_worker(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -24,11 +24,12 @@ from tests.support.streaming import (
     worker_settings,
 )
 from worker.broker import EmbeddedBroker
+from worker.errors import QuestionSetError
 from worker.events import load_schema
 from worker.metrics import WorkerMetrics
 from worker.qa import QAOptions
-from worker.service import QAWorker
-from worker.tagging import QuestionSetError, load_question_sets
+from worker.stream import QAWorker
+from worker.tagging import load_question_sets
 
 DOCUMENTS, TAGS = "documents", "tags"
 
@@ -335,7 +336,8 @@ async def test_killed_mid_document_never_publishes_partial_tags(
 
 
 def test_documents_topics_need_question_sets() -> None:
-    from worker.config import ConfigError, Settings
+    from worker.config import Settings
+    from worker.errors import ConfigError
 
     with pytest.raises(ConfigError, match="QA_QUESTION_SETS"):
         dataclasses.replace(Settings(), documents_topics="docs=deals")

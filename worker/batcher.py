@@ -183,7 +183,7 @@ class MicroBatcher(AsyncLifecycle):
     ) -> Answered:
         """Answers one question; `deadline` is a `time.monotonic()` instant.
 
-        Raises `InputError` when the engine cannot take the input, `DeadlineExceeded` when the
+        Raises `EventError` when the engine cannot take the input, `DeadlineExceeded` when the
         deadline passes before its windows start inference (those not started never run), and
         whatever `infer` raised for a batch holding one of its windows. Cancelling the caller
         withdraws its pending windows.

@@ -65,13 +65,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .backends.onnx import available_cores
 from .broker import FETCH_WAIT_MS, EmbeddedBroker, file_tail
-from .config import ENV_PREFIX, ConfigError, Settings, add_arguments, env_name
-from .kafka import aiokafka_options
+from .config import ENV_PREFIX, Settings, add_arguments, env_name
+from .errors import BenchError, ConfigError, EventError
 from .lifecycle import AsyncLifecycle
-from .qa import InputError, QAEngine, QAOptions, Question
+from .qa import QAEngine, QAOptions, Question
 from .qa.engine import InferenceStats, pad_windows, plan_batches
 from .qa.windows import EncodedQuestion, Window
 from .squad import QuestionRecord, read_questions
+from .stream.transport import aiokafka_options
 
 __all__ = ["BenchError", "BenchOptions", "add_bench_parser", "command_bench", "run_bench"]
 
@@ -116,10 +117,6 @@ TARGETS = (
     ("startup_s", "worker start to ready, s", "<=", 10.0),
     ("end_to_end_vs_reference", "end_to_end / reference pipeline events/s", ">=", 3.0),
 )
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run to the end; the message says what failed and where to look."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +259,7 @@ class Workload:
     """The events, and the windows of those the engine can take."""
 
     questions: list[Question]
-    encoded: list[EncodedQuestion | InputError]
+    encoded: list[EncodedQuestion | EventError]
     windows: list[Window]
 
     @classmethod
@@ -282,7 +279,7 @@ class Workload:
 
     @property
     def refused(self) -> int:
-        return sum(isinstance(item, InputError) for item in self.encoded)
+        return sum(isinstance(item, EventError) for item in self.encoded)
 
     @property
     def lengths(self) -> list[int]:

@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
+from .errors import BrokerError
 from .lifecycle import AsyncLifecycle
 
 if TYPE_CHECKING:
@@ -83,10 +84,6 @@ def _parent_death_signal() -> Callable[[], object] | None:
 # broker running for good, since `stop()` never runs. The signal follows the thread that
 # spawned the broker, i.e. the event loop's thread, which outlives the broker anyway.
 _DIE_WITH_PARENT = _parent_death_signal()
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found, started or used."""
 
 
 def file_tail(file: IO[bytes], count: int) -> str:

@@ -14,27 +14,27 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__, bench, streaming
-from .config import ConfigError, Settings, add_arguments
-from .events import DocumentEvent, EventError, InputLimits, parse_document, tags_event
-from .export import ExportError, export_model
-from .manifest import ModelFolderError
-from .qa import InputError, QAEngine, QAOptions, QAResult, Question
-from .squad import InputFileError, QuestionRecord, evaluate, read_questions
-from .tagging import QuestionSetError, TaggedDocument, load_question_sets, tag_documents
+from .config import Settings, add_arguments
+from .errors import ConfigError, EventError, WorkerError
+from .events import DocumentEvent, InputLimits, parse_document, tags_event
+from .export import export_model
+from .qa import QAEngine, QAOptions, QAResult, Question
+from .squad import QuestionRecord, evaluate, read_questions
+from .tagging import TaggedDocument, load_question_sets, tag_documents
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
 CHUNK_QUESTIONS = 512
 
 
-def result_line(question_id: str, result: QAResult | InputError) -> dict[str, object]:
-    if isinstance(result, InputError):
+def result_line(question_id: str, result: QAResult | EventError) -> dict[str, object]:
+    if isinstance(result, EventError):
         return {"id": question_id, "error": {"code": result.code, "message": str(result)}}
     return {"id": question_id, **result.to_dict()}
 
 
 def answer_records(
     engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
-) -> Iterator[tuple[QuestionRecord, QAResult | InputError]]:
+) -> Iterator[tuple[QuestionRecord, QAResult | EventError]]:
     for offset in range(0, len(records), CHUNK_QUESTIONS):
         chunk = records[offset : offset + CHUNK_QUESTIONS]
         results = engine.answer_many(
@@ -68,7 +68,7 @@ def command_answer(args: argparse.Namespace) -> int:
             raise ConfigError("--question and --context go together")
         result = engine.answer_many([Question(args.question, args.context, options)])[0]
         print(json.dumps(result_line(args.id, result), ensure_ascii=False))
-        return 2 if isinstance(result, InputError) else 0
+        return 2 if isinstance(result, EventError) else 0
     records = read_questions(args.input)
     began = time.perf_counter()
     with open_output(args.output) as output:
@@ -89,7 +89,7 @@ def command_eval(args: argparse.Namespace) -> int:
     margins: dict[str, float] = {}
     began = time.perf_counter()
     for record, result in answer_records(engine, records, settings, settings.qa_options()):
-        if isinstance(result, InputError):
+        if isinstance(result, EventError):
             predictions[record.id] = ""
             continue
         predictions[record.id] = result.answer
@@ -292,13 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (
-        ConfigError,
-        ModelFolderError,
-        InputFileError,
-        InputError,
-        ExportError,
-        QuestionSetError,
-    ) as error:
+    except WorkerError as error:
         print(f"qa-worker {args.command}: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
 from .qa.types import QAOptions
 
 if TYPE_CHECKING:
@@ -244,10 +245,6 @@ class Settings:
                 except ValueError as error:
                     raise ConfigError(f"{env_name(spec.name)}={raw!r}: {error}") from None
         return cls(**values)
-
-
-class ConfigError(ValueError):
-    """A setting has a value the worker cannot use."""
 
 
 def env_name(name: str) -> str:

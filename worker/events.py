@@ -24,6 +24,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from .config import describe as describe_setting
+from .errors import ErrorCode, EventError
 from .qa.types import QAOptions, QAResult
 
 SCHEMA_PACKAGE = "worker.schemas"
@@ -49,7 +50,7 @@ class Contract:
 
     def validate(self, document: Any) -> None:
         if not self._validator.is_valid(document):
-            raise EventError("invalid_event", self.explain(document))
+            raise EventError(ErrorCode.INVALID_EVENT, self.explain(document))
 
     def explain(self, document: Any) -> str:
         """Every violation, one per field, in schema order: '"top_k" must be ..., got ...'."""
@@ -96,15 +97,6 @@ _RFC3339 = re.compile(
 _SHOWN_CHARS = 40
 
 
-class EventError(Exception):
-    """A message that is not a usable question event; `code` names the reason for dead letters."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class InputLimits:
     max_question_chars: int
@@ -143,11 +135,23 @@ def parse_question(
     document = _decode(value)
     QUESTION.validate(document)
     question: str = document["question"]
-    _check_visible("question", question)
-    _check_size("question", question, limits.max_question_chars, "max_question_chars")
+    _check_visible("question", question, ErrorCode.EMPTY_QUESTION)
+    _check_size(
+        "question",
+        question,
+        limits.max_question_chars,
+        "max_question_chars",
+        ErrorCode.QUESTION_TOO_LARGE,
+    )
     context: str = document["context"]
-    _check_visible("context", context)
-    _check_size("context", context, limits.max_context_chars, "max_context_chars")
+    _check_visible("context", context, ErrorCode.EMPTY_CONTEXT)
+    _check_size(
+        "context",
+        context,
+        limits.max_context_chars,
+        "max_context_chars",
+        ErrorCode.CONTEXT_TOO_LARGE,
+    )
     overrides = {
         name: convert(document[name]) for name, convert in _OPTION_FIELDS if name in document
     }
@@ -183,7 +187,13 @@ def parse_document(
     """Reads one documents-topic message, or raises EventError saying what to fix."""
     document = _decode(value)
     DOCUMENT.validate(document)
-    _check_size("text", document["text"], limits.max_context_chars, "max_context_chars")
+    _check_size(
+        "text",
+        document["text"],
+        limits.max_context_chars,
+        "max_context_chars",
+        ErrorCode.TEXT_TOO_LARGE,
+    )
     created_at = document.get("created_at")
     return DocumentEvent(
         id=document["id"],
@@ -258,7 +268,7 @@ def dead_letter_event(
     topic: str,
     partition: int,
     offset: int,
-    code: str,
+    code: ErrorCode,
     message: str,
     worker_version: str,
     now_ms: int,
@@ -312,45 +322,46 @@ _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_co
 def _decode(value: bytes | None) -> Any:
     if not value:
         raise EventError(
-            "invalid_json", "the message has no value; send a question event as a JSON object"
+            ErrorCode.INVALID_JSON,
+            "the message has no value; send a question event as a JSON object",
         )
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as error:
         raise EventError(
-            "invalid_utf8",
+            ErrorCode.INVALID_UTF8,
             f"the value is not UTF-8 ({error.reason}: byte 0x{value[error.start]:02x} at offset "
             f"{error.start}); encode question events as UTF-8 JSON",
         ) from None
     if text.startswith("\ufeff"):
         raise EventError(
-            "invalid_json", "the value starts with a byte order mark; send JSON without one"
+            ErrorCode.INVALID_JSON, "the value starts with a byte order mark; send JSON without one"
         )
     try:
         document = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise EventError(
-            "invalid_json",
+            ErrorCode.INVALID_JSON,
             f"the value is not JSON ({error.msg} at line {error.lineno} column {error.colno}); "
             "send a question event as a JSON object",
         ) from None
     except _NotFinite as error:
-        raise EventError("invalid_json", f"the value is not usable JSON: {error}") from None
+        raise EventError(ErrorCode.INVALID_JSON, f"the value is not usable JSON: {error}") from None
     except ValueError:  # the only other: an integer past Python's digit limit
         raise EventError(
-            "invalid_json",
+            ErrorCode.INVALID_JSON,
             f"the value has an integer of more than {sys.get_int_max_str_digits()} digits; "
             "send numbers that fit a 64-bit float",
         ) from None
     except RecursionError:
         raise EventError(
-            "invalid_json", "the value nests arrays or objects too deeply to read"
+            ErrorCode.INVALID_JSON, "the value nests arrays or objects too deeply to read"
         ) from None
     # An escaped lone surrogate ("\ud800") decodes to a string that cannot be encoded as UTF-8,
     # for the tokenizer or in the answer; only escapes can produce one, so look for them first.
     if ("\\ud" in text or "\\uD" in text) and not _encodable(document):
         raise EventError(
-            "invalid_json",
+            ErrorCode.INVALID_JSON,
             "the value has an unpaired UTF-16 surrogate escape (such as \\ud800); "
             "escape characters outside the Basic Multilingual Plane as surrogate pairs",
         )
@@ -406,18 +417,18 @@ def _shown(value: Any) -> str:
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
-def _check_visible(name: str, text: str) -> None:
+def _check_visible(name: str, text: str, code: ErrorCode) -> None:
     if all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in text):
         raise EventError(
-            f"empty_{name}",
+            code,
             f'"{name}" must contain a visible character, got {_shown(text)}',
         )
 
 
-def _check_size(name: str, text: str, limit: int, setting: str) -> None:
+def _check_size(name: str, text: str, limit: int, setting: str, code: ErrorCode) -> None:
     if len(text) > limit:
         raise EventError(
-            f"{name}_too_large",
+            code,
             f'"{name}" has {len(text):,} characters, over the limit of {limit:,} '
             f"({describe_setting(setting)}); shorten it, or raise the limit",
         )
@@ -427,14 +438,16 @@ def _epoch_ms(created_at: str) -> int:
     problem = 'must be an RFC 3339 date-time with a time zone, such as "2024-05-01T12:00:00Z"'
     match = _RFC3339.fullmatch(created_at)
     if match is None:
-        raise EventError("invalid_created_at", f'"created_at" {problem}, got {_shown(created_at)}')
+        raise EventError(
+            ErrorCode.INVALID_CREATED_AT, f'"created_at" {problem}, got {_shown(created_at)}'
+        )
     year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
     fraction, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10)
     offset = timedelta(0)
     if sign is not None:
         if int(offset_hours) > 23 or int(offset_minutes) > 59:
             raise EventError(
-                "invalid_created_at",
+                ErrorCode.INVALID_CREATED_AT,
                 f'"created_at" has a time zone offset out of range, got {_shown(created_at)}',
             )
         offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
@@ -447,7 +460,7 @@ def _epoch_ms(created_at: str) -> int:
         )
     except ValueError as error:
         raise EventError(
-            "invalid_created_at",
+            ErrorCode.INVALID_CREATED_AT,
             f'"created_at" is not a real date-time ({error}), got {_shown(created_at)}',
         ) from None
     milliseconds = int((fraction or "0")[:3].ljust(3, "0"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__
+from .errors import ExportError
 from .manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TokenizerInfo, sha256_file
 
 FP32_NAME = "model.onnx"
@@ -72,10 +73,6 @@ HUB_PATTERNS = [
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[export]'"
-
-
-class ExportError(Exception):
-    """The checkpoint cannot be exported; the message says what to do about it."""
 
 
 def export_model(

@@ -11,7 +11,8 @@ class AsyncLifecycle:
     async def start(self) -> None:
         raise NotImplementedError
 
-    async def stop(self) -> None:
+    async def stop(self) -> object:
+        """Whatever it returns is the subclass's to define; `async with` ignores it."""
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:

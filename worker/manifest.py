@@ -14,16 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .errors import ModelFolderError
+
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
-
-
-class ModelFolderError(Exception):
-    """A model folder is missing, incomplete, or does not match its manifest."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 
 Details:
 
-- Dead-letter `reason` is the error code (`InputError.code` for what the engine refuses).
+- Dead-letter `reason` is the dead letter's error code, one of `worker.errors.ErrorCode`.
 - End-to-end latency runs from the event's Kafka timestamp (the producer's clock; a negative
   difference from clock skew counts as 0) to the broker acknowledging the answer.
 - Queue wait runs from consuming the event to the start of the batch that holds its windows.
@@ -61,6 +61,7 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
+from .errors import ErrorCode
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PADDING_HALF_LIFE_SECONDS", "WorkerMetrics"]
 
@@ -199,8 +200,10 @@ class WorkerMetrics:
         self._end_to_end.observe(max(0.0, end_to_end_s))
         self._queue_wait.observe(queue_s)
 
-    def event_dead_lettered(self, reason: str) -> None:
-        self._dead_lettered.labels(reason).inc()
+    def event_dead_lettered(self, reason: ErrorCode) -> None:
+        """Counts a dead letter; a `reason` that is not an ErrorCode raises ValueError."""
+        # Converted, not trusted: a free-form label value would make series without bound.
+        self._dead_lettered.labels(ErrorCode(reason).value).inc()
 
     def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         """The batcher's observer: one inference batch ran."""

@@ -25,9 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-
-class InputFileError(ValueError):
-    """A question file that cannot be read; the message names the file, the place and the fix."""
+from .errors import InputFileError
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from .config import Settings
 from .http import HealthServer
-from .kafka import aiokafka_options
 from .metrics import WorkerMetrics
-from .service import QAWorker
 from .squad import read_questions
+from .stream import QAWorker
+from .stream.transport import aiokafka_options
 
 log = logging.getLogger(__name__)
 

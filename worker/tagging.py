@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from .events import DocumentEvent, EventError
-from .qa import InputError, QAEngine, QAOptions, QAResult, Question
+from .errors import ErrorCode, EventError, QuestionSetError
+from .events import DocumentEvent
+from .qa import QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
 FIELD_OPTIONS = {
@@ -31,10 +32,6 @@ FIELD_OPTIONS = {
     "null_threshold": float,
     "handle_impossible_answer": bool,
 }
-
-
-class QuestionSetError(ValueError):
-    """A question-set file that cannot be used; the message points at the problem."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +145,9 @@ def tag_documents(
     default_set: str,
     batch_size: int,
     max_batch_tokens: int,
-) -> list[TaggedDocument | EventError | InputError]:
+) -> list[TaggedDocument | EventError]:
     """Tags documents offline, in order; each with its own set or `default_set`."""
-    tagged: list[TaggedDocument | EventError | InputError | None] = [None] * len(documents)
+    tagged: list[TaggedDocument | EventError | None] = [None] * len(documents)
     by_set: dict[str, list[int]] = {}
     for index, document in enumerate(documents):
         name = document.question_set or default_set
@@ -159,14 +156,14 @@ def tag_documents(
         else:
             known = ", ".join(question_sets)
             message = f"no question set named {name!r} (known: {known})"
-            tagged[index] = EventError("unknown_question_set", message)
+            tagged[index] = EventError(ErrorCode.UNKNOWN_QUESTION_SET, message)
     for name, indexes in by_set.items():
         texts = [documents[index].text for index in indexes]
         answers = tag_offline(engine, question_sets[name], texts, batch_size, max_batch_tokens)
         for index, results in zip(indexes, answers, strict=True):
             tagged[index] = (
                 results
-                if isinstance(results, InputError)
+                if isinstance(results, EventError)
                 else TaggedDocument(documents[index], name, results)  # type: ignore[arg-type]
             )
     return [item for item in tagged if item is not None]

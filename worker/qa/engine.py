@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import InferenceBackend
+from ..errors import EventError
 from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum
 from .decode import WindowLogits, decode
-from .types import InputError, QAOptions, QAResult
+from .types import QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer
 
 
@@ -135,7 +136,7 @@ class QAEngine:
 
     def answer(self, question: str, context: str, options: QAOptions | None = None) -> QAResult:
         result = self.answer_many([Question(question, context, options or QAOptions())])[0]
-        if isinstance(result, InputError):
+        if isinstance(result, EventError):
             raise result
         return result
 
@@ -144,8 +145,8 @@ class QAEngine:
         questions: Sequence[Question],
         batch_size: int = 16,
         max_batch_tokens: int = 1024,
-    ) -> list[QAResult | InputError]:
-        """Answers in input order; a question the engine cannot take yields its InputError."""
+    ) -> list[QAResult | EventError]:
+        """Answers in input order; a question the engine cannot take yields its EventError."""
         encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])
         owners: list[tuple[int, int]] = []
         windows: list[Window] = []
@@ -159,9 +160,9 @@ class QAEngine:
             batch_logits = self.infer([windows[index] for index in batch])
             for index, window_logits in zip(batch, batch_logits, strict=True):
                 logits[owners[index]] = window_logits
-        results: list[QAResult | InputError] = []
+        results: list[QAResult | EventError] = []
         for question_index, item in enumerate(encoded):
-            if isinstance(item, InputError):
+            if isinstance(item, EventError):
                 results.append(item)
                 continue
             item_logits = [logits[(question_index, w)] for w in range(len(item.windows))]

@@ -71,11 +71,3 @@ class QAResult:
             "null_score": self.null_score,
             "answers": [span.to_dict() for span in self.answers],
         }
-
-
-class InputError(ValueError):
-    """A question or context the engine cannot answer; `code` names the reason for dead letters."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from ..errors import ErrorCode, EventError
 from ..manifest import TokenizerInfo
-from .types import InputError
 
 REFERENCE_MAX_SEQ_LEN = 384
 REFERENCE_MAX_STRIDE = 128
@@ -100,15 +100,15 @@ class WindowTokenizer:
             raise self._tokenization_error(error) from None
         return self._windows(question, context, encoding)
 
-    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | InputError]:
+    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
         """Encodes many pairs in one parallel tokenizer call; a bad pair fails alone."""
-        results: list[EncodedQuestion | InputError | None] = [None] * len(pairs)
+        results: list[EncodedQuestion | EventError | None] = [None] * len(pairs)
         valid: list[int] = []
         for index, (question, context) in enumerate(pairs):
             try:
                 self.check(question, context)
                 valid.append(index)
-            except InputError as error:
+            except EventError as error:
                 results[index] = error
         try:
             encodings = self._tokenizer.encode_batch([self._ordered(*pairs[i]) for i in valid])
@@ -117,7 +117,7 @@ class WindowTokenizer:
             for index in valid:
                 try:
                     results[index] = self.encode(*pairs[index])
-                except InputError as error:
+                except EventError as error:
                     results[index] = error
         else:
             for index, encoding in zip(valid, encodings, strict=True):
@@ -139,8 +139,8 @@ class WindowTokenizer:
             return
         context_tokens = len(self._counter.encode(context, add_special_tokens=False))
         if context_tokens > room:
-            raise InputError(
-                "question_too_long",
+            raise EventError(
+                ErrorCode.QUESTION_TOO_LONG,
                 f"the question takes {question_tokens} of the {self.max_seq_len} tokens of a "
                 f"window, leaving {max(room, 0)} for the context, not more than the stride of "
                 f"{self.doc_stride}; shorten the question or raise max_seq_len",
@@ -177,24 +177,27 @@ class WindowTokenizer:
             encoding=encoding,
         )
 
-    def _tokenization_error(self, error: Exception) -> InputError:
+    def _tokenization_error(self, error: Exception) -> EventError:
         message = str(error)
         if "truncat" in message.lower() or "stride" in message.lower():
-            return InputError(
-                "question_too_long",
+            return EventError(
+                ErrorCode.QUESTION_TOO_LONG,
                 f"the question leaves no room for the context in a {self.max_seq_len}-token "
                 f"window with stride {self.doc_stride}; shorten the question or raise "
                 f"max_seq_len ({message})",
             )
-        return InputError("tokenization_failed", f"the tokenizer rejected the input: {message}")
+        return EventError(
+            ErrorCode.TOKENIZATION_FAILED, f"the tokenizer rejected the input: {message}"
+        )
 
 
 def check_texts(question: object, context: object) -> None:
     """The reference pipeline's own checks: both texts present, neither empty."""
-    for name, value in (("question", question), ("context", context)):
+    for name, value, invalid, empty in (
+        ("question", question, ErrorCode.INVALID_QUESTION, ErrorCode.EMPTY_QUESTION),
+        ("context", context, ErrorCode.INVALID_CONTEXT, ErrorCode.EMPTY_CONTEXT),
+    ):
         if not isinstance(value, str):
-            raise InputError(
-                f"invalid_{name}", f"{name} must be a string, got {type(value).__name__}"
-            )
+            raise EventError(invalid, f"{name} must be a string, got {type(value).__name__}")
         if not value:
-            raise InputError(f"empty_{name}", f"{name} cannot be empty")
+            raise EventError(empty, f"{name} cannot be empty")

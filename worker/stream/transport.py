@@ -8,7 +8,8 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from .config import ConfigError, Settings, describe
+from ..config import Settings, describe
+from ..errors import ConfigError
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -1,0 +1,150 @@
+"""Handlers with no faust and no model: a message in, the record that answers it out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from worker.batcher import Answered, DeadlineExceeded
+from worker.config import Settings
+from worker.errors import ErrorCode, EventError
+from worker.qa import QAOptions, QAResult
+from worker.stream.handlers import EventHandlers
+from worker.tagging import QuestionSet, TagField
+
+
+@dataclass
+class FakeMessage:
+    value: bytes | None
+    key: bytes | None = b"k"
+    topic: str = "qa-questions"
+    partition: int = 1
+    offset: int = 42
+    timestamp: float | None = 1_700_000_000.0
+    headers: Any = field(default_factory=list)
+
+
+class FakeBatcher:
+    """Answers with the context's first word, or raises what it was given."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.asked: list[tuple[str, str, QAOptions]] = []
+
+    async def answer(
+        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+    ) -> Answered:
+        self.asked.append((question, context, options))
+        if self.error is not None:
+            raise self.error
+        word = context.split()[0]
+        result = QAResult(word, 0.9, 0, len(word), False, 0.1)
+        return Answered(result, queue_s=0.25, inference_s=0.01)
+
+
+SETS = {
+    "deals": QuestionSet(
+        "deals",
+        (
+            TagField("buyer", "Who bought?", QAOptions()),
+            TagField("price", "How much?", QAOptions()),
+        ),
+    )
+}
+
+
+def handlers(batcher: FakeBatcher, **settings: Any) -> EventHandlers:
+    return EventHandlers(
+        Settings(**settings), batcher, "model-a", "sha-1", SETS, {"docs": None, "deals-in": "deals"}
+    )
+
+
+def question(**fields: Any) -> bytes:
+    return json.dumps(
+        {"id": "q1", "question": "Who?", "context": "Ada wrote it.", **fields}
+    ).encode()
+
+
+async def test_a_question_becomes_an_answer_on_the_answers_topic() -> None:
+    batcher = FakeBatcher()
+    outgoing = await handlers(batcher, top_k=2).answer_question(FakeMessage(question()), 0.0)
+    assert outgoing.topic == "qa-answers" and outgoing.dead_letter_reason is None
+    answer = json.loads(outgoing.value)
+    assert (answer["id"], answer["answer"], answer["model"]) == (
+        "q1",
+        "Ada",
+        {"name": "model-a", "checksum": "sha-1"},
+    )
+    assert outgoing.queue_s == 0.25 and outgoing.event_time == 1_700_000_000.0
+    assert batcher.asked == [("Who?", "Ada wrote it.", QAOptions(top_k=2))]
+
+
+async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
+    batcher = FakeBatcher()
+    outgoing = await handlers(batcher).answer_question(FakeMessage(b"{not json"), 0.0)
+    assert outgoing.topic == "qa-dead-letters"
+    assert outgoing.dead_letter_reason is ErrorCode.INVALID_JSON
+    record = json.loads(outgoing.value)
+    assert record["error"]["code"] == "invalid_json"
+    assert record["source"] == {"topic": "qa-questions", "partition": 1, "offset": 42}
+    assert batcher.asked == []
+
+
+async def test_a_refused_reply_topic_is_dead_lettered_before_inference() -> None:
+    batcher = FakeBatcher()
+    message = FakeMessage(question(reply_to="other"))
+    outgoing = await handlers(batcher, reply_topics="replies.*").answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
+    assert "replies.*" in json.loads(outgoing.value)["error"]["message"]
+    assert batcher.asked == []
+
+
+async def test_an_allowed_reply_topic_receives_the_answer() -> None:
+    message = FakeMessage(question(), headers=[("reply-to", b"replies.me")])
+    outgoing = await handlers(FakeBatcher(), reply_topics="replies.*").answer_question(message, 0)
+    assert outgoing.topic == "replies.me" and outgoing.dead_letter_reason is None
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (DeadlineExceeded("late"), ErrorCode.DEADLINE_EXCEEDED),
+        (EventError(ErrorCode.QUESTION_TOO_LONG, "no room"), ErrorCode.QUESTION_TOO_LONG),
+        (RuntimeError("onnx broke"), ErrorCode.INFERENCE_FAILED),
+    ],
+)
+async def test_failures_while_answering_are_dead_lettered(
+    error: Exception, code: ErrorCode
+) -> None:
+    message = FakeMessage(question(deadline_ms=1000))
+    outgoing = await handlers(FakeBatcher(error)).answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is code
+    assert json.loads(outgoing.value)["error"]["code"] == code.value
+
+
+async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
+    batcher = FakeBatcher()
+    document = json.dumps({"id": "d1", "text": "Acme paid 5."}).encode()
+    outgoing = await handlers(batcher).tag_document(FakeMessage(document, topic="deals-in"), 0.0)
+    assert outgoing.topic == "qa-tags"
+    tags = json.loads(outgoing.value)
+    assert tags["question_set"] == "deals" and set(tags["tags"]) == {"buyer", "price"}
+    assert [asked[0] for asked in batcher.asked] == ["Who bought?", "How much?"]
+
+
+@pytest.mark.parametrize(
+    ("topic", "fields", "code"),
+    [
+        ("docs", {}, ErrorCode.MISSING_QUESTION_SET),
+        ("docs", {"question_set": "nope"}, ErrorCode.UNKNOWN_QUESTION_SET),
+    ],
+)
+async def test_a_document_without_a_usable_set_is_dead_lettered(
+    topic: str, fields: dict[str, str], code: ErrorCode
+) -> None:
+    document = json.dumps({"id": "d1", "text": "Acme paid 5.", **fields}).encode()
+    outgoing = await handlers(FakeBatcher()).tag_document(FakeMessage(document, topic=topic), 0)
+    assert outgoing.dead_letter_reason is code and outgoing.topic == "qa-dead-letters"

@@ -1,0 +1,79 @@
+"""The faust app the worker runs on, and the topics it sends to.
+
+faust is configured here and nowhere else: consumer group, commit interval, session timeout,
+buffer sizes bounded by the in-flight limit, acks from every in-sync replica, and the transport
+with the fetch wait taken from the settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from ..config import Settings
+from ..metrics import WorkerMetrics
+from .transport import FetchWaitTransport, faust_credentials
+
+__all__ = ["CommitSensor", "Topics", "build_app"]
+
+
+def build_app(settings: Settings, datadir: str) -> faust.App:
+    """A faust app for the settings, with no agents yet; `datadir` is a writable folder."""
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=datadir,
+        # /metrics, /healthz and /readyz have their own server (worker.http).
+        web_enabled=False,
+        # The worker keeps no tables and uses no leader election.
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
+        broker_request_timeout=max(90.0, settings.session_timeout_s),
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        # faust pauses fetching once an agent's buffer fills; with the in-flight bound this
+        # keeps memory bounded however far behind the worker is.
+        stream_buffer_maxsize=max(16, settings.max_in_flight),
+        broker_max_poll_records=max(16, settings.max_in_flight),
+        producer_acks=-1,
+        # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
+        # environment, and they win over these arguments; the worker's settings come only
+        # from Settings, so faust gets an empty environment.
+        env={},
+    )
+    app.transport = FetchWaitTransport(
+        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms
+    )
+    return app
+
+
+class Topics:
+    """The app's topics by name, each made once; keys and values pass through as bytes."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._made: dict[str, faust.types.TopicT] = {}
+
+    def __call__(self, name: str) -> faust.types.TopicT:
+        if name not in self._made:
+            self._made[name] = self._app.topic(name, key_serializer="raw", value_serializer="raw")
+        return self._made[name]
+
+    def subscribe(self, *names: str) -> faust.types.TopicT:
+        """One topic object reading all of `names`, for an agent."""
+        return self._app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+
+class CommitSensor(faust.Sensor):
+    """Tells the metrics when faust finished a commit."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        self._metrics.committed()

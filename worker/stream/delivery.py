@@ -1,0 +1,143 @@
+"""Getting an outgoing record to the broker: headers, reply routing, and sending until acked.
+
+Every record goes out with the key and headers of the message it answers. A question may ask for
+its answer on another topic (`reply_to`, or the `reply-to` header), which is allowed only when
+the topic matches one of the configured patterns. A send is retried with backoff until the broker
+acknowledges it; the event stays in flight meanwhile, so its offset is not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
+
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from ..errors import ErrorCode
+
+__all__ = [
+    "REPLY_TO_HEADER",
+    "Delivery",
+    "IncomingMessage",
+    "Outgoing",
+    "ReplyRouting",
+    "header",
+    "message_headers",
+]
+
+log = logging.getLogger(__name__)
+
+REPLY_TO_HEADER = "reply-to"
+FIRST_RETRY_BACKOFF_S = 0.1
+# Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
+MAX_RETRY_BACKOFF_S = 5.0
+
+
+class IncomingMessage(Protocol):
+    """The parts of a consumed Kafka message (faust's `Message`) that the worker reads."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None
+    headers: Any
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to send in reply to an event: an answer, tags, or a dead letter."""
+
+    topic: str
+    value: bytes
+    event_time: float
+    dead_letter_reason: ErrorCode | None = None
+    queue_s: float = 0.0
+
+
+class Topic(Protocol):
+    """A topic to send to (faust's `TopicT`): `send` returns the broker's acknowledgement."""
+
+    def send(self, *, key: Any, value: Any, headers: Any) -> Awaitable[Awaitable[object]]: ...
+
+
+DeadLetterFactory = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
+"""(message, event time, code, reason) to the dead letter for that message."""
+
+
+def message_headers(message: IncomingMessage) -> list[tuple[str, bytes]]:
+    """A message's headers as a list of pairs, whichever form faust hands them over in."""
+    headers = message.headers
+    return list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+
+
+def header(message: IncomingMessage, name: str) -> str | None:
+    """The last value of a message header, as text; None when absent or not UTF-8."""
+    found = None
+    for key, value in message_headers(message):
+        if key == name and value is not None:
+            found = value
+    try:
+        return None if found is None else found.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class ReplyRouting:
+    """Which topics a question may name for its answer: comma-separated glob patterns."""
+
+    def __init__(self, patterns: str | None) -> None:
+        self.patterns = [
+            pattern.strip() for pattern in (patterns or "").split(",") if pattern.strip()
+        ]
+
+    def requested(self, message: IncomingMessage, reply_to: str | None) -> str | None:
+        """The topic the event asks its answer to go to: its `reply_to`, else the header."""
+        return reply_to or header(message, REPLY_TO_HEADER)
+
+    def allowed(self, topic: str) -> bool:
+        return any(fnmatchcase(topic, pattern) for pattern in self.patterns)
+
+
+class Delivery:
+    """Sends outgoing records with the original key and headers, until the broker acks them."""
+
+    def __init__(
+        self,
+        topic: Callable[[str], Topic],
+        dead_letter: DeadLetterFactory,
+        first_backoff_s: float = FIRST_RETRY_BACKOFF_S,
+        max_backoff_s: float = MAX_RETRY_BACKOFF_S,
+    ) -> None:
+        """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter."""
+        self._topic = topic
+        self._dead_letter = dead_letter
+        self._first_backoff_s = first_backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> None:
+        """Returns once the broker acknowledged the record (or its dead letter, if too large)."""
+        headers = message_headers(message)
+        backoff = self._first_backoff_s
+        while True:
+            try:
+                pending = await self._topic(outgoing.topic).send(
+                    key=message.key, value=outgoing.value, headers=headers
+                )
+                await pending
+                return
+            except MessageSizeTooLargeError as error:
+                if outgoing.dead_letter_reason is not None:
+                    raise
+                outgoing = self._dead_letter(
+                    message, outgoing.event_time, ErrorCode.ANSWER_TOO_LARGE, str(error)
+                )
+            except KafkaError as error:
+                log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)

@@ -1,0 +1,193 @@
+"""From one consumed message to the record that answers it: an answer, tags, or a dead letter.
+
+Handlers read a message, validate it against its contract, ask the batcher, and build the
+outgoing record; they never send. Every way one event can fail ends in a dead letter naming the
+reason, so a handler always returns a record. They need no faust: any object with a message's
+fields will do, and any `answer` coroutine stands in for the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from .. import __version__
+from ..batcher import Answered, DeadlineExceeded
+from ..config import Settings, describe
+from ..errors import ErrorCode, EventError
+from ..events import (
+    InputLimits,
+    QuestionEvent,
+    answer_event,
+    dead_letter_event,
+    parse_document,
+    parse_question,
+    tags_event,
+    to_bytes,
+)
+from ..qa.types import QAOptions
+from ..tagging import QuestionSet, tag_results
+from .delivery import IncomingMessage, Outgoing, ReplyRouting
+
+__all__ = ["Answerer", "EventHandlers", "kafka_timestamp_ms"]
+
+log = logging.getLogger(__name__)
+
+
+class Answerer(Protocol):
+    """What the handlers need of `MicroBatcher`."""
+
+    async def answer(
+        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+    ) -> Answered: ...
+
+
+def kafka_timestamp_ms(message: IncomingMessage, received: float) -> int:
+    """The message's Kafka timestamp; the time it was received when it carries none."""
+    return int((message.timestamp or received) * 1000)
+
+
+class EventHandlers:
+    """Turns question and document messages into outgoing records."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        batcher: Answerer,
+        model_name: str,
+        model_checksum: str,
+        question_sets: Mapping[str, QuestionSet],
+        topic_sets: Mapping[str, str | None],
+    ) -> None:
+        """`topic_sets` maps each documents topic to its default question set (or None)."""
+        self.settings = settings
+        self.batcher = batcher
+        self.model_name = model_name
+        self.model_checksum = model_checksum
+        self.replies = ReplyRouting(settings.reply_topics)
+        self._defaults = settings.qa_options()
+        self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+        self._question_sets = question_sets
+        self._topic_sets = topic_sets
+
+    async def answer_question(self, message: IncomingMessage, received: float) -> Outgoing:
+        """The answer to a questions-topic message, or its dead letter."""
+        kafka_ms = kafka_timestamp_ms(message, received)
+        try:
+            question = parse_question(
+                message.value, kafka_ms, self._defaults, self._limits, self.settings.deadline_ms
+            )
+        except EventError as error:
+            return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        event_time = question.event_time_ms / 1000
+        # Checked before inference: a refused reply topic needs no answer.
+        reply_to = self.replies.requested(message, question.reply_to)
+        if reply_to is not None and not self.replies.allowed(reply_to):
+            return self.dead_letter(
+                message,
+                event_time,
+                ErrorCode.REPLY_TOPIC_NOT_ALLOWED,
+                f"reply topic {reply_to!r} matches no pattern of "
+                f"{describe('reply_topics')} ({self.settings.reply_topics or 'unset'})",
+            )
+        try:
+            answered = await self.batcher.answer(
+                question.question, question.context, question.options, _deadline(question)
+            )
+        except DeadlineExceeded:
+            late = f"not answered within {question.deadline_ms - question.event_time_ms} ms"
+            return self.dead_letter(message, event_time, ErrorCode.DEADLINE_EXCEEDED, late)
+        except Exception as error:
+            return self._unanswerable(message, event_time, error, question.id)
+        value = answer_event(
+            question,
+            answered.result,
+            model_name=self.model_name,
+            model_checksum=self.model_checksum,
+            queue_ms=answered.queue_s * 1000,
+            inference_ms=answered.inference_s * 1000,
+            total_ms=(time.time() - received) * 1000,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        topic = self.settings.answers_topic if reply_to is None else reply_to
+        return Outgoing(topic, to_bytes(value), event_time, queue_s=answered.queue_s)
+
+    async def tag_document(self, message: IncomingMessage, received: float) -> Outgoing:
+        """The tags event of a documents-topic message, or its dead letter."""
+        kafka_ms = kafka_timestamp_ms(message, received)
+        try:
+            document = parse_document(message.value, kafka_ms, self._limits)
+        except EventError as error:
+            return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        event_time = document.event_time_ms / 1000
+        set_name = document.question_set or self._topic_sets.get(message.topic)
+        if set_name is None:
+            reason = (
+                f"the document names no question_set and {message.topic} has no default set "
+                f"in {describe('documents_topics')}"
+            )
+            return self.dead_letter(message, event_time, ErrorCode.MISSING_QUESTION_SET, reason)
+        question_set = self._question_sets.get(set_name)
+        if question_set is None:
+            known = ", ".join(sorted(self._question_sets)) or "none"
+            reason = f"no question set named {set_name!r} (known: {known})"
+            return self.dead_letter(message, event_time, ErrorCode.UNKNOWN_QUESTION_SET, reason)
+        try:
+            answered = await asyncio.gather(
+                *(
+                    self.batcher.answer(field.question, document.text, field.options)
+                    for field in question_set.fields
+                )
+            )
+        except Exception as error:
+            return self._unanswerable(message, event_time, error, document.id)
+        value = tags_event(
+            document,
+            set_name,
+            tag_results(question_set.fields, [item.result for item in answered]),
+            model_name=self.model_name,
+            model_checksum=self.model_checksum,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        queue_s = max(item.queue_s for item in answered)
+        return Outgoing(self.settings.tags_topic, to_bytes(value), event_time, queue_s=queue_s)
+
+    def dead_letter(
+        self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
+    ) -> Outgoing:
+        """The dead-letter record for `message`, on the dead-letter topic."""
+        record = dead_letter_event(
+            message.value,
+            message.topic,
+            message.partition,
+            message.offset,
+            code,
+            reason,
+            worker_version=__version__,
+            now_ms=int(time.time() * 1000),
+        )
+        return Outgoing(
+            self.settings.dead_letter_topic, to_bytes(record), event_time, dead_letter_reason=code
+        )
+
+    def _unanswerable(
+        self, message: IncomingMessage, event_time: float, error: Exception, event_id: str
+    ) -> Outgoing:
+        """The dead letter for input the engine rejected, or on which it failed."""
+        if isinstance(error, EventError):
+            return self.dead_letter(message, event_time, error.code, str(error))
+        # The engine failed on this input; other events go on.
+        log.error("inference failed for event %s", event_id, exc_info=error)
+        return self.dead_letter(message, event_time, ErrorCode.INFERENCE_FAILED, repr(error))
+
+
+def _deadline(question: QuestionEvent) -> float | None:
+    """The question's deadline as a `time.monotonic()` instant, for the batcher."""
+    if question.deadline_ms is None:
+        return None
+    return time.monotonic() + (question.deadline_ms - time.time() * 1000) / 1000

@@ -1,0 +1,229 @@
+"""The streaming worker: faust agents read events, handlers answer them, delivery sends them.
+
+Delivery is at-least-once. An event's offset is acknowledged to faust only after its answer (or
+dead-letter record) is acknowledged by the broker, and acknowledgements go out in offset order
+per partition (`offsets.OffsetTracker`), so a commit never passes an event still in flight.
+faust commits acknowledged offsets every `commit_interval_s`, on rebalance and on stop; in both
+of the latter it first waits until every event the agent has taken is acknowledged, which is how
+SIGTERM drains and why a rebalance neither loses nor double-commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Set
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from .. import __version__
+from ..batcher import BatchLimits, MicroBatcher
+from ..config import Settings
+from ..lifecycle import AsyncLifecycle
+from ..metrics import WorkerMetrics
+from ..qa import QAEngine
+from ..tagging import load_question_sets, parse_topic_sets
+from .app import CommitSensor, Topics, build_app
+from .delivery import Delivery, IncomingMessage, Outgoing
+from .handlers import EventHandlers
+from .offsets import OffsetTracker, Tracked
+
+__all__ = ["QAWorker"]
+
+log = logging.getLogger(__name__)
+
+# How often consumer lag and readiness are refreshed for /metrics.
+LAG_REFRESH_S = 1.0
+
+Handler = Callable[[IncomingMessage, float], Awaitable[Outgoing]]
+
+
+class QAWorker(AsyncLifecycle):
+    """One worker process's consumer: `start()`, then `stop()` drains and commits.
+
+    `start()` and `stop()` may each be called more than once (by a signal and by a `finally`,
+    say): a second `start()` does nothing, and every `stop()` after the first waits for the first
+    one and returns its result.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: QAEngine,
+        metrics: WorkerMetrics,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self._on_fatal = on_fatal
+        model_name = settings.model.name if settings.model else ""
+        metrics.set_model_info(
+            model=model_name,
+            model_type=engine.manifest.model_type,
+            precision=settings.precision or engine.manifest.default_precision,
+            checksum=engine.model_id,
+            worker_version=__version__,
+        )
+        self.batcher = MicroBatcher(
+            engine,
+            BatchLimits(
+                settings.batch_size,
+                settings.max_batch_tokens,
+                settings.max_wait_ms,
+                settings.max_padding,
+            ),
+            observer=metrics,
+        )
+        self._topic_sets = parse_topic_sets(settings.documents_topics)
+        question_sets = (
+            load_question_sets(settings.question_sets, settings.qa_options())
+            if settings.question_sets is not None
+            else {}
+        )
+        self.handlers = EventHandlers(
+            settings, self.batcher, model_name, engine.model_id, question_sets, self._topic_sets
+        )
+        self.tracker = OffsetTracker(settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lag_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopping: asyncio.Future[bool] | None = None
+        # faust creates a table folder in its data dir even with no tables; a private temporary
+        # one keeps the worker runnable on a read-only root filesystem.
+        self._datadir = tempfile.TemporaryDirectory(prefix="qa-worker-faust-")
+        self.app = self._build_app()
+        self.delivery = Delivery(self.topics, self.handlers.dead_letter)
+
+    def _build_app(self) -> faust.App:
+        settings = self.settings
+        app = build_app(settings, self._datadir.name)
+        self.topics = Topics(app)
+        for name in (settings.answers_topic, settings.dead_letter_topic):
+            self.topics(name)
+        questions = self.topics.subscribe(settings.questions_topic)
+        app.agent(questions, name="answer-questions")(self._consumer(self.handlers.answer_question))
+        if self._topic_sets:
+            documents = self.topics.subscribe(*self._topic_sets)
+            self.topics(settings.tags_topic)
+            app.agent(documents, name="tag-documents")(self._consumer(self.handlers.tag_document))
+        app.sensors.add(CommitSensor(self.metrics))
+        app.on_partitions_revoked.connect(self._revoked)
+        return app
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Starts the batcher, the consumer and the lag refresh; a second call does nothing."""
+        if self._started:
+            return
+        self._started = True
+        await self.batcher.start()
+        await self.app.start()
+        self._lag_task = asyncio.create_task(self._refresh_lag())
+
+    async def stop(self) -> bool:
+        """Stops fetching, finishes what is in flight, commits, then stops the engine.
+
+        Returns False when in-flight work did not finish within `drain_timeout_s`; its offsets
+        stay uncommitted, so those events are answered again after a restart.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        return await self._stopping
+
+    async def _stop(self) -> bool:
+        self.metrics.set_ready(False)
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        try:
+            await asyncio.wait_for(self.app.stop(), self.settings.drain_timeout_s)
+            drained = True
+        except TimeoutError:
+            log.error(
+                "%d events still in flight after %.0f s; exiting without committing them",
+                self.tracker.count,
+                self.settings.drain_timeout_s,
+            )
+            drained = False
+        await self.batcher.stop()
+        self._datadir.cleanup()
+        return drained
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.app.started:
+            return False, "the Kafka consumer has not started"
+        if not self.assigned_partitions():
+            return False, f"no partition of {', '.join(self.input_topics)} is assigned"
+        return True, "model loaded, partitions assigned"
+
+    def assigned_partitions(self) -> list[TP]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # consumer not started, or stopping
+            return []
+        return sorted(tp for tp in assignment if tp.topic in self.input_topics)
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.settings.questions_topic, *self._topic_sets]
+
+    # consuming
+
+    def _consumer(self, respond: Handler) -> Callable[[faust.StreamT], Awaitable[None]]:
+        """An agent body: every event is answered by `respond`, at most max_in_flight at once."""
+
+        async def consume(stream: faust.StreamT) -> None:
+            async for event in stream.noack().events():
+                self._spawn(self._handle(event, self.tracker.track(event), respond))
+                await self.tracker.wait_for_room()
+
+        return consume
+
+    async def _revoked(self, sender: Any, revoked: Set[TP], **kwargs: Any) -> None:
+        self.tracker.forget(revoked)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        self.metrics.set_in_flight(self.tracker.count)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # Unreachable by design (every failure of one event becomes a dead letter); if it
+            # happens the event stays unacknowledged, so the process must restart to redeliver it.
+            log.critical("event handling failed", exc_info=error)
+            if self._on_fatal is not None:
+                self._on_fatal(error)
+
+    async def _handle(self, event: faust.types.EventT, tracked: Tracked, respond: Handler) -> None:
+        message = event.message
+        received = time.time()
+        self.metrics.event_received(message.topic)
+        outgoing = await respond(message, received)
+        await self.delivery.deliver(outgoing, message)
+        if outgoing.dead_letter_reason is None:
+            self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
+        else:
+            self.metrics.event_dead_lettered(outgoing.dead_letter_reason)
+        await self.tracker.complete(tracked)
+        self.metrics.set_in_flight(self.tracker.count)
+
+    async def _refresh_lag(self) -> None:
+        while True:
+            lags = {}
+            committed = self.app.monitor.tp_committed_offsets
+            for tp in self.assigned_partitions():
+                highwater = self.app.consumer.highwater(tp)
+                if highwater is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, highwater - committed.get(tp, 0))
+            self.metrics.set_lags(lags)
+            self.metrics.set_ready(self.readiness()[0])
+            await asyncio.sleep(LAG_REFRESH_S)
