@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from worker.cli import build_parser
+from worker.cli import build_parser, main
 from worker.config import (
     Settings,
     add_arguments,
@@ -123,3 +123,31 @@ def test_faust_environment_variables_do_not_override_settings(
     assert conf.broker_commit_interval == 1.0
     assert conf.broker_session_timeout == 3.0
     assert conf.consumer_auto_offset_reset == "earliest"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("answers_topic", "bad topic!"),
+        ("questions_topic", ""),
+        ("dead_letter_topic", ".."),
+        ("tags_topic", "t" * 250),
+        ("documents_topics", "docs=set,bad/topic"),
+    ],
+)
+def test_invalid_topic_names_are_refused_at_start_up(name: str, value: str) -> None:
+    extra = {"question_sets": Path("sets.yaml")} if name == "documents_topics" else {}
+    with pytest.raises(ConfigError, match="not a valid Kafka topic name") as caught:
+        Settings(**{name: value}, **extra)
+    assert flag_name(name) in str(caught.value)
+
+
+def test_topic_names_at_the_length_limit_are_accepted() -> None:
+    assert Settings(answers_topic="a" * 249, dead_letter_topic="a.b_c-D9").answers_topic
+
+
+def test_run_with_an_invalid_answers_topic_exits_2_naming_the_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--answers-topic", "bad topic!"]) == 2
+    assert "--answers-topic / QA_ANSWERS_TOPIC" in capsys.readouterr().err

@@ -16,11 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from worker.errors import ErrorCode
 from worker.events import (
     EventError,
     InputLimits,
     QuestionEvent,
     answer_event,
+    dead_letter_bytes,
     dead_letter_event,
     load_schema,
     parse_question,
@@ -742,3 +744,49 @@ def test_every_dead_letter_fits_its_schema_and_keeps_the_payload(
     else:
         assert dead_letter["payload"].encode() == (value or b"")
     assert datetime.fromisoformat(dead_letter["failed_at"]) == EPOCH + timedelta(milliseconds=now)
+
+
+def failed_letter(value: bytes) -> dict[str, Any]:
+    return dead_letter_event(
+        value, "questions", 3, 77, ErrorCode.CONTEXT_TOO_LARGE, "too big", "1.0", NOW
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "grows_by"),
+    [
+        # One byte of payload is one encoded byte, two bytes (JSON escaping), and base64.
+        (question_bytes(context="a" * 5_000), 1),
+        (question_bytes(context='"' * 2_500), 2),
+        (b"\xff" + b"\x00" * 4_000, 4 / 3),
+    ],
+    ids=["plain", "escaped", "base64"],
+)
+def test_a_dead_letter_fits_the_limit_at_under_and_over(value: bytes, grows_by: float) -> None:
+    letter = failed_letter(value)
+    whole = to_bytes(letter)
+    # At the limit and above it the record goes out whole.
+    for limit in (len(whole), len(whole) + 1):
+        assert dead_letter_bytes(letter, limit) == whole
+    # Just under it, and far under it, the payload is cut to fit and says so.
+    for limit in (len(whole) - 1, len(whole) // 2, 600):
+        fitted = dead_letter_bytes(letter, limit)
+        assert len(fitted) <= limit
+        record = json.loads(fitted)
+        VALIDATORS["dead-letter"].validate(record)
+        assert record["payload_truncated"] is True
+        assert record["payload_size"] == len(value)
+        assert record["source"] == {"topic": "questions", "partition": 3, "offset": 77}
+        assert letter["payload"].startswith(record["payload"])
+        # Cut no more than one step of the encoding short of the limit.
+        assert len(fitted) > limit - 4 * grows_by - 1
+        if letter["payload_encoding"] == "base64":
+            assert value.startswith(base64.b64decode(record["payload"]))
+
+
+def test_a_dead_letter_whose_id_alone_is_too_large_drops_the_id() -> None:
+    letter = failed_letter(question_bytes(id="i" * 3_000, context="c" * 3_000))
+    assert letter["id"] == "i" * 3_000
+    record = json.loads(dead_letter_bytes(letter, 1_000))
+    assert "id" not in record and record["payload_truncated"] is True
+    VALIDATORS["dead-letter"].validate(record)

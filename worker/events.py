@@ -294,6 +294,51 @@ def dead_letter_event(
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
+# When even an empty payload does not fit, the reason is cut to this and the id left out.
+_SHORT_REASON_CHARS = 200
+
+
+def dead_letter_bytes(dead_letter: dict[str, Any], max_bytes: int) -> bytes:
+    """`dead_letter` as a record value of at most `max_bytes`, its payload cut to fit.
+
+    A cut payload is a prefix of the original (whole characters, or whole base64 quads), marked
+    with `payload_truncated` and the original value's size in `payload_size`; source topic,
+    partition and offset always stay, so the original can be read again from the topic.
+    """
+    encoded = to_bytes(dead_letter)
+    if len(encoded) <= max_bytes:
+        return encoded
+    payload: str = dead_letter["payload"]
+    is_text = dead_letter["payload_encoding"] == "utf-8"
+    original_size = len(payload.encode("utf-8")) if is_text else len(base64.b64decode(payload))
+    fitted: dict[str, Any] = {}
+    for key, item in dead_letter.items():
+        fitted[key] = "" if key == "payload" else item
+        if key == "payload_encoding":
+            fitted["payload_truncated"] = True
+            fitted["payload_size"] = original_size
+    room = max_bytes - len(to_bytes(fitted))
+    if room < 0:
+        fitted.pop("id", None)
+        message = fitted["error"]["message"]
+        fitted["error"] = {**fitted["error"], "message": message[:_SHORT_REASON_CHARS]}
+        room = max_bytes - len(to_bytes(fitted))
+        if room < 0:
+            raise ValueError(f"a dead letter cannot fit in {max_bytes} bytes")
+    if is_text:
+        # Escaping makes the encoded size grow with the prefix, but not in step with it.
+        low, high = 0, len(payload)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(_ENCODER.encode(payload[:middle]).encode("utf-8")) - 2 <= room:
+                low = middle
+            else:
+                high = middle - 1
+        fitted["payload"] = payload[:low]
+    else:
+        fitted["payload"] = payload[: room // 4 * 4]
+    return to_bytes(fitted)
+
 
 def to_bytes(event: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON; raises ValueError on a NaN or infinity, which JSON cannot carry."""

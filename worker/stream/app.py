@@ -13,6 +13,7 @@ import faust
 
 from ..config import Settings
 from ..metrics import WorkerMetrics
+from .delivery import MAX_REQUEST_BYTES
 from .transport import FetchWaitTransport, faust_credentials
 
 __all__ = ["CommitSensor", "Topics", "build_app"]
@@ -40,6 +41,7 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         stream_buffer_maxsize=max(16, settings.max_in_flight),
         broker_max_poll_records=max(16, settings.max_in_flight),
         producer_acks=-1,
+        producer_max_request_size=MAX_REQUEST_BYTES,
         # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
         # environment, and they win over these arguments; the worker's settings come only
         # from Settings, so faust gets an empty environment.
