@@ -17,6 +17,7 @@ from worker import __version__
 from worker.errors import ErrorCode
 from worker.http import HealthServer
 from worker.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
+from worker.stream.app import CommitSensor
 
 
 @dataclass
@@ -408,3 +409,26 @@ async def test_lifecycle(metrics: WorkerMetrics, http: aiohttp.ClientSession) ->
         _ = server.port
     with pytest.raises(aiohttp.ClientConnectionError):
         await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_commits_that_move_no_offset_leave_the_commit_age_rising(
+    metrics: WorkerMetrics, clock: FakeClock, server: HealthServer, http: aiohttp.ClientSession
+) -> None:
+    since = "qa_worker_seconds_since_last_commit"
+    committed: dict[str, int] = {}
+    sensor = CommitSensor(metrics, lambda: committed)
+    committed["questions-0"] = 5
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0
+    # faust commits every interval; with every event stuck in flight nothing moves.
+    for _ in range(30):
+        clock.advance(1.0)
+        sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == pytest.approx(30.0)
+    committed["questions-1"] = 1
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0
+    clock.advance(2.0)
+    committed["questions-1"] = 9
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0

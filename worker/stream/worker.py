@@ -111,7 +111,7 @@ class QAWorker(AsyncLifecycle):
             documents = self.topics.subscribe(*self._topic_sets)
             self.topics(settings.tags_topic)
             app.agent(documents, name="tag-documents")(self._consumer(self.handlers.tag_document))
-        app.sensors.add(CommitSensor(self.metrics))
+        app.sensors.add(CommitSensor(self.metrics, lambda: app.monitor.tp_committed_offsets))
         app.on_partitions_revoked.connect(self._revoked)
         return app
 
