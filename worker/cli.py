@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -177,7 +178,18 @@ def command_tag(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return asyncio.run(streaming.run_worker(Settings.from_sources(args)))
+    settings = Settings.from_sources(args)
+    runner = asyncio.Runner()
+    code = runner.run(streaming.run_worker(settings))
+    if code != 0:
+        # A drain that ran out of time leaves faust's stop (and its consumer thread) running,
+        # and closing the loop would wait for it; what was not committed is redelivered after a
+        # restart, so nothing is lost by leaving now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    runner.close()
+    return code
 
 
 def command_demo(args: argparse.Namespace) -> int:
