@@ -254,8 +254,8 @@ def taken_port() -> Iterator[int]:
 async def test_start_moves_on_when_another_process_takes_the_port(
     monkeypatch: pytest.MonkeyPatch, taken_port: int
 ) -> None:
-    ports = iter([taken_port, broker_module._free_port()])
-    monkeypatch.setattr(broker_module, "_free_port", lambda: next(ports))
+    ports = iter([taken_port, broker_module.free_port()])
+    monkeypatch.setattr(broker_module, "free_port", lambda: next(ports))
 
     async with EmbeddedBroker() as broker:
         assert broker.bootstrap_servers != f"{HOST}:{taken_port}"
@@ -265,7 +265,7 @@ async def test_start_moves_on_when_another_process_takes_the_port(
 async def test_start_failure_shows_the_broker_output(
     monkeypatch: pytest.MonkeyPatch, taken_port: int
 ) -> None:
-    monkeypatch.setattr(broker_module, "_free_port", lambda: taken_port)
+    monkeypatch.setattr(broker_module, "free_port", lambda: taken_port)
     broker = EmbeddedBroker()
 
     with pytest.raises(BrokerError, match="exited with code") as failure:

@@ -107,8 +107,12 @@ async def test_answers_through_the_broker_equal_offline_answers(
                 )
             finally:
                 # A signal and a `finally` may both stop the worker: both get the one drain.
-                drains = await asyncio.gather(worker.stop(), worker.stop())
+                stopping = asyncio.gather(worker.stop(), worker.stop())
+                await asyncio.sleep(0)  # one turn of the loop: the drain has begun, not ended
+                during_drain = worker.readiness()
+                drains = await stopping
             assert drains == [True, True]
+            assert during_drain == (False, "stopping: draining in-flight events")
             assert await worker.stop() is True
 
     assert readiness["ready"] is True

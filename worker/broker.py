@@ -47,7 +47,15 @@ if TYPE_CHECKING:
     from .config import Settings
     from .local_s3 import LocalS3
 
-__all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "file_tail", "find_tansu"]
+__all__ = [
+    "FETCH_WAIT_MS",
+    "BrokerError",
+    "EmbeddedBroker",
+    "file_tail",
+    "find_tansu",
+    "free_port",
+    "stop_process_group",
+]
 
 HOST = "127.0.0.1"
 
@@ -114,10 +122,26 @@ def find_tansu() -> Path:
     return resource
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free at the moment of asking (another process may take it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+async def stop_process_group(process: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM a child started with `process_group=0` (its pid is its group id), then SIGKILL
+    after `timeout`; does nothing when it has already exited."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 class EmbeddedBroker(AsyncLifecycle):
@@ -175,7 +199,7 @@ class EmbeddedBroker(AsyncLifecycle):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = _free_port()
+            port = free_port()
             await self._spawn(binary, port)
             try:
                 await self._wait_ready(port, deadline)
@@ -293,16 +317,8 @@ class EmbeddedBroker(AsyncLifecycle):
         """Stop the broker: SIGTERM, then SIGKILL after `stop_timeout`. Safe to call again."""
         async with self._stop_lock:
             process, self._process, self._port = self._process, None, None
-            if process is not None and process.returncode is None:
-                # process_group=0 made the broker's pid its process group id.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), self.stop_timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
+            if process is not None:
+                await stop_process_group(process, self.stop_timeout)
             if self._output is not None:
                 self._output.close()
                 self._output = None

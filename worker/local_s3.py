@@ -15,28 +15,19 @@ moto's server comes with `moto[server]` (the dev extra); it serves on loopback o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import socket
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from typing import IO
 
-from .broker import HOST, BrokerError, file_tail
+from .broker import HOST, BrokerError, file_tail, free_port, stop_process_group
 from .lifecycle import AsyncLifecycle
 
 __all__ = ["LocalS3"]
 
 _OUTPUT_TAIL_LINES = 20
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+_STOP_TIMEOUT_S = 10.0
 
 
 class LocalS3(AsyncLifecycle):
@@ -73,7 +64,7 @@ class LocalS3(AsyncLifecycle):
     async def start(self) -> None:
         if self._process is not None:
             raise BrokerError("The S3 server is already running.")
-        port = _free_port()
+        port = free_port()
         self._output = tempfile.TemporaryFile(prefix="moto-")  # noqa: SIM115 (closed by stop())
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -125,15 +116,8 @@ class LocalS3(AsyncLifecycle):
 
     async def stop(self) -> None:
         process, self._process, self._port = self._process, None, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
+        if process is not None:
+            await stop_process_group(process, _STOP_TIMEOUT_S)
         if self._output is not None:
             self._output.close()
             self._output = None
