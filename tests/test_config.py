@@ -1,10 +1,22 @@
 import argparse
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from worker.config import Settings, add_arguments, markdown_table
+from worker.cli import build_parser, main
+from worker.config import (
+    Settings,
+    add_arguments,
+    base_type,
+    flag_name,
+    markdown_table,
+    parse_value,
+)
 from worker.errors import ConfigError
+from worker.stream.app import build_app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -76,3 +88,75 @@ def test_the_sasl_password_stays_out_of_the_repr() -> None:
     assert "hunter2-secret" not in repr(settings) and "sasl_password" not in repr(settings)
     assert "sasl_username='qa'" in repr(settings)
     assert settings.sasl_password == "hunter2-secret"
+
+
+def readme_settings() -> list[str]:
+    """The setting names the README's configuration table lists, by their flags."""
+    flags = re.findall(r"^\| `(--[a-z-]+)` \| `QA_", README.read_text(encoding="utf-8"), re.M)
+    return [flag.removeprefix("--").replace("-", "_") for flag in flags]
+
+
+def sample_argv(spec: dataclasses.Field[Any]) -> tuple[list[str], Any]:
+    """Flags that set `spec` to a value other than its default, and that value."""
+    kind = base_type(spec)
+    if kind is bool:
+        value = not spec.default
+        return [("--" if value else "--no-") + spec.name.replace("_", "-")], value
+    choices = spec.metadata["choices"]
+    raw = choices[-1] if choices else {int: "7", float: "2.5", Path: "/tmp/x"}.get(kind, "x.y")
+    return [flag_name(spec.name), raw], parse_value(spec, raw)
+
+
+def test_the_readme_table_lists_every_setting() -> None:
+    assert readme_settings() == [spec.name for spec in dataclasses.fields(Settings)]
+
+
+@pytest.mark.parametrize("name", readme_settings())
+def test_every_flag_in_the_readme_works_on_run(name: str) -> None:
+    spec = next(spec for spec in dataclasses.fields(Settings) if spec.name == name)
+    argv, value = sample_argv(spec)
+    args = build_parser().parse_args(["run", *argv])
+    assert getattr(args, name) == value != spec.default
+
+
+def test_faust_environment_variables_do_not_override_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # faust's own names; before, BROKER_COMMIT_INTERVAL=6 made one commit in 14 s.
+    monkeypatch.setenv("BROKER_COMMIT_INTERVAL", "6")
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "99")
+    monkeypatch.setenv("CONSUMER_AUTO_OFFSET_RESET", "latest")
+    monkeypatch.setenv("APP_ENV_PREFIX", "OTHER_")
+    settings = Settings(commit_interval_s=1.0, session_timeout_s=3.0)
+    conf = build_app(settings, str(tmp_path)).conf
+    assert conf.broker_commit_interval == 1.0
+    assert conf.broker_session_timeout == 3.0
+    assert conf.consumer_auto_offset_reset == "earliest"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("answers_topic", "bad topic!"),
+        ("questions_topic", ""),
+        ("dead_letter_topic", ".."),
+        ("tags_topic", "t" * 250),
+        ("documents_topics", "docs=set,bad/topic"),
+    ],
+)
+def test_invalid_topic_names_are_refused_at_start_up(name: str, value: str) -> None:
+    extra = {"question_sets": Path("sets.yaml")} if name == "documents_topics" else {}
+    with pytest.raises(ConfigError, match="not a valid Kafka topic name") as caught:
+        Settings(**{name: value}, **extra)
+    assert flag_name(name) in str(caught.value)
+
+
+def test_topic_names_at_the_length_limit_are_accepted() -> None:
+    assert Settings(answers_topic="a" * 249, dead_letter_topic="a.b_c-D9").answers_topic
+
+
+def test_run_with_an_invalid_answers_topic_exits_2_naming_the_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--answers-topic", "bad topic!"]) == 2
+    assert "--answers-topic / QA_ANSWERS_TOPIC" in capsys.readouterr().err

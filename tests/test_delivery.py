@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
 from worker.errors import ErrorCode
 from worker.stream.delivery import (
@@ -130,3 +131,28 @@ def test_reply_to_field_wins_over_the_header() -> None:
     assert routing.requested(message, "from-event") == "from-event"
     assert routing.requested(message, None) == "from-header"
     assert routing.requested(FakeMessage(), None) is None
+
+
+def faust_wrapped(error: KafkaError) -> ProducerSendError:
+    """What faust's producer raises for an aiokafka error: ProducerSendError from it."""
+    try:
+        raise ProducerSendError(f"Error while sending: {error!r}") from error
+    except ProducerSendError as wrapped:
+        return wrapped
+
+
+async def test_a_faust_wrapped_too_large_error_still_becomes_a_dead_letter() -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(MessageSizeTooLargeError())])
+    await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
+    [sent] = topics["dead"].sent
+    assert sent["value"].startswith(b"answer_too_large: ")
+
+
+async def test_a_faust_wrapped_connection_error_is_retried() -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(KafkaConnectionError())])
+    await asyncio.wait_for(
+        delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), FakeMessage()), 5.0
+    )
+    assert [sent["value"] for sent in topics["answers"].sent] == [b"answer"] * 2

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import tomllib
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from worker.errors import ErrorCode
 from worker.events import (
     EventError,
     InputLimits,
     QuestionEvent,
     answer_event,
+    dead_letter_bytes,
     dead_letter_event,
     load_schema,
     parse_question,
@@ -326,11 +329,35 @@ def test_long_bad_values_are_cut_short_in_messages() -> None:
     assert '"top_k" must be an integer from 1 to 20, got "yyyy' in error.message
 
 
-@pytest.mark.parametrize("question", ["", " ", "\t\n ", "\u3000\u00a0"])
+INVISIBLE_TEXTS = [
+    "",
+    " ",
+    "\t\n ",
+    "\u3000\u00a0",
+    "\u200b\u200b\u200d",
+    "\ufeff\u2060\u200c \x00",
+]
+
+
+@pytest.mark.parametrize("question", INVISIBLE_TEXTS)
 def test_empty_question(question: str) -> None:
     error = rejection(question_bytes(question=question))
     assert error.code == "empty_question"
-    assert error.message.startswith('"question" must contain more than whitespace, got "')
+    assert error.message.startswith('"question" must contain a visible character, got "')
+
+
+# "" breaks the schema's minLength first: invalid_event.
+@pytest.mark.parametrize("context", INVISIBLE_TEXTS[1:])
+def test_empty_context(context: str) -> None:
+    error = rejection(question_bytes(context=context))
+    assert error.code == "empty_context"
+    assert error.message.startswith('"context" must contain a visible character, got "')
+
+
+@pytest.mark.parametrize("text", ["\u200bx", "\u0301", "\u200d\U0001f600"])
+def test_one_visible_character_is_enough(text: str) -> None:
+    event = parse(question_bytes(question=text, context=text))
+    assert (event.question, event.context) == (text, text)
 
 
 @pytest.mark.parametrize(
@@ -595,14 +622,23 @@ documents = st.builds(
 )
 
 
+def invisible(text: str) -> bool:
+    return all(
+        char.isspace() or unicodedata.category(char) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+        for char in text
+    )
+
+
 def expected_code(document: Any) -> str | None:
     """What parse_question should say, from jsonschema plus the code-only checks in order."""
     if not VALIDATORS["question"].is_valid(document):
         return "invalid_event"
-    if not document["question"].strip():
+    if invisible(document["question"]):
         return "empty_question"
     if len(document["question"]) > PROPERTY_LIMITS.max_question_chars:
         return "question_too_large"
+    if invisible(document["context"]):
+        return "empty_context"
     if len(document["context"]) > PROPERTY_LIMITS.max_context_chars:
         return "context_too_large"
     return None
@@ -708,3 +744,49 @@ def test_every_dead_letter_fits_its_schema_and_keeps_the_payload(
     else:
         assert dead_letter["payload"].encode() == (value or b"")
     assert datetime.fromisoformat(dead_letter["failed_at"]) == EPOCH + timedelta(milliseconds=now)
+
+
+def failed_letter(value: bytes) -> dict[str, Any]:
+    return dead_letter_event(
+        value, "questions", 3, 77, ErrorCode.CONTEXT_TOO_LARGE, "too big", "1.0", NOW
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "grows_by"),
+    [
+        # One byte of payload is one encoded byte, two bytes (JSON escaping), and base64.
+        (question_bytes(context="a" * 5_000), 1),
+        (question_bytes(context='"' * 2_500), 2),
+        (b"\xff" + b"\x00" * 4_000, 4 / 3),
+    ],
+    ids=["plain", "escaped", "base64"],
+)
+def test_a_dead_letter_fits_the_limit_at_under_and_over(value: bytes, grows_by: float) -> None:
+    letter = failed_letter(value)
+    whole = to_bytes(letter)
+    # At the limit and above it the record goes out whole.
+    for limit in (len(whole), len(whole) + 1):
+        assert dead_letter_bytes(letter, limit) == whole
+    # Just under it, and far under it, the payload is cut to fit and says so.
+    for limit in (len(whole) - 1, len(whole) // 2, 600):
+        fitted = dead_letter_bytes(letter, limit)
+        assert len(fitted) <= limit
+        record = json.loads(fitted)
+        VALIDATORS["dead-letter"].validate(record)
+        assert record["payload_truncated"] is True
+        assert record["payload_size"] == len(value)
+        assert record["source"] == {"topic": "questions", "partition": 3, "offset": 77}
+        assert letter["payload"].startswith(record["payload"])
+        # Cut no more than one step of the encoding short of the limit.
+        assert len(fitted) > limit - 4 * grows_by - 1
+        if letter["payload_encoding"] == "base64":
+            assert value.startswith(base64.b64decode(record["payload"]))
+
+
+def test_a_dead_letter_whose_id_alone_is_too_large_drops_the_id() -> None:
+    letter = failed_letter(question_bytes(id="i" * 3_000, context="c" * 3_000))
+    assert letter["id"] == "i" * 3_000
+    record = json.loads(dead_letter_bytes(letter, 1_000))
+    assert "id" not in record and record["payload_truncated"] is True
+    VALIDATORS["dead-letter"].validate(record)

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from worker.batcher import Answered, DeadlineExceeded
 from worker.config import Settings
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAOptions, QAResult
+from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room
 from worker.stream.handlers import EventHandlers
 from worker.tagging import QuestionSet, TagField
 
@@ -148,3 +150,61 @@ async def test_a_document_without_a_usable_set_is_dead_lettered(
     document = json.dumps({"id": "d1", "text": "Acme paid 5.", **fields}).encode()
     outgoing = await handlers(FakeBatcher()).tag_document(FakeMessage(document, topic=topic), 0)
     assert outgoing.dead_letter_reason is code and outgoing.topic == "qa-dead-letters"
+
+
+async def answer_with_metadata(metadata_text: str) -> tuple[Outgoing, int]:
+    message = FakeMessage(question(metadata={"note": metadata_text}))
+    return await handlers(FakeBatcher()).answer_question(message, 0.0), value_room(message)
+
+
+@pytest.mark.parametrize("char", ["x", '"'], ids=["plain", "escaped"])
+async def test_an_answer_too_large_to_send_is_an_answer_too_large_dead_letter(char: str) -> None:
+    # Each '"' is two bytes once JSON-escaped.
+    per_char = len(json.dumps(char)) - 2
+    probe, room = await answer_with_metadata("")
+    # Timings vary in width, so aim a few bytes inside the limit and check both sides of it.
+    fitting = (room - len(probe.value) - 16) // per_char
+    outgoing, _ = await answer_with_metadata(char * fitting)
+    assert outgoing.dead_letter_reason is None and len(outgoing.value) <= room
+    over = (room - len(probe.value) + 16) // per_char + 1
+    outgoing, _ = await answer_with_metadata(char * over)
+    assert outgoing.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
+    assert outgoing.topic == "qa-dead-letters" and len(outgoing.value) <= room
+    letter = json.loads(outgoing.value)
+    assert letter["payload_truncated"] is True
+    assert "maximum request size" in letter["error"]["message"]
+
+
+async def test_a_record_with_large_key_and_headers_leaves_less_room() -> None:
+    plain = FakeMessage(question())
+    heavy = FakeMessage(question(), key=b"k" * 1000, headers=[("trace", b"t" * 2000)])
+    assert value_room(plain) - value_room(heavy) >= 3000
+    assert value_room(heavy) < MAX_REQUEST_BYTES - 3000
+
+
+@pytest.mark.parametrize(
+    "context",
+    ["lorem ipsum " * 83_333, '"' * 300_000],
+    ids=["1MB-context", "300k-quotes"],
+)
+async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
+    message = FakeMessage(question(context=context))
+    outgoing = await handlers(FakeBatcher()).answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        message.key, outgoing.value, list(message.headers)
+    )
+    assert size <= MAX_REQUEST_BYTES
+    letter = json.loads(outgoing.value)
+    assert (letter["id"], letter["payload_size"]) == ("q1", len(message.value))
+    assert letter["payload_truncated"] is True
+
+
+@pytest.mark.parametrize("reply_to", ["replies.bad name!", "replies." + "x" * 250, ".."])
+async def test_an_invalid_reply_topic_is_dead_lettered_before_inference(reply_to: str) -> None:
+    batcher = FakeBatcher()
+    message = FakeMessage(question(reply_to=reply_to))
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
+    assert "not a valid Kafka topic name" in json.loads(outgoing.value)["error"]["message"]
+    assert batcher.asked == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from worker import __version__
 from worker.errors import ErrorCode
 from worker.http import HealthServer
 from worker.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
+from worker.stream.app import CommitSensor
 
 
 @dataclass
@@ -339,6 +341,37 @@ async def test_scrapes_and_probes_leave_no_access_log(
     assert [record for record in caplog.records if record.name == "aiohttp.access"] == []
 
 
+MALFORMED_REQUESTS = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /\x00 HTTP/1.1\r\n\r\n",
+)
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_REQUESTS)
+async def test_a_malformed_request_logs_one_line_and_the_server_goes_on(
+    request_bytes: bytes,
+    server: HealthServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.0 400") or reply.startswith(b"HTTP/1.1 400")
+    logged = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert len(logged) == 1, [record.getMessage() for record in logged]
+    assert logged[0].levelno == logging.WARNING
+    assert logged[0].exc_info is None
+    assert "malformed HTTP, answered 400" in logged[0].getMessage()
+    assert "\n" not in logged[0].getMessage()
+    async with http.get(f"http://127.0.0.1:{server.port}/healthz") as response:
+        assert response.status == 200
+
+
 async def test_two_workers_in_one_process(http: aiohttp.ClientSession) -> None:
     first, second = WorkerMetrics(), WorkerMetrics()
     first.event_received("questions")
@@ -376,3 +409,26 @@ async def test_lifecycle(metrics: WorkerMetrics, http: aiohttp.ClientSession) ->
         _ = server.port
     with pytest.raises(aiohttp.ClientConnectionError):
         await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_commits_that_move_no_offset_leave_the_commit_age_rising(
+    metrics: WorkerMetrics, clock: FakeClock, server: HealthServer, http: aiohttp.ClientSession
+) -> None:
+    since = "qa_worker_seconds_since_last_commit"
+    committed: dict[str, int] = {}
+    sensor = CommitSensor(metrics, lambda: committed)
+    committed["questions-0"] = 5
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0
+    # faust commits every interval; with every event stuck in flight nothing moves.
+    for _ in range(30):
+        clock.advance(1.0)
+        sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == pytest.approx(30.0)
+    committed["questions-1"] = 1
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0
+    clock.advance(2.0)
+    committed["questions-1"] = 9
+    sensor.on_commit_completed(None, None)
+    assert (await scrape(http, server)).value(since) == 0

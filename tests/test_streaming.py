@@ -108,8 +108,12 @@ async def test_answers_through_the_broker_equal_offline_answers(
                 )
             finally:
                 # A signal and a `finally` may both stop the worker: both get the one drain.
-                drains = await asyncio.gather(worker.stop(), worker.stop())
+                stopping = asyncio.gather(worker.stop(), worker.stop())
+                await asyncio.sleep(0)  # one turn of the loop: the drain has begun, not ended
+                during_drain = worker.readiness()
+                drains = await stopping
             assert drains == [True, True]
+            assert during_drain == (False, "stopping: draining in-flight events")
             assert await worker.stop() is True
 
     assert readiness["ready"] is True
@@ -159,7 +163,13 @@ async def test_bad_input_is_dead_lettered_while_the_rest_is_answered(
         "invalid_json": b"{not json",
         "invalid_utf8": b'{"id": "x", "question": "\xff\xfe"}',
         "invalid_event": json.dumps({"id": "no-context", "question": "q?"}).encode(),
-        "empty_question": json.dumps({"id": "e", "question": "  ", "context": "c"}).encode(),
+        # Zero-width characters only: the model would "answer" them.
+        "empty_question": json.dumps(
+            {"id": "e", "question": "\u200b\u200b\u200d", "context": "c"}
+        ).encode(),
+        "empty_context": json.dumps(
+            {"id": "ec", "question": "q?", "context": "\u200b \u2060"}
+        ).encode(),
         "question_too_large": json.dumps(
             {"id": "long-q", "question": "why " * 100, "context": "c"}
         ).encode(),
@@ -344,3 +354,55 @@ async def test_backpressure_bounds_memory_and_in_flight_events(
     # Taken from Kafka but not answered: the in-flight events plus faust's small stream buffer.
     assert peak_ahead <= 3 * settings.max_in_flight
     assert peak_rss - baseline < 40 * 1024 * 1024
+
+
+async def test_events_too_large_to_echo_get_one_dead_letter_each_and_stop_nothing(
+    exported_models: dict[str, Path],
+) -> None:
+    model = exported_models["bert"]
+    good = question_values(texts.pairs(seed=9, count=40), prefix="good")
+    huge = {
+        "lorem": ({"context": "lorem ipsum " * 83_333}, "context_too_large"),
+        "quotes": ({"context": '"' * 300_000}, "context_too_large"),
+        "metadata": ({"context": "c d", "metadata": {"m": "x" * 1_000_000}}, "answer_too_large"),
+        "reply": ({"context": "c d", "reply_to": "replies.bad name!"}, "invalid_reply_topic"),
+    }
+    bad = [
+        json.dumps({"id": name, "question": "what?", **fields}).encode()
+        for name, (fields, _) in huge.items()
+    ]
+    # Each huge event sits among valid ones, on every partition the keys spread them over.
+    values = [*good[:10], bad[0], *good[10:20], bad[1], *good[20:30], bad[2], bad[3], *good[30:]]
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(broker.bootstrap_servers, model, reply_topics="replies.*")
+        worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        await worker.start()
+        try:
+            stored = await produce(broker.bootstrap_servers, values, topic="questions")
+            records = await collect(
+                broker.bootstrap_servers, [ANSWERS, DEAD_LETTERS], len(values), timeout=60
+            )
+            ends: dict[int, int] = {}
+            for partition, offset in stored:
+                ends[partition] = max(ends.get(partition, 0), offset + 1)
+
+            async def all_committed() -> bool:
+                committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
+                return all(committed[p] == end for p, end in ends.items())
+
+            await wait_until(all_committed, timeout=30, what="every offset to be committed")
+        finally:
+            await worker.stop()
+    answers = [r.json()["id"] for r in records if r.topic == ANSWERS]
+    assert sorted(answers) == sorted(json.loads(v)["id"] for v in good)
+    letters = {r.json()["id"]: r for r in records if r.topic == DEAD_LETTERS}
+    assert len([r for r in records if r.topic == DEAD_LETTERS]) == len(huge)
+    for name, (_, code) in huge.items():
+        letter = letters[name].json()
+        assert letter["error"]["code"] == code, letter["error"]
+        assert letter["source"]["topic"] == "questions"
+    for name in ("lorem", "quotes", "metadata"):
+        letter = letters[name].json()
+        assert letter["payload_truncated"] is True
+        assert letter["payload_size"] == len(bad[list(huge).index(name)])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,52 @@ async def test_sigterm_drains_in_flight_events_and_commits_them(
                 process.send_signal(signal.SIGTERM)
                 assert process.wait(timeout=60) == 0
             assert len(answers.ids()) == len(values), "a drained event was answered twice"
+
+
+async def test_sigterm_exits_within_the_drain_timeout_under_heavy_load(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    drain_timeout_s = 2.0
+    # Contexts at the length limit: hundreds of windows each, far more than 2 s of work.
+    long_context = " ".join(texts.pairs(seed=3, count=400)[i][1] for i in range(400))[:100_000]
+    values = question_values([("What is it?", long_context)] * 60)
+    log = tmp_path / "worker.log"
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(
+            broker.bootstrap_servers,
+            exported_models["bert"],
+            batch_size=4,
+            drain_timeout_s=drain_timeout_s,
+        )
+        await produce(broker.bootstrap_servers, values)
+        async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
+            process = start_worker_process(settings, log)
+            try:
+                await wait_until(
+                    lambda: len(answers.records) >= 1, timeout=120, what="the first answer"
+                )
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, drain_timeout_s + 20)
+                took = time.monotonic() - signalled
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            output = log.read_text()
+            assert took < drain_timeout_s + 5, f"exit took {took:.1f} s\n{output[-3000:]}"
+            # Work was left in flight: not a clean drain, and the exit code says so.
+            assert code == 1, output[-3000:]
+            assert "still in flight after 2 s" in output
+            print(f"\nSIGTERM to exit: {took:.2f} s (drain timeout {drain_timeout_s} s)")
+
+            process = start_worker_process(settings, log)
+            try:
+                await wait_until(
+                    lambda: len(set(answers.ids())) == len(values),
+                    timeout=600,
+                    what="the restarted worker to answer every event",
+                )
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)

@@ -46,8 +46,17 @@ from .stream.transport import create_topics
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .local_s3 import LocalS3
 
-__all__ = ["FETCH_WAIT_MS", "BrokerError", "EmbeddedBroker", "file_tail", "find_tansu"]
+__all__ = [
+    "FETCH_WAIT_MS",
+    "BrokerError",
+    "EmbeddedBroker",
+    "file_tail",
+    "find_tansu",
+    "free_port",
+    "stop_process_group",
+]
 
 HOST = "127.0.0.1"
 
@@ -115,21 +124,47 @@ def find_tansu() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on the loopback address that nothing listens on right now."""
+    """A loopback port free at the moment of asking (another process may take it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
-class EmbeddedBroker(AsyncLifecycle):
-    """A single-node, memory-backed tansu broker running as a child process.
+async def stop_process_group(process: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM a child started with `process_group=0` (its pid is its group id), then SIGKILL
+    after `timeout`; does nothing when it has already exited."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
-    Nothing survives `stop()`: topics, messages and committed offsets live in the process.
+
+class EmbeddedBroker(AsyncLifecycle):
+    """A single-node tansu broker running as a child process.
+
+    By default its storage is memory: nothing survives `stop()` or `kill()`. With `storage` (a
+    started `LocalS3`) topics, records and committed offsets live in that bucket, so `kill()`
+    then `restart()` brings the same broker back on the same port.
     """
 
-    def __init__(self, *, start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        storage: LocalS3 | None = None,
+    ) -> None:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.storage = storage
+        # Kept after kill() for restart(): clients reconnect to the address they know.
+        self._last_port: int | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._output: IO[bytes] | None = None
         self._port: int | None = None
@@ -177,12 +212,40 @@ class EmbeddedBroker(AsyncLifecycle):
                 if lost_port and attempt < _PORT_ATTEMPTS:
                     continue
                 raise
-            self._port = port
+            self._port = self._last_port = port
             return
+
+    async def kill(self) -> None:
+        """SIGKILL the broker, as a crash would; `restart()` brings it back on the same port."""
+        process = self._process
+        if process is None:
+            raise BrokerError("The broker is not running.")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        self._process, self._port = None, None
+
+    async def restart(self) -> None:
+        """Start again on the port of the last run; with S3 storage nothing stored is lost."""
+        if self._process is not None:
+            raise BrokerError("The broker is still running: `kill()` or `stop()` it first.")
+        if self._last_port is None:
+            raise BrokerError("The broker never ran: call `start()`.")
+        port = self._last_port
+        deadline = asyncio.get_running_loop().time() + self.start_timeout
+        await self._spawn(find_tansu(), port)
+        try:
+            await self._wait_ready(port, deadline)
+        except BaseException:
+            await self.stop()
+            raise
+        self._port = port
 
     async def _spawn(self, binary: Path, port: int) -> None:
         url = f"tcp://{HOST}:{port}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        if self.storage is not None:
+            env.update(self.storage.environment())
         # A file rather than a pipe: nobody reads the output while the broker runs, and a full
         # pipe would block the broker; the file is read only to explain a failure.
         self._output = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 (closed by stop())
@@ -194,7 +257,7 @@ class EmbeddedBroker(AsyncLifecycle):
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            "memory://tansu/" if self.storage is None else self.storage.storage_url,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._output,
             stderr=asyncio.subprocess.STDOUT,
@@ -255,16 +318,8 @@ class EmbeddedBroker(AsyncLifecycle):
         """Stop the broker: SIGTERM, then SIGKILL after `stop_timeout`. Safe to call again."""
         async with self._stop_lock:
             process, self._process, self._port = self._process, None, None
-            if process is not None and process.returncode is None:
-                # process_group=0 made the broker's pid its process group id.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), self.stop_timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
+            if process is not None:
+                await stop_process_group(process, self.stop_timeout)
             if self._output is not None:
                 self._output.close()
                 self._output = None

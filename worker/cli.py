@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -191,7 +192,18 @@ def command_tag(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return asyncio.run(streaming.run_worker(Settings.from_sources(args)))
+    settings = Settings.from_sources(args)
+    runner = asyncio.Runner()
+    code = runner.run(streaming.run_worker(settings))
+    if code != 0:
+        # A drain that ran out of time leaves faust's stop (and its consumer thread) running,
+        # and closing the loop would wait for it; what was not committed is redelivered after a
+        # restart, so nothing is lost by leaving now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    runner.close()
+    return code
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -279,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(handler=command_tag)
 
     run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
-    add_arguments(run, ("model", "qa", "batching", "kafka", "worker"))
+    add_arguments(run, ("model", "qa", "batching", "kafka", "tagging", "worker"))
     run.set_defaults(handler=command_run)
 
     demo = commands.add_parser(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -202,6 +203,15 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        for name in ("questions_topic", "answers_topic", "dead_letter_topic", "tags_topic"):
+            problem = topic_name_problem(getattr(self, name))
+            if problem is not None:
+                raise ConfigError(f"{describe(name)}: {problem}")
+        for item in (self.documents_topics or "").split(","):
+            topic = item.partition("=")[0].strip()
+            problem = None if not item.strip() else topic_name_problem(topic)
+            if problem is not None:
+                raise ConfigError(f"{describe('documents_topics')}: {problem}")
         positive = (
             "top_k",
             "max_answer_len",
@@ -281,6 +291,21 @@ def settings_environment(
         if value is not None:
             environ[env_name(spec.name)] = str(value)
     return environ
+
+
+# Kafka's own rule (kafka.common.internals.Topic): a topic the broker would refuse leaves every
+# record sent to it failing, so names are checked before anything is sent.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse `name` as a topic name, or None when it is valid."""
+    if name in {".", ".."} or not _TOPIC_NAME.fullmatch(name):
+        return (
+            f"{name!r} is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', "
+            "'_' or '-', other than '.' and '..'"
+        )
+    return None
 
 
 def env_name(name: str) -> str:

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     QUESTION_TOO_LONG = "question_too_long"
     TOKENIZATION_FAILED = "tokenization_failed"
     # Routing and tagging.
+    INVALID_REPLY_TOPIC = "invalid_reply_topic"
     REPLY_TOPIC_NOT_ALLOWED = "reply_topic_not_allowed"
     MISSING_QUESTION_SET = "missing_question_set"
     UNKNOWN_QUESTION_SET = "unknown_question_set"

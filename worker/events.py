@@ -2,9 +2,9 @@
 
 The JSON Schemas in `worker.schemas` (the repository's schemas/ folder) are the contracts. Types,
 required fields and ranges of a question are checked by the schema alone, so code and schema
-cannot drift; the code adds only what a schema cannot say: a question with more than whitespace,
-the worker's character limits, a `created_at` that is a real instant, and JSON that every
-consumer reads alike (finite numbers, no unpaired surrogates).
+cannot drift; the code adds only what a schema cannot say: a question and a context with a
+visible character, the worker's character limits, a `created_at` that is a real instant, and JSON
+that every consumer reads alike (finite numbers, no unpaired surrogates).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -135,11 +136,7 @@ def parse_question(
     document = _decode(value)
     QUESTION.validate(document)
     question: str = document["question"]
-    if not question or question.isspace():
-        raise EventError(
-            ErrorCode.EMPTY_QUESTION,
-            f'"question" must contain more than whitespace, got {_shown(question)}',
-        )
+    _check_visible("question", question, ErrorCode.EMPTY_QUESTION)
     _check_size(
         "question",
         question,
@@ -148,6 +145,7 @@ def parse_question(
         ErrorCode.QUESTION_TOO_LARGE,
     )
     context: str = document["context"]
+    _check_visible("context", context, ErrorCode.EMPTY_CONTEXT)
     _check_size(
         "context",
         context,
@@ -299,6 +297,51 @@ def dead_letter_event(
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
+# When even an empty payload does not fit, the reason is cut to this and the id left out.
+_SHORT_REASON_CHARS = 200
+
+
+def dead_letter_bytes(dead_letter: dict[str, Any], max_bytes: int) -> bytes:
+    """`dead_letter` as a record value of at most `max_bytes`, its payload cut to fit.
+
+    A cut payload is a prefix of the original (whole characters, or whole base64 quads), marked
+    with `payload_truncated` and the original value's size in `payload_size`; source topic,
+    partition and offset always stay, so the original can be read again from the topic.
+    """
+    encoded = to_bytes(dead_letter)
+    if len(encoded) <= max_bytes:
+        return encoded
+    payload: str = dead_letter["payload"]
+    is_text = dead_letter["payload_encoding"] == "utf-8"
+    original_size = len(payload.encode("utf-8")) if is_text else len(base64.b64decode(payload))
+    fitted: dict[str, Any] = {}
+    for key, item in dead_letter.items():
+        fitted[key] = "" if key == "payload" else item
+        if key == "payload_encoding":
+            fitted["payload_truncated"] = True
+            fitted["payload_size"] = original_size
+    room = max_bytes - len(to_bytes(fitted))
+    if room < 0:
+        fitted.pop("id", None)
+        message = fitted["error"]["message"]
+        fitted["error"] = {**fitted["error"], "message": message[:_SHORT_REASON_CHARS]}
+        room = max_bytes - len(to_bytes(fitted))
+        if room < 0:
+            raise ValueError(f"a dead letter cannot fit in {max_bytes} bytes")
+    if is_text:
+        # Escaping makes the encoded size grow with the prefix, but not in step with it.
+        low, high = 0, len(payload)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(_ENCODER.encode(payload[:middle]).encode("utf-8")) - 2 <= room:
+                low = middle
+            else:
+                high = middle - 1
+        fitted["payload"] = payload[:low]
+    else:
+        fitted["payload"] = payload[: room // 4 * 4]
+    return to_bytes(fitted)
+
 
 def to_bytes(event: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON; raises ValueError on a NaN or infinity, which JSON cannot carry."""
@@ -415,6 +458,19 @@ def _shown(value: Any) -> str:
     if isinstance(value, str) and len(value) > _SHOWN_CHARS:
         return json.dumps(value[:_SHOWN_CHARS], ensure_ascii=False)[:-1] + '..."'
     return json.dumps(value, ensure_ascii=False)
+
+
+# Whitespace, control and format characters (zero-width space and joiners, word joiner, byte
+# order mark): a text made only of these reads as empty, and the model would "answer" it.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _check_visible(name: str, text: str, code: ErrorCode) -> None:
+    if all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in text):
+        raise EventError(
+            code,
+            f'"{name}" must contain a visible character, got {_shown(text)}',
+        )
 
 
 def _check_size(name: str, text: str, limit: int, setting: str, code: ErrorCode) -> None:

@@ -14,9 +14,12 @@ Routes:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .lifecycle import AsyncLifecycle
 from .metrics import WorkerMetrics
@@ -25,6 +28,21 @@ __all__ = ["HealthServer", "Readiness"]
 
 Readiness = Callable[[], tuple[bool, str]]
 """Says whether the worker is ready, and why (not)."""
+
+
+class _RequestErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, with a malformed request as one warning line, not a traceback.
+
+    aiohttp answers such a request 400 by itself; anything that reaches a port can send one, so
+    a traceback at ERROR would read as a fault of the worker.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            reason = exc_info.message.strip().splitlines()[0] if exc_info.message else ""
+            self.warning(f"{msg}: malformed HTTP, answered {exc_info.code}: %s", *args, reason)
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class HealthServer(AsyncLifecycle):
@@ -61,7 +79,9 @@ class HealthServer(AsyncLifecycle):
         app.router.add_get("/readyz", self._readyz)
         # Prometheus and the kubelet call every few seconds; an access line per call would
         # bury the worker's own log.
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(
+            app, access_log=None, logger=_RequestErrorLog(logging.getLogger("aiohttp.server"))
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self._requested_port).start()

@@ -39,8 +39,9 @@ Details:
 - In-flight events are consumed and neither answered nor dead-lettered yet.
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
-- Seconds since last commit is computed at scrape time; before the first commit it counts from
-  the worker's start.
+- Seconds since last commit counts from the last commit that moved an offset (faust also
+  commits when nothing moved), is computed at scrape time, and before the first such commit
+  counts from the worker's start.
 - Model info labels: `model`, `model_type`, `precision`, `checksum` (of the model folder) and
   `worker_version`; there is no series until a model is loaded, and one after.
 
@@ -180,7 +181,7 @@ class WorkerMetrics:
         )
         since_commit = gauge(
             "seconds_since_last_commit",
-            "Seconds since the last offset commit; before any commit, since the worker started.",
+            "Seconds since a commit last moved an offset; before that, since the worker started.",
         )
         since_commit.set_function(lambda: self._clock() - self._last_commit)
         self._model_info = gauge(

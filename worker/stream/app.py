@@ -7,12 +7,14 @@ with the fetch wait taken from the settings.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
 
 from ..config import Settings
 from ..metrics import WorkerMetrics
+from .delivery import MAX_REQUEST_BYTES
 from .transport import FetchWaitTransport, faust_credentials
 
 __all__ = ["CommitSensor", "Topics", "build_app"]
@@ -40,6 +42,11 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         stream_buffer_maxsize=max(16, settings.max_in_flight),
         broker_max_poll_records=max(16, settings.max_in_flight),
         producer_acks=-1,
+        producer_max_request_size=MAX_REQUEST_BYTES,
+        # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
+        # environment, and they win over these arguments; the worker's settings come only
+        # from Settings, so faust gets an empty environment.
+        env={},
     )
     app.transport = FetchWaitTransport(
         app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms
@@ -65,11 +72,22 @@ class Topics:
 
 
 class CommitSensor(faust.Sensor):
-    """Tells the metrics when faust finished a commit."""
+    """Tells the metrics when a commit moved an offset.
 
-    def __init__(self, metrics: WorkerMetrics) -> None:
+    faust runs a commit every interval whether or not any offset moved, also while every event
+    is stuck in flight; counting those would keep the commit-age gauge near zero in exactly the
+    state its alert is meant to catch.
+    """
+
+    def __init__(self, metrics: WorkerMetrics, committed: Callable[[], Mapping[Any, int]]) -> None:
+        """`committed` gives the committed offset of each partition (faust's monitor has it)."""
         super().__init__()
         self._metrics = metrics
+        self._committed = committed
+        self._last: dict[Any, int] = {}
 
     def on_commit_completed(self, consumer: Any, state: Any) -> None:
-        self._metrics.committed()
+        offsets = dict(self._committed())
+        if any(self._last.get(tp) != offset for tp, offset in offsets.items()):
+            self._metrics.committed()
+        self._last = offsets

@@ -16,10 +16,13 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from faust.exceptions import ProducerSendError
 
 from ..errors import ErrorCode
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
     "REPLY_TO_HEADER",
     "Delivery",
     "IncomingMessage",
@@ -27,6 +30,7 @@ __all__ = [
     "ReplyRouting",
     "header",
     "message_headers",
+    "value_room",
 ]
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,11 @@ REPLY_TO_HEADER = "reply-to"
 FIRST_RETRY_BACKOFF_S = 0.1
 # Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
 MAX_RETRY_BACKOFF_S = 5.0
+# The producer refuses a record larger than this (faust's default, set explicitly so records can
+# be sized against it before they are sent).
+MAX_REQUEST_BYTES = 1_000_000
+# A value's length varint takes up to 5 bytes where the empty value's takes 1.
+_LENGTH_VARINT_GROWTH = 4
 
 
 class IncomingMessage(Protocol):
@@ -101,6 +110,17 @@ def header(message: IncomingMessage, name: str) -> str | None:
         return None
 
 
+def value_room(message: IncomingMessage, max_request_bytes: int = MAX_REQUEST_BYTES) -> int:
+    """Most bytes a record value may have when sent with the message's key and headers.
+
+    aiokafka refuses a record whose estimated size (batch header, record overhead, key, value,
+    headers) passes the producer's maximum request size; this is what that leaves for the value.
+    """
+    headers: list[tuple[str, bytes | None]] = list(message_headers(message))
+    overhead = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, b"", headers)
+    return max_request_bytes - overhead - _LENGTH_VARINT_GROWTH
+
+
 class ReplyRouting:
     """Which topics a question may name for its answer: comma-separated glob patterns."""
 
@@ -144,13 +164,19 @@ class Delivery:
                 )
                 await pending
                 return
-            except MessageSizeTooLargeError as error:
-                if outgoing.dead_letter_reason is not None:
+            except (KafkaError, ProducerSendError) as raised:
+                # faust wraps what aiokafka raises while sending in ProducerSendError.
+                error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised
+                if not isinstance(error, KafkaError):
                     raise
-                outgoing = self._dead_letter(
-                    message, outgoing.event_time, ErrorCode.ANSWER_TOO_LARGE, str(error)
-                )
-            except KafkaError as error:
+                if isinstance(error, MessageSizeTooLargeError):
+                    # Records are sized before sending; this is a broker with a lower limit.
+                    if outgoing.dead_letter_reason is not None:
+                        raise error from None
+                    outgoing = self._dead_letter(
+                        message, outgoing.event_time, ErrorCode.ANSWER_TOO_LARGE, str(error)
+                    )
+                    continue
                 log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)

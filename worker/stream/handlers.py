@@ -16,12 +16,13 @@ from typing import Protocol
 
 from .. import __version__
 from ..batcher import Answered, DeadlineExceeded
-from ..config import Settings, describe
+from ..config import Settings, describe, topic_name_problem
 from ..errors import ErrorCode, EventError
 from ..events import (
     InputLimits,
     QuestionEvent,
     answer_event,
+    dead_letter_bytes,
     dead_letter_event,
     parse_document,
     parse_question,
@@ -30,7 +31,7 @@ from ..events import (
 )
 from ..qa.types import QAOptions
 from ..tagging import QuestionSet, tag_results
-from .delivery import IncomingMessage, Outgoing, ReplyRouting
+from .delivery import MAX_REQUEST_BYTES, IncomingMessage, Outgoing, ReplyRouting, value_room
 
 __all__ = ["Answerer", "EventHandlers", "kafka_timestamp_ms"]
 
@@ -88,6 +89,11 @@ class EventHandlers:
         )
         # Checked before inference: a refused reply topic needs no answer.
         reply_to = self.replies.requested(message, question.reply_to)
+        problem = None if reply_to is None else topic_name_problem(reply_to)
+        if problem is not None:
+            return self.dead_letter(
+                message, event_time, ErrorCode.INVALID_REPLY_TOPIC, f"reply topic {problem}"
+            )
         if reply_to is not None and not self.replies.allowed(reply_to):
             return self.dead_letter(
                 message,
@@ -117,7 +123,7 @@ class EventHandlers:
             now_ms=int(time.time() * 1000),
         )
         topic = self.settings.answers_topic if reply_to is None else reply_to
-        return Outgoing(topic, to_bytes(value), event_time, queue_s=answered.queue_s)
+        return self._fitting(message, topic, to_bytes(value), event_time, answered.queue_s)
 
     async def tag_document(self, message: IncomingMessage, received: float) -> Outgoing:
         """The tags event of a documents-topic message, or its dead letter."""
@@ -158,7 +164,9 @@ class EventHandlers:
             now_ms=int(time.time() * 1000),
         )
         queue_s = max(item.queue_s for item in answered)
-        return Outgoing(self.settings.tags_topic, to_bytes(value), event_time, queue_s=queue_s)
+        return self._fitting(
+            message, self.settings.tags_topic, to_bytes(value), event_time, queue_s
+        )
 
     def dead_letter(
         self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
@@ -174,9 +182,22 @@ class EventHandlers:
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
         )
-        return Outgoing(
-            self.settings.dead_letter_topic, to_bytes(record), event_time, dead_letter_reason=code
+        value = dead_letter_bytes(record, value_room(message))
+        return Outgoing(self.settings.dead_letter_topic, value, event_time, dead_letter_reason=code)
+
+    def _fitting(
+        self, message: IncomingMessage, topic: str, value: bytes, event_time: float, queue_s: float
+    ) -> Outgoing:
+        """The record for `value`, or an answer_too_large dead letter when it cannot be sent."""
+        room = value_room(message)
+        if len(value) <= room:
+            return Outgoing(topic, value, event_time, queue_s=queue_s)
+        reason = (
+            f"the {topic} record would be {len(value):,} bytes, over the {room:,} a record may "
+            f"carry with this event's key and headers (the producer's maximum request size is "
+            f"{MAX_REQUEST_BYTES:,} bytes); send less metadata or ask for fewer answers"
         )
+        return self.dead_letter(message, event_time, ErrorCode.ANSWER_TOO_LARGE, reason)
 
     def _unanswerable(
         self, message: IncomingMessage, event_time: float, error: Exception, event_id: str

@@ -103,7 +103,7 @@ class QAWorker(AsyncLifecycle):
             documents = self.topics.subscribe(*self._topic_sets)
             self.topics(settings.tags_topic)
             app.agent(documents, name="tag-documents")(self._consumer(self.handlers.tag_document))
-        app.sensors.add(CommitSensor(self.metrics))
+        app.sensors.add(CommitSensor(self.metrics, lambda: app.monitor.tp_committed_offsets))
         # mypy cannot match a bound method to mode's receiver type (a mypy_extensions Callable).
         app.on_partitions_revoked.connect(cast(SignalHandlerT, self._revoked))
         return app
@@ -133,21 +133,30 @@ class QAWorker(AsyncLifecycle):
         self.metrics.set_ready(False)
         if self._lag_task is not None:
             self._lag_task.cancel()
-        try:
-            await asyncio.wait_for(self.app.stop(), self.settings.drain_timeout_s)
-            drained = True
-        except TimeoutError:
+        # Not wait_for: mode shields a service's stop from cancellation, so wait_for would wait
+        # for the whole stop however long it takes. A stop still running at the deadline is left
+        # to the caller, which must then exit without waiting for it.
+        stopping = asyncio.ensure_future(self.app.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=self.settings.drain_timeout_s)
+        drained = stopping in done and stopping.exception() is None
+        if stopping in done and stopping.exception() is not None:
+            log.error("stopping the Kafka app failed", exc_info=stopping.exception())
+        elif not drained:
             log.error(
                 "%d events still in flight after %.0f s; exiting without committing them",
                 self.tracker.count,
                 self.settings.drain_timeout_s,
             )
-            drained = False
-        await self.batcher.stop()
+        if drained:
+            await self.batcher.stop()
+        # Else the batcher would answer everything still submitted first, which is the very
+        # work that ran out of time; the process is about to exit without it.
         self._datadir.cleanup()
         return drained
 
     def readiness(self) -> tuple[bool, str]:
+        if self._stopping is not None:
+            return False, "stopping: draining in-flight events"
         if not self.app.started:
             return False, "the Kafka consumer has not started"
         if not self.assigned_partitions():
