@@ -66,7 +66,8 @@ def delivery(topics: Topics) -> Delivery:
 
 async def test_sends_with_the_original_key_and_headers() -> None:
     topics = Topics()
-    await delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), FakeMessage())
+    outgoing = Outgoing("answers", b"answer", 0.0)
+    assert await delivery(topics).deliver(outgoing, FakeMessage()) is outgoing
     assert topics["answers"].sent == [
         {"key": b"k1", "value": b"answer", "headers": [("correlation-id", b"c-9")]}
     ]
@@ -86,10 +87,13 @@ async def test_retries_until_the_broker_acknowledges() -> None:
 async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
     topics = Topics()
     topics["answers"] = FakeTopic("answers", failures=[MessageSizeTooLargeError()])
-    await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
+    delivered = await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(b"answer_too_large: ")
     assert sent["key"] == b"k1" and sent["headers"] == [("correlation-id", b"c-9")]
+    # What was delivered is the dead letter, so the worker counts it as one, not as an answer.
+    assert delivered.topic == "dead"
+    assert delivered.dead_letter_reason == ErrorCode.ANSWER_TOO_LARGE
 
 
 async def test_a_dead_letter_too_large_is_not_dead_lettered_again() -> None:

@@ -376,7 +376,7 @@ async def test_events_too_large_to_echo_get_one_dead_letter_each_and_stop_nothin
     async with EmbeddedBroker() as broker:
         await create_topics(broker)
         settings = worker_settings(broker.bootstrap_servers, model, reply_topics="replies.*")
-        worker = QAWorker(settings, settings.load_engine(), WorkerMetrics())
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
         await worker.start()
         try:
             stored = await produce(broker.bootstrap_servers, values, topic="questions")

@@ -153,8 +153,8 @@ class Delivery:
         self._first_backoff_s = first_backoff_s
         self._max_backoff_s = max_backoff_s
 
-    async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> None:
-        """Returns once the broker acknowledged the record (or its dead letter, if too large)."""
+    async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
+        """Returns what the broker acknowledged: the record, or its dead letter if too large."""
         headers = message_headers(message)
         backoff = self._first_backoff_s
         while True:
@@ -163,7 +163,7 @@ class Delivery:
                     key=message.key, value=outgoing.value, headers=headers
                 )
                 await pending
-                return
+                return outgoing
             except (KafkaError, ProducerSendError) as raised:
                 # faust wraps what aiokafka raises while sending in ProducerSendError.
                 error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised

@@ -213,7 +213,8 @@ class QAWorker(AsyncLifecycle):
         received = time.time()
         self.metrics.event_received(message.topic)
         outgoing = await respond(message, received)
-        await self.delivery.deliver(outgoing, message)
+        # Delivery may have turned an answer the broker refused as too large into a dead letter.
+        outgoing = await self.delivery.deliver(outgoing, message)
         if outgoing.dead_letter_reason is None:
             self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
         else:
