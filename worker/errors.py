@@ -9,6 +9,10 @@
         ├── InputFileError    a question file for `answer` or `eval`
         ├── QuestionSetError  a question-set file
         ├── ExportError       a checkpoint to export
+        ├── HubError          a Hub id that cannot be downloaded (hub.py)
+        ├── OnnxSourceError   an ONNX model that cannot be prepared (onnx_source.py)
+        ├── TokenizerBuildError  vocabulary files a tokenizer cannot be built from
+        ├── ExportCheckFailed    an export whose logits differ from its source's
         ├── BrokerError       the embedded broker
         └── BenchError        a benchmark run
 
