@@ -1,0 +1,18 @@
+"""The bench's own options, beside the worker's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure on, beside the worker's own settings: the `bench` flags."""
+
+    squad: Path
+    events: int
+    sweep_events: int
+    broker: str | None = None
+    reference_python: Path | None = None
+    reference_model: str | None = None
