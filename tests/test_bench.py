@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import texts
-from tests.support.reference import reference_python
+from parity import texts
+from parity.reference import reference_python
 from worker.bench.clock import cpu_seconds
 from worker.bench.end_to_end import END_TO_END_ROUNDS, bench_worker_settings
 from worker.bench.flops import model_gflop_per_window

@@ -1,10 +1,12 @@
-"""What `qa-worker` imports: each command loads its own body, the bench its tools only for `bench`.
+"""What imports what: each `qa-worker` command loads its own body (the bench's tools only for
+`bench`), and neither the runtime nor the tools import a test module.
 
-Each case runs in a fresh interpreter, so that nothing another test imported counts.
+The command cases run in a fresh interpreter, so that nothing another test imported counts.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -86,3 +88,26 @@ def test_bench_loads_the_bench_when_it_runs(tmp_path: Path) -> None:
     # No such file: the bench refuses it as a configuration error before measuring anything.
     assert code == 2
     assert "worker.bench.command" in loaded
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module is not None:
+            modules.add(node.module)
+    return modules
+
+
+@pytest.mark.parametrize("folder", ["worker", "parity", "benchmarks"])
+def test_no_test_module_is_imported_outside_the_tests(folder: str) -> None:
+    sources = sorted((ROOT / folder).rglob("*.py"))
+    assert sources
+    importing_tests = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imported_modules(path) if name.split(".")[0] == "tests"
+        )
+        for path in sources
+    }
+    assert not {path: names for path, names in importing_tests.items() if names}
