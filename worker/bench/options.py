@@ -13,6 +13,7 @@ class BenchOptions:
     squad: Path
     events: int
     sweep_events: int
-    broker: str | None = None
-    reference_python: Path | None = None
-    reference_model: str | None = None
+    # None: an embedded broker; no reference run; the manifest's source checkpoint.
+    broker: str | None
+    reference_python: Path | None
+    reference_model: str | None
