@@ -23,6 +23,7 @@ from worker import batcher as batcher_module
 from worker.batcher import MicroBatcher
 from worker.config import Settings
 from worker.loading import load_engine
+from worker.qa.batching import BatchLimits
 from worker.qa.types import QAOptions
 
 LONG_CONTEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 1600)[:99_990]
@@ -50,7 +51,7 @@ async def one_round(batcher: MicroBatcher, normal: int, long_context: str) -> li
 async def main(model: Path, normal: int, rounds: int, long_context: str) -> None:
     settings = Settings(model=model, precision="fp32")
     engine = load_engine(settings)
-    async with MicroBatcher(engine, settings.batch_limits()) as batcher:
+    async with MicroBatcher(engine, settings.subset(BatchLimits)) as batcher:
         await one_round(batcher, 2, long_context)  # warm-up
         latencies: list[float] = []
         for _ in range(rounds):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import texts
+from parity import texts
 from tests.support.streaming import (
     ANSWERS,
     TopicWatcher,

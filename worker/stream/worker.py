@@ -27,7 +27,7 @@ from ..config import Settings, describe
 from ..errors import WorkerError
 from ..lifecycle import AsyncLifecycle
 from ..metrics import WorkerMetrics
-from ..qa import QAEngine
+from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app
 from .delivery import Delivery, IncomingMessage, Outgoing
@@ -72,10 +72,10 @@ class QAWorker(AsyncLifecycle):
             checksum=engine.model_id,
             worker_version=__version__,
         )
-        self.batcher = MicroBatcher(engine, settings.batch_limits(), observer=metrics)
+        self.batcher = MicroBatcher(engine, settings.subset(BatchLimits), observer=metrics)
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
-            load_question_sets(settings.question_sets, settings.qa_options())
+            load_question_sets(settings.question_sets, settings.subset(QAOptions))
             if settings.question_sets is not None
             else {}
         )
