@@ -21,6 +21,7 @@ from .errors import ConfigError, EventError, WorkerError
 from .events import DocumentEvent, InputLimits, parse_document, tags_event
 from .export import export_model
 from .loading import load_engine
+from .logs import configure_logging
 from .model_cache import DEFAULT_MODEL
 from .progress import Progress, progress_wanted
 from .qa import QAEngine, QAOptions, QAResult, Question
@@ -191,8 +192,8 @@ def command_tag(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_sources(args)
+    configure_logging(settings.log_format)
     runner = asyncio.Runner()
     code = runner.run(streaming.run_worker(settings))
     if code != 0:
