@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 from tests.support.otlp import OtlpReceiver
 from tests.support.without_torch import REPO_ROOT
 from worker.batcher import MicroBatcher
+from worker.bench_tracing import OtlpSink
 from worker.config import Settings
 from worker.errors import ConfigError, ErrorCode
 from worker.logs import JsonFormatter, bind_event, configure_logging, event_fields
@@ -428,3 +430,19 @@ def test_configure_logging_json_writes_json_to_stderr(capsys: pytest.CaptureFixt
     json_line, text_line = capsys.readouterr().err.splitlines()
     assert json.loads(json_line)["message"] == "started"
     assert text_line.endswith(" INFO worker.test plain")
+
+
+async def test_the_bench_sink_takes_what_the_otlp_exporter_sends(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # The overhead bench must pay for real exports: a sink the exporter saw failing would make
+    # it retry or drop spans, and skew the measurement.
+    tracing = sdk_tracing(exporter)
+    with tracing.event(Record(), [], "group") as trace:
+        trace.finish("answers", None)
+    async with OtlpSink() as sink:
+        otlp = OTLPSpanExporter(endpoint=f"{sink.endpoint}/v1/traces")
+        # The exporter posts synchronously: off the loop that serves the sink.
+        result = await asyncio.to_thread(otlp.export, exporter.get_finished_spans())
+    assert result is SpanExportResult.SUCCESS
+    assert sink.requests == 1 and sink.bytes > 0

@@ -129,6 +129,7 @@ class BenchOptions:
     broker: str | None = None
     reference_python: Path | None = None
     reference_model: str | None = None
+    tracing_overhead: bool = False
 
 
 # command line
@@ -172,6 +173,12 @@ def add_bench_parser(
         "--reference-model",
         help="checkpoint for the reference pipeline; default: the source in the manifest",
     )
+    bench.add_argument(
+        "--tracing-overhead",
+        action="store_true",
+        help="also run a worker with --tracing otlp at 100%% sampling, rounds alternating with "
+        "the untraced one, and report the events/s ratio (worker/bench_tracing.py)",
+    )
     bench.set_defaults(handler=command_bench)
     return bench
 
@@ -193,6 +200,7 @@ def command_bench(args: argparse.Namespace) -> int:
         broker=args.broker,
         reference_python=args.reference_python,
         reference_model=args.reference_model,
+        tracing_overhead=args.tracing_overhead,
     )
     try:
         if args.plot is not None:
@@ -508,8 +516,10 @@ def _matmul_flops(node: Mapping[str, Any]) -> int:
 class WorkerProcess(AsyncLifecycle):
     """`qa-worker run` as a child process; `startup_s` runs from spawning it to /readyz 200."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        """`environ`, default this process's, is the child's besides its QA_ settings."""
         self.settings = settings
+        self._environ = environ
         self.startup_s = 0.0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -521,7 +531,7 @@ class WorkerProcess(AsyncLifecycle):
         began = time.perf_counter()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=settings_environment(self.settings),
+            env=settings_environment(self.settings, self._environ),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -896,6 +906,12 @@ async def measure_streaming(
             "peak_rss_mb": worker.peak_rss_mb(),
             "startup_s": worker.startup_s,
         }
+        if options.tracing_overhead:
+            from .bench_tracing import measure_tracing_overhead
+
+            measured["tracing_overhead"] = await measure_tracing_overhead(
+                stack, settings, records, load, producer, broker_pid
+            )
     return measured
 
 
@@ -1066,6 +1082,13 @@ def print_summary(report: Report) -> None:
     ]
     if "reference" in report:
         lines.append(f"reference: {report['reference']['events_per_s']:.1f} events/s")
+    if "tracing_overhead" in report:
+        overhead = report["tracing_overhead"]
+        lines.append(
+            f"tracing at 100% sampling: {overhead['on_events_per_s']:.1f} events/s against "
+            f"{overhead['off_events_per_s']:.1f} untraced, ratio {overhead['ratio']:.3f} "
+            f"(median of {len(overhead['rounds'])} alternating pairs)"
+        )
     rss = report["peak_rss_mb"]
     lines.append(
         f"worker: start to ready {report['startup_s']:.1f} s, peak RSS "
