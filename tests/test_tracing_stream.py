@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +18,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.otlp import OtlpReceiver
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
     collect,
     create_topics,
     produce,
+    start_worker_process,
     worker_settings,
 )
 from worker.broker import EmbeddedBroker
@@ -123,8 +128,13 @@ async def test_answers_and_dead_letters_continue_the_question_trace(
         parent = processes[offset].context.span_id
         return sorted(s.name for s in spans if s.parent is not None and s.parent.span_id == parent)
 
-    assert children(0) == children(1) == ["decode", "queue wait", "send answers", "tokenize"]
+    assert children(0) == children(1) == ["send answers"]
     assert children(2) == ["send dead-letters"]
+    steps = ["tokenize", "queue wait", "decode"]
+    assert [event.name for event in processes[0].events] == steps
+    assert [event.name for event in processes[1].events] == steps
+    # Refused before it reached the batcher: no steps.
+    assert list(processes[2].events) == []
     # The batches that ran the answered events' windows link to exactly those events' spans.
     batches = [span for span in spans if span.name == "inference batch"]
     assert batches and all(batch.parent is None for batch in batches)
@@ -155,3 +165,56 @@ async def test_answers_and_dead_letters_continue_the_question_trace(
         bool(record.json()["is_impossible"]) for record in records if record.topic == ANSWERS
     )
     assert scores.get(("qa_worker_abstentions_total", labels), 0.0) == abstentions
+
+
+async def test_qa_worker_run_traces_over_otlp_and_logs_json_lines(
+    exported_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The production path: `qa-worker run --tracing otlp --log-format json` as its own process,
+    # configured by OTEL_ variables, exporting to a receiver on loopback.
+    with OtlpReceiver() as receiver:
+        for name in list(os.environ):
+            if name.startswith("OTEL_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "qa-test")
+        log = tmp_path / "worker.log"
+        async with EmbeddedBroker() as broker:
+            await create_topics(broker, partitions=1)
+            settings = worker_settings(
+                broker.bootstrap_servers,
+                exported_models["bert"],
+                tracing="otlp",
+                log_format="json",
+            )
+            process = start_worker_process(settings, log)
+            try:
+                question = {"id": "q-run", "question": "When?", "context": "It opened in 1889."}
+                traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01".encode()
+                await produce(
+                    broker.bootstrap_servers,
+                    [json.dumps(question).encode()],
+                    headers=[[("traceparent", traceparent)]],
+                )
+                [answer] = await collect(broker.bootstrap_servers, [ANSWERS], 1, 120)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, 60)
+        assert code == 0, log.read_text()[-3000:]
+    assert traceparent_ids(list(answer.headers))[0] == TRACE_ID
+    # Every line the process wrote is one JSON object (faust's and aiokafka's lines included).
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    # The worker shut its exporter down on SIGTERM: the event's spans arrived before it exited.
+    assert {resource["service.name"] for resource, _ in receiver.resources()} == {"qa-test"}
+    spans = [span for _, found in receiver.resources() for span in found]
+    [process_span] = [span for span in spans if span.name == "process questions"]
+    assert process_span.trace_id.hex() == TRACE_ID
+    assert process_span.parent_span_id.hex() == PARENT_ID
+    assert {span.name for span in spans if span.trace_id.hex() == TRACE_ID} == {
+        "process questions",
+        "send answers",
+    }
+    assert [event.name for event in process_span.events] == ["tokenize", "queue wait", "decode"]
+    [batch] = [span for span in spans if span.name == "inference batch"]
+    assert [link.span_id for link in batch.links] == [process_span.span_id]

@@ -4,11 +4,10 @@ The consumer, the batcher and delivery call a `Tracing` and never OpenTelemetry 
 worker imports and runs without the `tracing` extra. With `--tracing otlp` the implementation is
 `worker.tracing_otel.OtelTracing`; a trace then looks like this:
 
-    {topic} process (CONSUMER, parent: the event's traceparent)
-    ├── tokenize
-    ├── queue wait                  until the batch holding its last window started
-    ├── decode
-    └── {topic} publish (PRODUCER)  its context goes out in the answer's traceparent
+    process {topic} (CONSUMER, parent: the event's traceparent)
+    │   span events, each with qa.duration_ms: tokenize, queue wait (until the batch holding
+    │   its last window started), decode
+    └── send {topic} (PRODUCER)     its context goes out in the answer's traceparent
     inference batch (a root span of its own: one batch serves many traces), linked to the
                     process span of every event it holds a window of
 
@@ -79,11 +78,11 @@ class Tracing(Protocol):
         ...
 
     def stage(self, name: str) -> AbstractContextManager[None]:
-        """A child span of the current event for one step of its handling."""
+        """Records one step of the current event's handling, timed by the block."""
         ...
 
     def interval(self, name: str, start_ns: int, end_ns: int) -> None:
-        """A child span of the current event for a step timed elsewhere (epoch nanoseconds)."""
+        """Records a step of the current event timed elsewhere (epoch nanoseconds)."""
         ...
 
     def produce(self, topic: str) -> AbstractContextManager[None]:
