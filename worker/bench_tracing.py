@@ -2,9 +2,10 @@
 
 A second `qa-worker run` process, on topics and a group of its own, runs with `--tracing otlp`,
 the `always_on` sampler, and an OTLP/HTTP receiver in the bench process on loopback that takes
-every export (so span building, serialization and the HTTP posts are all paid). Rounds of the
-same events alternate between the untraced worker and the traced one, so drift in what else the
-machine is doing falls on both alike; the ratio is the median of the per-pair ratios.
+every export (so span building, serialization and the HTTP posts are all paid). Pairs of rounds
+of the same events alternate between the untraced worker and the traced one, each going first
+in every other pair, so drift in what else the machine is doing falls on both alike; the ratio
+is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -100,12 +101,16 @@ async def measure_tracing_overhead(
     await traced.run(phase_events("traced-warmup", records, min(WARMUP_EVENTS, len(records))))
     rounds = []
     for round_ in range(1, TRACING_ROUNDS + 1):
-        note(f"tracing overhead: {len(records)} events untraced, then traced (round {round_})")
-        off = await untraced.run(phase_events(f"untraced-{round_}", records, len(records)))
-        on = await traced.run(phase_events(f"traced-{round_}", records, len(records)))
-        rounds.append(
-            {"off_events_per_s": off["events_per_s"], "on_events_per_s": on["events_per_s"]}
-        )
+        # Which goes first alternates too, so a machine getting busier or quieter does not
+        # always favour the same side.
+        order = ("untraced", "traced") if round_ % 2 else ("traced", "untraced")
+        note(f"tracing overhead: {len(records)} events {order[0]}, then {order[1]} ({round_})")
+        phases = {}
+        for side in order:
+            load = untraced if side == "untraced" else traced
+            events = phase_events(f"{side}-{round_}", records, len(records))
+            phases[side] = (await load.run(events))["events_per_s"]
+        rounds.append({"off_events_per_s": phases["untraced"], "on_events_per_s": phases["traced"]})
     return {
         "rounds": rounds,
         "off_events_per_s": statistics.median(r["off_events_per_s"] for r in rounds),
