@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from worker.bench import TARGETS
+from worker.bench.report import TARGETS
 
 FIGURES = (
     ("ceiling events/s", ("ceiling", "events_per_s")),

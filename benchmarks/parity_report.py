@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.support.models import build_checkpoint
-from tests.support.parity import build_cases, engine_answers, first_difference
-from tests.support.reference import run_reference
+from parity.cases import build_cases, engine_answers, first_difference
+from parity.models import build_checkpoint
+from parity.reference import run_reference
 from worker.export import export_model
 from worker.manifest import Manifest
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.bench import cpu_seconds
+from worker.bench.clock import cpu_seconds
 from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.config import Settings
 from worker.loading import load_engine

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.models import build_checkpoint
+from parity.models import build_checkpoint
 
 # The architectures the answer-parity tests run on; DistilBERT is covered by the export tests.
 PARITY_KINDS = ("bert", "mobilebert", "roberta")
@@ -15,7 +15,7 @@ PARITY_KINDS = ("bert", "mobilebert", "roberta")
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """kind -> a Hugging Face checkpoint folder of that kind (see tests/support/models.py)."""
+    """kind -> a Hugging Face checkpoint folder of that kind (see parity/models.py)."""
     root = tmp_path_factory.mktemp("checkpoints")
     built: dict[str, Path] = {}
 

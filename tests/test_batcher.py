@@ -22,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from tests.support import texts
+from parity import texts
 from worker.batcher import Answered, DeadlineExceeded, MicroBatcher
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question

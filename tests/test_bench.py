@@ -7,7 +7,6 @@ other and with what can be counted by hand.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -20,10 +19,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import texts
-from tests.support.reference import reference_python
-from worker import bench
+from parity import texts
+from parity.reference import reference_python
+from worker.bench.clock import cpu_seconds
+from worker.bench.end_to_end import END_TO_END_ROUNDS, bench_worker_settings
+from worker.bench.flops import model_gflop_per_window
+from worker.bench.machine import measure_int8_gemm
+from worker.bench.report import TARGETS
+from worker.bench.worker_process import WorkerProcess
 from worker.broker import EmbeddedBroker
+from worker.cli import build_parser
 from worker.config import Settings
 from worker.errors import BenchError
 
@@ -49,10 +54,8 @@ def write_squad(path: Path, count: int, seed: int = 31) -> Path:
 
 
 def run_bench(*argv: str) -> int:
-    """`qa-worker bench ARGV`, through the parser `add_bench_parser` registers."""
-    parser = argparse.ArgumentParser(prog="qa-worker")
-    bench.add_bench_parser(parser.add_subparsers())
-    args = parser.parse_args(["bench", *argv])
+    """`qa-worker bench ARGV`, through `qa-worker`'s own parser."""
+    args = build_parser().parse_args(["bench", *argv])
     return int(args.handler(args))
 
 
@@ -132,7 +135,7 @@ def test_every_phase_answers_its_events(bench_run: tuple[dict[str, Any], Path]) 
     assert report["end_to_end"]["dead_lettered"] == 0
     # The reported round is the median one of those that ran.
     by_round = report["end_to_end"]["events_per_s_by_round"]
-    assert len(by_round) == bench.END_TO_END_ROUNDS
+    assert len(by_round) == END_TO_END_ROUNDS
     assert report["end_to_end"]["events_per_s"] == statistics.median(by_round)
     assert [entry["load"] for entry in report["sweep"]] == LOADS
     for entry in report["sweep"]:
@@ -193,14 +196,14 @@ def test_padding_memory_startup_and_machine_are_measured(
 
 def test_cpu_seconds_counts_below_one_clock_tick() -> None:
     """A process that ran for a millisecond is not read as idle, as 10 ms /proc ticks would."""
-    started = bench.cpu_seconds(os.getpid())
+    started = cpu_seconds(os.getpid())
     assert started is not None
     spin_until = time.thread_time() + 0.001
     while time.thread_time() < spin_until:
         pass
-    spent = bench.cpu_seconds(os.getpid()) - started
+    spent = cpu_seconds(os.getpid()) - started
     assert 0.001 <= spent < 1.0
-    assert bench.cpu_seconds(None) is None
+    assert cpu_seconds(None) is None
 
 
 def test_model_flops_match_a_hand_count(
@@ -227,16 +230,14 @@ def test_flop_count_matches_a_hand_count_at_any_length(
 ) -> None:
     model = exported_models["bert"]
     manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
-    counted = bench.model_gflop_per_window(model / manifest["onnx_files"][precision], tokens)
+    counted = model_gflop_per_window(model / manifest["onnx_files"][precision], tokens)
     assert counted == pytest.approx(hand_count_gflop(checkpoint_config(model), tokens), rel=1e-9)
 
 
 def test_targets_are_checked(bench_run: tuple[dict[str, Any], Path]) -> None:
     report, _ = bench_run
     # Without --reference-python there is no reference to compare with.
-    assert set(report["targets"]) == {name for name, *_ in bench.TARGETS} - {
-        "end_to_end_vs_reference"
-    }
+    assert set(report["targets"]) == {name for name, *_ in TARGETS} - {"end_to_end_vs_reference"}
     startup = report["targets"]["startup_s"]
     assert startup["value"] == report["startup_s"]
     assert startup["met"] == (report["startup_s"] <= 10)
@@ -254,7 +255,7 @@ def test_plot_is_written_as_png(bench_run: tuple[dict[str, Any], Path]) -> None:
 def test_missing_onnx_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(BenchError, match=r"pip install 'kafka-qa-worker\[bench\]'"):
-        bench.measure_int8_gemm(size=64, repeats=1)
+        measure_int8_gemm(size=64, repeats=1)
 
 
 def test_missing_matplotlib_fails_before_measuring(
@@ -275,11 +276,9 @@ def test_missing_matplotlib_fails_before_measuring(
 
 
 async def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    settings = bench.bench_worker_settings(
-        Settings(model=tmp_path / "no-model", broker="127.0.0.1:9")
-    )
+    settings = bench_worker_settings(Settings(model=tmp_path / "no-model", broker="127.0.0.1:9"))
     with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*no manifest.json"):
-        async with bench.WorkerProcess(settings):
+        async with WorkerProcess(settings):
             pass
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import dockerfile
 import pytest
 import yaml
 
+from worker.broker import free_port
 from worker.cli import build_parser
 from worker.config import Settings, env_name
 from worker.http import HealthServer
@@ -272,21 +272,15 @@ def test_writable_places_match_a_read_only_root() -> None:
     assert f"chown qa:qa {workdir}" in created
 
 
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-async def test_healthcheck_probes_the_liveness_endpoint(free_port: int) -> None:
+async def test_healthcheck_probes_the_liveness_endpoint() -> None:
+    port = free_port()
     healthcheck = runtime_stage().last("HEALTHCHECK")
     kind, *argv = healthcheck.value
     assert kind == "CMD" and healthcheck.json
     assert f"'{Settings().http_port}'" in argv[-1]
     assert runtime_stage().last("EXPOSE").value == (str(Settings().http_port),)
     assert argv[0] == "python"
-    environ = dict(os.environ, QA_HTTP_PORT=str(free_port))
+    environ = dict(os.environ, QA_HTTP_PORT=str(port))
 
     async def check() -> int:
         process = await asyncio.create_subprocess_exec(sys.executable, *argv[1:], env=environ)
@@ -295,7 +289,7 @@ async def test_healthcheck_probes_the_liveness_endpoint(free_port: int) -> None:
     # Nothing listening: unhealthy.
     assert await check() != 0
     # The worker's own server answers /healthz even before it is ready: healthy.
-    not_ready = HealthServer(WorkerMetrics(), lambda: (False, "starting"), "127.0.0.1", free_port)
+    not_ready = HealthServer(WorkerMetrics(), lambda: (False, "starting"), "127.0.0.1", port)
     async with not_ready:
         assert await check() == 0
 

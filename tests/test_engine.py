@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import texts
+from parity import texts
 from worker.backends.onnx import cgroup_cpu_limit
 from worker.errors import EventError, ModelFolderError
 from worker.manifest import Manifest

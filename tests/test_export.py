@@ -270,7 +270,7 @@ def test_importing_the_exporter_does_not_import_torch() -> None:
 def test_reference_pipeline_answers_from_a_built_checkpoint(
     checkpoint_factory: Callable[[str], Path],
 ) -> None:
-    from tests.support.reference import run_reference
+    from parity.reference import run_reference
 
     # DistilBERT: the one architecture the parity tests do not already run through the reference.
     (question, context), *_ = PAIRS

@@ -34,6 +34,7 @@ from worker.cli import build_parser
 from worker.config import Settings, base_type, env_name
 from worker.http import HealthServer
 from worker.metrics import METRIC_NAMES, WorkerMetrics
+from worker.qa import QAOptions
 from worker.stream.transport import faust_credentials, ssl_context
 from worker.tagging import load_question_sets, parse_topic_sets
 from worker.tracing import build_tracing
@@ -638,7 +639,7 @@ def test_question_sets_reach_the_worker(chart: helm.Chart, tmp_path: Path) -> No
     environ["QA_QUESTION_SETS"] = str(tmp_path / environ["QA_QUESTION_SETS"].lstrip("/"))
 
     settings = Settings.from_sources(None, environ)
-    sets = load_question_sets(settings.question_sets, settings.qa_options())
+    sets = load_question_sets(settings.question_sets, settings.subset(QAOptions))
     assert list(sets) == ["acquisitions"]
     fields = {field.name: field for field in sets["acquisitions"].fields}
     assert set(fields) == {"buyer", "price"}

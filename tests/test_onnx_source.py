@@ -16,8 +16,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.support import parity
+from parity.cases import build_cases, engine_answers
 from tests.support.hub_layouts import hub_onnx_layout, source_checkpoint
+from tests.support.parity import assert_answers_match
 from tests.support.without_torch import run_without_torch
 from worker.errors import ExportError
 from worker.export import export_model
@@ -96,13 +97,13 @@ def test_prepared_folder_copies_the_onnx_model_and_checks_it(
 def test_answers_equal_the_reference_on_the_source_checkpoint(
     kind: str, hub_folders: dict[str, tuple[Path, Path]], prepared: dict[str, Path]
 ) -> None:
-    from tests.support.reference import run_reference
+    from parity.reference import run_reference
 
     _, source = hub_folders[kind]
-    cases = parity.build_cases(seed=sum(map(ord, kind)) + 15)
+    cases = build_cases(seed=sum(map(ord, kind)) + 15)
     expected = run_reference(source, cases)
-    actual = parity.engine_answers(prepared[kind], cases)
-    parity.assert_answers_match(cases, expected, actual)
+    actual = engine_answers(prepared[kind], cases)
+    assert_answers_match(cases, expected, actual)
 
 
 def qa_graph(

@@ -1,6 +1,6 @@
 """Answers equal those of transformers 4.57.6's question-answering pipeline, run for real.
 
-The reference runs in its own virtual environment (tests/support/reference.py) on the checkpoint
+The reference runs in its own virtual environment (parity/reference.py) on the checkpoint
 folder; the engine runs on the ONNX export of that same folder. Logits differ in the last bits
 between PyTorch and ONNX Runtime, so an answer may flip where two candidates tie within rounding:
 the tests allow that only for near-ties, and only for under 1% of the pairs.
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.parity import assert_answers_match, build_cases, engine_answers
-from tests.support.reference import run_reference
+from parity.cases import build_cases, engine_answers
+from parity.reference import run_reference
+from tests.support.parity import assert_answers_match
 from worker.errors import EventError
 from worker.manifest import Manifest
 from worker.qa import QAEngine

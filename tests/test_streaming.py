@@ -14,7 +14,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import texts
+from parity import texts
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,

@@ -12,7 +12,7 @@ from pathlib import Path
 import faust
 import pytest
 
-from tests.support import texts
+from parity import texts
 from tests.support.streaming import QUESTIONS, create_topics
 from worker.broker import EmbeddedBroker
 from worker.config import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.support import texts
+from parity import texts
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import texts
+from parity import texts
+from parity.models import CORPUS
 from tests.support.hub_layouts import write_vocabulary_files
-from tests.support.models import CORPUS
 from worker.tokenizer_build import TokenizerBuildError, build_tokenizer
 
 EXTRA_TEXTS = [
@@ -155,7 +155,7 @@ def test_a_given_tokenizer_json_is_adjusted_as_transformers_adjusts_it(
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from tests.support.models import _bert_tokenizer, _roberta_tokenizer
+    from parity.models import _bert_tokenizer, _roberta_tokenizer
     from worker.tokenizer_build import align_with_config
 
     model_type, tokenizer_config = ALIGN_CASES[case]

@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 from tests.support.otlp import OtlpReceiver
 from tests.support.without_torch import REPO_ROOT
 from worker.batcher import MicroBatcher
-from worker.bench_tracing import OtlpSink
+from worker.bench.tracing_overhead import OtlpSink
 from worker.config import Settings
 from worker.errors import ConfigError, ErrorCode
 from worker.logs import JsonFormatter, bind_event, configure_logging, event_fields

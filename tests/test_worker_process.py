@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import texts
+from parity import texts
 from tests.support.streaming import (
     ANSWERS,
     TopicWatcher,

@@ -18,15 +18,16 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
-from .qa.batching import BatchLimits
-from .qa.types import QAOptions
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ENV_PREFIX = "QA_"
 
-_Subset = TypeVar("_Subset", QAOptions, BatchLimits)
+_Subset = TypeVar("_Subset", bound="DataclassInstance")
 
 
 def setting(
@@ -259,16 +260,11 @@ class Settings:
                 f"{self.security_protocol}; use SASL_SSL or SASL_PLAINTEXT"
             )
 
-    def qa_options(self) -> QAOptions:
-        """The default answering options, which events and question-set fields may override."""
-        return self._subset(QAOptions)
-
-    def batch_limits(self) -> BatchLimits:
-        """The batching settings, for the streaming batcher and every offline command alike."""
-        return self._subset(BatchLimits)
-
-    def _subset(self, kind: type[_Subset]) -> _Subset:
-        """A `kind` built from the settings of its field names (each is a setting here)."""
+    def subset(self, kind: type[_Subset]) -> _Subset:
+        """A `kind` built from the settings of its field names: `QAOptions` (the default answering
+        options, which events and question-set fields may override) or `BatchLimits` (for the
+        streaming batcher and every offline command alike). The caller names the type, so the
+        configuration does not depend on the QA layer it configures."""
         return kind(**{spec.name: getattr(self, spec.name) for spec in dataclasses.fields(kind)})
 
     def require_model(self) -> Path:

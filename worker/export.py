@@ -46,6 +46,7 @@ from .manifest import (
     sha256_file,
 )
 from .onnx_source import (
+    REQUIRED_INPUTS,
     OnnxSource,
     OnnxSourceError,
     declared_max_length,
@@ -367,7 +368,7 @@ def _input_names(model: Any, tokenizer: Any) -> list[str]:
     """The tokenizer outputs the model's forward takes, in the tokenizer's order."""
     accepted = inspect.signature(model.forward).parameters
     names = [name for name in tokenizer.model_input_names if name in accepted]
-    missing = {"input_ids", "attention_mask"} - set(names)
+    missing = set(REQUIRED_INPUTS) - set(names)
     if missing:
         raise ExportError(
             f"the model and tokenizer do not share the inputs {sorted(missing)} "

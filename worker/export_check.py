@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SetupError
+from .manifest import LOGIT_OUTPUTS
 
 Logits = tuple[np.ndarray, np.ndarray]
 LogitSource = Callable[[Mapping[str, np.ndarray]], Logits]
@@ -71,7 +72,7 @@ def onnx_logits(path: Path) -> LogitSource:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(inputs: Mapping[str, np.ndarray]) -> Logits:
-        start, end = session.run(["start_logits", "end_logits"], dict(inputs))
+        start, end = session.run(list(LOGIT_OUTPUTS), dict(inputs))
         return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
 
     return run

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SetupError
-from .manifest import TOKENIZER_NAME, TokenizerInfo
+from .manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, TokenizerInfo
 from .tokenizer_build import (
     BPE_MODEL_TYPES,
     BPE_SPECIALS,
@@ -33,7 +33,6 @@ EXTERNAL_DATA_SUFFIXES = ("_data", ".data")
 
 ENGINE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-REQUIRED_OUTPUTS = ("start_logits", "end_logits")
 
 
 class OnnxSourceError(SetupError):
@@ -97,12 +96,12 @@ def check_interface(onnx_path: Path) -> tuple[str, ...]:
     missing = [name for name in REQUIRED_INPUTS if name not in inputs]
     if missing:
         problems.append(f"no inputs {missing}")
-    missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
+    missing = [name for name in LOGIT_OUTPUTS if name not in outputs]
     if missing:
         problems.append(f"no outputs {missing}")
     for role, items, dtype in (("input", inputs, "tensor(int64)"), ("output", outputs, None)):
         for name, item in items.items():
-            if name not in ENGINE_INPUTS + REQUIRED_OUTPUTS:
+            if name not in ENGINE_INPUTS + LOGIT_OUTPUTS:
                 continue
             if dtype is not None and item.type != dtype:
                 problems.append(f"{role} {name} of type {item.type}, not {dtype}")
@@ -119,7 +118,7 @@ def check_interface(onnx_path: Path) -> tuple[str, ...]:
             f"{onnx_path} is not an extractive QA model the worker can run: it has "
             + "; ".join(problems)
             + f". The worker feeds {', '.join(ENGINE_INPUTS)} (the last only when the graph "
-            f"takes it) as int64 and reads {' and '.join(REQUIRED_OUTPUTS)} as float; "
+            f"takes it) as int64 and reads {' and '.join(LOGIT_OUTPUTS)} as float; "
             "re-export the checkpoint's weights with `qa-worker export` instead"
         )
     return tuple(inputs)

@@ -78,7 +78,7 @@ class EventHandlers:
         self.model_name = model_name
         self.model_checksum = model_checksum
         self.replies = ReplyRouting(settings.reply_topics)
-        self._defaults = settings.qa_options()
+        self._defaults = settings.subset(QAOptions)
         self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
         self._question_sets = question_sets
         self._topic_sets = topic_sets

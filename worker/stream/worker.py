@@ -26,7 +26,7 @@ from ..batcher import MicroBatcher
 from ..config import Settings
 from ..lifecycle import AsyncLifecycle
 from ..metrics import WorkerMetrics
-from ..qa import QAEngine
+from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from ..tracing import Tracing, build_tracing
 from .app import CommitSensor, Topics, build_app
@@ -76,11 +76,11 @@ class QAWorker(AsyncLifecycle):
             worker_version=__version__,
         )
         self.batcher = MicroBatcher(
-            engine, settings.batch_limits(), observer=metrics, tracing=self.tracing
+            engine, settings.subset(BatchLimits), observer=metrics, tracing=self.tracing
         )
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
-            load_question_sets(settings.question_sets, settings.qa_options())
+            load_question_sets(settings.question_sets, settings.subset(QAOptions))
             if settings.question_sets is not None
             else {}
         )

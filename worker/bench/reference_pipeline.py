@@ -3,7 +3,7 @@
 Runs in the reference interpreter, by path and with `python -I`, so it imports nothing but the
 standard library, torch and transformers:
 
-    python -I bench_reference.py CASES_JSON RESULT_JSON
+    python -I reference_pipeline.py CASES_JSON RESULT_JSON
 
 CASES_JSON is {"model": checkpoint, "options": pipeline keyword arguments, "questions":
 [[question, context], ...]}. RESULT_JSON gets {"events", "seconds", "errors", "versions"}.

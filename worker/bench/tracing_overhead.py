@@ -20,20 +20,13 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from .bench import (
-    WARMUP_EVENTS,
-    AnswerCollector,
-    LoadGenerator,
-    Report,
-    WorkerProcess,
-    bench_worker_settings,
-    create_bench_topics,
-    note,
-    phase_events,
-)
-from .broker import free_port
-from .config import Settings
-from .squad import QuestionRecord
+from ..broker import free_port
+from ..config import Settings
+from ..squad import QuestionRecord
+from .end_to_end import WARMUP_EVENTS, bench_worker_settings, create_bench_topics
+from .load import AnswerCollector, LoadGenerator, phase_events
+from .report import Report, note
+from .worker_process import WorkerProcess
 
 __all__ = ["TRACING_ROUNDS", "OtlpSink", "measure_tracing_overhead"]
 

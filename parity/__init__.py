@@ -1,0 +1,8 @@
+"""The parity harness: what the worker's answers are compared with, for the tests and benchmarks.
+
+Small random-weight checkpoints (`models`), seeded question/context pairs (`texts`), transformers'
+pipeline run in its own virtual environment (`reference`), and the parity cases with the
+engine's answers to them (`cases`). It lives apart from `tests` so that tools such as
+benchmarks/parity_report.py need import no test module, and apart from `worker` because it needs
+torch and transformers, which the runtime must not.
+"""

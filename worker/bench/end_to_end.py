@@ -1,0 +1,140 @@
+"""The end-to-end and sweep phases: a worker process behind a broker, on topics of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import uuid
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from ..broker import EmbeddedBroker, free_port
+from ..config import Settings
+from ..errors import BenchError
+from ..squad import QuestionRecord
+from ..stream.transport import aiokafka_options, create_topics
+from .load import AnswerCollector, LoadGenerator, phase_events
+from .options import BenchOptions
+from .report import Report, note
+from .worker_process import WorkerProcess
+
+SWEEP_LOADS = (0.25, 0.5, 0.75, 1.0)
+
+
+# Odd, so that the median is one of the rounds.
+END_TO_END_ROUNDS = 3
+# Enough to bring the worker's session, arenas and Kafka clients to their steady state.
+WARMUP_EVENTS = 16
+PARTITIONS = 4
+
+
+def bench_worker_settings(settings: Settings) -> Settings:
+    """The worker's settings on topics and a group of its own, so no earlier run interferes."""
+    run = f"qa-bench-{uuid.uuid4().hex[:8]}"
+    return dataclasses.replace(
+        settings,
+        questions_topic=f"{run}-questions",
+        answers_topic=f"{run}-answers",
+        dead_letter_topic=f"{run}-dead-letters",
+        group_id=run,
+        question_sets=None,
+        documents_topics=None,
+        http_host="127.0.0.1",
+        http_port=free_port(),
+    )
+
+
+def bench_topics(settings: Settings) -> list[str]:
+    return [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
+
+
+async def create_bench_topics(settings: Settings) -> None:
+    try:
+        await create_topics(aiokafka_options(settings), bench_topics(settings), PARTITIONS)
+    except KafkaError as error:
+        raise BenchError(f"could not create topics: {error}") from None
+
+
+async def delete_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
+    await admin.start()
+    try:
+        await admin.delete_topics(bench_topics(settings))
+    finally:
+        await admin.close()
+
+
+async def measure_streaming(
+    settings: Settings, options: BenchOptions, records: Sequence[QuestionRecord]
+) -> Report:
+    """end_to_end, sweep, startup_s and peak_rss_mb, all from one worker process."""
+    async with contextlib.AsyncExitStack() as stack:
+        broker_pid = None
+        if options.broker is None:
+            broker = await stack.enter_async_context(EmbeddedBroker())
+            settings, broker_pid = broker.worker_settings(settings), broker.pid
+        else:
+            settings = dataclasses.replace(settings, broker=options.broker)
+        worker_settings = bench_worker_settings(settings)
+        await create_bench_topics(worker_settings)
+        if options.broker is not None:
+            stack.push_async_callback(delete_topics, worker_settings)
+        note("starting the worker")
+        worker = await stack.enter_async_context(WorkerProcess(worker_settings))
+        collector = await stack.enter_async_context(AnswerCollector(worker_settings))
+        producer = AIOKafkaProducer(acks="all", **aiokafka_options(worker_settings))
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        load = LoadGenerator(
+            producer,
+            collector,
+            worker,
+            worker_settings.questions_topic,
+            random.Random(0),
+            broker_pid=broker_pid,
+        )
+        await load.run(phase_events("warmup", records, min(WARMUP_EVENTS, len(records))))
+        rounds = []
+        for round_ in range(1, END_TO_END_ROUNDS + 1):
+            note(f"end_to_end: {len(records)} events at once (round {round_})")
+            events = phase_events(f"end-to-end-{round_}", records, len(records))
+            rounds.append(await load.run(events))
+        # The round of median throughput, whole: its latencies and batches belong with it.
+        end_to_end = sorted(rounds, key=lambda phase: phase["events_per_s"])[len(rounds) // 2]
+        end_to_end["events_per_s_by_round"] = [phase["events_per_s"] for phase in rounds]
+        sweep = [
+            await sweep_load(load, records, fraction, end_to_end["events_per_s"], options)
+            for fraction in SWEEP_LOADS
+        ]
+        measured = {
+            "end_to_end": end_to_end,
+            "sweep": sweep,
+            "padding_ratio": end_to_end["padding_ratio"],
+            # Read before the worker stops, while /proc still has it.
+            "peak_rss_mb": worker.peak_rss_mb(),
+            "startup_s": worker.startup_s,
+        }
+        if options.tracing_overhead:
+            from .tracing_overhead import measure_tracing_overhead
+
+            measured["tracing_overhead"] = await measure_tracing_overhead(
+                stack, settings, records, load, producer, broker_pid
+            )
+    return measured
+
+
+async def sweep_load(
+    load: LoadGenerator,
+    records: Sequence[QuestionRecord],
+    fraction: float,
+    capacity: float,
+    options: BenchOptions,
+) -> Report:
+    rate = fraction * capacity
+    note(f"sweep: {options.sweep_events} events at {fraction:.0%} load ({rate:.1f} events/s)")
+    events = phase_events(f"load-{fraction:.2f}", records, options.sweep_events)
+    return {"load": fraction, "target_events_per_s": rate, **await load.run(events, rate)}

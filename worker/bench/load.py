@@ -1,0 +1,203 @@
+"""Load generation: events sent at once or open-loop, answers collected, a phase's report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ..broker import FETCH_WAIT_MS
+from ..config import Settings
+from ..errors import BenchError
+from ..lifecycle import AsyncLifecycle
+from ..squad import QuestionRecord
+from ..stream.transport import aiokafka_options
+from .clock import cpu_seconds
+from .report import Report
+from .worker_process import WorkerProcess
+
+Event = dict[str, str]
+
+
+# After the last event of a phase is sent, how long its answers may take.
+PHASE_TIMEOUT_S = 300.0
+
+
+class AnswerCollector(AsyncLifecycle):
+    """Reads the answers and dead-letters topics; notes when each event's reply first arrived.
+
+    Replies are matched to events by the Kafka key, which the worker copies from the question.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.dead_lettered: set[str] = set()
+        # The answer's own timings.total_ms: from the worker reading the event to its answer.
+        self.worker_ms: dict[str, float] = {}
+        self._dead_letter_topic = settings.dead_letter_topic
+        self._consumer = AIOKafkaConsumer(
+            settings.answers_topic,
+            settings.dead_letter_topic,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            **aiokafka_options(settings),
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for record in self._consumer:
+            key = (record.key or b"").decode()
+            if key in self.arrivals:
+                continue
+            self.arrivals[key] = time.perf_counter()
+            if record.topic == self._dead_letter_topic:
+                self.dead_lettered.add(key)
+            else:
+                self.worker_ms[key] = json.loads(record.value)["timings"]["total_ms"]
+
+    async def wait_for(self, ids: Collection[str], worker: WorkerProcess, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while missing := sum(event_id not in self.arrivals for event_id in ids):
+            worker.check_alive()
+            if self._task is not None and self._task.done():
+                raise BenchError(f"reading the answers failed: {self._task.exception()!r}")
+            if time.perf_counter() > deadline:
+                raise BenchError(
+                    f"{missing} of {len(ids)} events had no answer {timeout:.0f} s after the "
+                    f"last was sent; the worker's log ends with:\n{worker.log_tail()}"
+                )
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+def phase_events(phase: str, records: Sequence[QuestionRecord], count: int) -> list[Event]:
+    """`count` events cycling through the records, with ids unique to the phase."""
+    return [
+        {"id": f"{phase}-{index}", "question": record.question, "context": record.context}
+        for index, record in zip(range(count), itertools.cycle(records))
+    ]
+
+
+@dataclass
+class LoadGenerator:
+    producer: AIOKafkaProducer
+    collector: AnswerCollector
+    worker: WorkerProcess
+    topic: str
+    rng: random.Random
+    broker_pid: int | None = None
+
+    async def run(self, events: Sequence[Event], rate: float | None = None) -> Report:
+        """Sends the events all at once, or open-loop at `rate` per second; reports the phase."""
+        before = await self.worker.counters()
+        pids = {"worker": self.worker.pid, "broker": self.broker_pid, "load_generator": os.getpid()}
+        # The wall interval encloses every process's CPU interval, so together they can never
+        # report more cores than the machine has.
+        began = time.perf_counter()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        sent = await (self._burst(events) if rate is None else self._open_loop(events, rate))
+        await self.collector.wait_for(sent, self.worker, PHASE_TIMEOUT_S)
+        cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        wall = time.perf_counter() - began
+        cpu_cores = {}
+        for name, spent in cpu_after.items():
+            started = cpu_before[name]
+            if spent is not None and started is not None:
+                cpu_cores[name] = (spent - started) / wall
+        after = await self.worker.counters()
+        return {**phase_report(sent, self.collector, before, after), "cpu_cores": cpu_cores}
+
+    async def _burst(self, events: Sequence[Event]) -> dict[str, float]:
+        sent: dict[str, float] = {}
+        deliveries = []
+        for event in events:
+            sent[event["id"]] = time.perf_counter()
+            deliveries.append(await self._send(event))
+        await asyncio.gather(*deliveries)
+        return sent
+
+    async def _open_loop(self, events: Sequence[Event], rate: float) -> dict[str, float]:
+        sent: dict[str, float] = {}
+        deliveries = []
+        scheduled = time.perf_counter()
+        for event in events:
+            scheduled += self.rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            # Latency counts from the planned instant: a send that came late because the machine
+            # was busy still waited for the system, and must not hide that (coordinated omission).
+            sent[event["id"]] = scheduled
+            deliveries.append(await self._send(event))
+        await asyncio.gather(*deliveries)
+        return sent
+
+    async def _send(self, event: Event) -> asyncio.Future[Any]:
+        return await self.producer.send(
+            self.topic,
+            key=event["id"].encode(),
+            value=json.dumps(event, ensure_ascii=False).encode(),
+        )
+
+
+def phase_report(
+    sent: Mapping[str, float],
+    collector: AnswerCollector,
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+) -> Report:
+    answered = [event_id for event_id in sent if event_id not in collector.dead_lettered]
+    if not answered:
+        raise BenchError(f"the worker dead-lettered all {len(sent)} events of a phase")
+    last = max(collector.arrivals[event_id] for event_id in sent)
+    latencies = [(collector.arrivals[event_id] - sent[event_id]) * 1000 for event_id in answered]
+    return {
+        "events": len(sent),
+        "dead_lettered": len(sent) - len(answered),
+        "events_per_s": len(sent) / (last - min(sent.values())),
+        "latency_ms": percentiles(latencies),
+        # The part of the latency spent in the worker; the rest is the broker and its clients.
+        "worker_latency_ms": percentiles([collector.worker_ms[event_id] for event_id in answered]),
+        **batch_statistics(before, after),
+    }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def batch_statistics(before: Mapping[str, float], after: Mapping[str, float]) -> Report:
+    """What the worker's batches of one phase looked like, from its /metrics counters."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    real = delta("qa_worker_tokens_real_total")
+    batches = delta("qa_worker_batch_size_windows_count")
+    return {
+        "padding_ratio": delta("qa_worker_tokens_padded_total") / real if real else 1.0,
+        "mean_batch_windows": delta("qa_worker_batch_size_windows_sum") / batches
+        if batches
+        else 0.0,
+    }

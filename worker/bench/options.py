@@ -1,0 +1,21 @@
+"""The bench's own options, beside the worker's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure on, beside the worker's own settings: the `bench` flags."""
+
+    squad: Path
+    events: int
+    sweep_events: int
+    # None: an embedded broker; no reference run; the manifest's source checkpoint.
+    broker: str | None
+    reference_python: Path | None
+    reference_model: str | None
+    # Also measure a traced worker against this one (bench/tracing_overhead.py).
+    tracing_overhead: bool = False

@@ -1,0 +1,149 @@
+"""What the bench says: notes while it runs, the derived figures and target checks, the summary."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+Report = dict[str, Any]
+
+# Targets the report checks: (name, what is compared, operator, limit).
+TARGETS = (
+    ("end_to_end_vs_ceiling", "end_to_end / ceiling events/s", ">=", 0.9),
+    ("padding_ratio", "padded / real tokens, end to end", "<=", 1.05),
+    ("p50_at_25pct_load", "latency p50 at 25% load / window inference", "<=", 1.5),
+    ("p99_at_75pct_load", "latency p99 at 75% load / window inference", "<=", 4.0),
+    ("peak_rss_mb", "worker peak RSS, MB", "<=", 600.0),
+    ("startup_s", "worker start to ready, s", "<=", 10.0),
+    ("end_to_end_vs_reference", "end_to_end / reference pipeline events/s", ">=", 3.0),
+)
+
+
+def note(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def add_derived(report: Report) -> None:
+    """Windows/s, GFLOP/s and share of the GEMM peak per throughput section, and the targets.
+
+    The peak is the one of the model's precision: an int8 model runs most of its products (all
+    but attention's) in int8, several times faster than float32 ones.
+    """
+    int8 = report["precision"] == "int8"
+    report["peak_gemm"] = "int8" if int8 else "fp32"
+    peak = report["gemm_int8_gops"] if int8 else report["gemm_gflops"]
+    windows_per_event = report["windows"] / report["events"]
+    for name in ("ceiling", "engine", "end_to_end"):
+        section = report[name]
+        section["windows_per_s"] = section["events_per_s"] * windows_per_event
+        section["gflops"] = section["windows_per_s"] * report["model_gflop_per_window"]
+        section["peak_share"] = section["gflops"] / peak
+    report["targets"] = target_checks(report)
+
+
+def target_checks(report: Report) -> Report:
+    by_load = {entry["load"]: entry["latency_ms"] for entry in report["sweep"]}
+    window_ms = report["window_inference_ms"]
+    values = {
+        "end_to_end_vs_ceiling": report["end_to_end"]["events_per_s"]
+        / report["ceiling"]["events_per_s"],
+        "padding_ratio": report["padding_ratio"],
+        "p50_at_25pct_load": by_load[0.25]["p50"] / window_ms,
+        "p99_at_75pct_load": by_load[0.75]["p99"] / window_ms,
+        "peak_rss_mb": report["peak_rss_mb"],
+        "startup_s": report["startup_s"],
+        "end_to_end_vs_reference": report["end_to_end"]["events_per_s"]
+        / report["reference"]["events_per_s"]
+        if "reference" in report
+        else None,
+    }
+    checks: Report = {}
+    for name, meaning, operator, limit in TARGETS:
+        value = values[name]
+        if value is None:  # peak RSS where /proc is missing; no reference run
+            continue
+        met = value >= limit if operator == ">=" else value <= limit
+        checks[name] = {
+            "value": value,
+            "limit": f"{operator} {limit:g}",
+            "met": met,
+            "what": meaning,
+        }
+    return checks
+
+
+def significant(value: Any, digits: int = 6) -> Any:
+    """The report with floats cut to `digits` significant digits, which is all they are worth."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {key: significant(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [significant(item, digits) for item in value]
+    return value
+
+
+def print_summary(report: Report) -> None:
+    lines = [
+        f"{report['model']} ({report['model_type']}, {report['precision']}): "
+        f"{report['events']} events, {report['windows']} windows of "
+        f"{report['mean_window_tokens']:.0f} tokens on average",
+        f"machine: {report['machine']['cores']} cores, GEMM {report['gemm_gflops']:.1f} GFLOP/s "
+        f"fp32, {report['gemm_int8_gops']:.1f} GOP/s int8",
+        f"model: {report['model_gflop_per_window']:.3g} GFLOP a window of "
+        f"{report['flop_window_tokens']} tokens; one window of {report['typical_window_tokens']} "
+        f"tokens in {report['window_inference_ms']:.2f} ms",
+        _throughput_text("ceiling", report) + f", batch size {report['ceiling']['batch_size']}",
+        _throughput_text("engine", report),
+        _throughput_text("end_to_end", report) + ", " + _latency_text(report["end_to_end"]),
+        "end_to_end CPU cores used: "
+        + ", ".join(
+            f"{name} {cores:.2f}" for name, cores in report["end_to_end"]["cpu_cores"].items()
+        ),
+        *(
+            f"sweep {entry['load']:.0%}: {entry['events_per_s']:.1f} events/s, "
+            + _latency_text(entry)
+            for entry in report["sweep"]
+        ),
+    ]
+    if "reference" in report:
+        lines.append(f"reference: {report['reference']['events_per_s']:.1f} events/s")
+    if "tracing_overhead" in report:
+        overhead = report["tracing_overhead"]
+        lines.append(
+            f"tracing at 100% sampling: {overhead['on_events_per_s']:.1f} events/s against "
+            f"{overhead['off_events_per_s']:.1f} untraced, ratio {overhead['ratio']:.3f} "
+            f"(median of {len(overhead['rounds'])} alternating pairs)"
+        )
+    rss = report["peak_rss_mb"]
+    lines.append(
+        f"worker: start to ready {report['startup_s']:.1f} s, peak RSS "
+        + ("unknown" if rss is None else f"{rss:.0f} MB")
+        + f", padding ratio {report['padding_ratio']:.3f}"
+    )
+    lines += [
+        f"target {name}: {check['value']:.3g} {check['limit']} "
+        + ("met" if check["met"] else "MISSED")
+        for name, check in report["targets"].items()
+    ]
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _throughput_text(name: str, report: Report) -> str:
+    section = report[name]
+    return (
+        f"{name}: {section['events_per_s']:.1f} events/s "
+        f"({section['peak_share']:.1%} of the {report['peak_gemm']} GEMM peak)"
+    )
+
+
+def _latency_text(phase: Report) -> str:
+    def milliseconds(latency: Mapping[str, float]) -> str:
+        return "/".join(f"{latency[p]:.1f}" for p in ("p50", "p95", "p99"))
+
+    return (
+        f"latency p50/p95/p99 {milliseconds(phase['latency_ms'])} ms "
+        f"(in the worker {milliseconds(phase['worker_latency_ms'])})"
+    )

@@ -1,0 +1,91 @@
+"""One bench run: the offline measurements in this process, then the worker process's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnxruntime as ort
+
+from ..backends.onnx import available_cores
+from ..config import Settings
+from ..errors import BenchError, ConfigError
+from ..loading import load_engine
+from ..qa import BatchLimits, QAEngine, QAOptions
+from ..squad import read_questions
+from .end_to_end import measure_streaming
+from .flops import model_gflop_per_window
+from .machine import measure_gemm, measure_int8_gemm
+from .offline import ceiling_batch_sizes, measure_ceiling, measure_engine, measure_window
+from .options import BenchOptions
+from .reference import pipeline_options, run_reference
+from .report import Report, add_derived, note, significant
+from .workload import Workload
+
+
+def run_bench(settings: Settings, options: BenchOptions) -> Report:
+    if not options.squad.is_file():
+        raise ConfigError(f"--squad {options.squad} is not a file")
+    records = read_questions(options.squad)[: options.events]
+    if not records:
+        raise BenchError(f"{options.squad} holds no questions")
+    if len(records) < options.events:
+        note(f"{options.squad} holds {len(records)} questions; measuring on those")
+    engine = load_engine(settings)
+    workload = Workload.encode(engine, records, settings.subset(QAOptions))
+    report = describe_run(settings, engine, workload)
+    note("measuring the GEMM rates")
+    # First: it fails at once when the onnx package is missing.
+    report["gemm_int8_gops"] = measure_int8_gemm()
+    report["gemm_gflops"] = measure_gemm()
+    report["flop_window_tokens"] = round(workload.mean_tokens)
+    report["model_gflop_per_window"] = model_gflop_per_window(
+        engine.manifest.onnx_path(settings.require_model(), report["precision"]),
+        report["flop_window_tokens"],
+    )
+    sizes = ceiling_batch_sizes(settings)
+    note(f"ceiling: {len(workload.windows)} windows in batches of {sizes}")
+    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.subset(BatchLimits))
+    report["window_inference_ms"] = measure_window(engine, workload)
+    note("engine: answer_many")
+    report["engine"] = measure_engine(engine, workload, settings)
+    # The worker process is measured next: this engine's memory and threads are done with.
+    del engine
+    report.update(asyncio.run(measure_streaming(settings, options, records)))
+    if options.reference_python is not None:
+        model = options.reference_model or report["source"]
+        note(f"reference: transformers pipeline on {model}")
+        report["reference"] = run_reference(
+            options.reference_python, model, records, pipeline_options(report, settings)
+        )
+    add_derived(report)
+    return significant(report)
+
+
+def describe_run(settings: Settings, engine: QAEngine, workload: Workload) -> Report:
+    manifest = engine.manifest
+    return {
+        "model": str(settings.require_model()),
+        "model_type": manifest.model_type,
+        "precision": settings.precision or manifest.default_precision,
+        "source": manifest.source,
+        "events": workload.events,
+        "refused_events": workload.refused,
+        "windows": len(workload.windows),
+        "mean_window_tokens": workload.mean_tokens,
+        "typical_window_tokens": len(workload.typical_window),
+        "settings": {
+            "batch_size": settings.batch_size,
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_wait_ms": settings.max_wait_ms,
+            "max_padding": settings.max_padding,
+            "threads": settings.threads or available_cores(),
+            "max_seq_len": engine.tokenizer.max_seq_len,
+            "doc_stride": engine.tokenizer.doc_stride,
+        },
+        "machine": {
+            "cores": available_cores(),
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+        },
+    }

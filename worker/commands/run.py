@@ -1,0 +1,64 @@
+"""`qa-worker run`: the streaming worker, with its health server, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from ..config import Settings
+from ..http import HealthServer
+from ..loading import load_engine
+from ..logs import configure_logging
+from ..metrics import WorkerMetrics
+from ..stream import QAWorker
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings) -> int:
+    """Runs until SIGTERM or SIGINT, then drains; non-zero when work was left unfinished."""
+    engine = load_engine(settings)
+    metrics = WorkerMetrics()
+    stop = asyncio.Event()
+    failures: list[BaseException] = []
+
+    def fail(error: BaseException) -> None:
+        failures.append(error)
+        stop.set()
+
+    worker = QAWorker(settings, engine, metrics, on_fatal=fail)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with HealthServer(metrics, worker.readiness, settings.http_host, settings.http_port):
+        await worker.start()
+        log.info(
+            "answering %s -> %s as group %s",
+            settings.questions_topic,
+            settings.answers_topic,
+            settings.group_id,
+        )
+        await stop.wait()
+        log.info("stopping: draining %d in-flight events", worker.tracker.count)
+        drained = await worker.stop()
+    return 0 if drained and not failures else 1
+
+
+def command_run(args: argparse.Namespace) -> int:
+    settings = Settings.from_sources(args)
+    configure_logging(settings.log_format)
+    runner = asyncio.Runner()
+    code = runner.run(run_worker(settings))
+    if code != 0:
+        # A drain that ran out of time leaves faust's stop (and its consumer thread) running,
+        # and closing the loop would wait for it; what was not committed is redelivered after a
+        # restart, so nothing is lost by leaving now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    runner.close()
+    return code
