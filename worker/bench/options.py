@@ -17,5 +17,5 @@ class BenchOptions:
     broker: str | None
     reference_python: Path | None
     reference_model: str | None
-    # Also measure a traced worker against this one (bench/tracing_overhead.py).
-    tracing_overhead: bool = False
+    # Also measure a traced worker against the untraced one (tracing_overhead.py).
+    tracing_overhead: bool
