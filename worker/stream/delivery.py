@@ -20,6 +20,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from ..errors import ErrorCode
+from ..tracing import NO_TRACING, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -146,16 +147,18 @@ class Delivery:
         dead_letter: DeadLetterFactory,
         first_backoff_s: float = FIRST_RETRY_BACKOFF_S,
         max_backoff_s: float = MAX_RETRY_BACKOFF_S,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter."""
         self._topic = topic
+        self._tracing = tracing
         self._dead_letter = dead_letter
         self._first_backoff_s = first_backoff_s
         self._max_backoff_s = max_backoff_s
 
     async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
         """Returns what the broker acknowledged: the record, or its dead letter if too large."""
-        headers = message_headers(message)
+        headers = self._tracing.outgoing_headers(message_headers(message))
         backoff = self._first_backoff_s
         while True:
             try:
