@@ -13,10 +13,12 @@ import base64
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -27,6 +29,7 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
+from tests.support.otlp import OtlpReceiver
 from worker.cli import build_parser
 from worker.config import Settings, base_type, env_name
 from worker.http import HealthServer
@@ -34,6 +37,7 @@ from worker.metrics import METRIC_NAMES, WorkerMetrics
 from worker.qa import QAOptions
 from worker.stream.transport import faust_credentials, ssl_context
 from worker.tagging import load_question_sets, parse_topic_sets
+from worker.tracing import build_tracing
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "kafka-qa-worker"
 RELEASE, NAMESPACE = "qa", "ml"
@@ -43,9 +47,10 @@ KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 
 # Settings the chart sets from other values than `config`: the model folder from `model`, the
 # password from a Secret, the TLS and question-sets file paths from where their Secret and
-# ConfigMap are mounted.
+# ConfigMap are mounted, tracing from `tracing`.
 CHART_MANAGED = {
     "model",
+    "tracing",
     "sasl_password",
     "ssl_cafile",
     "ssl_certfile",
@@ -55,6 +60,15 @@ CHART_MANAGED = {
 # Environment variables besides the worker's settings: where writable files go (HOME, TMPDIR;
 # the root filesystem is read-only) and the Hub cache of the export init container.
 OTHER_ENV = {"HOME", "TMPDIR", "HF_HOME"}
+# The standard variables the OpenTelemetry SDK reads (worker.tracing_otel.otlp_tracing).
+OTEL_ENV = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+}
 
 SASL_TLS = {
     "config": {
@@ -101,6 +115,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "config": {"documentsTopics": "news=acquisitions, filings", "replyTopics": "replies.*"},
         "tagging": {"questionSets": QUESTION_SETS},
         "keda": {"enabled": True},
+    },
+    "tracing": {
+        "tracing": {
+            "enabled": True,
+            "endpoint": "http://otel-collector.observability:4318",
+            "serviceName": "qa-east",
+            "samplerRatio": 0.25,
+            "resourceAttributes": "deployment.environment=prod,team=search",
+        },
+        "config": {"logFormat": "json"},
+        "metrics": {"prometheusRule": {"enabled": True, "abstentions": {"enabled": True}}},
     },
 }
 
@@ -257,6 +282,13 @@ BAD_VALUES = [
     ({"config": {"documentsTopics": "news=acquisitions"}}, "/tagging"),
     ({"config": {"documentsTopics": "news=a=b"}}, "/config/documentsTopics"),
     ({"replicas": 3}, "replicas"),
+    ({"config": {"logFormat": "xml"}}, "/config/logFormat"),
+    ({"tracing": {"samplerRatio": 1.5}}, "/tracing/samplerRatio"),
+    ({"tracing": {"samplerRatio": -0.1}}, "/tracing/samplerRatio"),
+    ({"tracing": {"endpoint": "otel-collector:4318"}}, "/tracing/endpoint"),
+    ({"tracing": {"resourceAttributes": "team"}}, "/tracing/resourceAttributes"),
+    ({"tracing": {"sampler": "always_on"}}, "sampler"),
+    ({"metrics": {"prometheusRule": {"abstentions": {"jump": 0}}}}, "/metrics/prometheusRule"),
 ]
 
 
@@ -304,7 +336,7 @@ def test_every_environment_variable_is_one_the_worker_reads(chart: helm.Chart, n
     names = environment_names(rendered)
     settings = {n for n in names if n.startswith("QA_")}
     assert settings <= WORKER_ENV, settings - WORKER_ENV
-    assert names - settings <= OTHER_ENV, names - settings - OTHER_ENV
+    assert names - settings <= OTHER_ENV | OTEL_ENV, names - settings - OTHER_ENV - OTEL_ENV
     # The only environment source is the chart's ConfigMap.
     assert rendered.worker["envFrom"] == [{"configMapRef": {"name": FULLNAME}}]
 
@@ -313,7 +345,7 @@ def test_every_worker_setting_is_reachable_from_values(chart: helm.Chart) -> Non
     # Every optional setting given a value, with SASL, TLS and tagging on: all settings reach
     # the worker.
     everything = merge(
-        merge(SASL_TLS, VALUE_SETS["tagging"]),
+        merge(merge(SASL_TLS, VALUE_SETS["tagging"]), VALUE_SETS["tracing"]),
         {
             "config": {
                 "precision": "int8",
@@ -949,3 +981,70 @@ def test_service_monitor_scrapes_this_release(chart: helm.Chart) -> None:
     assert service["metadata"]["name"] == FULLNAME
     # Unready replicas (no partition, or draining) still publish metrics.
     assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing and the abstention alert.
+
+
+def test_tracing_values_reach_the_worker_and_its_exporter(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OtlpReceiver() as receiver:
+        values = merge(VALUE_SETS["tracing"], {"tracing": {"endpoint": receiver.endpoint}})
+        values = merge(values, {"tracing": {"samplerRatio": 0.0}})
+        environ = render(chart, values).environment({})
+        settings = Settings.from_sources(None, environ)
+        assert (settings.tracing, settings.log_format) == ("otlp", "json")
+        for name in list(os.environ):
+            if name.startswith("OTEL_"):
+                monkeypatch.delenv(name)
+        for name in OTEL_ENV & environ.keys():
+            monkeypatch.setenv(name, environ[name])
+        tracing = build_tracing(settings)
+        traced = [("traceparent", f"00-{'ab' * 16}-{'cd' * 8}-01".encode())]
+        # At ratio 0 an event with no trace context is not recorded; one whose producer
+        # sampled its trace is, as the parent-based sampler follows the parent.
+        for offset, headers in enumerate(([], traced)):
+            record = SimpleNamespace(topic="questions", partition=0, offset=offset, key=None)
+            with tracing.event(record, headers, settings.group_id) as trace:
+                trace.finish(settings.answers_topic, None)
+        tracing.shutdown()
+    [(resource, spans)] = receiver.resources()
+    assert resource["service.name"] == "qa-east"
+    assert resource["deployment.environment"] == "prod" and resource["team"] == "search"
+    assert [(span.name, span.trace_id.hex()) for span in spans] == [
+        ("process questions", "ab" * 16)
+    ]
+
+
+def test_the_service_name_defaults_to_the_release(chart: helm.Chart) -> None:
+    environ = render(chart, {"tracing": {"enabled": True}}).environment({})
+    assert environ["OTEL_SERVICE_NAME"] == FULLNAME
+    assert environ["OTEL_TRACES_SAMPLER_ARG"] == "1"
+    assert "OTEL_RESOURCE_ATTRIBUTES" not in environ
+    assert not OTEL_ENV & render(chart, {}).environment({}).keys()
+
+
+def test_the_abstention_alert_compares_this_window_with_the_baseline(chart: helm.Chart) -> None:
+    assert "QAWorkerAbstentionRateJump" not in str(render(chart, VALUE_SETS["monitoring"]).objects)
+    values = merge(
+        VALUE_SETS["monitoring"],
+        {"metrics": {"prometheusRule": {"abstentions": {"enabled": True, "jump": 0.15}}}},
+    )
+    (group,) = render(chart, values).one("PrometheusRule")["spec"]["groups"]
+    rule = next(rule for rule in group["rules"] if rule["alert"] == "QAWorkerAbstentionRateJump")
+    series = exported_series()
+    assert check_query(rule["expr"], series) == {
+        "qa_worker_abstentions_total",
+        "qa_worker_answer_score_count",
+    }
+    found = selectors(rule["expr"])
+    for selector in found:
+        matchers = {(m.name, m.value) for m in selector.matchers.matchers}
+        assert {("job", FULLNAME), ("namespace", NAMESPACE)} <= matchers
+    # Two selectors look at the last 30 minutes, two at the day before them.
+    assert sorted(str(s.offset) for s in found).count("None") == 2
+    expr = promql_parser.parse(rule["expr"])
+    assert expr.rhs.val == 0.15
+    assert rule["for"] == "30m" and rule["labels"]["severity"] == "warning"

@@ -17,6 +17,7 @@ from worker import __version__
 from worker.errors import ErrorCode
 from worker.http import HealthServer
 from worker.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
+from worker.qa import QAResult
 from worker.stream.app import CommitSensor
 
 
@@ -118,6 +119,13 @@ def simulate(metrics: WorkerMetrics) -> None:
         model="mobilebert", model_type="mobilebert", precision="int8", checksum="abc123"
     )
     metrics.set_ready(True)
+    metrics.answer_scored("questions", "", answer(0.93))
+    metrics.answer_scored("documents", "deals", answer(0.4, abstained=True))
+
+
+def answer(score: float, abstained: bool = False) -> QAResult:
+    text = "" if abstained else "Paris"
+    return QAResult(text, score, 0, len(text), is_impossible=abstained, null_score=0.1)
 
 
 async def test_every_contract_name_is_exported(
@@ -143,6 +151,28 @@ async def test_event_counters(
     assert scraped.value(dead, reason="empty_context") == 2
     assert scraped.value(dead, reason="invalid_json") == 1
     assert scraped.value("qa_worker_in_flight_events") == 5
+
+
+async def test_answer_scores_and_abstentions_by_topic_and_question_set(
+    metrics: WorkerMetrics, server: HealthServer, http: aiohttp.ClientSession
+) -> None:
+    for score, abstained in ((0.95, False), (0.5, False), (0.7, True), (0.99, False)):
+        metrics.answer_scored("documents", "deals", answer(score, abstained))
+    metrics.answer_scored("questions", "", answer(0.3, abstained=True))
+    scraped = await scrape(http, server)
+    deals = {"topic": "documents", "question_set": "deals"}
+    plain = {"topic": "questions", "question_set": ""}
+    score = "qa_worker_answer_score"
+    assert scraped.value(score + "_count", **deals) == 4
+    assert scraped.value(score + "_sum", **deals) == pytest.approx(0.95 + 0.5 + 0.7 + 0.99)
+    # At a bucket's bound a score counts in it, just over it in the next one.
+    assert scraped.value(score + "_bucket", le="0.5", **deals) == 1
+    assert scraped.value(score + "_bucket", le="0.95", **deals) == 3
+    assert scraped.value(score + "_bucket", le="0.99", **deals) == 4
+    assert scraped.value(score + "_count", **plain) == 1
+    abstentions = "qa_worker_abstentions_total"
+    assert scraped.value(abstentions, **deals) == 1
+    assert scraped.value(abstentions, **plain) == 1
 
 
 def test_dead_letter_reasons_are_only_error_codes() -> None:

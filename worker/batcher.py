@@ -38,6 +38,7 @@ from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult
 from .qa.windows import EncodedQuestion, Window
+from .tracing import NO_TRACING, Tracing
 
 __all__ = [
     "Answered",
@@ -98,6 +99,7 @@ class _Request:
     queue_s: float = 0.0
     inference_s: float = 0.0
     expiry: asyncio.TimerHandle | None = None
+    trace: object | None = None
 
 
 @dataclass(eq=False)
@@ -110,11 +112,16 @@ class _Pending:
 
 class MicroBatcher(AsyncLifecycle):
     def __init__(
-        self, engine: Engine, limits: BatchLimits, observer: BatchObserver | None = None
+        self,
+        engine: Engine,
+        limits: BatchLimits,
+        observer: BatchObserver | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._engine = engine
         self._limits = limits
         self._observer = observer
+        self._tracing = tracing
         # Executors start their threads on first use, so building them here costs nothing.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="qa-inference")
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
@@ -172,18 +179,23 @@ class MicroBatcher(AsyncLifecycle):
         self._idle.clear()
         try:
             loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(
-                self._cpu, self._encode, question, context, deadline
-            )
+            with self._tracing.stage("tokenize"):
+                encoded = await loop.run_in_executor(
+                    self._cpu, self._encode, question, context, deadline
+                )
             request = self._enqueue(encoded, submitted, deadline)
+            enqueued_ns = time.time_ns()
             try:
                 logits = await request.future
             except asyncio.CancelledError:
                 self._withdraw(request)
                 raise
-            result = await loop.run_in_executor(
-                self._cpu, self._engine.decode, encoded, logits, options
-            )
+            waited_ns = int((request.queue_s - (time.monotonic() - submitted)) * 1e9)
+            self._tracing.interval("queue wait", enqueued_ns, time.time_ns() + waited_ns)
+            with self._tracing.stage("decode"):
+                result = await loop.run_in_executor(
+                    self._cpu, self._engine.decode, encoded, logits, options
+                )
             return Answered(result, request.queue_s, request.inference_s)
         finally:
             self._in_flight -= 1
@@ -201,7 +213,14 @@ class MicroBatcher(AsyncLifecycle):
     ) -> _Request:
         loop = asyncio.get_running_loop()
         size = len(encoded.windows)
-        request = _Request(size, submitted, deadline, loop.create_future(), unstarted=size)
+        request = _Request(
+            size,
+            submitted,
+            deadline,
+            loop.create_future(),
+            unstarted=size,
+            trace=self._tracing.link(),
+        )
         now = time.monotonic()
         self._pending.extend(
             _Pending(request, index, window, now) for index, window in enumerate(encoded.windows)
@@ -247,7 +266,7 @@ class MicroBatcher(AsyncLifecycle):
         self._running = asyncio.get_running_loop().run_in_executor(
             self._inference, self._infer, windows
         )
-        self._running.add_done_callback(partial(self._finished, batch))
+        self._running.add_done_callback(partial(self._finished, batch, time.time_ns()))
 
     def _plan(self) -> list[_Pending]:
         """The next batch, its seed first."""
@@ -267,6 +286,7 @@ class MicroBatcher(AsyncLifecycle):
     def _finished(
         self,
         batch: list[_Pending],
+        started_ns: int,
         done: asyncio.Future[tuple[list[WindowLogits], float]],
     ) -> None:
         self._running = None
@@ -286,8 +306,12 @@ class MicroBatcher(AsyncLifecycle):
                 request.future.set_result([request.logits[i] for i in range(request.size)])
         self._dispatch()
         # Last, so that an observer that raises cannot hold up answers or the next batch.
+        lengths = [len(item.window) for item in batch]
+        links = [request.trace for request in requests if request.trace is not None]
+        self._tracing.batch(
+            links, len(batch), len(batch) * max(lengths), started_ns, time.time_ns()
+        )
         if self._observer is not None:
-            lengths = [len(item.window) for item in batch]
             self._observer.on_batch(len(batch), sum(lengths), len(batch) * max(lengths), seconds)
 
     def _expire(self, request: _Request) -> None:

@@ -157,6 +157,12 @@ def add_bench_parser(
         "--reference-model",
         help="checkpoint for the reference pipeline; default: the source in the manifest",
     )
+    bench.add_argument(
+        "--tracing-overhead",
+        action="store_true",
+        help="also run a worker with --tracing otlp at 100%% sampling, rounds alternating with "
+        "the untraced one, and report the events/s ratio",
+    )
     bench.set_defaults(handler=Command("worker.bench.command", "command_bench"))
     return bench
 

@@ -202,6 +202,22 @@ class Settings:
     drain_timeout_s: float = setting(
         30.0, "On SIGTERM, how long to finish in-flight events before exiting.", "worker"
     )
+    # observability
+    tracing: str = setting(
+        "off",
+        "`otlp` exports OpenTelemetry traces over OTLP/HTTP, configured by the standard OTEL_ "
+        "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); "
+        "needs the `tracing` extra.",
+        "worker",
+        choices=("off", "otlp"),
+    )
+    log_format: str = setting(
+        "text",
+        "`json` logs one JSON object per line, with trace_id, span_id and event_id on lines "
+        "about an event.",
+        "worker",
+        choices=("text", "json"),
+    )
 
     def __post_init__(self) -> None:
         for name in ("questions_topic", "answers_topic", "dead_letter_topic", "tags_topic"):

@@ -29,6 +29,8 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_seconds_since_last_commit  | gauge     |                  | since the last commit    |
 | qa_worker_model_info                 | gauge = 1 | see below        | the loaded model         |
 | qa_worker_ready                      | gauge     |                  | 1 ready, 0 not           |
+| qa_worker_answer_score               | histogram | see below        | top answer's score       |
+| qa_worker_abstentions_total          | counter   | see below        | null answers given       |
 
 Details:
 
@@ -46,6 +48,11 @@ Details:
 - Seconds since last commit counts from the last commit that moved an offset (faust also
   commits when nothing moved), is computed at scrape time, and before the first such commit
   counts from the worker's start.
+- Answer quality: every answer computed (a question's, and each field of a document's question
+  set) observes its top answer's score, the null answer's included, so `_count` is the answers
+  computed and `abstentions / _count` the abstention rate. Labels: `topic`, the input topic, and
+  `question_set`, the set's name (empty for questions), both bounded by the configuration. An
+  abstention is an answer whose top item is the null answer (`is_impossible`).
 - Model info labels: `model`, `model_type`, `precision`, `checksum` (of the model folder) and
   `worker_version`; there is no series until a model is loaded, and one after.
 
@@ -67,6 +74,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from . import __version__
 from .errors import ErrorCode
+from .qa.types import QAResult
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PADDING_HALF_LIFE_SECONDS", "WorkerMetrics"]
 
@@ -93,6 +101,8 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "seconds_since_last_commit",
         "model_info",
         "ready",
+        "answer_score",
+        "abstentions_total",
     )
 )
 
@@ -108,6 +118,8 @@ PADDING_HALF_LIFE_SECONDS = 60.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 BATCH_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Scores are probabilities; finer near 1, where a confident model's answers sit.
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 class WorkerMetrics:
@@ -134,8 +146,10 @@ class WorkerMetrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=self.registry)
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(PREFIX + name, doc, buckets=buckets, registry=self.registry)
+        def histogram(
+            name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+        ) -> Histogram:
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=self.registry)
 
         self._received = counter("events_received_total", "Question events consumed.", ("topic",))
         self._answered = counter(
@@ -206,6 +220,17 @@ class WorkerMetrics:
             ("model", "model_type", "precision", "checksum", "worker_version"),
         )
         self._ready = gauge("ready", "1 when the worker is ready to answer questions, else 0.")
+        self._answer_score = histogram(
+            "answer_score",
+            "Score of the top answer of every answer computed, the null answer's included.",
+            SCORE_BUCKETS,
+            ("topic", "question_set"),
+        )
+        self._abstentions = counter(
+            "abstentions_total",
+            "Answers whose top item is the null answer, by input topic and question set.",
+            ("topic", "question_set"),
+        )
 
     def event_received(self, topic: str) -> None:
         self._received.labels(topic).inc()
@@ -242,6 +267,12 @@ class WorkerMetrics:
             self._decayed_padded += padded_tokens
             if self._decayed_real > 0:
                 self._padding_ratio.set(self._decayed_padded / self._decayed_real)
+
+    def answer_scored(self, topic: str, question_set: str, result: QAResult) -> None:
+        """The handlers' quality observer: one answer computed (question_set "" for questions)."""
+        self._answer_score.labels(topic, question_set).observe(result.score)
+        if result.is_impossible:
+            self._abstentions.labels(topic, question_set).inc()
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)

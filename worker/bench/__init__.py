@@ -14,6 +14,9 @@ On the first N questions of the file, in this order:
   round of median throughput of three.
 - `sweep`: open-loop Poisson arrivals at 25, 50, 75 and 100% of that throughput.
 - `reference` (with `--reference-python`): transformers' pipeline on the source checkpoint.
+- `tracing_overhead` (with `--tracing-overhead`): a second worker with tracing on at 100%
+  sampling, exporting over OTLP/HTTP to loopback, in rounds alternating with the first; the
+  events/s ratio (`tracing_overhead.py`).
 
 Beside them: the machine's float32 and int8 GEMM rates and the model's FLOPs per window (so the
 share of the CPU's peak the model reaches), the batch-1 inference time of a typical window, the

@@ -25,6 +25,7 @@ def command_bench(args: argparse.Namespace) -> int:
         broker=args.broker,
         reference_python=args.reference_python,
         reference_model=args.reference_model,
+        tracing_overhead=args.tracing_overhead,
     )
     try:
         if args.plot is not None:

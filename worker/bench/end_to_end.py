@@ -118,6 +118,12 @@ async def measure_streaming(
             "peak_rss_mb": worker.peak_rss_mb(),
             "startup_s": worker.startup_s,
         }
+        if options.tracing_overhead:
+            from .tracing_overhead import measure_tracing_overhead
+
+            measured["tracing_overhead"] = await measure_tracing_overhead(
+                stack, settings, records, load, producer, broker_pid
+            )
     return measured
 
 

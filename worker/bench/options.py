@@ -17,3 +17,5 @@ class BenchOptions:
     broker: str | None
     reference_python: Path | None
     reference_model: str | None
+    # Also measure a traced worker against the untraced one (tracing_overhead.py).
+    tracing_overhead: bool

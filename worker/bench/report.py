@@ -109,6 +109,13 @@ def print_summary(report: Report) -> None:
     ]
     if "reference" in report:
         lines.append(f"reference: {report['reference']['events_per_s']:.1f} events/s")
+    if "tracing_overhead" in report:
+        overhead = report["tracing_overhead"]
+        lines.append(
+            f"tracing at 100% sampling: {overhead['on_events_per_s']:.1f} events/s against "
+            f"{overhead['off_events_per_s']:.1f} untraced, ratio {overhead['ratio']:.3f} "
+            f"(median of {len(overhead['rounds'])} alternating pairs)"
+        )
     rss = report["peak_rss_mb"]
     lines.append(
         f"worker: start to ready {report['startup_s']:.1f} s, peak RSS "

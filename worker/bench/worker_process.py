@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -34,8 +35,10 @@ LOG_TAIL_LINES = 30
 class WorkerProcess(AsyncLifecycle):
     """`qa-worker run` as a child process; `startup_s` runs from spawning it to /readyz 200."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        """`environ`, default this process's, is the child's besides its QA_ settings."""
         self.settings = settings
+        self._environ = environ
         self.startup_s = 0.0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -47,7 +50,7 @@ class WorkerProcess(AsyncLifecycle):
         began = time.perf_counter()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=settings_environment(self.settings),
+            env=settings_environment(self.settings, self._environ),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

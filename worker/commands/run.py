@@ -14,6 +14,7 @@ from ..config import Settings
 from ..http import HealthServer
 from ..loading import load_engine
 from ..log_rate import quiet_repeats
+from ..logs import configure_logging
 from ..metrics import WorkerMetrics
 from ..stream import QAWorker
 
@@ -63,8 +64,8 @@ async def run_worker(settings: Settings) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_sources(args)
+    configure_logging(settings.log_format)
     runner = asyncio.Runner()
     code = runner.run(run_worker(settings))
     if code != 0:

@@ -38,6 +38,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
+from ..tracing import NO_TRACING, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -217,12 +218,14 @@ class Delivery:
         first_backoff_s: float = FIRST_RETRY_BACKOFF_S,
         max_backoff_s: float = MAX_RETRY_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter.
 
         `settings_of` maps each configured topic to the setting naming it (see `judge`).
         """
         self._topic = topic
+        self._tracing = tracing
         self._dead_letter = dead_letter
         self._settings_of = dict(settings_of or {})
         self._observer = observer
@@ -254,7 +257,7 @@ class Delivery:
     async def _deliver(
         self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
     ) -> Outgoing:
-        headers = message_headers(message)
+        headers = self._tracing.outgoing_headers(message_headers(message))
         backoff = self._first_backoff_s
         while True:
             try:

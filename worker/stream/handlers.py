@@ -29,11 +29,12 @@ from ..events import (
     tags_event,
     to_bytes,
 )
-from ..qa.types import QAOptions
+from ..logs import bind_event
+from ..qa.types import QAOptions, QAResult
 from ..tagging import QuestionSet, tag_results
 from .delivery import MAX_REQUEST_BYTES, IncomingMessage, Outgoing, ReplyRouting, value_room
 
-__all__ = ["Answerer", "EventHandlers", "kafka_timestamp_ms"]
+__all__ = ["AnswerQuality", "Answerer", "EventHandlers", "kafka_timestamp_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class Answerer(Protocol):
     async def answer(
         self, question: str, context: str, options: QAOptions, deadline: float | None = None
     ) -> Answered: ...
+
+
+class AnswerQuality(Protocol):
+    """Told about every answer computed (metrics plug in here): its score, or an abstention."""
+
+    def answer_scored(self, topic: str, question_set: str, result: QAResult) -> None: ...
 
 
 def kafka_timestamp_ms(message: IncomingMessage, received: float) -> int:
@@ -62,8 +69,10 @@ class EventHandlers:
         model_checksum: str,
         question_sets: Mapping[str, QuestionSet],
         topic_sets: Mapping[str, str | None],
+        quality: AnswerQuality | None = None,
     ) -> None:
         """`topic_sets` maps each documents topic to its default question set (or None)."""
+        self._quality = quality
         self.settings = settings
         self.batcher = batcher
         self.model_name = model_name
@@ -83,6 +92,7 @@ class EventHandlers:
             )
         except EventError as error:
             return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        bind_event(event_id=question.id)
         event_time = question.event_time_ms / 1000
         allowed_ms = (
             None if question.deadline_ms is None else question.deadline_ms - question.event_time_ms
@@ -111,6 +121,8 @@ class EventHandlers:
             return self.dead_letter(message, event_time, ErrorCode.DEADLINE_EXCEEDED, late)
         except Exception as error:
             return self._unanswerable(message, event_time, error, question.id)
+        if self._quality is not None:
+            self._quality.answer_scored(message.topic, "", answered.result)
         value = answer_event(
             question,
             answered.result,
@@ -123,6 +135,7 @@ class EventHandlers:
             now_ms=int(time.time() * 1000),
         )
         topic = self.settings.answers_topic if reply_to is None else reply_to
+        log.debug("answered on %s", topic)
         return self._fitting(message, topic, to_bytes(value), event_time, answered.queue_s)
 
     async def tag_document(self, message: IncomingMessage, received: float) -> Outgoing:
@@ -132,6 +145,7 @@ class EventHandlers:
             document = parse_document(message.value, kafka_ms, self._limits)
         except EventError as error:
             return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        bind_event(event_id=document.id)
         event_time = document.event_time_ms / 1000
         set_name = document.question_set or self._topic_sets.get(message.topic)
         if set_name is None:
@@ -154,6 +168,9 @@ class EventHandlers:
             )
         except Exception as error:
             return self._unanswerable(message, event_time, error, document.id)
+        if self._quality is not None:
+            for item in answered:
+                self._quality.answer_scored(message.topic, set_name, item.result)
         value = tags_event(
             document,
             set_name,
@@ -172,6 +189,13 @@ class EventHandlers:
         self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
     ) -> Outgoing:
         """The dead-letter record for `message`, on the dead-letter topic."""
+        log.debug(
+            "dead letter for %s[%d]@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            code.value,
+        )
         record = dead_letter_event(
             message.value,
             message.topic,

@@ -29,8 +29,9 @@ from ..lifecycle import AsyncLifecycle
 from ..metrics import WorkerMetrics
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
+from ..tracing import Tracing, build_tracing
 from .app import CommitSensor, Topics, build_app
-from .delivery import Delivery, IncomingMessage, Outgoing
+from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
 from .handlers import EventHandlers
 from .offsets import OffsetTracker, Tracked
 from .reachability import CONNECT_WITHIN_S, BrokerWatch
@@ -59,8 +60,12 @@ class QAWorker(AsyncLifecycle):
         engine: QAEngine,
         metrics: WorkerMetrics,
         on_fatal: Callable[[BaseException], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """`tracing` defaults to the one `settings.tracing` names, which `stop()` shuts down."""
         self.settings = settings
+        self._owns_tracing = tracing is None
+        self.tracing = build_tracing(settings) if tracing is None else tracing
         self.engine = engine
         self.metrics = metrics
         self._on_fatal = on_fatal
@@ -72,7 +77,9 @@ class QAWorker(AsyncLifecycle):
             checksum=engine.model_id,
             worker_version=__version__,
         )
-        self.batcher = MicroBatcher(engine, settings.subset(BatchLimits), observer=metrics)
+        self.batcher = MicroBatcher(
+            engine, settings.subset(BatchLimits), observer=metrics, tracing=self.tracing
+        )
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
             load_question_sets(settings.question_sets, settings.subset(QAOptions))
@@ -80,7 +87,13 @@ class QAWorker(AsyncLifecycle):
             else {}
         )
         self.handlers = EventHandlers(
-            settings, self.batcher, model_name, engine.model_id, question_sets, self._topic_sets
+            settings,
+            self.batcher,
+            model_name,
+            engine.model_id,
+            question_sets,
+            self._topic_sets,
+            quality=metrics,
         )
         self.tracker = OffsetTracker(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,7 +115,11 @@ class QAWorker(AsyncLifecycle):
         if self._topic_sets:
             configured[settings.tags_topic] = describe("tags_topic")
         self.delivery = Delivery(
-            self.topics, self.handlers.dead_letter, settings_of=configured, observer=metrics
+            self.topics,
+            self.handlers.dead_letter,
+            settings_of=configured,
+            observer=metrics,
+            tracing=self.tracing,
         )
         metrics.watch_oldest_in_flight(self.oldest_in_flight_s)
 
@@ -175,6 +192,9 @@ class QAWorker(AsyncLifecycle):
         # Else the batcher would answer everything still submitted first, which is the very
         # work that ran out of time; the process is about to exit without it.
         self._datadir.cleanup()
+        if self._owns_tracing:
+            # Exports the spans still buffered, within OTEL_BSP_EXPORT_TIMEOUT.
+            await asyncio.to_thread(self.tracing.shutdown)
         return drained
 
     def readiness(self) -> tuple[bool, str]:
@@ -257,9 +277,13 @@ class QAWorker(AsyncLifecycle):
         self._read_at[tracked] = time.monotonic()
         try:
             self.metrics.event_received(message.topic)
-            outgoing = await respond(message, received)
-            # Delivery may have turned an answer the broker refused into a dead letter.
-            outgoing = await self.delivery.deliver(outgoing, message)
+            headers = message_headers(message)
+            with self.tracing.event(message, headers, self.settings.group_id) as trace:
+                outgoing = await respond(message, received)
+                # Delivery may turn an answer the broker refused into a dead letter.
+                with self.tracing.produce(outgoing.topic):
+                    outgoing = await self.delivery.deliver(outgoing, message)
+                trace.finish(outgoing.topic, outgoing.dead_letter_reason)
         finally:
             self._read_at.pop(tracked, None)
         if outgoing.dead_letter_reason is None:

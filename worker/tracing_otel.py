@@ -1,0 +1,208 @@
+"""`Tracing` on the OpenTelemetry SDK: W3C trace context in Kafka headers, spans out over OTLP.
+
+Attribute names follow OpenTelemetry's messaging semantic conventions for Kafka. Only the worker
+imports this module, and only with `--tracing otlp` (it needs the `tracing` extra).
+
+faust-streaming's `faust.contrib.opentelemetry` sensor is not used: it ends its span when the
+stream moves to the next event, but this worker hands each event to a task of its own and keeps
+up to `max_in_flight` of them running, so the sensor's span would close before the event's work
+does and would be current in the agent's loop rather than in the task; nor does it inject into
+what is produced. Its reading of Kafka headers (the first `traceparent` wins, bytes decoded
+leniently) is kept here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from . import __version__
+from .errors import ConfigError, ErrorCode
+from .logs import bind_event, event_fields
+from .tracing import ConsumedRecord, EventTrace, Headers, Tracing
+
+__all__ = ["DEFAULT_SERVICE_NAME", "OtelTracing", "otlp_tracing"]
+
+DEFAULT_SERVICE_NAME = "kafka-qa-worker"
+INSTRUMENTATION_NAME = "kafka-qa-worker"
+# Only this protocol's exporter ships in the `tracing` extra.
+OTLP_PROTOCOL = "http/protobuf"
+
+
+class _KafkaHeadersGetter(Getter[Headers]):
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        for name, value in carrier:
+            if name == key and value is not None:
+                return [value.decode("utf-8", "replace")]
+        return None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [name for name, _ in carrier]
+
+
+class _KafkaHeadersSetter(Setter[Headers]):
+    def set(self, carrier: Headers, key: str, value: str) -> None:
+        carrier.append((key, value.encode("utf-8")))
+
+
+_GETTER = _KafkaHeadersGetter()
+_SETTER = _KafkaHeadersSetter()
+
+
+@dataclass(frozen=True)
+class _EventLink:
+    span: trace.Span
+    context: trace.SpanContext
+    topic: str
+
+
+_current_event: ContextVar[_EventLink | None] = ContextVar("qa_worker_trace_event", default=None)
+
+
+class _EventSpan:
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def finish(self, topic: str, dead_letter_reason: ErrorCode | None) -> None:
+        event_id = event_fields().get("event_id")
+        if event_id is not None:
+            self._span.set_attribute("messaging.message.id", event_id)
+        self._span.set_attribute("qa.reply.topic", topic)
+        if dead_letter_reason is not None:
+            self._span.set_attribute("qa.dead_letter.reason", dead_letter_reason.value)
+            self._span.set_status(Status(StatusCode.ERROR, dead_letter_reason.value))
+
+
+class OtelTracing:
+    """Spans of `provider`'s tracer; the caller configured the provider (sampler, exporter)."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+
+    @contextmanager
+    def event(self, record: ConsumedRecord, headers: Headers, group: str) -> Iterator[EventTrace]:
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": group,
+        }
+        if record.key is not None:
+            attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+        span = self._tracer.start_span(
+            f"process {record.topic}",
+            context=propagate.extract(headers, getter=_GETTER),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
+        context = span.get_span_context()
+        # A span the sampler left out still has the trace's ids, which the logs want.
+        bind_event(
+            trace_id=trace.format_trace_id(context.trace_id),
+            span_id=trace.format_span_id(context.span_id),
+        )
+        token = _current_event.set(_EventLink(span, context, record.topic))
+        try:
+            with trace.use_span(span, end_on_exit=True):
+                yield _EventSpan(span)
+        finally:
+            _current_event.reset(token)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start_ns = time.time_ns()
+        try:
+            yield
+        finally:
+            self.interval(name, start_ns, time.time_ns())
+
+    def interval(self, name: str, start_ns: int, end_ns: int) -> None:
+        # A span event, not a child span: cheaper to record and to export, and there are three
+        # per event (about 410 against 510 us of CPU per event, hooks and export, measured).
+        event = _current_event.get()
+        if event is not None:
+            duration_ms = max(0, end_ns - start_ns) / 1e6
+            event.span.add_event(name, {"qa.duration_ms": duration_ms}, timestamp=start_ns)
+
+    @contextmanager
+    def produce(self, topic: str) -> Iterator[None]:
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": topic,
+        }
+        with self._tracer.start_as_current_span(
+            f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            yield
+
+    def link(self) -> object | None:
+        return _current_event.get()
+
+    def batch(
+        self, links: Sequence[object], windows: int, padded_tokens: int, start_ns: int, end_ns: int
+    ) -> None:
+        events = [link for link in links if isinstance(link, _EventLink)]
+        span = self._tracer.start_span(
+            "inference batch",
+            # A root of its own, whatever context the caller runs in: it serves many traces.
+            context=Context(),
+            links=[Link(event.context) for event in events],
+            start_time=start_ns,
+            attributes={
+                "qa.batch.windows": windows,
+                "qa.batch.events": len(events),
+                "qa.batch.padded_tokens": padded_tokens,
+                "qa.batch.streams": sorted({event.topic for event in events}),
+            },
+        )
+        span.end(end_time=max(start_ns, end_ns))
+
+    def outgoing_headers(self, headers: Headers) -> Headers:
+        # The incoming context is replaced, not repeated: two traceparents would be ambiguous.
+        fields = propagate.get_global_textmap().fields
+        outgoing = [(name, value) for name, value in headers if name not in fields]
+        propagate.inject(outgoing, setter=_SETTER)
+        return outgoing
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()
+
+
+def otlp_tracing() -> Tracing:
+    """Tracing exported over OTLP/HTTP, configured by the OTEL_ environment variables.
+
+    The SDK reads them itself: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT and _HEADERS,
+    OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and _ARG,
+    OTEL_BSP_* for the batching of exports, OTEL_PROPAGATORS.
+    """
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = os.environ.get(name)
+        if protocol is not None and protocol != OTLP_PROTOCOL:
+            raise ConfigError(
+                f"{name}={protocol!r}: the worker exports traces over {OTLP_PROTOCOL} only"
+            )
+    resource = Resource.create({SERVICE_VERSION: __version__})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return OtelTracing(provider)
