@@ -1,9 +1,10 @@
+import itertools
 import math
 import random
 
 import pytest
 
-from worker.qa.batching import BatchLimits, next_batch, plan_batches
+from worker.qa.batching import BatchLimits, next_batch, plan_batches, seed_index
 
 # The length-grouping tests below leave padding uncapped, to see grouping alone.
 UNCAPPED = math.inf
@@ -78,3 +79,64 @@ def test_limits_are_checked() -> None:
         BatchLimits(batch_size=0)
     with pytest.raises(ValueError, match="max_padding cannot be negative"):
         BatchLimits(max_padding=-0.1)
+
+
+def test_next_batch_seeded_elsewhere_starts_with_that_window() -> None:
+    limits = BatchLimits(batch_size=3, max_batch_tokens=10_000, max_padding=UNCAPPED)
+    assert next_batch([384, 384, 100, 104, 98], limits, seed=2) == [2, 4, 3]
+    # The seed is not taken twice, and a seed that fits with nothing runs alone.
+    assert next_batch([384, 100], BatchLimits(batch_size=4, max_batch_tokens=400), seed=1) == [1]
+
+
+@pytest.mark.parametrize(
+    ("owners", "previous", "expected"),
+    [
+        (["a", "a", "b", "c"], "a", 2),  # the oldest of another event
+        (["a", "a", "b", "c"], "b", 0),  # the oldest, when it is not the last seed's
+        (["a", "a", "b", "c"], None, 0),
+        (["a", "a"], "a", 0),  # only the last seed's event is pending
+        ([], "a", 0),
+    ],
+)
+def test_seed_index_takes_turns_oldest_first(
+    owners: list[str], previous: str | None, expected: int
+) -> None:
+    assert seed_index(owners, previous) == expected
+
+
+def simulate(owners: list[str], lengths: list[int], limits: BatchLimits) -> list[list[str]]:
+    """The owners of each batch, as the streaming batcher would take them from `pending`."""
+    pending = list(zip(owners, lengths, strict=True))
+    previous: str | None = None
+    batches = []
+    while pending:
+        seed = seed_index([owner for owner, _ in pending], previous)
+        chosen = next_batch([length for _, length in pending], limits, seed)
+        previous = pending[chosen[0]][0]
+        batches.append([pending[index][0] for index in chosen])
+        taken = set(chosen)
+        pending = [item for index, item in enumerate(pending) if index not in taken]
+    return batches
+
+
+def test_one_long_event_does_not_hold_the_events_behind_it() -> None:
+    # A 99,990-character context is about 200 windows of 384 tokens; two fit the token budget.
+    limits = BatchLimits(batch_size=16, max_batch_tokens=1024)
+    owners = ["long"] * 200 + [f"q{i}" for i in range(50)]
+    lengths = [384] * 200 + [60 + i % 5 for i in range(50)]
+    batches = simulate(owners, lengths, limits)
+    last_normal = max(i for i, batch in enumerate(batches) if "long" not in batch)
+    normal_batches = sum(1 for batch in batches if "long" not in batch)
+    # Each normal batch waits behind at most one batch of the long event.
+    assert last_normal < 2 * normal_batches
+    assert last_normal < 10, last_normal
+    # The oldest event is never starved: it seeds at least every second batch while pending.
+    long_batches = [i for i, batch in enumerate(batches) if "long" in batch]
+    assert all(b - a <= 2 for a, b in itertools.pairwise([-1, *long_batches]))
+    assert sum(batch.count("long") for batch in batches) == 200
+
+
+def test_turns_leave_a_single_event_its_batches() -> None:
+    limits = BatchLimits(batch_size=4, max_batch_tokens=10_000)
+    batches = simulate(["only"] * 10, [100] * 10, limits)
+    assert [len(batch) for batch in batches] == [4, 4, 2]

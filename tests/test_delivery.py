@@ -1,4 +1,4 @@
-"""Delivery with no broker: headers and key copied, retries until acked, too-large answers."""
+"""Delivery with no broker: headers and key copied, what is retried, dead-lettered or fatal."""
 
 from __future__ import annotations
 
@@ -7,18 +7,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from faust.exceptions import ProducerSendError
 
-from worker.errors import ErrorCode
+from worker.errors import DeliveryError, ErrorCode
 from worker.stream.delivery import (
     REPLY_TO_HEADER,
     Delivery,
     Outgoing,
     ReplyRouting,
+    Verdict,
     header,
+    judge,
     message_headers,
 )
+
+SETTINGS_OF = {"answers": "--answers-topic / QA_ANSWERS_TOPIC", "dead": "--dead-letter-topic"}
 
 
 @dataclass
@@ -60,8 +74,31 @@ def dead_letter(message: Any, event_time: float, code: ErrorCode, reason: str) -
     return Outgoing("dead", f"{code}: {reason}".encode(), event_time, dead_letter_reason=code)
 
 
-def delivery(topics: Topics) -> Delivery:
-    return Delivery(topics.__getitem__, dead_letter, first_backoff_s=0.001, max_backoff_s=0.004)
+@dataclass
+class Retries:
+    """Records each retry's topic, and how long delivery had been failing at that moment."""
+
+    seen: list[tuple[str, float]] = field(default_factory=list)
+    delivery: Delivery | None = None
+
+    def delivery_retried(self, topic: str) -> None:
+        assert self.delivery is not None
+        self.seen.append((topic, self.delivery.failing_for()))
+
+
+def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) -> Delivery:
+    made = Delivery(
+        topics.__getitem__,
+        dead_letter,
+        settings_of=SETTINGS_OF,
+        observer=retries,
+        first_backoff_s=0.001,
+        max_backoff_s=0.004,
+        **({} if clock is None else {"clock": clock}),
+    )
+    if retries is not None:
+        retries.delivery = made
+    return made
 
 
 async def test_sends_with_the_original_key_and_headers() -> None:
@@ -96,13 +133,146 @@ async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
     assert delivered.dead_letter_reason == ErrorCode.ANSWER_TOO_LARGE
 
 
-async def test_a_dead_letter_too_large_is_not_dead_lettered_again() -> None:
+async def test_a_dead_letter_too_large_is_fatal_and_names_the_setting() -> None:
     topics = Topics()
     topics["dead"] = FakeTopic("dead", failures=[MessageSizeTooLargeError()])
     outgoing = Outgoing("dead", b"x", 0.0, dead_letter_reason=ErrorCode.INVALID_JSON)
-    with pytest.raises(MessageSizeTooLargeError):
+    with pytest.raises(DeliveryError, match="--dead-letter-topic"):
         await delivery(topics).deliver(outgoing, FakeMessage())
     assert len(topics["dead"].sent) == 1
+
+
+ANSWER = Outgoing("answers", b"a", 0.0)
+REPLY = Outgoing("replies.team-a", b"a", 0.0)
+DEAD = Outgoing("dead", b"d", 0.0, dead_letter_reason=ErrorCode.INVALID_JSON)
+
+
+@pytest.mark.parametrize(
+    ("error", "outgoing", "expected"),
+    [
+        # Worth retrying wherever it happens, a dead letter included.
+        (KafkaConnectionError(), ANSWER, Verdict(retry=True)),
+        (NotLeaderForPartitionError(), ANSWER, Verdict(retry=True)),
+        # A batch that expired unacknowledged while the broker was away.
+        (KafkaTimeoutError(), ANSWER, Verdict(retry=True)),
+        (KafkaConnectionError(), DEAD, Verdict(retry=True)),
+        (KafkaConnectionError(), REPLY, Verdict(retry=True)),
+        (UnknownTopicOrPartitionError(), DEAD, Verdict(retry=True)),
+        # A configured topic the broker does not know yet may still be created.
+        (UnknownTopicOrPartitionError(), ANSWER, Verdict(retry=True)),
+        # Only this event's record.
+        (MessageSizeTooLargeError(), ANSWER, Verdict(code=ErrorCode.ANSWER_TOO_LARGE)),
+        (RecordListTooLargeError(), REPLY, Verdict(code=ErrorCode.ANSWER_TOO_LARGE)),
+        (InvalidTopicError(), REPLY, Verdict(code=ErrorCode.INVALID_REPLY_TOPIC)),
+        (UnknownTopicOrPartitionError(), REPLY, Verdict(code=ErrorCode.REPLY_TOPIC_UNKNOWN)),
+        (
+            TopicAuthorizationFailedError(),
+            REPLY,
+            Verdict(code=ErrorCode.REPLY_TOPIC_UNAUTHORIZED),
+        ),
+    ],
+)
+def test_judge_retries_what_may_pass_and_dead_letters_what_one_event_meets(
+    error: KafkaError, outgoing: Outgoing, expected: Verdict
+) -> None:
+    assert judge(error, outgoing, SETTINGS_OF) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "outgoing", "named"),
+    [
+        (TopicAuthorizationFailedError(), ANSWER, "--answers-topic / QA_ANSWERS_TOPIC"),
+        (InvalidTopicError(), ANSWER, "--answers-topic / QA_ANSWERS_TOPIC"),
+        (TopicAuthorizationFailedError(), DEAD, "--dead-letter-topic"),
+        (MessageSizeTooLargeError(), DEAD, "--dead-letter-topic"),
+    ],
+)
+def test_judge_stops_on_what_no_event_can_get_past(
+    error: KafkaError, outgoing: Outgoing, named: str
+) -> None:
+    verdict = judge(error, outgoing, SETTINGS_OF)
+    assert not verdict.retry and verdict.code is None
+    assert verdict.fatal is not None and named in verdict.fatal
+
+
+async def test_an_unwritable_answers_topic_raises_naming_the_setting() -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[TopicAuthorizationFailedError()])
+    with pytest.raises(DeliveryError, match="--answers-topic / QA_ANSWERS_TOPIC"):
+        await delivery(topics).deliver(ANSWER, FakeMessage())
+    # Nothing stands in for it: no dead letter, no second try.
+    assert "dead" not in topics and len(topics["answers"].sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (TopicAuthorizationFailedError(), ErrorCode.REPLY_TOPIC_UNAUTHORIZED),
+        (UnknownTopicOrPartitionError(), ErrorCode.REPLY_TOPIC_UNKNOWN),
+        (InvalidTopicError(), ErrorCode.INVALID_REPLY_TOPIC),
+    ],
+)
+async def test_a_refused_reply_topic_makes_that_event_a_dead_letter(
+    error: KafkaError, code: ErrorCode
+) -> None:
+    topics = Topics()
+    topics["replies.team-a"] = FakeTopic("replies.team-a", failures=[faust_wrapped(error)])
+    delivered = await delivery(topics).deliver(REPLY, FakeMessage())
+    [sent] = topics["dead"].sent
+    assert sent["value"].startswith(f"{code}: ".encode())
+    assert delivered.dead_letter_reason == code
+    assert len(topics["replies.team-a"].sent) == 1
+
+
+async def test_retries_are_reported_by_topic_and_failing_time_grows_then_clears() -> None:
+    ticks = iter(range(100))
+    topics = Topics()
+    failures: list[Exception] = [KafkaConnectionError()] * 3
+    topics["answers"] = FakeTopic("answers", failures=failures)
+    retries = Retries()
+    sender = delivery(topics, retries, clock=lambda: float(next(ticks)))
+    assert sender.failing_for() == 0.0
+    await asyncio.wait_for(sender.deliver(ANSWER, FakeMessage()), 5.0)
+    assert [topic for topic, _ in retries.seen] == ["answers"] * 3
+    # Counted from the first failure, not reset by each retry.
+    failing = [seconds for _, seconds in retries.seen]
+    assert failing[0] >= 0 and failing == sorted(failing) and failing[-1] > failing[0]
+    assert sender.failing_for() == 0.0
+
+
+async def test_failing_time_is_that_of_the_longest_retrying_delivery() -> None:
+    now = [0.0]
+    topics = Topics()
+    release = asyncio.Event()
+
+    class Stuck(FakeTopic):
+        async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
+            self.sent.append({"value": value})
+            if release.is_set():
+                return await super().send(key=key, value=value, headers=headers)
+            await asyncio.sleep(0)
+            raise KafkaConnectionError()
+
+    topics["answers"] = Stuck("answers")
+    sender = delivery(topics, clock=lambda: now[0])
+    first = asyncio.ensure_future(sender.deliver(ANSWER, FakeMessage()))
+    await wait_until(lambda: len(topics["answers"].sent) >= 2)
+    now[0] = 10.0
+    second = asyncio.ensure_future(sender.deliver(ANSWER, FakeMessage(offset=8)))
+    await wait_until(lambda: len(topics["answers"].sent) >= 4)
+    now[0] = 15.0
+    assert sender.failing_for() == 15.0
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5.0)
+    assert sender.failing_for() == 0.0
+
+
+async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout_s)
 
 
 @pytest.mark.parametrize(

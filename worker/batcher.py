@@ -13,12 +13,14 @@ inference. The event loop only does the bookkeeping below, so it never blocks.
 Scheduling: whenever the inference thread is free and windows are pending, the next batch is
 formed from what is pending (by `worker.qa.batching.next_batch`, the planner offline commands
 use too) and started at once; while it runs, new windows accumulate for the one after. A batch
-is seeded with the oldest pending window and filled with the pending windows
-closest to it in length, within `batch_size` windows, `max_batch_tokens` padded tokens and
-`max_padding`. Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token
-window among 100-token ones) from making a whole batch compute on padding, which costs more than
-running it alone; the oldest-first seed means no window waits behind more batches than there are
-windows ahead of it, whatever its length.
+is seeded with the oldest pending window of an event other than the one that seeded the last
+batch (`seed_index`: events take turns, so one event with hundreds of windows cannot hold every
+batch while the events behind it wait) and filled with the pending windows closest to it in
+length, within `batch_size` windows, `max_batch_tokens` padded tokens and `max_padding`.
+Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token window among
+100-token ones) from making a whole batch compute on padding, which costs more than running it
+alone; turns taken oldest first mean the oldest pending window seeds at least every second
+batch, whatever its length.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from functools import partial
 from typing import Protocol
 
 from .lifecycle import AsyncLifecycle
-from .qa.batching import BatchLimits, next_batch
+from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult
 from .qa.windows import EncodedQuestion, Window
@@ -127,6 +129,8 @@ class MicroBatcher(AsyncLifecycle):
         self._accepting = False
         # Oldest first; everything here is touched on the event loop only, so needs no lock.
         self._pending: list[_Pending] = []
+        # The event whose window seeded the batch last started, for taking turns.
+        self._last_seed: _Request | None = None
         self._running: asyncio.Future[tuple[list[WindowLogits], float]] | None = None
         self._wait_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
@@ -248,6 +252,7 @@ class MicroBatcher(AsyncLifecycle):
                 wait_until - now, self._dispatch
             )
             return
+        self._last_seed = batch[0].request
         chosen = set(batch)
         self._pending = [item for item in self._pending if item not in chosen]
         for item in batch:
@@ -264,8 +269,11 @@ class MicroBatcher(AsyncLifecycle):
         self._running.add_done_callback(partial(self._finished, batch, time.time_ns()))
 
     def _plan(self) -> list[_Pending]:
-        chosen = next_batch([len(item.window) for item in self._pending], self._limits)
-        return [self._pending[index] for index in chosen]
+        """The next batch, its seed first."""
+        pending = self._pending
+        seed = seed_index([item.request for item in pending], self._last_seed)
+        chosen = next_batch([len(item.window) for item in pending], self._limits, seed)
+        return [pending[index] for index in chosen]
 
     def _infer(self, windows: list[Window]) -> tuple[list[WindowLogits], float]:
         began = time.perf_counter()

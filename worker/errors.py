@@ -3,6 +3,7 @@
     WorkerError(code, message)
     ├── EventError        one event cannot be answered; `code` goes into its dead letter
     ├── OffsetOrderError  an acknowledged offset went backwards: the worker must stop
+    ├── DeliveryError     a record no event can get past (a configured topic refusing writes)
     └── SetupError        what a command was given or needs cannot be used (no code)
         ├── ConfigError       a setting
         ├── ModelFolderError  a model folder
@@ -46,6 +47,8 @@ class ErrorCode(StrEnum):
     TOKENIZATION_FAILED = "tokenization_failed"
     # Routing and tagging.
     INVALID_REPLY_TOPIC = "invalid_reply_topic"
+    REPLY_TOPIC_UNKNOWN = "reply_topic_unknown"
+    REPLY_TOPIC_UNAUTHORIZED = "reply_topic_unauthorized"
     REPLY_TOPIC_NOT_ALLOWED = "reply_topic_not_allowed"
     MISSING_QUESTION_SET = "missing_question_set"
     UNKNOWN_QUESTION_SET = "unknown_question_set"
@@ -78,6 +81,17 @@ class OffsetOrderError(WorkerError):
 
     Committing it would move the group's position backwards, or it means an event is being
     acknowledged twice; either way the worker's bookkeeping is wrong and it must not go on.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
+class DeliveryError(WorkerError):
+    """A record that can never be delivered and for which no dead letter can stand in.
+
+    The answers, tags or dead-letter topic refuses writes for good, or refused a dead letter:
+    every later event would meet the same, so the worker stops; the message names the setting.
     """
 
     def __init__(self, message: str) -> None:

@@ -23,6 +23,8 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_tokens_padded_total        | counter   |                  | tokens run, with padding |
 | qa_worker_padding_ratio              | gauge     |                  | padded / real, recent    |
 | qa_worker_in_flight_events           | gauge     |                  | events being worked on   |
+| qa_worker_oldest_in_flight_seconds   | gauge     |                  | age of the oldest held   |
+| qa_worker_delivery_retries_total     | counter   | topic            | sends retried            |
 | qa_worker_consumer_lag_messages      | gauge     | topic, partition | lag per partition        |
 | qa_worker_seconds_since_last_commit  | gauge     |                  | since the last commit    |
 | qa_worker_model_info                 | gauge = 1 | see below        | the loaded model         |
@@ -38,7 +40,9 @@ Details:
 - Queue wait runs from consuming the event to the start of the batch that holds its windows.
 - Padded tokens are windows x longest window of a batch, as ONNX Runtime runs them; real tokens
   are the windows' own lengths.
-- In-flight events are consumed and neither answered nor dead-lettered yet.
+- In-flight events are consumed and neither answered nor dead-lettered yet; the oldest one's
+  age (0 when none) is what holds its partition's commits back, as a delivery retrying does.
+- Delivery retries count sends that failed with an error worth retrying, by the topic sent to.
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
 - Seconds since last commit counts from the last commit that moved an offset (faust also
@@ -91,6 +95,8 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "tokens_padded_total",
         "padding_ratio",
         "in_flight_events",
+        "oldest_in_flight_seconds",
+        "delivery_retries_total",
         "consumer_lag_messages",
         "seconds_since_last_commit",
         "model_info",
@@ -188,6 +194,16 @@ class WorkerMetrics:
         self._in_flight = gauge(
             "in_flight_events", "Events consumed and not yet answered or dead-lettered."
         )
+        self._oldest_in_flight = gauge(
+            "oldest_in_flight_seconds",
+            "Age of the oldest event consumed and not yet answered or dead-lettered; 0 if none.",
+        )
+        self._oldest_in_flight.set(0)
+        self._retries = counter(
+            "delivery_retries_total",
+            "Sends that failed with an error worth retrying, retried with backoff; by topic.",
+            ("topic",),
+        )
         self._lag = gauge(
             "consumer_lag_messages",
             "Messages behind the high watermark, per assigned partition.",
@@ -260,6 +276,13 @@ class WorkerMetrics:
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)
+
+    def watch_oldest_in_flight(self, age: Callable[[], float]) -> None:
+        """Reads the oldest in-flight event's age from `age` at every scrape."""
+        self._oldest_in_flight.set_function(age)
+
+    def delivery_retried(self, topic: str) -> None:
+        self._retries.labels(topic).inc()
 
     def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Sets the lag of every assigned (topic, partition); drops series of revoked ones."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 from ..config import Settings
 from ..http import HealthServer
 from ..loading import load_engine
+from ..log_rate import quiet_repeats
 from ..logs import configure_logging
 from ..metrics import WorkerMetrics
 from ..stream import QAWorker
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 async def run_worker(settings: Settings) -> int:
     """Runs until SIGTERM or SIGINT, then drains; non-zero when work was left unfinished."""
+    quiet_repeats()
     engine = load_engine(settings)
     metrics = WorkerMetrics()
     stop = asyncio.Event()
@@ -35,7 +38,19 @@ async def run_worker(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with HealthServer(metrics, worker.readiness, settings.http_host, settings.http_port):
-        await worker.start()
+        # SIGTERM is obeyed while starting too: faust may wait for the broker a long time.
+        starting = asyncio.ensure_future(worker.start())
+        signalled = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if not starting.done():
+            log.error("stopped while starting; nothing was consumed")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await worker.stop()
+            return 1
+        starting.result()
         log.info(
             "answering %s -> %s as group %s",
             settings.questions_topic,

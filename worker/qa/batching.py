@@ -7,10 +7,10 @@ which plans over all windows of a call, shortest first), so every command batche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["BatchLimits", "next_batch", "plan_batches"]
+__all__ = ["BatchLimits", "next_batch", "plan_batches", "seed_index"]
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,19 @@ class BatchLimits:
             raise ValueError(f"max_padding cannot be negative, got {self.max_padding}")
 
 
-def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
-    """Indexes into `lengths` of the next batch: the first window, then those nearest its length.
+def next_batch(lengths: Sequence[int], limits: BatchLimits, seed: int = 0) -> list[int]:
+    """Indexes into `lengths` of the next batch: the seed window, then those nearest its length.
 
-    The first window (the seed) always runs, alone if it must; the others join in order of how
-    close their length is to the seed's (earlier first among equals), each only if the batch
-    stays within every limit with it.
+    The seed (index `seed`) always runs, alone if it must, and comes first; the others join in
+    order of how close their length is to the seed's (earlier first among equals), each only if
+    the batch stays within every limit with it.
     """
-    seed_length = lengths[0]
-    batch = [0]
+    seed_length = lengths[seed]
+    batch = [seed]
     longest = real = seed_length
+    others = [index for index in range(len(lengths)) if index != seed]
     # sorted() is stable: of two windows equally close in length, the earlier goes first.
-    for index in sorted(range(1, len(lengths)), key=lambda i: abs(lengths[i] - seed_length)):
+    for index in sorted(others, key=lambda i: abs(lengths[i] - seed_length)):
         if len(batch) == limits.batch_size:
             break
         widest = max(longest, lengths[index])
@@ -63,6 +64,18 @@ def next_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
             batch.append(index)
             longest, real = widest, with_window
     return batch
+
+
+def seed_index(owners: Sequence[Hashable], previous: Hashable | None) -> int:
+    """Which pending window seeds the next batch: the oldest of an event other than `previous`.
+
+    `owners` names the event of each pending window, oldest first; `previous` is the event
+    whose window seeded the last batch. Taking turns this way, one event with hundreds of
+    windows gets every other batch at most instead of all of them, and the oldest window still
+    seeds at least every second batch, so it never starves. With only `previous`'s windows
+    pending, the oldest of them seeds.
+    """
+    return next((index for index, owner in enumerate(owners) if owner != previous), 0)
 
 
 def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:

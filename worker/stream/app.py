@@ -17,7 +17,12 @@ from ..metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
 from .transport import FetchWaitTransport, faust_credentials
 
-__all__ = ["CommitSensor", "Topics", "build_app"]
+__all__ = ["PRODUCER_REQUEST_TIMEOUT_S", "CommitSensor", "Topics", "build_app"]
+
+# How long the producer waits for a topic's metadata or a batch's acknowledgement before giving
+# up on that send (delivery then retries it or dead-letters the event). faust's default, 1200 s,
+# let one event naming a reply topic the broker does not have hold its partition for 20 minutes.
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
 
 
 def build_app(settings: Settings, datadir: str) -> faust.App:
@@ -43,6 +48,7 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         broker_max_poll_records=max(16, settings.max_in_flight),
         producer_acks=-1,
         producer_max_request_size=MAX_REQUEST_BYTES,
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
         # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
         # environment, and they win over these arguments; the worker's settings come only
         # from Settings, so faust gets an empty environment.

@@ -2,34 +2,55 @@
 
 Every record goes out with the key and headers of the message it answers. A question may ask for
 its answer on another topic (`reply_to`, or the `reply-to` header), which is allowed only when
-the topic matches one of the configured patterns. A send is retried with backoff until the broker
-acknowledges it; the event stays in flight meanwhile, so its offset is not committed.
+the topic matches one of the configured patterns.
+
+A send that fails is judged by what can still succeed (`judge`):
+- an error aiokafka marks retriable (a lost connection, a leader moving), or a send that timed
+  out, is retried with backoff while the event stays in flight, so its offset is not committed;
+- an error that only this event's record meets (an answer too large, a reply topic that is
+  invalid, unknown or not writable) turns the event into a dead letter with its own code;
+- an error no event can get past (a configured topic refusing writes, a dead letter refused)
+  raises `DeliveryError`, which names the setting: the worker must stop, committing nothing that
+  was not delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
-from ..errors import ErrorCode
+from ..errors import DeliveryError, ErrorCode
 from ..tracing import NO_TRACING, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "REPLY_TO_HEADER",
     "Delivery",
+    "DeliveryObserver",
     "IncomingMessage",
     "Outgoing",
     "ReplyRouting",
+    "Verdict",
     "header",
+    "judge",
     "message_headers",
     "value_room",
 ]
@@ -45,6 +66,13 @@ MAX_RETRY_BACKOFF_S = 5.0
 MAX_REQUEST_BYTES = 1_000_000
 # A value's length varint takes up to 5 bytes where the empty value's takes 1.
 _LENGTH_VARINT_GROWTH = 4
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# What a reply topic named by one event can refuse, and the code its dead letter then carries.
+_REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
+    (InvalidTopicError, ErrorCode.INVALID_REPLY_TOPIC),
+    (UnknownTopicOrPartitionError, ErrorCode.REPLY_TOPIC_UNKNOWN),
+    (TopicAuthorizationFailedError, ErrorCode.REPLY_TOPIC_UNAUTHORIZED),
+)
 
 
 class IncomingMessage(Protocol):
@@ -138,6 +166,46 @@ class ReplyRouting:
         return any(fnmatchcase(topic, pattern) for pattern in self.patterns)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What to do after a failed send: retry, dead-letter with `code`, or stop (`fatal`)."""
+
+    retry: bool = False
+    code: ErrorCode | None = None
+    fatal: str | None = None
+
+
+def judge(error: KafkaError, outgoing: Outgoing, settings_of: Mapping[str, str]) -> Verdict:
+    """What a failed send of `outgoing` leaves to do.
+
+    `settings_of` maps each configured topic (answers, tags, dead letters) to the setting that
+    names it; any other topic is a reply topic that one event asked for.
+    """
+    setting = settings_of.get(outgoing.topic)
+    is_dead_letter = outgoing.dead_letter_reason is not None
+    if not is_dead_letter and isinstance(error, _TOO_LARGE):
+        # Records are sized before sending; this is a broker with a lower limit.
+        return Verdict(code=ErrorCode.ANSWER_TOO_LARGE)
+    if setting is None and not is_dead_letter:
+        for refusal, code in _REPLY_TOPIC_REFUSALS:
+            if isinstance(error, refusal):
+                return Verdict(code=code)
+    # aiokafka marks a batch that expired unacknowledged (a broker away longer than the request
+    # timeout) as not retriable; a later send may well be acknowledged.
+    if error.retriable or isinstance(error, KafkaTimeoutError):
+        return Verdict(retry=True)
+    if is_dead_letter:
+        where = f"{outgoing.topic} ({setting})" if setting else outgoing.topic
+        return Verdict(fatal=f"the dead-letter topic {where} refused a dead letter: {error!r}")
+    return Verdict(fatal=f"the topic {outgoing.topic} ({setting}) refused a record: {error!r}")
+
+
+class DeliveryObserver(Protocol):
+    """What delivery reports (`WorkerMetrics` implements it)."""
+
+    def delivery_retried(self, topic: str) -> None: ...
+
+
 class Delivery:
     """Sends outgoing records with the original key and headers, until the broker acks them."""
 
@@ -145,19 +213,50 @@ class Delivery:
         self,
         topic: Callable[[str], Topic],
         dead_letter: DeadLetterFactory,
+        settings_of: Mapping[str, str] | None = None,
+        observer: DeliveryObserver | None = None,
         first_backoff_s: float = FIRST_RETRY_BACKOFF_S,
         max_backoff_s: float = MAX_RETRY_BACKOFF_S,
+        clock: Callable[[], float] = time.monotonic,
         tracing: Tracing = NO_TRACING,
     ) -> None:
-        """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter."""
+        """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter.
+
+        `settings_of` maps each configured topic to the setting naming it (see `judge`).
+        """
         self._topic = topic
         self._tracing = tracing
         self._dead_letter = dead_letter
+        self._settings_of = dict(settings_of or {})
+        self._observer = observer
         self._first_backoff_s = first_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._clock = clock
+        # When each delivery now retrying first failed, by a number of its own.
+        self._failing_since: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    def failing_for(self) -> float:
+        """Seconds the longest-retrying delivery has been failing; 0 when none is retrying."""
+        if not self._failing_since:
+            return 0.0
+        return self._clock() - min(self._failing_since.values())
 
     async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
-        """Returns what the broker acknowledged: the record, or its dead letter if too large."""
+        """Returns what the broker acknowledged: the record, or the dead letter it became.
+
+        Raises DeliveryError when the record can never be delivered and no dead letter can
+        stand in for it.
+        """
+        delivery_id = next(self._ids)
+        try:
+            return await self._deliver(outgoing, message, delivery_id)
+        finally:
+            self._failing_since.pop(delivery_id, None)
+
+    async def _deliver(
+        self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
+    ) -> Outgoing:
         headers = self._tracing.outgoing_headers(message_headers(message))
         backoff = self._first_backoff_s
         while True:
@@ -172,14 +271,16 @@ class Delivery:
                 error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised
                 if not isinstance(error, KafkaError):
                     raise
-                if isinstance(error, MessageSizeTooLargeError):
-                    # Records are sized before sending; this is a broker with a lower limit.
-                    if outgoing.dead_letter_reason is not None:
-                        raise error from None
-                    outgoing = self._dead_letter(
-                        message, outgoing.event_time, ErrorCode.ANSWER_TOO_LARGE, str(error)
-                    )
-                    continue
-                log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+            verdict = judge(error, outgoing, self._settings_of)
+            if verdict.fatal is not None:
+                raise DeliveryError(verdict.fatal) from error
+            if verdict.code is not None:
+                outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, str(error))
+                backoff = self._first_backoff_s
+                continue
+            self._failing_since.setdefault(delivery_id, self._clock())
+            if self._observer is not None:
+                self._observer.delivery_retried(outgoing.topic)
+            log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff_s)

@@ -23,7 +23,8 @@ from mode.types.signals import SignalHandlerT
 
 from .. import __version__
 from ..batcher import MicroBatcher
-from ..config import Settings
+from ..config import Settings, describe
+from ..errors import WorkerError
 from ..lifecycle import AsyncLifecycle
 from ..metrics import WorkerMetrics
 from ..qa import BatchLimits, QAEngine, QAOptions
@@ -33,6 +34,7 @@ from .app import CommitSensor, Topics, build_app
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
 from .handlers import EventHandlers
 from .offsets import OffsetTracker, Tracked
+from .reachability import CONNECT_WITHIN_S, BrokerWatch
 
 __all__ = ["QAWorker"]
 
@@ -95,6 +97,9 @@ class QAWorker(AsyncLifecycle):
         )
         self.tracker = OffsetTracker(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        # When each event in flight was read (monotonic), for the oldest-in-flight gauge.
+        self._read_at: dict[Tracked, float] = {}
+        self._fatal: BaseException | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._started = False
         self._stopping: asyncio.Future[bool] | None = None
@@ -102,7 +107,21 @@ class QAWorker(AsyncLifecycle):
         # one keeps the worker runnable on a read-only root filesystem.
         self._datadir = tempfile.TemporaryDirectory(prefix="qa-worker-faust-")
         self.app = self._build_app()
-        self.delivery = Delivery(self.topics, self.handlers.dead_letter, tracing=self.tracing)
+        self.broker_watch = BrokerWatch(settings)
+        configured = {
+            settings.answers_topic: describe("answers_topic"),
+            settings.dead_letter_topic: describe("dead_letter_topic"),
+        }
+        if self._topic_sets:
+            configured[settings.tags_topic] = describe("tags_topic")
+        self.delivery = Delivery(
+            self.topics,
+            self.handlers.dead_letter,
+            settings_of=configured,
+            observer=metrics,
+            tracing=self.tracing,
+        )
+        metrics.watch_oldest_in_flight(self.oldest_in_flight_s)
 
     def _build_app(self) -> faust.App:
         settings = self.settings
@@ -124,10 +143,17 @@ class QAWorker(AsyncLifecycle):
     # lifecycle
 
     async def start(self) -> None:
-        """Starts the batcher, the consumer and the lag refresh; a second call does nothing."""
+        """Starts the batcher, the consumer and the lag refresh; a second call does nothing.
+
+        Raises ConfigError, naming the settings, when the broker cannot be reached within the
+        longer of CONNECT_WITHIN_S and the session timeout (a wrong address, or TLS or SASL
+        that do not match its listener).
+        """
         if self._started:
             return
         self._started = True
+        await self.broker_watch.connect(max(CONNECT_WITHIN_S, self.settings.session_timeout_s))
+        self.broker_watch.start()
         await self.batcher.start()
         await self.app.start()
         self._lag_task = asyncio.create_task(self._refresh_lag())
@@ -146,6 +172,7 @@ class QAWorker(AsyncLifecycle):
         self.metrics.set_ready(False)
         if self._lag_task is not None:
             self._lag_task.cancel()
+        await self.broker_watch.close()
         # Not wait_for: mode shields a service's stop from cancellation, so wait_for would wait
         # for the whole stop however long it takes. A stop still running at the deadline is left
         # to the caller, which must then exit without waiting for it.
@@ -171,8 +198,16 @@ class QAWorker(AsyncLifecycle):
         return drained
 
     def readiness(self) -> tuple[bool, str]:
+        if self._fatal is not None:
+            return False, f"stopping after a fatal error: {self._fatal}"
         if self._stopping is not None:
             return False, "stopping: draining in-flight events"
+        unreachable_s = self.broker_watch.unreachable_for()
+        if unreachable_s > self.settings.session_timeout_s:
+            return False, f"the broker has not answered for {unreachable_s:.0f} s"
+        failing_s = self.delivery.failing_for()
+        if failing_s > self.settings.session_timeout_s:
+            return False, f"delivery has been failing for {failing_s:.0f} s (see the log)"
         if not self.app.started:
             return False, "the Kafka consumer has not started"
         if not self.assigned_partitions():
@@ -185,6 +220,12 @@ class QAWorker(AsyncLifecycle):
         except Exception:  # consumer not started, or stopping
             return []
         return sorted(tp for tp in assignment if tp.topic in self.input_topics)
+
+    def oldest_in_flight_s(self) -> float:
+        """Seconds since the oldest event still in flight was read; 0 when none is."""
+        if not self._read_at:
+            return 0.0
+        return time.monotonic() - min(self._read_at.values())
 
     @property
     def input_topics(self) -> list[str]:
@@ -218,23 +259,33 @@ class QAWorker(AsyncLifecycle):
         self._tasks.discard(task)
         error = None if task.cancelled() else task.exception()
         if error is not None:
-            # Unreachable by design (every failure of one event becomes a dead letter); if it
-            # happens the event stays unacknowledged, so the process must restart to redeliver it.
-            log.critical("event handling failed", exc_info=error)
+            # A record no event can get past, or a bug (every failure of one event becomes a
+            # dead letter); the event stays unacknowledged, so the process must restart.
+            if self._fatal is None:
+                self._fatal = error
+                self.metrics.set_ready(False)
+                if isinstance(error, WorkerError):
+                    log.critical("stopping: %s", error)
+                else:
+                    log.critical("event handling failed", exc_info=error)
             if self._on_fatal is not None:
                 self._on_fatal(error)
 
     async def _handle(self, event: faust.types.EventT, tracked: Tracked, respond: Handler) -> None:
         message = event.message
         received = time.time()
-        self.metrics.event_received(message.topic)
-        headers = message_headers(message)
-        with self.tracing.event(message, headers, self.settings.group_id) as trace:
-            outgoing = await respond(message, received)
-            # Delivery may turn an answer the broker refused as too large into a dead letter.
-            with self.tracing.produce(outgoing.topic):
-                outgoing = await self.delivery.deliver(outgoing, message)
-            trace.finish(outgoing.topic, outgoing.dead_letter_reason)
+        self._read_at[tracked] = time.monotonic()
+        try:
+            self.metrics.event_received(message.topic)
+            headers = message_headers(message)
+            with self.tracing.event(message, headers, self.settings.group_id) as trace:
+                outgoing = await respond(message, received)
+                # Delivery may turn an answer the broker refused into a dead letter.
+                with self.tracing.produce(outgoing.topic):
+                    outgoing = await self.delivery.deliver(outgoing, message)
+                trace.finish(outgoing.topic, outgoing.dead_letter_reason)
+        finally:
+            self._read_at.pop(tracked, None)
         if outgoing.dead_letter_reason is None:
             self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
         else:

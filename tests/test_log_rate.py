@@ -1,0 +1,80 @@
+"""Repeated warnings are cut to one line per cause per interval, with the count of the rest."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from worker.log_rate import RepeatFilter, quiet_repeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    message: str, *args: object, name: str = "aiokafka.conn", level: int = 30
+) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, args, None)
+
+
+def test_one_line_per_cause_per_interval_then_the_count_of_the_rest() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=10.0, clock=clock)
+    template = "Unable connect to node with id %s: %s"
+    assert repeats.filter(record(template, 1, "refused"))
+    passed = []
+    for step in range(1, 60):
+        clock.now = step * 0.25  # 4 a second for just under 15 s
+        line = record(template, 1, "refused")
+        if repeats.filter(line):
+            passed.append((clock.now, line.getMessage()))
+    # The first pass is the one at or just after 10 s, counting every line dropped before it.
+    [(at, message)] = passed
+    assert at == 10.0
+    assert message == "Unable connect to node with id 1: refused (39 more like this in 10 s)"
+
+
+def test_just_under_the_interval_is_dropped_and_at_it_passes() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=10.0, clock=clock)
+    assert repeats.filter(record("lost"))
+    clock.now = 9.999
+    assert not repeats.filter(record("lost"))
+    clock.now = 10.0
+    assert repeats.filter(record("lost"))
+    # No repeats since: the next line after the interval passes unchanged.
+    clock.now = 20.0
+    line = record("lost")
+    assert repeats.filter(line) and line.getMessage() == "lost"
+
+
+def test_causes_are_told_apart_by_logger_level_and_template() -> None:
+    repeats = RepeatFilter(interval_s=10.0, clock=Clock())
+    assert repeats.filter(record("lost %s", 1))
+    assert not repeats.filter(record("lost %s", 2))
+    assert repeats.filter(record("lost %s", 1, name="faust.transport"))
+    assert repeats.filter(record("lost %s", 1, level=logging.ERROR))
+    assert repeats.filter(record("other %s", 1))
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.CRITICAL])
+def test_info_and_critical_lines_always_pass(level: int) -> None:
+    repeats = RepeatFilter(interval_s=10.0, clock=Clock())
+    assert all(repeats.filter(record("same", level=level)) for _ in range(5))
+
+
+def test_quiet_repeats_installs_one_filter_per_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    handlers = [logging.NullHandler(), logging.NullHandler()]
+    monkeypatch.setattr(root, "handlers", handlers)
+    quiet_repeats()
+    quiet_repeats()
+    filters = [[f for f in h.filters if isinstance(f, RepeatFilter)] for h in handlers]
+    assert [len(found) for found in filters] == [1, 1]
+    assert filters[0][0] is not filters[1][0]

@@ -1,0 +1,143 @@
+"""Whether the broker answers: start-up fails on time naming the settings, readiness follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.streaming import (
+    create_topics,
+    start_worker_process,
+    wait_until,
+    worker_settings,
+)
+from worker.broker import EmbeddedBroker
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.loading import load_engine
+from worker.metrics import WorkerMetrics
+from worker.stream import QAWorker
+from worker.stream.reachability import CONNECT_WITHIN_S, BrokerWatch
+
+pytestmark = pytest.mark.broker
+
+
+def plain_settings(bootstrap: str, **overrides: object) -> Settings:
+    return dataclasses.replace(Settings(broker=bootstrap), **overrides)
+
+
+async def test_the_watch_counts_how_long_the_broker_has_been_away() -> None:
+    async with EmbeddedBroker() as broker:
+        watch = BrokerWatch(plain_settings(broker.bootstrap_servers), interval_s=0.1)
+        await watch.connect(within_s=5.0)
+        watch.start()
+        try:
+            await asyncio.sleep(0.5)
+            assert watch.unreachable_for() == 0.0
+            await broker.stop()
+            await wait_until(lambda: watch.unreachable_for() > 1.0, 10, "the watch to notice")
+        finally:
+            await watch.close()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "extra"),
+    [
+        ("SSL", {}),
+        ("SASL_PLAINTEXT", {"sasl_username": "u", "sasl_password": "secret-pw"}),
+    ],
+)
+async def test_tls_or_sasl_against_a_plaintext_listener_fails_on_time_naming_the_setting(
+    protocol: str, extra: dict[str, str]
+) -> None:
+    async with EmbeddedBroker() as broker:
+        settings = plain_settings(broker.bootstrap_servers, security_protocol=protocol, **extra)
+        watch = BrokerWatch(settings, interval_s=0.1)
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as raised:
+            await asyncio.wait_for(watch.connect(within_s=2.0), 10.0)
+        took = time.monotonic() - started
+        await watch.close()
+    message = str(raised.value)
+    assert "--security-protocol" in message and "--broker" in message and protocol in message
+    assert "secret-pw" not in message
+    # The bound plus at most one connection attempt's own timeout.
+    assert took < 2.0 + 5.0 + 1.0
+
+
+async def test_readiness_is_503_once_the_broker_is_away_longer_than_the_session(
+    exported_models: dict[str, Path],
+) -> None:
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], drain_timeout_s=3.0
+        )
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            await broker.stop()
+            await wait_until(lambda: not worker.readiness()[0], 15, "readiness to drop")
+            assert "broker has not answered" in worker.readiness()[1]
+        finally:
+            started = time.monotonic()
+            await worker.stop()
+            # The drain cannot commit with no broker, and must still end on time.
+            assert time.monotonic() - started < settings.drain_timeout_s + 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers_http(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def test_run_with_ssl_against_plaintext_exits_non_zero_and_obeys_sigterm_while_starting(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    async with EmbeddedBroker() as broker:
+        base = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], security_protocol="SSL"
+        )
+        # Left alone: a non-zero exit within the bound, with a line naming the setting.
+        log = tmp_path / "alone.log"
+        process = start_worker_process(base, log)
+        started = time.monotonic()
+        code = await asyncio.to_thread(process.wait, CONNECT_WITHIN_S + 30)
+        assert code != 0
+        assert time.monotonic() - started < CONNECT_WITHIN_S + 25
+        assert "--security-protocol" in log.read_text()
+        # SIGTERM while it is still trying: it leaves at once, non-zero.
+        port = free_port()
+        log = tmp_path / "sigterm.log"
+        process = start_worker_process(dataclasses.replace(base, http_port=port), log)
+        try:
+            await wait_until(lambda: answers_http(port), 60, "the health server to answer")
+            process.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            code = await asyncio.to_thread(process.wait, base.drain_timeout_s + 10)
+            assert code != 0
+            assert time.monotonic() - stopped < base.drain_timeout_s + 5
+            assert "stopped while starting" in log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert isinstance(process, subprocess.Popen)

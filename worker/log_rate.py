@@ -1,0 +1,70 @@
+"""Repeated warnings at a bounded rate: one line per cause per interval, with a count of the rest.
+
+When the broker goes away, aiokafka and faust log every failed connection attempt, about 60 lines
+a second, which buries the line that says what happened. A cause is the logger and the message
+template (the text before its arguments are filled in); the first record of a cause passes, the
+same cause's records within `interval_s` after it are dropped and counted, and the next one after
+the interval passes with that count appended. Critical records always pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["REPEAT_INTERVAL_S", "RepeatFilter", "quiet_repeats"]
+
+REPEAT_INTERVAL_S = 10.0
+
+
+@dataclass
+class _Cause:
+    passed_at: float
+    suppressed: int = 0
+
+
+class RepeatFilter(logging.Filter):
+    """Passes one WARNING or ERROR record per cause per `interval_s`; other levels all pass.
+
+    For one handler: the record that passes after an interval has its message changed.
+    """
+
+    def __init__(
+        self, interval_s: float = REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._causes: dict[tuple[str, int, str], _Cause] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        cause = self._causes.get(key)
+        if cause is None:
+            self._causes[key] = _Cause(now)
+            return True
+        if now - cause.passed_at < self._interval_s:
+            cause.suppressed += 1
+            return False
+        if cause.suppressed:
+            # Appended to the template (it holds no %), so the record's arguments still fill it.
+            elapsed = now - cause.passed_at
+            record.msg = f"{record.msg} ({cause.suppressed} more like this in {elapsed:.0f} s)"
+        self._causes[key] = _Cause(now)
+        return True
+
+
+def quiet_repeats(interval_s: float = REPEAT_INTERVAL_S) -> None:
+    """Installs a RepeatFilter on every handler of the root logger that has none yet.
+
+    One each: a filter shared by two handlers would count the second's copy of a record as a
+    repeat.
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(existing, RepeatFilter) for existing in handler.filters):
+            handler.addFilter(RepeatFilter(interval_s))
