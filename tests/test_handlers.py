@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from opentelemetry.sdk.trace import TracerProvider
 
 from worker.batcher import Answered, DeadlineExceeded
 from worker.config import Settings
@@ -16,6 +17,7 @@ from worker.qa import QAOptions, QAResult
 from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room
 from worker.stream.handlers import EventHandlers
 from worker.tagging import QuestionSet, TagField
+from worker.tracing_otel import OtelTracing
 
 
 @dataclass
@@ -198,6 +200,55 @@ async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
     letter = json.loads(outgoing.value)
     assert (letter["id"], letter["payload_size"]) == ("q1", len(message.value))
     assert letter["payload_truncated"] is True
+
+
+TRACESTATE = ("tracestate", b"vendor=" + b"v" * 200)
+# Incoming trace headers, and the bytes records are then sized under what they could be: a
+# tracestate with no traceparent is counted, though it is dropped on the way out.
+INCOMING_TRACE_HEADERS = {
+    "untraced": ([], 0),
+    "traced": (
+        [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), TRACESTATE],
+        0,
+    ),
+    "only-tracestate": ([TRACESTATE], 220),
+}
+
+
+def sent_size(tracing: OtelTracing, message: FakeMessage, value: bytes) -> int:
+    """The size aiokafka checks for `value` sent with the headers tracing gives it."""
+    with tracing.event(message, list(message.headers), "group"), tracing.produce("qa-answers"):
+        headers = tracing.outgoing_headers(list(message.headers))
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, value, list(headers))
+
+
+@pytest.mark.parametrize(
+    ("incoming", "reserved"), INCOMING_TRACE_HEADERS.values(), ids=INCOMING_TRACE_HEADERS
+)
+async def test_records_leave_room_for_the_trace_headers_tracing_adds(
+    incoming: list[tuple[str, bytes]], reserved: int
+) -> None:
+    tracing = OtelTracing(TracerProvider())
+    traced = EventHandlers(Settings(), FakeBatcher(), "model-a", "sha-1", SETS, {}, tracing=tracing)
+    # A dead letter is cut to fill its room; the producer span's traceparent must still fit.
+    huge = FakeMessage(question(context="lorem ipsum " * 83_333), headers=incoming)
+    letter = await traced.answer_question(huge, 0.0)
+    assert letter.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
+    limit = MAX_REQUEST_BYTES
+    assert limit - 64 - reserved < sent_size(tracing, huge, letter.value) <= limit
+
+    def with_metadata(text: str) -> FakeMessage:
+        return FakeMessage(question(metadata={"note": text}), headers=incoming)
+
+    probe = await traced.answer_question(with_metadata(""), 0.0)
+    room = MAX_REQUEST_BYTES - sent_size(tracing, with_metadata(""), probe.value)
+    # Timings vary in width, so aim a few bytes inside the limit and check both sides of it.
+    fitting = with_metadata("x" * (room - reserved - 16))
+    answer = await traced.answer_question(fitting, 0.0)
+    assert answer.dead_letter_reason is None
+    assert sent_size(tracing, fitting, answer.value) <= MAX_REQUEST_BYTES
+    over = await traced.answer_question(with_metadata("x" * (room + 16)), 0.0)
+    assert over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
 
 
 @pytest.mark.parametrize("reply_to", ["replies.bad name!", "replies." + "x" * 250, ".."])

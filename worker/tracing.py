@@ -103,6 +103,11 @@ class Tracing(Protocol):
         """The incoming headers with the current trace context in place of the incoming one."""
         ...
 
+    def sized_headers(self, headers: Headers) -> Headers:
+        """Headers at least as large as `outgoing_headers` will send for an event that came in
+        with `headers`: known before its producer span exists, so its records can be sized."""
+        ...
+
     def shutdown(self) -> None:
         """Exports what is still buffered; hooks called afterwards do nothing."""
         ...
@@ -160,6 +165,9 @@ class NoTracing:
         pass
 
     def outgoing_headers(self, headers: Headers) -> Headers:
+        return headers
+
+    def sized_headers(self, headers: Headers) -> Headers:
         return headers
 
     def shutdown(self) -> None:

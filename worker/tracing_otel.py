@@ -60,6 +60,15 @@ class _KafkaHeadersSetter(Setter[Headers]):
 
 _GETTER = _KafkaHeadersGetter()
 _SETTER = _KafkaHeadersSetter()
+# A sampled span with the widest ids, for sizing the headers a producer span will add.
+_SAMPLE_SPAN = trace.NonRecordingSpan(
+    trace.SpanContext(
+        trace_id=2**128 - 1,
+        span_id=2**64 - 1,
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,15 @@ class OtelTracing:
         outgoing = [(name, value) for name, value in headers if name not in fields]
         propagate.inject(outgoing, setter=_SETTER)
         return outgoing
+
+    def sized_headers(self, headers: Headers) -> Headers:
+        # The producer span's own fields (traceparent, or a configured propagator's ids) have a
+        # fixed size, so a sample span's stand in for them. Tracestate and baggage go out as they
+        # came in, so they are counted as they are.
+        sample: Headers = []
+        propagate.inject(sample, context=trace.set_span_in_context(_SAMPLE_SPAN), setter=_SETTER)
+        replaced = {name for name, _ in sample}
+        return [*((name, value) for name, value in headers if name not in replaced), *sample]
 
     def shutdown(self) -> None:
         self._provider.shutdown()

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
@@ -139,14 +139,21 @@ def header(message: IncomingMessage, name: str) -> str | None:
         return None
 
 
-def value_room(message: IncomingMessage, max_request_bytes: int = MAX_REQUEST_BYTES) -> int:
-    """Most bytes a record value may have when sent with the message's key and headers.
+def value_room(
+    message: IncomingMessage,
+    headers: Sequence[tuple[str, bytes]] | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> int:
+    """Most bytes a record value may have when sent with the message's key and `headers` (by
+    default the message's own).
 
     aiokafka refuses a record whose estimated size (batch header, record overhead, key, value,
     headers) passes the producer's maximum request size; this is what that leaves for the value.
     """
-    headers: list[tuple[str, bytes | None]] = list(message_headers(message))
-    overhead = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, b"", headers)
+    sent: list[tuple[str, bytes | None]] = list(
+        message_headers(message) if headers is None else headers
+    )
+    overhead = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, b"", sent)
     return max_request_bytes - overhead - _LENGTH_VARINT_GROWTH
 
 

@@ -32,7 +32,15 @@ from ..events import (
 from ..logs import bind_event
 from ..qa.types import QAOptions, QAResult
 from ..tagging import QuestionSet, tag_results
-from .delivery import MAX_REQUEST_BYTES, IncomingMessage, Outgoing, ReplyRouting, value_room
+from ..tracing import NO_TRACING, Tracing
+from .delivery import (
+    MAX_REQUEST_BYTES,
+    IncomingMessage,
+    Outgoing,
+    ReplyRouting,
+    message_headers,
+    value_room,
+)
 
 __all__ = ["AnswerQuality", "Answerer", "EventHandlers", "kafka_timestamp_ms"]
 
@@ -70,9 +78,12 @@ class EventHandlers:
         question_sets: Mapping[str, QuestionSet],
         topic_sets: Mapping[str, str | None],
         quality: AnswerQuality | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
-        """`topic_sets` maps each documents topic to its default question set (or None)."""
+        """`topic_sets` maps each documents topic to its default question set (or None);
+        `tracing` is the delivery's, whose trace headers every record is sized with."""
         self._quality = quality
+        self._tracing = tracing
         self.settings = settings
         self.batcher = batcher
         self.model_name = model_name
@@ -206,14 +217,14 @@ class EventHandlers:
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
         )
-        value = dead_letter_bytes(record, value_room(message))
+        value = dead_letter_bytes(record, self._room(message))
         return Outgoing(self.settings.dead_letter_topic, value, event_time, dead_letter_reason=code)
 
     def _fitting(
         self, message: IncomingMessage, topic: str, value: bytes, event_time: float, queue_s: float
     ) -> Outgoing:
         """The record for `value`, or an answer_too_large dead letter when it cannot be sent."""
-        room = value_room(message)
+        room = self._room(message)
         if len(value) <= room:
             return Outgoing(topic, value, event_time, queue_s=queue_s)
         reason = (
@@ -222,6 +233,9 @@ class EventHandlers:
             f"{MAX_REQUEST_BYTES:,} bytes); send less metadata or ask for fewer answers"
         )
         return self.dead_letter(message, event_time, ErrorCode.ANSWER_TOO_LARGE, reason)
+
+    def _room(self, message: IncomingMessage) -> int:
+        return value_room(message, self._tracing.sized_headers(message_headers(message)))
 
     def _unanswerable(
         self, message: IncomingMessage, event_time: float, error: Exception, event_id: str

@@ -94,6 +94,7 @@ class QAWorker(AsyncLifecycle):
             question_sets,
             self._topic_sets,
             quality=metrics,
+            tracing=self.tracing,
         )
         self.tracker = OffsetTracker(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
