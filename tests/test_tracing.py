@@ -234,6 +234,20 @@ async def test_an_unsampled_event_exports_nothing_and_still_passes_its_trace_on(
     assert fields["trace_id"] == TRACE_ID
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["off", "otel"])
+def test_an_events_log_fields_end_with_its_event(
+    traced: bool, exporter: InMemorySpanExporter
+) -> None:
+    # Not async on purpose: a caller handling events one after another in one context must not
+    # leave one event's ids on the next one's lines.
+    tracing = sdk_tracing(exporter) if traced else NO_TRACING
+    with tracing.event(Record(), [("traceparent", TRACEPARENT)], "test-group"):
+        bind_event(event_id="event-1")
+        assert event_fields()["trace_id"] == TRACE_ID
+        assert event_fields()["event_id"] == "event-1"
+    assert dict(event_fields()) == {}
+
+
 def test_traceparent_ids_accept_only_valid_w3c_headers() -> None:
     def ids(*values: bytes) -> tuple[str, str] | None:
         return traceparent_ids([("traceparent", value) for value in values])

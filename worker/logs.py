@@ -14,16 +14,28 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["JsonFormatter", "bind_event", "configure_logging", "event_fields"]
+__all__ = ["JsonFormatter", "bind_event", "configure_logging", "event_fields", "event_scope"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 _event_fields: ContextVar[Mapping[str, str] | None] = ContextVar(
     "qa_worker_event_log_fields", default=None
 )
+
+
+@contextmanager
+def event_scope() -> Iterator[None]:
+    """Fields bound inside the block are gone when it ends, even where it ran in no task of its
+    own (a caller's thread or task handling events one after another)."""
+    token = _event_fields.set(None)
+    try:
+        yield
+    finally:
+        _event_fields.reset(token)
 
 
 def bind_event(**fields: str) -> None:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .config import Settings, describe
 from .errors import ConfigError, ErrorCode
-from .logs import bind_event
+from .logs import bind_event, event_scope
 
 __all__ = [
     "NO_TRACING",
@@ -142,10 +142,11 @@ class NoTracing:
 
     @contextmanager
     def event(self, record: ConsumedRecord, headers: Headers, group: str) -> Iterator[EventTrace]:
-        ids = traceparent_ids(headers)
-        if ids is not None:
-            bind_event(trace_id=ids[0])
-        yield self._event_trace
+        with event_scope():
+            ids = traceparent_ids(headers)
+            if ids is not None:
+                bind_event(trace_id=ids[0])
+            yield self._event_trace
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return nullcontext()

@@ -31,7 +31,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import __version__
 from .errors import ConfigError, ErrorCode
-from .logs import bind_event, event_fields
+from .logs import bind_event, event_fields, event_scope
 from .tracing import ConsumedRecord, EventTrace, Headers, Tracing
 
 __all__ = ["DEFAULT_SERVICE_NAME", "OtelTracing", "otlp_tracing"]
@@ -122,14 +122,14 @@ class OtelTracing:
             attributes=attributes,
         )
         context = span.get_span_context()
-        # A span the sampler left out still has the trace's ids, which the logs want.
-        bind_event(
-            trace_id=trace.format_trace_id(context.trace_id),
-            span_id=trace.format_span_id(context.span_id),
-        )
         token = _current_event.set(_EventLink(span, context, record.topic))
         try:
-            with trace.use_span(span, end_on_exit=True):
+            with event_scope(), trace.use_span(span, end_on_exit=True):
+                # A span the sampler left out still has the trace's ids, which the logs want.
+                bind_event(
+                    trace_id=trace.format_trace_id(context.trace_id),
+                    span_id=trace.format_span_id(context.span_id),
+                )
                 yield _EventSpan(span)
         finally:
             _current_event.reset(token)

@@ -28,13 +28,15 @@ class OtlpReceiver:
                 receiver.paths.append(self.path)
                 receiver.content_types.append(self.headers["Content-Type"])
                 receiver.requests.append(ExportTraceServiceRequest.FromString(body))
+                # Before answering: the exporter returns once it has the answer, and the test
+                # then looks at what was received.
+                receiver.received.set()
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
-                receiver.received.set()
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

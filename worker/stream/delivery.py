@@ -38,7 +38,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
-from ..tracing import NO_TRACING, Tracing
+from ..tracing import NO_TRACING, ConsumedRecord, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -75,23 +75,12 @@ _REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
 )
 
 
-class IncomingMessage(Protocol):
-    """The parts of a consumed Kafka message (faust's `Message`) that the worker reads."""
-
-    @property
-    def key(self) -> bytes | None: ...
+class IncomingMessage(ConsumedRecord, Protocol):
+    """The parts of a consumed Kafka message (faust's `Message`) that the worker reads: what a
+    consumer span describes, and the value, timestamp and headers."""
 
     @property
     def value(self) -> bytes | None: ...
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
 
     @property
     def timestamp(self) -> float | None: ...
