@@ -13,9 +13,13 @@ class InferenceBackend(Protocol):
 
     `inputs` maps the model's input names (`input_ids`, `attention_mask`, and `token_type_ids` for
     models that take them) to int64 arrays of shape (batch, length). Returns float32 start and end
-    logits of the same shape. Implementations must be safe to call from a worker thread.
+    logits of the same shape. `run` may be called from several threads at once, one per stream
+    (`0 <= stream < streams`); batches of one stream run one after another.
     """
 
     input_names: tuple[str, ...]
+    streams: int
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+    def run(
+        self, inputs: Mapping[str, np.ndarray], stream: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]: ...

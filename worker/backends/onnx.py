@@ -36,18 +36,29 @@ def cgroup_cpu_limit(path: Path) -> int | None:
 
 
 class OnnxBackend:
-    def __init__(self, model_path: Path, threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        # One batch runs at a time; parallelism comes from the intra-op pool.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    """One ONNX model run by `streams` threads at once, each batch on `threads` intra-op threads.
+
+    `run(inputs, stream)` may be called concurrently for distinct streams. With one thread per
+    stream, every stream runs the one session (ONNX Runtime's `Run` is thread-safe, and with a
+    single intra-op thread it computes on the caller's thread), so the weights are loaded once.
+    With more, each stream has its own session: streams sharing one intra-op pool would wait on
+    each other, which is what several streams are for avoiding.
+    """
+
+    def __init__(self, model_path: Path, threads: int = 0, streams: int = 1) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be 1 or more, got {streams}")
+        self.streams = streams
+        self.threads = threads or max(1, available_cores() // streams)
+        shared = self.threads == 1
+        self._sessions = (
+            [self._open(model_path)] * streams
+            if shared
+            else [self._open(model_path) for _ in range(streams)]
         )
-        self.input_names = tuple(item.name for item in self._session.get_inputs())
-        outputs = [item.name for item in self._session.get_outputs()]
+        session = self._sessions[0]
+        self.input_names = tuple(item.name for item in session.get_inputs())
+        outputs = [item.name for item in session.get_outputs()]
         missing = {START_LOGITS, END_LOGITS} - set(outputs)
         if missing:
             raise ValueError(
@@ -55,7 +66,26 @@ class OnnxBackend:
                 "export it with `qa-worker export`"
             )
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def sessions(self) -> int:
+        """Distinct ONNX Runtime sessions, so copies of the weights, this backend holds."""
+        return len({id(session) for session in self._sessions})
+
+    def _open(self, model_path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        # Parallelism comes from the intra-op pool and from the streams, not from running the
+        # graph's independent nodes side by side.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], stream: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         feed = {name: inputs[name] for name in self.input_names}
-        start, end = self._session.run([START_LOGITS, END_LOGITS], feed)
+        start, end = self._sessions[stream].run([START_LOGITS, END_LOGITS], feed)
         return start, end
