@@ -75,8 +75,16 @@ class Settings:
         "model",
         choices=("fp32", "int8"),
     )
+    inference_streams: int = setting(
+        0,
+        "Batches run at once, each on its own threads; 0: chosen for the available cores.",
+        "model",
+    )
     threads: int = setting(
-        0, "ONNX Runtime intra-op threads; 0 uses one per available core.", "model"
+        0,
+        "ONNX Runtime intra-op threads per inference stream; 0: the available cores shared "
+        "out among the streams.",
+        "model",
     )
     # question answering
     top_k: int = setting(1, "Answers returned per question (best first).", "qa")
@@ -244,8 +252,9 @@ class Settings:
                 raise ConfigError(f"{describe(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
-        if self.threads < 0:
-            raise ConfigError(f"{describe('threads')} must be 0 or more, got {self.threads}")
+        for name in ("threads", "inference_streams"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{describe(name)} must be 0 or more, got {getattr(self, name)}")
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ConfigError(f"{describe('max_seq_len')} must be at least 8")
         if self.doc_stride is not None and self.doc_stride < 0:

@@ -28,6 +28,7 @@ def load_engine(settings: Settings) -> QAEngine:
         # admit only the Precision values.
         precision=cast(Precision | None, settings.precision),
         threads=settings.threads,
+        streams=settings.inference_streams,
         max_seq_len=settings.max_seq_len,
         doc_stride=settings.doc_stride,
     )

@@ -35,6 +35,19 @@ def cgroup_cpu_limit(path: Path) -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
+def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple[int, int]:
+    """(threads per stream, streams) for the settings, where 0 means chosen for the cores.
+
+    The default, one single-threaded stream per core, measured fastest on the development
+    machine (docs/performance.md): one session's intra-op threads wait for each other at the end
+    of every operator, while separate streams never do.
+    """
+    cores = cores or available_cores()
+    if not streams:
+        streams = max(1, cores // threads) if threads else cores
+    return threads or max(1, cores // streams), streams
+
+
 class OnnxBackend:
     """One ONNX model run by `streams` threads at once, each batch on `threads` intra-op threads.
 
@@ -49,7 +62,7 @@ class OnnxBackend:
         if streams < 1:
             raise ValueError(f"streams must be 1 or more, got {streams}")
         self.streams = streams
-        self.threads = threads or max(1, available_cores() // streams)
+        self.threads, _ = stream_layout(streams, threads)
         shared = self.threads == 1
         self._sessions = (
             [self._open(model_path)] * streams

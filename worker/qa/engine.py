@@ -78,10 +78,11 @@ class QAEngine:
         *,
         precision: Precision | None = None,
         threads: int = 0,
+        streams: int = 0,
         max_seq_len: int | None = None,
         doc_stride: int | None = None,
     ) -> QAEngine:
-        from ..backends.onnx import OnnxBackend
+        from ..backends.onnx import OnnxBackend, stream_layout
 
         manifest = Manifest.read(folder)
         onnx_path = manifest.onnx_path(folder, precision)
@@ -90,7 +91,7 @@ class QAEngine:
         tokenizer = WindowTokenizer(
             folder / TOKENIZER_NAME, manifest.tokenizer, max_seq_len, doc_stride
         )
-        backend = OnnxBackend(onnx_path, threads=threads)
+        backend = OnnxBackend(onnx_path, *stream_layout(streams, threads))
         return cls(tokenizer, backend, manifest, model_id=manifest_checksum(folder))
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
