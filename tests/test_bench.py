@@ -8,6 +8,7 @@ other and with what can be counted by hand.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -21,15 +22,18 @@ import pytest
 
 from parity import texts
 from parity.reference import reference_python
+from worker.bench.ceiling import ceiling_layouts
 from worker.bench.clock import cpu_seconds
 from worker.bench.end_to_end import END_TO_END_ROUNDS, bench_worker_settings
 from worker.bench.flops import model_gflop_per_window
+from worker.bench.goodput import GOODPUT_STEPS, SLO_WINDOWS
 from worker.bench.machine import measure_int8_gemm
-from worker.bench.report import TARGETS
+from worker.bench.model_gemm import matmul_integer_shapes
+from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS
 from worker.bench.worker_process import WorkerProcess
 from worker.broker import EmbeddedBroker
 from worker.cli import build_parser
-from worker.config import Settings
+from worker.config import Settings, settings_environment
 from worker.errors import BenchError
 
 pytestmark = pytest.mark.broker
@@ -37,7 +41,8 @@ pytestmark = pytest.mark.broker
 EVENTS = 30
 SWEEP_EVENTS = 12
 LOADS = [0.25, 0.5, 0.75, 1.0]
-THROUGHPUT_SECTIONS = ("ceiling", "engine", "end_to_end")
+# Set apart from the machine's defaults, so that the test knows the layout the worker must run.
+STREAMS, THREADS = 2, 1
 
 
 def write_squad(path: Path, count: int, seed: int = 31) -> Path:
@@ -93,6 +98,12 @@ def bench_run(
         str(EVENTS),
         "--sweep-events",
         str(SWEEP_EVENTS),
+        "--inference-streams",
+        str(STREAMS),
+        "--threads",
+        str(THREADS),
+        "--idle-seconds",
+        "1",
         "--json",
         str(report_path),
         "--plot",
@@ -106,9 +117,14 @@ def test_report_has_every_section(bench_run: tuple[dict[str, Any], Path]) -> Non
     report, _ = bench_run
     required = {
         "ceiling",
+        "baseline",
         "engine",
         "end_to_end",
         "sweep",
+        "goodput",
+        "idle_cpu_cores",
+        "memory",
+        "gemm_model_shapes",
         "padding_ratio",
         "peak_rss_mb",
         "startup_s",
@@ -150,9 +166,6 @@ def test_throughputs_and_latencies_are_sane(bench_run: tuple[dict[str, Any], Pat
     report, _ = bench_run
     for section in THROUGHPUT_SECTIONS:
         assert report[section]["events_per_s"] > 0
-    ceiling = report["ceiling"]
-    assert str(ceiling["batch_size"]) in ceiling["events_per_s_by_batch_size"]
-    assert ceiling["events_per_s"] == max(ceiling["events_per_s_by_batch_size"].values())
     phases = [report["end_to_end"], *report["sweep"]]
     for phase in phases:
         assert phase["events_per_s"] > 0
@@ -192,6 +205,148 @@ def test_padding_memory_startup_and_machine_are_measured(
         assert set(cores) == {"worker", "broker", "load_generator"}
         assert all(math.isfinite(used) and used > 0 for used in cores.values()), cores
         assert sum(cores.values()) <= runnable * 1.01, cores
+
+
+def test_ceiling_is_the_best_of_every_layout_and_baseline_is_one_session_on_all_cores(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    ceiling, baseline = report["ceiling"], report["baseline"]
+    cores = report["machine"]["cores"]
+    sizes = sorted({1, 4, 8, 16, report["settings"]["batch_size"]})
+    expected = {
+        (layout.streams, layout.threads, size)
+        for layout in ceiling_layouts(cores)
+        for size in sizes
+    }
+    table = ceiling["layouts"]
+    assert {(row["streams"], row["threads"], row["batch_size"]) for row in table} == expected
+    assert len(table) == len(expected)
+    assert all(layout.streams * layout.threads <= cores for layout in ceiling_layouts(cores))
+    best = max(table, key=lambda row: row["events_per_s"])
+    assert ceiling["events_per_s"] == best["events_per_s"]
+    assert (ceiling["streams"], ceiling["threads"], ceiling["batch_size"]) == (
+        best["streams"],
+        best["threads"],
+        best["batch_size"],
+    )
+    # The baseline is the best batch size of one session with all cores, from the same table.
+    assert (baseline["streams"], baseline["threads"]) == (1, cores)
+    one_session = [row for row in table if (row["streams"], row["threads"]) == (1, cores)]
+    assert baseline["layouts"] == one_session
+    assert baseline["events_per_s"] == max(row["events_per_s"] for row in one_session)
+    assert baseline["events_per_s"] <= ceiling["events_per_s"]
+    runnable = len(os.sched_getaffinity(0))
+    for section in (ceiling, baseline):
+        assert 0 < section["cpu_cores"] <= runnable * 1.01
+        assert section["events_per_core_s"] == pytest.approx(
+            section["events_per_s"] / section["cpu_cores"], rel=1e-4
+        )
+        assert section["padding_ratio"] >= 1
+        assert section["mean_batch_tokens"] > 0
+
+
+def test_gemm_at_the_models_shapes_covers_its_weight_products(
+    bench_run: tuple[dict[str, Any], Path], exported_models: dict[str, Path]
+) -> None:
+    report, _ = bench_run
+    config = checkpoint_config(exported_models["bert"])
+    hidden, inner, layers = (
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_hidden_layers"],
+    )
+    manifest = json.loads((exported_models["bert"] / "manifest.json").read_text())
+    shapes = matmul_integer_shapes(exported_models["bert"] / manifest["onnx_files"]["int8"])
+    expected = {(hidden, hidden): 4 * layers, (hidden, inner): layers, (inner, hidden): layers}
+    expected[hidden, 2] = 1  # the start and end head
+    if hidden == inner:
+        expected = {(hidden, hidden): 6 * layers, (hidden, 2): 1}
+    assert dict(shapes) == expected
+    measured = report["gemm_model_shapes"]
+    ceiling = report["ceiling"]
+    assert {(row["k"], row["n"]): row["count"] for row in measured["shapes"]} == expected
+    assert measured["m"] == round(ceiling["mean_batch_tokens"])
+    assert (measured["streams"], measured["threads"]) == (ceiling["streams"], ceiling["threads"])
+    rates = [row["gops"] for row in measured["shapes"]]
+    assert min(rates) <= measured["gops"] <= max(rates)
+    assert ceiling["shape_matched_share"] == pytest.approx(
+        ceiling["gflops"] / measured["gops"], rel=1e-4
+    )
+
+
+def test_goodput_is_a_bisection_below_capacity(bench_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = bench_run
+    goodput = report["goodput"]
+    capacity = report["end_to_end"]["events_per_s"]
+    assert goodput["capacity_events_per_s"] == capacity
+    assert goodput["slo_ms"] == pytest.approx(SLO_WINDOWS * report["window_inference_ms"], 1e-4)
+    steps = goodput["steps"]
+    assert 1 <= len(steps) <= GOODPUT_STEPS
+    assert steps[0]["target_events_per_s"] == capacity
+    assert steps[0]["bracket"] == [0, capacity]
+    for step in steps:
+        low, high = step["bracket"]
+        assert low <= step["target_events_per_s"] <= high
+        assert step["met"] == (step["p99_ms"] <= goodput["slo_ms"])
+    for earlier, later in itertools.pairwise(steps):
+        # Each bracket lies within the one before: a met step raised its floor, a missed one
+        # lowered its top, to the rate it tried.
+        side = 0 if earlier["met"] else 1
+        assert later["bracket"][side] == earlier["target_events_per_s"]
+        assert later["bracket"][1 - side] == earlier["bracket"][1 - side]
+    met = [step["target_events_per_s"] for step in steps if step["met"]]
+    assert goodput["events_per_s"] == (max(met) if met else 0)
+    assert 0 <= goodput["events_per_s"] <= capacity
+    if met:
+        assert goodput["p99_ms"] <= goodput["slo_ms"]
+    check = report["targets"]["goodput_vs_end_to_end"]
+    assert check["value"] == pytest.approx(goodput["events_per_s"] / capacity, rel=1e-4)
+
+
+def test_worker_runs_the_layout_given_and_memory_per_stream_is_measured(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    assert report["settings"]["inference_streams"] == STREAMS
+    assert report["settings"]["threads"] == THREADS
+    memory = report["memory"]
+    assert (memory["streams"], memory["threads"]) == (STREAMS, THREADS)
+    assert memory["peak_rss_mb"] == report["peak_rss_mb"]
+    assert memory["one_stream_peak_rss_mb"] > 0
+    # A difference of two rounded figures: rounded to the report's digits of each.
+    assert memory["rss_per_stream_mb"] == pytest.approx(
+        (memory["peak_rss_mb"] - memory["one_stream_peak_rss_mb"]) / (STREAMS - 1), abs=0.01
+    )
+    assert report["idle_cpu_cores"] >= 0
+    assert report["targets"]["idle_cpu_cores"]["value"] == report["idle_cpu_cores"]
+
+
+def test_bench_worker_keeps_the_users_streams_and_threads(tmp_path: Path) -> None:
+    given = Settings(model=tmp_path, inference_streams=3, threads=2)
+    settings = bench_worker_settings(given)
+    assert (settings.inference_streams, settings.threads) == (3, 2)
+    environment = settings_environment(settings, {})
+    assert environment["QA_INFERENCE_STREAMS"] == "3"
+    assert environment["QA_THREADS"] == "2"
+
+
+def test_per_core_efficiency_compares_measured_cores(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    end_to_end, ceiling = report["end_to_end"], report["ceiling"]
+    assert end_to_end["events_per_core_s"] == pytest.approx(
+        end_to_end["events_per_s"] / end_to_end["cpu_cores"]["worker"], rel=1e-4
+    )
+    targets = report["targets"]
+    assert targets["per_core_efficiency"]["value"] == pytest.approx(
+        end_to_end["events_per_core_s"] / ceiling["events_per_core_s"], rel=1e-4
+    )
+    assert targets["end_to_end_vs_baseline"]["value"] == pytest.approx(
+        end_to_end["events_per_s"] / report["baseline"]["events_per_s"], rel=1e-4
+    )
+    assert targets["ceiling_peak_share"]["value"] == ceiling["peak_share"]
 
 
 def test_cpu_seconds_counts_below_one_clock_tick() -> None:
@@ -347,6 +502,6 @@ def test_medians_over_runs_take_each_runs_ratio_first() -> None:
     # Per-run ratios 0.9, 0.8, 0.95: their median, not 76 / 80 (the ratio of the medians).
     ratio = rows["end_to_end / ceiling events/s (target)"]
     assert ratio[0] == pytest.approx(0.9)
-    assert ratio[3] == ">= 0.9: met"
+    assert ratio[3] == ">= 0.85: met"
     assert rows["worker start to ready, s (target)"][3] == "<= 10: met"
     assert "reference events/s" not in rows

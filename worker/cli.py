@@ -146,6 +146,12 @@ def add_bench_parser(
         help="bootstrap servers of a broker to use (QA_SECURITY_PROTOCOL and the other QA_ "
         "client settings apply); default: an embedded broker",
     )
+    bench.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=30.0,
+        help="how long to watch the worker with nothing to do, for its idle CPU",
+    )
     bench.add_argument("--json", type=Path, help="write the report here")
     bench.add_argument("--plot", type=Path, help="draw latency against throughput into this PNG")
     bench.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import random
@@ -12,11 +13,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from ..backends.onnx import stream_layout
 from ..broker import EmbeddedBroker, free_port
 from ..config import Settings
 from ..errors import BenchError
 from ..squad import QuestionRecord
 from ..stream.transport import aiokafka_options, create_topics
+from .clock import cpu_seconds
+from .goodput import measure_goodput
 from .load import AnswerCollector, LoadGenerator, phase_events
 from .options import BenchOptions
 from .report import Report, note
@@ -69,9 +73,13 @@ async def delete_topics(settings: Settings) -> None:
 
 
 async def measure_streaming(
-    settings: Settings, options: BenchOptions, records: Sequence[QuestionRecord]
+    settings: Settings,
+    options: BenchOptions,
+    records: Sequence[QuestionRecord],
+    window_ms: float,
 ) -> Report:
-    """end_to_end, sweep, startup_s and peak_rss_mb, all from one worker process."""
+    """end_to_end, sweep, goodput, idle, startup_s and peak_rss_mb from one worker process;
+    rss_per_stream from a second one with a single stream."""
     async with contextlib.AsyncExitStack() as stack:
         broker_pid = None
         if options.broker is None:
@@ -110,14 +118,24 @@ async def measure_streaming(
             await sweep_load(load, records, fraction, end_to_end["events_per_s"], options)
             for fraction in SWEEP_LOADS
         ]
+        goodput = await measure_goodput(
+            load, records, end_to_end["events_per_s"], window_ms, options.sweep_events
+        )
+        note(f"idle: the worker with nothing to do for {options.idle_seconds:g} s")
+        idle = await idle_cpu_cores(worker, options.idle_seconds)
         measured = {
             "end_to_end": end_to_end,
             "sweep": sweep,
+            "goodput": goodput,
+            "idle_cpu_cores": idle,
             "padding_ratio": end_to_end["padding_ratio"],
             # Read before the worker stops, while /proc still has it.
             "peak_rss_mb": worker.peak_rss_mb(),
             "startup_s": worker.startup_s,
         }
+        measured["memory"] = await measure_stream_memory(
+            settings, records, producer, broker_pid, measured["peak_rss_mb"], options.broker
+        )
         if options.tracing_overhead:
             from .tracing_overhead import measure_tracing_overhead
 
@@ -138,3 +156,57 @@ async def sweep_load(
     note(f"sweep: {options.sweep_events} events at {fraction:.0%} load ({rate:.1f} events/s)")
     events = phase_events(f"load-{fraction:.2f}", records, options.sweep_events)
     return {"load": fraction, "target_events_per_s": rate, **await load.run(events, rate)}
+
+
+async def idle_cpu_cores(worker: WorkerProcess, seconds: float) -> float | None:
+    """Cores the worker used over `seconds` with no event to answer; None where unknown."""
+    before = cpu_seconds(worker.pid)
+    await asyncio.sleep(seconds)
+    after = cpu_seconds(worker.pid)
+    if before is None or after is None:
+        return None
+    return (after - before) / seconds
+
+
+async def measure_stream_memory(
+    settings: Settings,
+    records: Sequence[QuestionRecord],
+    producer: AIOKafkaProducer,
+    broker_pid: int | None,
+    peak_rss_mb: float | None,
+    external_broker: str | None,
+) -> Report:
+    """Peak RSS of the worker's layout against one stream of the same threads: RSS per stream.
+
+    The second worker answers a burst of events too, so that its session's buffers have grown
+    as the first's did; the difference is what each stream beyond the first costs.
+    """
+    threads, streams = stream_layout(settings.inference_streams, settings.threads)
+    memory: Report = {
+        "streams": streams,
+        "threads": threads,
+        "peak_rss_mb": peak_rss_mb,
+        "one_stream_peak_rss_mb": None,
+        "rss_per_stream_mb": None,
+    }
+    if streams == 1:
+        return memory
+    note(f"memory: a worker with 1 stream of {threads} threads, against {streams}")
+    single = bench_worker_settings(
+        dataclasses.replace(settings, inference_streams=1, threads=threads)
+    )
+    await create_bench_topics(single)
+    async with contextlib.AsyncExitStack() as stack:
+        if external_broker is not None:
+            stack.push_async_callback(delete_topics, single)
+        worker = await stack.enter_async_context(WorkerProcess(single))
+        collector = await stack.enter_async_context(AnswerCollector(single))
+        load = LoadGenerator(
+            producer, collector, worker, single.questions_topic, random.Random(0), broker_pid
+        )
+        await load.run(phase_events("memory", records, len(records)))
+        one = worker.peak_rss_mb()
+    memory["one_stream_peak_rss_mb"] = one
+    if one is not None and peak_rss_mb is not None:
+        memory["rss_per_stream_mb"] = (peak_rss_mb - one) / (streams - 1)
+    return memory

@@ -32,7 +32,7 @@ def measure_int8_gemm(size: int = GEMM_SIZE, repeats: int = GEMM_REPEATS) -> flo
     numpy has no fast integer product, and an int8 model runs the runtime's own integer kernels
     (MatMulInteger, as dynamic quantization writes them), so they are what its peak is.
     """
-    onnx = _import_onnx()
+    onnx = import_onnx()
     rng = np.random.default_rng(0)
     weights = rng.integers(-128, 128, (size, size), dtype=np.int8)
     graph = onnx.helper.make_graph(
@@ -56,7 +56,7 @@ def measure_int8_gemm(size: int = GEMM_SIZE, repeats: int = GEMM_REPEATS) -> flo
     return 2 * size**3 / best / 1e9
 
 
-def _import_onnx() -> Any:
+def import_onnx() -> Any:
     try:
         import onnx
     except ModuleNotFoundError:

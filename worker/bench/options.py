@@ -19,3 +19,5 @@ class BenchOptions:
     reference_model: str | None
     # Also measure a traced worker against the untraced one (tracing_overhead.py).
     tracing_overhead: bool
+    # How long the worker is watched with nothing to do, for its idle CPU.
+    idle_seconds: float = 30.0

@@ -7,16 +7,18 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 
-from ..backends.onnx import available_cores
+from ..backends.onnx import OnnxBackend, available_cores, stream_layout
 from ..config import Settings
 from ..errors import BenchError, ConfigError
 from ..loading import load_engine
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..squad import read_questions
+from .ceiling import Layout, ceiling_batch_sizes, ceiling_layouts, measure_layouts
 from .end_to_end import measure_streaming
 from .flops import model_gflop_per_window
 from .machine import measure_gemm, measure_int8_gemm
-from .offline import ceiling_batch_sizes, measure_ceiling, measure_engine, measure_window
+from .model_gemm import measure_model_gemm
+from .offline import measure_engine, measure_window
 from .options import BenchOptions
 from .reference import pipeline_options, run_reference
 from .report import Report, add_derived, note, significant
@@ -39,19 +41,38 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
     report["gemm_int8_gops"] = measure_int8_gemm()
     report["gemm_gflops"] = measure_gemm()
     report["flop_window_tokens"] = round(workload.mean_tokens)
+    model_path = engine.manifest.onnx_path(settings.require_model(), report["precision"])
     report["model_gflop_per_window"] = model_gflop_per_window(
-        engine.manifest.onnx_path(settings.require_model(), report["precision"]),
-        report["flop_window_tokens"],
+        model_path, report["flop_window_tokens"]
     )
-    sizes = ceiling_batch_sizes(settings)
-    note(f"ceiling: {len(workload.windows)} windows in batches of {sizes}")
-    report["ceiling"] = measure_ceiling(engine, workload, sizes, settings.subset(BatchLimits))
-    report["window_inference_ms"] = measure_window(engine, workload)
+    pad_id = engine.manifest.tokenizer.pad_token_id
+    sizes, layouts = ceiling_batch_sizes(settings), ceiling_layouts(available_cores())
+    note(
+        f"ceiling: {len(workload.windows)} windows in batches of {sizes}, layouts (streams x "
+        f"threads) {[layout.name for layout in layouts]}"
+    )
+    report.update(
+        measure_layouts(model_path, workload, layouts, sizes, settings.subset(BatchLimits), pad_id)
+    )
+    ceiling = report["ceiling"]
+    note("GEMM at the model's own shapes")
+    report["gemm_model_shapes"] = measure_model_gemm(
+        model_path,
+        round(ceiling["mean_batch_tokens"]),
+        Layout(ceiling["streams"], ceiling["threads"]),
+    )
+    # On one session with all cores, as the baseline: the fastest a lone window is answered
+    # here, so the latency ratios do not loosen when the worker's layout changes.
+    report["window_inference_ms"] = measure_window(
+        OnnxBackend(model_path, available_cores(), 1), workload, pad_id
+    )
     note("engine: answer_many")
     report["engine"] = measure_engine(engine, workload, settings)
     # The worker process is measured next: this engine's memory and threads are done with.
     del engine
-    report.update(asyncio.run(measure_streaming(settings, options, records)))
+    report.update(
+        asyncio.run(measure_streaming(settings, options, records, report["window_inference_ms"]))
+    )
     if options.reference_python is not None:
         model = options.reference_model or report["source"]
         note(f"reference: transformers pipeline on {model}")
@@ -64,6 +85,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
 
 def describe_run(settings: Settings, engine: QAEngine, workload: Workload) -> Report:
     manifest = engine.manifest
+    threads, streams = stream_layout(settings.inference_streams, settings.threads)
     return {
         "model": str(settings.require_model()),
         "model_type": manifest.model_type,
@@ -79,7 +101,8 @@ def describe_run(settings: Settings, engine: QAEngine, workload: Workload) -> Re
             "max_batch_tokens": settings.max_batch_tokens,
             "max_wait_ms": settings.max_wait_ms,
             "max_padding": settings.max_padding,
-            "threads": settings.threads or available_cores(),
+            "inference_streams": streams,
+            "threads": threads,
             "max_seq_len": engine.tokenizer.max_seq_len,
             "doc_stride": engine.tokenizer.doc_stride,
         },
