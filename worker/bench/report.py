@@ -162,14 +162,18 @@ def print_summary(report: Report) -> None:
         + _optional(report["idle_cpu_cores"], "{:.4f} cores")
     )
     memory = report["memory"]
-    lines.append(
+    memory_text = (
         f"memory: {memory['streams']} streams of {memory['threads']} threads, peak RSS "
         + _optional(memory["peak_rss_mb"], "{:.0f} MB")
-        + "; one stream "
-        + _optional(memory["one_stream_peak_rss_mb"], "{:.0f} MB")
-        + "; per stream "
-        + _optional(memory["rss_per_stream_mb"], "{:.1f} MB")
     )
+    if memory["streams"] > 1:
+        memory_text += (
+            "; one stream "
+            + _optional(memory["one_stream_peak_rss_mb"], "{:.0f} MB")
+            + "; per stream "
+            + _optional(memory["rss_per_stream_mb"], "{:.1f} MB")
+        )
+    lines.append(memory_text)
     lines += [
         f"target {name}: {check['value']:.3g} {check['limit']} "
         + ("met" if check["met"] else "MISSED")
