@@ -39,6 +39,7 @@ STATIC_SETTINGS: dict[str, Any] = {
 # Enough windows for stable min/max ranges at a few seconds of calibration; more add little, as
 # the ranges of a random sample of contexts settle quickly.
 CALIBRATION_WINDOWS = 64
+ENCODE_CHUNK = 64
 
 
 def calibration_windows(
@@ -51,12 +52,14 @@ def calibration_windows(
         raise ConfigError(f"cannot calibrate on {path}: {error}") from error
     tokenizer = WindowTokenizer(tokenizer_path, info)
     windows: list[Window] = []
-    encoded = tokenizer.encode_many([(record.question, record.context) for record in records])
-    for item in encoded:
-        if isinstance(item, EncodedQuestion):
-            windows.extend(item.windows)
+    # In chunks: a whole SQuAD file would be tokenized for the few windows taken from its top.
+    for begin in range(0, len(records), ENCODE_CHUNK):
         if len(windows) >= limit:
             break
+        chunk = records[begin : begin + ENCODE_CHUNK]
+        for item in tokenizer.encode_many([(record.question, record.context) for record in chunk]):
+            if isinstance(item, EncodedQuestion):
+                windows.extend(item.windows)
     if not windows:
         raise ConfigError(
             f"calibration file {path} holds no question the model can take "
@@ -87,13 +90,18 @@ class WindowReader:
         return iter(self.get_next, None)
 
 
-def weight_products(model: Any) -> list[str]:
-    """Names of the MatMul/Gemm nodes whose second input is a weight (a graph initializer)."""
+def nodes_to_quantize(model: Any, op_types: list[str]) -> list[str]:
+    """The nodes of `op_types` to quantize; MatMul and Gemm only where they multiply by a weight.
+
+    Weight products are the int8 products dynamic int8 makes too; other listed types (Add,
+    Relu, ...) are quantized wherever they are, so values can stay int8 between the products.
+    """
     weights = {tensor.name for tensor in model.graph.initializer}
     return [
         node.name
         for node in model.graph.node
-        if node.op_type in STATIC_SETTINGS["op_types"] and node.input[1] in weights
+        if node.op_type in op_types
+        and (node.op_type not in ("MatMul", "Gemm") or node.input[1] in weights)
     ]
 
 
@@ -114,8 +122,13 @@ def quantize_static_int8(
 
     settings = {**STATIC_SETTINGS, **overrides}
     model = onnx.load(str(source))
-    # The same pre-processing advice as for dynamic int8 (see worker.export.quantize_int8).
-    with dropping_logs("", "Please consider pre-processing before quantization"):
+    # The pre-processing advice of dynamic int8 (see worker.export.quantize_int8), given twice
+    # in two wordings by the static quantizer.
+    advice = (
+        dropping_logs("", "Please consider to run pre-processing before quantization"),
+        dropping_logs("", "Please consider pre-processing before quantization"),
+    )
+    with advice[0], advice[1]:
         quantize_static(
             model,
             target,
@@ -126,7 +139,7 @@ def quantize_static_int8(
             per_channel=settings["per_channel"],
             calibrate_method=getattr(CalibrationMethod, settings["calibration_method"]),
             op_types_to_quantize=settings["op_types"],
-            nodes_to_quantize=weight_products(model),
+            nodes_to_quantize=nodes_to_quantize(model, settings["op_types"]),
             use_external_data_format=external,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
