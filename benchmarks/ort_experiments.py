@@ -426,6 +426,11 @@ def build_variants(
     static(
         "static_int8_per_channel", "static QDQ int8, per-channel weight scales", per_channel=True
     )
+    static(
+        "static_int8_elementwise",
+        "static QDQ int8, Add/Mul/Relu quantized too so values stay int8 between products",
+        op_types=["MatMul", "Gemm", "Add", "Mul", "Relu"],
+    )
     folded = once(
         lambda: build_once(work / "nonorm_folded_fp32.onnx", lambda p: fold_nonorm(fp32, p))
     )
