@@ -6,7 +6,11 @@ calibration windows that the model folder's own tokenizer makes of a question fi
 worker does, and writes them into a QDQ graph; ONNX Runtime's CPU provider fuses the
 QuantizeLinear/DequantizeLinear pairs around each weight product into an int8 kernel. Ranges
 from calibration fit traffic like the calibration file, so this is an opt-in precision
-(`int8-static`) beside dynamic int8, never the default.
+(`int8-static`) beside dynamic int8, never the default. Nor is it faster on the CPU provider so
+far: the products become QLinearMatMul with standalone QuantizeLinear and DequantizeLinear
+passes around them and the bias Add left unfused, where dynamic int8's DynamicQuantizeMatMul
+quantizes, multiplies and adds the bias in one kernel (benchmarks/ort_experiments.py, variants
+static_int8*).
 """
 
 from __future__ import annotations
