@@ -2,11 +2,13 @@
 
     python -m benchmarks.ort_experiments --model models/mobilebert \\
         --squad ../shared/data/squad-v2-dev-half.json --out WORKDIR \\
-        [--checkpoint CKPT] [--windows N] [--rounds R] [--batch-size B] [--json OUT]
+        [--checkpoint CKPT] [--windows N] [--rounds R] [--batch-size B] [--variants NAME...] \\
+        [--json OUT]
 
 (from the repository root). Builds the variants under WORKDIR (reused when already there; a
 variant that fails to build is skipped with its reason): int8 files quantized with other
-settings, graph fusions by onnxruntime's transformer optimizer, with --checkpoint the legacy
+settings, static (calibrated QDQ) int8, MobileBERT's NoNorm folded into the weight products
+before it, graph fusions by onnxruntime's transformer optimizer, with --checkpoint the legacy
 TorchScript export, and session-option changes on the folder's own int8 file. It then runs every
 variant over the same padded batches of the first questions' windows, `--rounds` times in a
 fresh random order each round so that machine noise hits all variants alike, and prints a
@@ -34,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from worker.backends.onnx import available_cores
+from worker.calibration import calibration_windows, quantize_static_int8
 from worker.export import logits_only, quantize_int8
 from worker.manifest import (
     END_LOGITS,
@@ -236,6 +239,80 @@ def legacy_export(checkpoint: Path, target: Path, input_names: Sequence[str]) ->
         )
 
 
+def fold_nonorm(source: Path, target: Path) -> dict[str, int]:
+    """Folds MobileBERT's NoNorm into the weight product before it, where that is exact.
+
+    NoNorm is `h * gamma + beta`. Where `h = x @ W + b` feeds nothing else, it equals
+    `x @ (W * gamma) + (b * gamma + beta)`: one Mul and one Add fewer per pattern, the same
+    arithmetic up to float rounding. After a residual Add, `(x @ W + b + r) * gamma` would need
+    `r * gamma`, so those stay. Returns how many were folded.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+
+    def only_consumer(name: str, op_type: str) -> Any | None:
+        found = consumers.get(name, [])
+        if name in outputs or len(found) != 1 or found[0].op_type != op_type:
+            return None
+        return found[0]
+
+    def constant_of(node: Any, other: str) -> str | None:
+        names = [name for name in node.input if name != other]
+        return names[0] if len(names) == 1 and names[0] in weights else None
+
+    removed: set[int] = set()
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        bias_add = only_consumer(node.output[0], "Add")
+        scale = bias_add and only_consumer(bias_add.output[0], "Mul")
+        shift = scale and only_consumer(scale.output[0], "Add")
+        if not shift:
+            continue
+        bias = constant_of(bias_add, node.output[0])
+        gamma = constant_of(scale, bias_add.output[0])
+        beta = constant_of(shift, scale.output[0])
+        if bias is None or gamma is None or beta is None:
+            continue
+        w, b, g, c = (
+            numpy_helper.to_array(weights[name]) for name in (node.input[1], bias, gamma, beta)
+        )
+        if g.ndim != 1 or g.shape[0] != w.shape[1]:
+            continue
+        # New initializers: the export shares equal tensors between nodes (a bias may also be
+        # another layer's beta), so the originals stay untouched.
+        w_name, b_name = f"{node.input[1]}.nonorm{folded}", f"{bias}.nonorm{folded}"
+        graph.initializer.append(numpy_helper.from_array((w * g).astype(w.dtype), w_name))
+        graph.initializer.append(numpy_helper.from_array((b * g + c).astype(b.dtype), b_name))
+        node.input[1] = w_name
+        bias_add.input[list(bias_add.input).index(bias)] = b_name
+        for later in consumers.get(shift.output[0], []):
+            for index, name in enumerate(later.input):
+                if name == shift.output[0]:
+                    later.input[index] = bias_add.output[0]
+        removed.update({id(scale), id(shift)})
+        folded += 1
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    unused = [tensor for tensor in graph.initializer if tensor.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    onnx.save(model, str(target))
+    return {"nonorm_folded": folded}
+
+
 def count_ops(path: Path, op_types: Sequence[str]) -> dict[str, int]:
     import onnx
 
@@ -265,9 +342,12 @@ def once(make: Callable[[], Path]) -> Callable[[], Path]:
 
 
 def build_variants(
-    folder: Path, work: Path, checkpoint: Path | None
+    folder: Path, work: Path, checkpoint: Path | None, squad: Path, only: set[str] | None = None
 ) -> tuple[list[Variant], dict[str, str]]:
-    """Every variant that builds, in table order, and the reason for each that did not."""
+    """Every variant that builds, in table order, and the reason for each that did not.
+
+    With `only`, just those variants (and the baseline) are built.
+    """
     manifest = Manifest.read(folder)
     fp32 = manifest.onnx_path(folder, "fp32")
     int8 = manifest.onnx_path(folder, "int8")
@@ -276,6 +356,8 @@ def build_variants(
     fused_stats: dict[str, dict[str, int]] = {}
 
     def attempt(name: str, make: Callable[[], Variant]) -> None:
+        if only is not None and name not in only | {BASELINE}:
+            return
         print(f"building {name} ...", file=sys.stderr, flush=True)
         try:
             variant = make()
@@ -322,6 +404,37 @@ def build_variants(
     )
     for name, (changes, settings) in session_variants().items():
         attempt(name, lambda n=name, c=changes, s=settings: Variant(n, c, int8, "int8", s))
+
+    def static(name: str, changes: str, **settings: Any) -> None:
+        def make() -> Variant:
+            target = work / f"{name}.onnx"
+            # The top of the file, as `qa-worker export --calibration` takes it; the workload
+            # starts there too, so agreement here flatters static int8 (see precision_agreement).
+            windows = calibration_windows(squad, folder / TOKENIZER_NAME, manifest.tokenizer)
+            pad = manifest.tokenizer.pad_token_id
+            build_once(
+                target,
+                lambda partial: quantize_static_int8(
+                    fp32, partial, windows, manifest.input_names, pad, **settings
+                ),
+            )
+            return Variant(name, changes, target, "int8")
+
+        attempt(name, make)
+
+    static("static_int8", "static QDQ int8 as `export --quantize int8-static` writes it")
+    static(
+        "static_int8_per_channel", "static QDQ int8, per-channel weight scales", per_channel=True
+    )
+    static(
+        "static_int8_elementwise",
+        "static QDQ int8, Add/Mul/Relu quantized too so values stay int8 between products",
+        op_types=["MatMul", "Gemm", "Add", "Mul", "Relu"],
+    )
+    folded = once(
+        lambda: build_once(work / "nonorm_folded_fp32.onnx", lambda p: fold_nonorm(fp32, p))
+    )
+    quantized("nonorm_folded_int8", "NoNorm folded into the weight before it, then int8", folded)
 
     fused_fp32 = fused("fused_fp32", lambda: fp32)
     fusions = "transformer optimizer fusions on the fp32 file"
@@ -573,6 +686,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="for the per-round variant order")
+    parser.add_argument(
+        "--variants", nargs="+", help="only these variants (the baseline always runs)"
+    )
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args()
 
@@ -586,7 +702,9 @@ def main() -> None:
     # variants built from the previous one.
     work = args.out / manifest_checksum(args.model)[:12]
     work.mkdir(parents=True, exist_ok=True)
-    variants, skipped = build_variants(args.model, work, args.checkpoint)
+    variants, skipped = build_variants(
+        args.model, work, args.checkpoint, args.squad, set(args.variants) if args.variants else None
+    )
     if not any(variant.name == BASELINE for variant in variants):
         raise SystemExit(f"the baseline {BASELINE} did not load: {skipped.get(BASELINE)}")
 

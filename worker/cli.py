@@ -45,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="prepare a model folder: ONNX, tokenizer, manifest")
     export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
     export.add_argument("--out", required=True, type=Path, help="folder to write")
-    export.add_argument("--quantize", choices=("none", "int8"), default="none")
+    export.add_argument(
+        "--quantize",
+        choices=("none", "int8", "int8-static"),
+        default="none",
+        help="int8: dynamic int8 as the default precision; int8-static: also a static int8 file "
+        "calibrated on --calibration",
+    )
+    export.add_argument(
+        "--calibration",
+        type=Path,
+        help="SQuAD JSON or JSONL questions to calibrate --quantize int8-static on",
+    )
     export.add_argument("--revision", help="Hub branch, tag or commit to download; default: main")
     export.add_argument(
         "--progress",

@@ -71,9 +71,10 @@ class Settings:
     )
     precision: str | None = setting(
         None,
-        "ONNX file to load: fp32 or int8; default: the one the manifest names.",
+        "ONNX file to load: fp32, int8 or int8-static (exported with --quantize int8-static); "
+        "default: the one the manifest names.",
         "model",
-        choices=("fp32", "int8"),
+        choices=("fp32", "int8", "int8-static"),
     )
     inference_streams: int = setting(
         0,

@@ -1,6 +1,7 @@
 """`qa-worker export`: a Hugging Face QA checkpoint to a prepared model folder.
 
-The folder holds `model.onnx` (fp32), optionally `model.int8.onnx` (dynamic int8 quantization),
+The folder holds `model.onnx` (fp32), optionally `model.int8.onnx` (dynamic int8 quantization)
+and with `int8-static` also `model.int8-static.onnx` (static int8, see `worker.calibration`),
 `tokenizer.json` and `manifest.json`; see `worker.manifest`. torch, transformers and onnx come from
 the `export` extra and are imported only when an export runs, so the worker itself never needs
 them.
@@ -27,7 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from . import __version__
-from .errors import ExportError
+from .calibration import STATIC_SETTINGS, calibration_windows, quantize_static_int8
+from .errors import ConfigError, ExportError
 from .export_check import (
     ExportCheckFailed,
     Logits,
@@ -59,6 +61,9 @@ from .progress import Progress
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
+STATIC_INT8_NAME = "model.int8-static.onnx"
+QUANTIZATIONS = ("none", "int8", "int8-static")
+Quantization = Literal["none", "int8", "int8-static"]
 
 # The lowest opset the torch.export-based exporter emits natively; every onnxruntime the worker
 # accepts (>= 1.20) runs it, and onnxruntime's quantizer handles it.
@@ -91,38 +96,58 @@ EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[expo
 def export_model(
     source: str,
     out: Path,
-    quantize: Literal["none", "int8"] = "none",
+    quantize: Quantization = "none",
     allow_pickle: bool = False,
     revision: str | None = None,
     progress: bool = False,
+    calibration: Path | None = None,
 ) -> Manifest:
     """Prepares the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
 
     A checkpoint that ships an ONNX model (`model.onnx` or `onnx/model.onnx`) is prepared from it
     with the runtime dependencies alone; otherwise its weights are exported through torch.
     Everything is written to a staging folder beside `out` first, so a failed export leaves `out`
-    as it was; a previous export in `out` is replaced.
+    as it was; a previous export in `out` is replaced. `int8-static` writes the dynamic int8 file
+    too (it stays the default precision) and calibrates the static one on the questions in the
+    file `calibration`.
     """
-    if quantize not in ("none", "int8"):
-        raise ExportError(f"unknown quantization {quantize!r}; use 'none' or 'int8'")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(
+            f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZATIONS)}"
+        )
+    if (quantize == "int8-static") != (calibration is not None):
+        raise ConfigError(
+            "--calibration FILE goes with --quantize int8-static, and int8-static needs it: "
+            "a SQuAD JSON or JSONL question file to calibrate the activation ranges on"
+        )
+    if calibration is not None and not calibration.is_file():
+        raise ConfigError(
+            f"calibration file {calibration} does not exist; pass a SQuAD JSON or JSONL "
+            "question file with --calibration"
+        )
     _check_target(out)
     folder = _checkpoint_folder(source, revision, allow_pickle, progress)
     onnx_path = find_onnx(folder)
     # The manifest names the source as it was asked for, pinned to the revision if one was given.
     source = source if revision is None else f"{source}@{revision}"
-    steps = 4 if quantize == "int8" else 3
+    steps = {"none": 3, "int8": 4, "int8-static": 5}[quantize]
     try:
         with Progress("export", steps, progress, unit="steps") as bar:
             if onnx_path is not None:
                 found = inspect_onnx_source(folder, onnx_path)
-                return _prepare_onnx(source, found, out, quantize, bar)
-            return _export_weights(source, folder, out, quantize, allow_pickle, bar)
+                return _prepare_onnx(source, found, out, quantize, calibration, bar)
+            return _export_weights(source, folder, out, quantize, calibration, allow_pickle, bar)
     except (OnnxSourceError, ExportCheckFailed) as error:
         raise ExportError(str(error)) from error
 
 
 def _prepare_onnx(
-    source: str, found: OnnxSource, out: Path, quantize: Literal["none", "int8"], bar: Progress
+    source: str,
+    found: OnnxSource,
+    out: Path,
+    quantize: Quantization,
+    calibration: Path | None,
+    bar: Progress,
 ) -> Manifest:
     import onnxruntime
     import tokenizers
@@ -149,16 +174,20 @@ def _prepare_onnx(
             "tokenizers": tokenizers.__version__,
         }
         bar.advance()
-        if quantize == "int8":
+        if quantize != "none":
             import onnx
 
-            bar.advance(0, step="export: int8 quantization")
-            quantize_int8(stage / FP32_NAME, stage / INT8_NAME, bool(found.side_files))
-            onnx_files["int8"] = INT8_NAME
-            written += _with_external_data(stage, INT8_NAME)
-            quantization = copy.deepcopy(INT8_SETTINGS)
             versions["onnx"] = onnx.__version__
-            bar.advance()
+            quantization = _quantize(
+                stage,
+                onnx_files,
+                written,
+                bool(found.side_files),
+                info,
+                found.input_names,
+                calibration,
+                bar,
+            )
         bar.advance(0, step="export: checking logits")
         inputs = sample_inputs(
             stage / TOKENIZER_NAME, found.input_names, info.pad_token_id, max_length
@@ -174,7 +203,7 @@ def _prepare_onnx(
             max_length=max_length,
             tokenizer=info,
             onnx_files=onnx_files,
-            default_precision="int8" if quantize == "int8" else "fp32",
+            default_precision="fp32" if quantize == "none" else "int8",
             checksums={name: sha256_file(stage / name) for name in written},
             versions=versions,
             quantization=quantization,
@@ -189,7 +218,8 @@ def _export_weights(
     source: str,
     folder: Path,
     out: Path,
-    quantize: Literal["none", "int8"],
+    quantize: Quantization,
+    calibration: Path | None,
     allow_pickle: bool,
     bar: Progress,
 ) -> Manifest:
@@ -220,13 +250,10 @@ def _export_weights(
         written += _with_external_data(stage, FP32_NAME)
         bar.advance()
         quantization: dict[str, object] = {}
-        if quantize == "int8":
-            bar.advance(0, step="export: int8 quantization")
-            quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
-            onnx_files["int8"] = INT8_NAME
-            written += _with_external_data(stage, INT8_NAME)
-            quantization = copy.deepcopy(INT8_SETTINGS)
-            bar.advance()
+        if quantize != "none":
+            quantization = _quantize(
+                stage, onnx_files, written, external, info, tuple(input_names), calibration, bar
+            )
         bar.advance(0, step="export: checking logits")
         inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
         check = check_export(
@@ -240,7 +267,7 @@ def _export_weights(
             max_length=max_length,
             tokenizer=info,
             onnx_files=onnx_files,
-            default_precision="int8" if quantize == "int8" else "fp32",
+            default_precision="fp32" if quantize == "none" else "int8",
             checksums={name: sha256_file(stage / name) for name in written},
             versions=_versions(torch, transformers),
             quantization=quantization,
@@ -249,6 +276,50 @@ def _export_weights(
         _replace_export(stage, out, written)
         manifest.write(out)
     return manifest
+
+
+def _quantize(
+    stage: Path,
+    onnx_files: dict[str, str],
+    written: list[str],
+    external: bool,
+    info: TokenizerInfo,
+    input_names: tuple[str, ...],
+    calibration: Path | None,
+    bar: Progress,
+) -> dict[str, object]:
+    """Writes the int8 file(s) beside the staged fp32 one and records them; returns the settings.
+
+    The manifest keeps the dynamic settings at the top of `quantization`, as before static int8
+    existed, and the static ones (with what they were calibrated on) under "int8-static".
+    """
+    bar.advance(0, step="export: int8 quantization")
+    quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
+    onnx_files["int8"] = INT8_NAME
+    written += _with_external_data(stage, INT8_NAME)
+    quantization: dict[str, object] = copy.deepcopy(INT8_SETTINGS)
+    bar.advance()
+    if calibration is not None:
+        bar.advance(0, step="export: static int8 calibration")
+        windows = calibration_windows(calibration, stage / TOKENIZER_NAME, info)
+        quantize_static_int8(
+            stage / FP32_NAME,
+            stage / STATIC_INT8_NAME,
+            windows,
+            input_names,
+            info.pad_token_id,
+            external,
+        )
+        onnx_files["int8-static"] = STATIC_INT8_NAME
+        written += _with_external_data(stage, STATIC_INT8_NAME)
+        quantization["int8-static"] = {
+            **copy.deepcopy(STATIC_SETTINGS),
+            "calibration_file": calibration.name,
+            "calibration_sha256": sha256_file(calibration),
+            "calibration_windows": len(windows),
+        }
+        bar.advance()
+    return quantization
 
 
 def _torch_logits(torch: Any, model: Any) -> LogitSource:

@@ -1,9 +1,9 @@
 """The manifest of a prepared model folder: what `qa-worker export` wrote and what the engine loads.
 
-A model folder holds one or two ONNX files (fp32, and int8 when asked for), `tokenizer.json` and
-`manifest.json`. The manifest records everything the engine needs that the ONNX graph and the
-tokenizer file do not carry themselves (padding side, special token ids, the longest sequence the
-model accepts) plus provenance: source, file checksums and library versions.
+A model folder holds one to three ONNX files (fp32; int8 and static int8 when asked for),
+`tokenizer.json` and `manifest.json`. The manifest records everything the engine needs that the
+ONNX graph and the tokenizer file do not carry themselves (padding side, special token ids, the
+longest sequence the model accepts) plus provenance: source, file checksums and library versions.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "int8-static"]
 
 # The model's two outputs, by these names, in every exported ONNX file.
 START_LOGITS = "start_logits"
@@ -57,9 +57,11 @@ class Manifest:
         chosen = precision or self.default_precision
         if chosen not in self.onnx_files:
             available = ", ".join(sorted(self.onnx_files)) or "none"
+            quantize = "int8-static" if chosen == "int8-static" else "int8"
             raise ModelFolderError(
                 f"{folder} has no {chosen} model (available: {available}); "
-                f"re-run `qa-worker export` with --quantize int8 or pick --precision from those"
+                f"re-run `qa-worker export` with --quantize {quantize} or pick --precision "
+                "from those"
             )
         return folder / self.onnx_files[chosen]
 

@@ -19,6 +19,7 @@ def command_export(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         revision=args.revision,
         progress=progress_wanted(progress),
+        calibration=args.calibration,
     )
     print(manifest.to_json(), end="")
     return 0
