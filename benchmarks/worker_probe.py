@@ -7,9 +7,11 @@ With `--rate 0` (the default) every event is produced at once (a burst); otherwi
 as a Poisson stream of R per second. Printed: throughput, the share of the time the inference
 thread was busy, the padding ratio and the worst batches, latency percentiles split by the
 answers' own timings (queue, inference, the rest of the worker, the broker hops), and the CPU
-each thread of this process and the broker used. Unlike `qa-worker bench`, the load generator
-shares this process with the worker: use it to look inside one configuration, and compare
-configurations only in interleaved repetitions.
+each thread of this process and the broker used, also per event. Unlike `qa-worker bench`, the
+load generator shares this process with the worker (on its own thread and event loop, named
+probe-load, so the worker's threads show the worker's CPU alone): use it to look inside one
+configuration, and compare configurations only in interleaved repetitions; run it with another
+checkout's `worker` first on PYTHONPATH to compare two versions of the worker.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from worker.squad import read_questions
 from worker.stream import QAWorker
 
 TOPICS = ("probe-questions", "probe-answers", "probe-dead-letters")
+LOAD_THREAD = "probe-load"
 
 
 class BatchLog(WorkerMetrics):
@@ -72,9 +75,67 @@ def p50_p95(values: list[float]) -> str:
     return f"p50 {statistics.median(ordered):.1f} p95 {ordered[int(0.95 * (len(ordered) - 1))]:.1f}"
 
 
+@dataclasses.dataclass
+class Load:
+    """What the load generator saw: send and arrival times by key, and the CPU it spanned."""
+
+    sent: dict[str, float]
+    arrived: dict[str, tuple[float, dict]]
+    wall: float
+    threads_before: dict[int, float]
+    threads_after: dict[int, float]
+
+
+async def generate(bootstrap_servers: str, records: list, rate: float) -> Load:
+    """Sends the questions (a burst, or a Poisson stream of `rate`) and waits for every answer."""
+    rng = random.Random(0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    consumer = AIOKafkaConsumer(
+        *TOPICS[1:],
+        bootstrap_servers=bootstrap_servers,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        arrived: dict[str, tuple[float, dict]] = {}
+
+        async def read() -> None:
+            async for record in consumer:
+                arrived[record.key.decode()] = (time.perf_counter(), json.loads(record.value))
+
+        reader = asyncio.create_task(read())
+        threads_before = thread_cpu_seconds()
+        sent: dict[str, float] = {}
+        began = scheduled = time.perf_counter()
+        for index, record in enumerate(records):
+            if rate:
+                scheduled += rng.expovariate(rate)
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            key = f"e{index}"
+            sent[key] = time.perf_counter()
+            event = {"id": key, "question": record.question, "context": record.context}
+            await producer.send(TOPICS[0], json.dumps(event).encode(), key=key.encode())
+        while len(arrived) < len(sent):
+            await asyncio.sleep(0.02)
+        wall = time.perf_counter() - began
+        reader.cancel()
+        return Load(sent, arrived, wall, threads_before, thread_cpu_seconds())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def generate_in_thread(bootstrap_servers: str, records: list, rate: float) -> Load:
+    # On its own thread and event loop, so the worker's threads carry only the worker's CPU
+    # (the embedded broker makes every consumer poll, the answers' one here too).
+    threading.current_thread().name = LOAD_THREAD
+    return asyncio.run(generate(bootstrap_servers, records, rate))
+
+
 async def probe(settings: Settings, squad: Path, events: int, rate: float) -> None:
     records = read_questions(squad)[:events]
-    rng = random.Random(0)
     async with EmbeddedBroker() as broker:
         for topic in TOPICS:
             await broker.create_topic(topic, 4)
@@ -88,47 +149,19 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
         metrics = BatchLog()
         worker = QAWorker(settings, load_engine(settings), metrics)
         await worker.start()
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        consumer = AIOKafkaConsumer(
-            *TOPICS[1:],
-            bootstrap_servers=broker.bootstrap_servers,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
-        await producer.start()
-        await consumer.start()
         try:
             while not worker.readiness()[0]:
                 await asyncio.sleep(0.05)
-            arrived: dict[str, tuple[float, dict]] = {}
-
-            async def read() -> None:
-                async for record in consumer:
-                    arrived[record.key.decode()] = (time.perf_counter(), json.loads(record.value))
-
-            reader = asyncio.create_task(read())
-            threads_before, broker_before = thread_cpu_seconds(), cpu_seconds(broker.pid)
-            sent: dict[str, float] = {}
-            began = scheduled = time.perf_counter()
-            for index, record in enumerate(records):
-                if rate:
-                    scheduled += rng.expovariate(rate)
-                    await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-                key = f"e{index}"
-                sent[key] = time.perf_counter()
-                event = {"id": key, "question": record.question, "context": record.context}
-                await producer.send(TOPICS[0], json.dumps(event).encode(), key=key.encode())
-            while len(arrived) < len(sent):
-                await asyncio.sleep(0.02)
-            wall = time.perf_counter() - began
-            reader.cancel()
-            threads_after, broker_after = thread_cpu_seconds(), cpu_seconds(broker.pid)
+            broker_before = cpu_seconds(broker.pid)
+            load = await asyncio.to_thread(
+                generate_in_thread, broker.bootstrap_servers, records, rate
+            )
+            broker_after = cpu_seconds(broker.pid)
             names = thread_names()
         finally:
-            await producer.stop()
-            await consumer.stop()
             await worker.stop()
 
+    sent, arrived, wall = load.sent, load.arrived, load.wall
     busy = sum(seconds for *_, seconds in metrics.batches)
     real = sum(real for _, real, _, _ in metrics.batches)
     padded = sum(padded for _, _, padded, _ in metrics.batches)
@@ -159,13 +192,17 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
     if broker_before is not None and broker_after is not None:
         print(f"CPU cores: broker {(broker_after - broker_before) / wall:.2f}")
     used = {
-        names.get(tid, f"native thread {tid}"): (seconds - threads_before.get(tid, 0.0)) / wall
-        for tid, seconds in threads_after.items()
+        names.get(tid, f"native thread {tid}"): seconds - load.threads_before.get(tid, 0.0)
+        for tid, seconds in load.threads_after.items()
     }
     busiest = sorted(used.items(), key=lambda item: -item[1])
     print(
-        "CPU cores by thread of this process: "
-        + ", ".join(f"{name} {cores:.2f}" for name, cores in busiest if cores >= 0.01)
+        f"CPU by thread of this process (cores; ms per event), {LOAD_THREAD} is the load: "
+        + ", ".join(
+            f"{name} {seconds / wall:.2f}; {seconds / len(sent) * 1000:.2f}"
+            for name, seconds in busiest
+            if seconds / wall >= 0.01
+        )
     )
 
 

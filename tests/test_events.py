@@ -16,14 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from worker import events
 from worker.errors import ErrorCode
 from worker.events import (
+    DOCUMENT,
+    QUESTION,
+    Contract,
     EventError,
     InputLimits,
     QuestionEvent,
     answer_event,
     dead_letter_bytes,
     dead_letter_event,
+    decode_json,
     load_schema,
     parse_question,
     to_bytes,
@@ -790,3 +795,141 @@ def test_a_dead_letter_whose_id_alone_is_too_large_drops_the_id() -> None:
     record = json.loads(dead_letter_bytes(letter, 1_000))
     assert "id" not in record and record["payload_truncated"] is True
     VALIDATORS["dead-letter"].validate(record)
+
+
+# --- the per-event fast paths agree with the oracles
+
+DOCUMENT_VALIDATOR = Draft202012Validator(
+    json.loads((ROOT / "schemas" / "document.schema.json").read_text())
+)
+document_events = st.fixed_dictionaries(
+    {"id": FIELDS["id"], "text": FIELDS["context"]},
+    optional={
+        "question_set": sometimes(st.just(""), st.text(min_size=1, max_size=5)),
+        "metadata": FIELDS["metadata"],
+        "created_at": created_at_strings,
+    },
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    question=sometimes(json_values, documents),
+    document=sometimes(json_values, document_events),
+)
+def test_the_compiled_contracts_accept_exactly_what_jsonschema_accepts(
+    question: Any, document: Any
+) -> None:
+    assert QUESTION.accepts(question) == VALIDATORS["question"].is_valid(question)
+    assert DOCUMENT.accepts(document) == DOCUMENT_VALIDATOR.is_valid(document)
+
+
+def test_a_schema_keyword_the_compiled_check_may_read_otherwise_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = VALIDATORS["question"].schema
+    patched = {
+        **schema,
+        "properties": {**schema["properties"], "id": {"type": "string", "pattern": "x"}},
+    }
+    monkeypatch.setattr(events, "load_schema", lambda name: patched)
+    with pytest.raises(ValueError, match="pattern"):
+        Contract("question", "question event")
+
+
+def stdlib_decoded(value: bytes) -> tuple[str, Any]:
+    """What the standard library's reading makes of `value`: the document, or the error."""
+    try:
+        return "document", repr(events._decode_exactly(value))
+    except EventError as error:
+        return error.code, error.message
+
+
+def fast_decoded(value: bytes) -> tuple[str, Any]:
+    try:
+        return "document", repr(decode_json(value))
+    except EventError as error:
+        return error.code, error.message
+
+
+json_texts = st.builds(
+    lambda value, ascii_only: json.dumps(value, ensure_ascii=ascii_only).encode(),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**30), 10**30)
+        | st.integers(-(2**64), 2**64)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+    st.booleans(),
+)
+# Bytes that are JSON now and then, nearly JSON often: spliced, cut or with a strange token.
+near_json = st.one_of(
+    json_texts,
+    st.builds(lambda text, cut: text[:cut], json_texts, st.integers(0, 40)),
+    st.builds(
+        lambda text, at, token: text[:at] + token + text[at:],
+        json_texts,
+        st.integers(0, 40),
+        st.sampled_from(
+            [
+                b"NaN",
+                b"-Infinity",
+                b"1e400",
+                b'"\\ud800"',
+                b"\xff",
+                b"\xed\xa0\x80",
+                b",",
+                b"01",
+                b"\xef\xbb\xbf",
+                b"9" * 25,
+                b"\x01",
+                b'"\\ud83d\\ude00"',
+                b" ",
+                b"[" * 1100,
+            ]
+        ),
+    ),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=near_json)
+def test_fast_decoding_reads_and_refuses_exactly_as_the_standard_library(value: bytes) -> None:
+    assert fast_decoded(value) == stdlib_decoded(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"big": 123456789012345678901234567890}',
+        b'{"big": 18446744073709551616, "f": 0.5}',
+        b'{"edge": [9223372036854775807, -9223372036854775808, 18446744073709551615, 1.5]}',
+        b'{"x": "\\ud83d\\ude00", "y": 1e308, "z": -0.0}',
+        b"[" * 1100 + b"]" * 1100,
+    ],
+)
+def test_values_orjson_reads_otherwise_decode_as_the_standard_library_does(value: bytes) -> None:
+    assert fast_decoded(value) == stdlib_decoded(value)
+
+
+@pytest.mark.parametrize("name", ["question", "context"])
+@pytest.mark.parametrize("text", ["é", "\U0001f600", "a"])
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_limits_count_characters_at_under_and_over_whatever_the_encoding(
+    name: str, text: str, ascii_only: bool
+) -> None:
+    limit = {"question": LIMITS.max_question_chars, "context": LIMITS.max_context_chars}[name]
+    for length in (limit - 1, limit, limit + 1):
+        document = json.loads(question_bytes(**{name: text * length}))
+        value = json.dumps(document, ensure_ascii=ascii_only).encode()
+        if length > limit:
+            assert rejection(value).code == f"{name}_too_large"
+        else:
+            assert len(getattr(parse(value), name)) == length

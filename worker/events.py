@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
+import fastjsonschema
+import orjson
 from jsonschema import Draft202012Validator
 
 from .config import describe as describe_setting
@@ -36,6 +38,26 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# The keywords the compiled validator reads as JSON Schema 2020-12 does: fastjsonschema knows
+# drafts up to 7, which agree with 2020-12 on these (formats stay annotations in both).
+COMPILED_KEYWORDS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "title",
+        "description",
+        "type",
+        "required",
+        "properties",
+        "additionalProperties",
+        "minLength",
+        "minimum",
+        "maximum",
+        "format",
+    }
+)
+
+
 class Contract:
     """One event schema, compiled once, with messages that say which field is wrong and how."""
 
@@ -43,13 +65,28 @@ class Contract:
         self.schema = load_schema(name)
         self.title = title
         self.properties: dict[str, dict[str, Any]] = self.schema["properties"]
+        unsupported = _keywords(self.schema) - COMPILED_KEYWORDS
+        if unsupported:
+            raise ValueError(f"{name}.schema.json uses {sorted(unsupported)}, not compiled alike")
+        # Compiled to Python once: jsonschema interprets the schema on every call, which cost
+        # more than decoding the event. jsonschema stays the oracle for the (rare) explanation.
+        self._accepts = fastjsonschema.compile(
+            self.schema, use_default=False, use_formats=False, detailed_exceptions=False
+        )
         self._validator = Draft202012Validator(self.schema)
         self._requirements = {field: _describe(spec) for field, spec in self.properties.items()}
         self._order = {field: index for index, field in enumerate(self.properties)}
         self._required = ", ".join(f'"{field}"' for field in self.schema["required"])
 
+    def accepts(self, document: Any) -> bool:
+        try:
+            self._accepts(document)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return True
+
     def validate(self, document: Any) -> None:
-        if not self._validator.is_valid(document):
+        if not self.accepts(document):
             raise EventError(ErrorCode.INVALID_EVENT, self.explain(document))
 
     def explain(self, document: Any) -> str:
@@ -133,7 +170,7 @@ def parse_question(
     `kafka_timestamp_ms` is the event time when the event has no `created_at`;
     `default_deadline_ms` (relative to the event time) applies when it has no `deadline_ms`.
     """
-    document = _decode(value)
+    document = decode_json(value)
     QUESTION.validate(document)
     question: str = document["question"]
     _check_visible("question", question, ErrorCode.EMPTY_QUESTION)
@@ -186,7 +223,7 @@ def parse_document(
     value: bytes | None, kafka_timestamp_ms: int, limits: InputLimits
 ) -> DocumentEvent:
     """Reads one documents-topic message, or raises EventError saying what to fix."""
-    document = _decode(value)
+    document = decode_json(value)
     DOCUMENT.validate(document)
     _check_size(
         "text",
@@ -367,7 +404,39 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
 
 
-def _decode(value: bytes | None) -> Any:
+# orjson refuses all the standard library refuses here (and NaN, infinities, unpaired surrogates,
+# invalid UTF-8 and a byte order mark), and reads the rest alike, except that it reads integers
+# past 64 bits as floats. A value orjson refuses, and one where a float may have been such an
+# integer, is read again by the standard library, whose errors say what is wrong.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def decode_json(value: bytes | None) -> Any:
+    """The JSON document in a message value, or EventError saying why it is none."""
+    if value:
+        try:
+            document = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            # Searching the value costs more than the decoding: only when a float came out.
+            if not _has_float(document) or _LONG_DIGITS.search(value) is None:
+                return document
+    return _decode_exactly(value)
+
+
+def _has_float(node: Any) -> bool:
+    kind = type(node)
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(_has_float(item) for item in node.values())
+    if kind is list:
+        return any(_has_float(item) for item in node)
+    return False
+
+
+def _decode_exactly(value: bytes | None) -> Any:
     if not value:
         raise EventError(
             ErrorCode.INVALID_JSON,
@@ -422,6 +491,14 @@ def _encodable(document: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _keywords(schema: dict[str, Any]) -> set[str]:
+    """Every keyword `schema` uses, in its property schemas too."""
+    used = set(schema)
+    for spec in schema.get("properties", {}).values():
+        used |= _keywords(spec)
+    return used
 
 
 def _describe(schema: dict[str, Any]) -> str:
