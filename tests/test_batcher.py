@@ -57,29 +57,38 @@ class Gate:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._entered: asyncio.Queue[object] = asyncio.Queue()
+        # Several streams may be held in `infer` at once; `open` must let all of them go.
+        self._changed = threading.Condition()
         self._held = False
-        self._permits = threading.Semaphore(0)
+        self._permits = 0
 
     def enter(self, batch: object) -> None:
-        """Called in the inference thread."""
+        """Called in an inference thread."""
         self._loop.call_soon_threadsafe(self._entered.put_nowait, batch)
-        if self._held and not self._permits.acquire(timeout=TIMEOUT):
-            raise TimeoutError("the test never let this batch through")
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._held or self._permits, TIMEOUT):
+                raise TimeoutError("the test never let this batch through")
+            if self._held:
+                self._permits -= 1
 
     async def next_batch(self) -> object:
         return await bounded(self._entered.get())
 
     def hold(self) -> None:
-        self._held = True
+        with self._changed:
+            self._held = True
 
     def step(self) -> None:
         """Lets one held batch finish."""
-        self._permits.release()
+        with self._changed:
+            self._permits += 1
+            self._changed.notify()
 
     def open(self) -> None:
-        """Lets the held batch and all later ones run."""
-        self._held = False
-        self._permits.release()
+        """Lets the held batches and all later ones run."""
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
 
 
 def label(window: Window) -> str:
@@ -96,9 +105,20 @@ class FakeEngine:
     question that starts with "boom" fails.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, streams: int = 1) -> None:
         self.gate = Gate()
+        self.streams = streams
         self.batches: list[list[Window]] = []
+        self.streams_used: list[int] = []
+
+    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
+        results: list[EncodedQuestion | EventError] = []
+        for question, context in pairs:
+            try:
+                results.append(self.encode(question, context))
+            except EventError as error:
+                results.append(error)
+        return results
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         if not context:
@@ -112,8 +132,9 @@ class FakeEngine:
             )
         return EncodedQuestion(question, context, windows, context_sequence=1)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
         self.batches.append(list(windows))
+        self.streams_used.append(stream)
         self.gate.enter([label(window) for window in windows])
         if any(label(window).startswith("boom") for window in windows):
             raise RuntimeError("inference failed")
@@ -439,14 +460,15 @@ class GatedEngine:
 
     def __init__(self, engine: QAEngine) -> None:
         self.engine = engine
+        self.streams = engine.streams
         self.gate = Gate()
 
-    def encode(self, question: str, context: str) -> EncodedQuestion:
-        return self.engine.encode(question, context)
+    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
+        return self.engine.encode_many(pairs)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:
         self.gate.enter(len(windows))
-        return self.engine.infer(windows)
+        return self.engine.infer(windows, stream)
 
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
@@ -463,8 +485,11 @@ class BatchSizes:
         self.windows.append(windows)
 
 
-async def test_real_model_answers_equal_answer_many(exported_models: dict[str, Path]) -> None:
-    engine = QAEngine.load(exported_models["bert"], precision="fp32")
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_real_model_answers_equal_answer_many(
+    exported_models: dict[str, Path], streams: int
+) -> None:
+    engine = QAEngine.load(exported_models["bert"], precision="fp32", streams=streams)
     options = QAOptions(top_k=2)
     pairs = texts.pairs(seed=5, count=50)
     expected = engine.answer_many([Question(q, c, options) for q, c in pairs])
@@ -472,11 +497,11 @@ async def test_real_model_answers_equal_answer_many(exported_models: dict[str, P
     gated, sizes = GatedEngine(engine), BatchSizes()
     limits = BatchLimits(batch_size=8, max_batch_tokens=4096)
     async with MicroBatcher(gated, limits, sizes) as batcher:
-        # The first batch waits until every other window is queued, so batches must form.
+        # The first batches wait until every other window is queued, so batches must form.
         gated.gate.hold()
         tasks = [asyncio.create_task(batcher.answer(q, c, options)) for q, c in pairs]
-        first = await gated.gate.next_batch()
-        await wait_until(lambda: batcher.pending_windows == windows - first)  # type: ignore[operator]
+        started = sum([await gated.gate.next_batch() for _ in range(streams)])  # type: ignore[misc]
+        await wait_until(lambda: batcher.pending_windows == windows - started)
         gated.gate.open()
         answered = await bounded(asyncio.gather(*tasks))
     assert sum(sizes.windows) == windows

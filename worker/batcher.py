@@ -6,13 +6,17 @@ concurrent questions and runs them through the engine in padded batches:
     async with MicroBatcher(engine, BatchLimits(batch_size=16)) as batcher:
         answered = await batcher.answer(question, context, QAOptions(), deadline=deadline)
 
-Threads: inference runs in one dedicated thread, because the ONNX Runtime session already spreads
-a batch over every core; tokenizing and decoding run in one other thread so they overlap with
-inference. The event loop only does the bookkeeping below, so it never blocks.
+Threads: inference runs in one thread per inference stream of the engine (`engine.streams`), each
+running one batch at a time on its stream; tokenizing and decoding run in one other thread so
+they overlap with inference. The event loop only does the bookkeeping below, so it never blocks.
+Questions that arrive while the tokenizing thread is busy are tokenized together by one
+`encode_many` call when it is free: one thread hop for all of them, and the tokenizer's own
+parallelism (the Rust tokenizer releases the GIL) instead of one call each.
 
-Scheduling: whenever the inference thread is free and windows are pending, the next batch is
-formed from what is pending (by `worker.qa.batching.next_batch`, the planner offline commands
-use too) and started at once; while it runs, new windows accumulate for the one after. A batch
+Scheduling: whenever a stream is free and windows are pending, the next batch is formed from
+what is pending (by `worker.qa.batching.next_batch`, the planner offline commands use too) and
+started at once on that stream; while the streams are busy, new windows accumulate for the
+batches after. A batch
 is seeded with the oldest pending window of an event other than the one that seeded the last
 batch (`seed_index`: events take turns, so one event with hundreds of windows cannot hold every
 batch while the events behind it wait) and filled with the pending windows closest to it in
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from .errors import EventError
 from .lifecycle import AsyncLifecycle
 from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
@@ -58,11 +63,21 @@ class BatchObserver(Protocol):
 
 
 class Engine(Protocol):
-    """What the batcher needs of `QAEngine`; `infer` runs one padded batch synchronously."""
+    """What the batcher needs of `QAEngine`.
 
-    def encode(self, question: str, context: str) -> EncodedQuestion: ...
+    `encode_many` answers each pair with its encoding or the EventError that rejects it alone.
+    `infer` runs one padded batch synchronously on `stream` (0 <= stream < `streams`); it may be
+    called from several threads at once for distinct streams.
+    """
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]: ...
+    @property
+    def streams(self) -> int: ...
+
+    def encode_many(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> list[EncodedQuestion | EventError]: ...
+
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]: ...
 
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
@@ -86,6 +101,16 @@ class Answered:
 
 class DeadlineExceeded(Exception):
     """The deadline passed before all of the question's windows started inference."""
+
+
+@dataclass(eq=False)
+class _Question:
+    """A question waiting for the tokenizing thread."""
+
+    question: str
+    context: str
+    deadline: float | None
+    encoded: asyncio.Future[EncodedQuestion]
 
 
 @dataclass(eq=False)
@@ -118,12 +143,15 @@ class MicroBatcher(AsyncLifecycle):
         observer: BatchObserver | None = None,
         tracing: Tracing = NO_TRACING,
     ) -> None:
+        if engine.streams < 1:
+            raise ValueError(f"the engine must have 1 or more streams, got {engine.streams}")
         self._engine = engine
         self._limits = limits
         self._observer = observer
         self._tracing = tracing
-        # Executors start their threads on first use, so building them here costs nothing.
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix="qa-inference")
+        # Executors start their threads on first use, so building them here costs nothing. No
+        # more batches than streams are ever submitted, so each runs on a thread of its own.
+        self._inference = ThreadPoolExecutor(engine.streams, thread_name_prefix="qa-inference")
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
         self._started = False
         self._accepting = False
@@ -131,7 +159,11 @@ class MicroBatcher(AsyncLifecycle):
         self._pending: list[_Pending] = []
         # The event whose window seeded the batch last started, for taking turns.
         self._last_seed: _Request | None = None
-        self._running: asyncio.Future[tuple[list[WindowLogits], float]] | None = None
+        # Streams with no batch running, the lowest first so that a short queue reuses one.
+        self._free_streams = list(range(engine.streams))
+        # Questions waiting for the tokenizing thread, and whether a call to it is under way.
+        self._to_encode: list[_Question] = []
+        self._encoding = False
         self._wait_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -139,7 +171,7 @@ class MicroBatcher(AsyncLifecycle):
 
     @property
     def pending_windows(self) -> int:
-        """Windows waiting for a batch (not counting the one running)."""
+        """Windows waiting for a batch (not counting those running)."""
         return len(self._pending)
 
     @property
@@ -180,9 +212,7 @@ class MicroBatcher(AsyncLifecycle):
         try:
             loop = asyncio.get_running_loop()
             with self._tracing.stage("tokenize"):
-                encoded = await loop.run_in_executor(
-                    self._cpu, self._encode, question, context, deadline
-                )
+                encoded = await self._encode(question, context, deadline)
             request = self._enqueue(encoded, submitted, deadline)
             enqueued_ns = time.time_ns()
             try:
@@ -202,11 +232,58 @@ class MicroBatcher(AsyncLifecycle):
             if not self._in_flight:
                 self._idle.set()
 
-    def _encode(self, question: str, context: str, deadline: float | None) -> EncodedQuestion:
+    def _encode(
+        self, question: str, context: str, deadline: float | None
+    ) -> asyncio.Future[EncodedQuestion]:
+        encoded: asyncio.Future[EncodedQuestion] = asyncio.get_running_loop().create_future()
+        self._to_encode.append(_Question(question, context, deadline, encoded))
+        self._encode_waiting()
+        return encoded
+
+    def _encode_waiting(self) -> None:
+        """Hands every question waiting to the tokenizing thread in one call, unless it is busy."""
+        if self._encoding or not self._to_encode:
+            return
+        # A caller cancelled while it waited has no use for its encoding.
+        questions = [item for item in self._to_encode if not item.encoded.done()]
+        self._to_encode = []
+        if not questions:
+            return
+        self._encoding = True
+        encoding = asyncio.get_running_loop().run_in_executor(
+            self._cpu, self._encode_many, questions
+        )
+        encoding.add_done_callback(partial(self._encoded, questions))
+
+    def _encode_many(
+        self, questions: list[_Question]
+    ) -> list[EncodedQuestion | EventError | DeadlineExceeded]:
         # Questions queue for this thread; one whose deadline passed meanwhile is not worth it.
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExceeded("the deadline passed before the question was tokenized")
-        return self._engine.encode(question, context)
+        now = time.monotonic()
+        on_time = [item.deadline is None or now < item.deadline for item in questions]
+        pairs = [
+            (item.question, item.context) for item, ok in zip(questions, on_time, strict=True) if ok
+        ]
+        encoded = iter(self._engine.encode_many(pairs))
+        late = DeadlineExceeded("the deadline passed before the question was tokenized")
+        return [next(encoded) if ok else late for ok in on_time]
+
+    def _encoded(
+        self,
+        questions: list[_Question],
+        done: asyncio.Future[list[EncodedQuestion | EventError | DeadlineExceeded]],
+    ) -> None:
+        self._encoding = False
+        error = done.exception()
+        outcomes = done.result() if error is None else [error] * len(questions)
+        for item, outcome in zip(questions, outcomes, strict=True):
+            if item.encoded.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.encoded.set_exception(outcome)
+            else:
+                item.encoded.set_result(outcome)
+        self._encode_waiting()
 
     def _enqueue(
         self, encoded: EncodedQuestion, submitted: float, deadline: float | None
@@ -232,18 +309,21 @@ class MicroBatcher(AsyncLifecycle):
         return request
 
     def _dispatch(self) -> None:
-        """Starts the next batch if the engine is free and there is one worth starting now."""
+        """Starts batches on the free streams while there are batches worth starting now."""
         if self._wait_timer is not None:
             self._wait_timer.cancel()
             self._wait_timer = None
-        if self._running is not None:
-            return
+        while self._free_streams and self._start_batch():
+            pass
+
+    def _start_batch(self) -> bool:
+        """Starts the next batch on a free stream; False when there is none to start yet."""
         now = time.monotonic()
         # The expiry timers may lag the clock a little; an expired window must never run.
         for request in {p.request for p in self._pending if _overdue(p.request, now)}:
             self._expire(request)
         if not self._pending:
-            return
+            return False
         batch = self._plan()
         wait_until = self._pending[0].arrived + self._limits.max_wait_ms / 1000
         more_fit = len(batch) == len(self._pending) < self._limits.batch_size
@@ -251,7 +331,7 @@ class MicroBatcher(AsyncLifecycle):
             self._wait_timer = asyncio.get_running_loop().call_later(
                 wait_until - now, self._dispatch
             )
-            return
+            return False
         self._last_seed = batch[0].request
         chosen = set(batch)
         self._pending = [item for item in self._pending if item not in chosen]
@@ -263,10 +343,12 @@ class MicroBatcher(AsyncLifecycle):
                 if request.expiry is not None:
                     request.expiry.cancel()
         windows = [item.window for item in batch]
-        self._running = asyncio.get_running_loop().run_in_executor(
-            self._inference, self._infer, windows
+        stream = self._free_streams.pop(0)
+        running = asyncio.get_running_loop().run_in_executor(
+            self._inference, self._infer, windows, stream
         )
-        self._running.add_done_callback(partial(self._finished, batch, time.time_ns()))
+        running.add_done_callback(partial(self._finished, batch, stream, time.time_ns()))
+        return True
 
     def _plan(self) -> list[_Pending]:
         """The next batch, its seed first."""
@@ -275,9 +357,9 @@ class MicroBatcher(AsyncLifecycle):
         chosen = next_batch([len(item.window) for item in pending], self._limits, seed)
         return [pending[index] for index in chosen]
 
-    def _infer(self, windows: list[Window]) -> tuple[list[WindowLogits], float]:
+    def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float]:
         began = time.perf_counter()
-        logits = self._engine.infer(windows)
+        logits = self._engine.infer(windows, stream)
         seconds = time.perf_counter() - began
         if len(logits) != len(windows):
             raise RuntimeError(f"infer returned {len(logits)} logits for {len(windows)} windows")
@@ -286,10 +368,12 @@ class MicroBatcher(AsyncLifecycle):
     def _finished(
         self,
         batch: list[_Pending],
+        stream: int,
         started_ns: int,
         done: asyncio.Future[tuple[list[WindowLogits], float]],
     ) -> None:
-        self._running = None
+        self._free_streams.append(stream)
+        self._free_streams.sort()
         requests = list(dict.fromkeys(item.request for item in batch))
         error = done.exception()
         if error is not None:
