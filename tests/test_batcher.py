@@ -514,3 +514,162 @@ async def test_real_model_answers_equal_answer_many(
         assert [s.score for s in got.result.answers] == pytest.approx(
             [s.score for s in want.answers], abs=1e-5
         )
+
+
+class BarrierEngine(FakeEngine):
+    """A FakeEngine whose batches meet at a barrier of two and count how many run at once."""
+
+    def __init__(self, streams: int) -> None:
+        super().__init__(streams)
+        self.barrier = threading.Barrier(2, timeout=TIMEOUT)
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+        self.streams_seen: set[int] = set()
+
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+            self.streams_seen.add(stream)
+        try:
+            # Only two batches running at the same time get past this; one alone times out.
+            self.barrier.wait()
+            return super().infer(windows, stream)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+async def test_two_streams_run_two_batches_at_once_and_never_more() -> None:
+    engine = BarrierEngine(streams=2)
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        answered = await bounded(asyncio.gather(*(ask(batcher, f"q{i}", 10) for i in range(8))))
+    assert [a.result.answer for a in answered] == [f"q{i}" for i in range(8)]
+    assert engine.most_at_once == 2
+    assert engine.streams_seen == {0, 1}
+
+
+async def test_one_stream_never_runs_two_batches_at_once() -> None:
+    engine = FakeEngine(streams=1)
+    seen: list[int] = []
+    lock = threading.Lock()
+    running = 0
+    infer = engine.infer
+
+    def counting(windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        nonlocal running
+        with lock:
+            running += 1
+            seen.append(running)
+        try:
+            return infer(windows, stream)
+        finally:
+            with lock:
+                running -= 1
+
+    engine.infer = counting  # type: ignore[method-assign]
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        await bounded(asyncio.gather(*(ask(batcher, f"q{i}", 10) for i in range(6))))
+    assert seen == [1] * 6
+    assert set(engine.streams_used) == {0}
+
+
+async def test_a_failing_batch_on_one_stream_fails_only_its_requests() -> None:
+    engine = FakeEngine(streams=2)
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "boom", 5), ask(batcher, "A", 5)]
+        # Both streams hold a batch: the failing one and a healthy one beside it.
+        assert sorted([await engine.gate.next_batch(), await engine.gate.next_batch()]) == [  # type: ignore[type-var]
+            ["A#0"],
+            ["boom#0"],
+        ]
+        tasks += [ask(batcher, name, 5) for name in ("X", "Y")]
+        await wait_until(lambda: batcher.pending_windows == 2)
+        engine.gate.open()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+    assert isinstance(results[0], RuntimeError) and str(results[0]) == "inference failed"
+    assert [r.result.answer for r in results[1:]] == ["A", "X", "Y"]  # type: ignore[union-attr]
+    assert set(engine.streams_used) == {0, 1}
+
+
+async def test_questions_waiting_are_tokenized_in_one_call_and_a_bad_one_fails_alone() -> None:
+    engine = FakeEngine()
+    calls: list[int] = []
+    encode_many = engine.encode_many
+    release = threading.Event()
+
+    def counting(pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
+        calls.append(len(pairs))
+        # The first call waits, so that the questions behind it queue for the next one.
+        if len(calls) == 1 and not release.wait(TIMEOUT):
+            raise TimeoutError("the test never released the first tokenizing call")
+        return encode_many(pairs)
+
+    engine.encode_many = counting  # type: ignore[method-assign]
+    async with MicroBatcher(engine, BatchLimits()) as batcher:
+        first = ask(batcher, "first", 10)
+        await wait_until(lambda: len(calls) == 1)
+        behind = [
+            ask(batcher, "A", 10),
+            asyncio.create_task(batcher.answer("bad", "", OPTIONS)),
+            ask(batcher, "C", 10, 20),
+        ]
+        # One turn of the loop: the three calls queue their questions.
+        await asyncio.sleep(0)
+        release.set()
+        results = await bounded(asyncio.gather(first, *behind, return_exceptions=True))
+    assert calls == [1, 3]
+    assert isinstance(results[2], EventError) and results[2].code == "empty_context"
+    assert [results[i].result.answer for i in (0, 1, 3)] == ["first", "A", "C"]  # type: ignore[union-attr]
+
+
+async def test_a_deadline_passed_while_waiting_to_tokenize_fails_only_that_question() -> None:
+    engine = FakeEngine()
+    encode_many = engine.encode_many
+    release = threading.Event()
+    tokenized: list[list[str]] = []
+
+    def held(pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
+        tokenized.append([question for question, _ in pairs])
+        if len(tokenized) == 1 and not release.wait(TIMEOUT):
+            raise TimeoutError("the test never released the first tokenizing call")
+        return encode_many(pairs)
+
+    engine.encode_many = held  # type: ignore[method-assign]
+    async with MicroBatcher(engine, BatchLimits()) as batcher:
+        first = ask(batcher, "first", 10)
+        await wait_until(lambda: len(tokenized) == 1)
+        late = ask(batcher, "late", 10, deadline=time.monotonic() - 1)
+        on_time = ask(batcher, "on time", 10)
+        await asyncio.sleep(0)
+        release.set()
+        results = await bounded(asyncio.gather(first, late, on_time, return_exceptions=True))
+    assert isinstance(results[1], DeadlineExceeded)
+    assert tokenized == [["first"], ["on time"]]
+    assert [results[i].result.answer for i in (0, 2)] == ["first", "on time"]  # type: ignore[union-attr]
+
+
+def test_inference_stats_add_up_across_concurrent_streams(
+    exported_models: dict[str, Path],
+) -> None:
+    engine = QAEngine.load(exported_models["bert"], precision="fp32", streams=2, threads=1)
+    encoded = engine.encode_many([pair for pair in texts.pairs(seed=3, count=12)])
+    windows = [w for item in encoded if isinstance(item, EncodedQuestion) for w in item.windows]
+    batches = [windows[i : i + 2] for i in range(0, len(windows), 2)] * 10
+    barrier = threading.Barrier(2, timeout=TIMEOUT)
+
+    def stream(index: int) -> None:
+        barrier.wait()
+        for batch in batches[index::2]:
+            engine.infer(batch, index)
+
+    threads = [threading.Thread(target=stream, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert engine.stats.batches == len(batches)
+    assert engine.stats.windows == sum(len(batch) for batch in batches)
+    assert engine.stats.real_tokens == sum(len(w) for batch in batches for w in batch)
