@@ -111,15 +111,6 @@ class FakeEngine:
         self.batches: list[list[Window]] = []
         self.streams_used: list[int] = []
 
-    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
-        results: list[EncodedQuestion | EventError] = []
-        for question, context in pairs:
-            try:
-                results.append(self.encode(question, context))
-            except EventError as error:
-                results.append(error)
-        return results
-
     def encode(self, question: str, context: str) -> EncodedQuestion:
         if not context:
             raise EventError(ErrorCode.EMPTY_CONTEXT, "context cannot be empty")
@@ -463,8 +454,8 @@ class GatedEngine:
         self.streams = engine.streams
         self.gate = Gate()
 
-    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
-        return self.engine.encode_many(pairs)
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        return self.engine.encode(question, context)
 
     def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:
         self.gate.enter(len(windows))
@@ -594,68 +585,11 @@ async def test_a_failing_batch_on_one_stream_fails_only_its_requests() -> None:
     assert set(engine.streams_used) == {0, 1}
 
 
-async def test_questions_waiting_are_tokenized_in_one_call_and_a_bad_one_fails_alone() -> None:
-    engine = FakeEngine()
-    calls: list[int] = []
-    encode_many = engine.encode_many
-    release = threading.Event()
-
-    def counting(pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
-        calls.append(len(pairs))
-        # The first call waits, so that the questions behind it queue for the next one.
-        if len(calls) == 1 and not release.wait(TIMEOUT):
-            raise TimeoutError("the test never released the first tokenizing call")
-        return encode_many(pairs)
-
-    engine.encode_many = counting  # type: ignore[method-assign]
-    async with MicroBatcher(engine, BatchLimits()) as batcher:
-        first = ask(batcher, "first", 10)
-        await wait_until(lambda: len(calls) == 1)
-        behind = [
-            ask(batcher, "A", 10),
-            asyncio.create_task(batcher.answer("bad", "", OPTIONS)),
-            ask(batcher, "C", 10, 20),
-        ]
-        # One turn of the loop: the three calls queue their questions.
-        await asyncio.sleep(0)
-        release.set()
-        results = await bounded(asyncio.gather(first, *behind, return_exceptions=True))
-    assert calls == [1, 3]
-    assert isinstance(results[2], EventError) and results[2].code == "empty_context"
-    assert [results[i].result.answer for i in (0, 1, 3)] == ["first", "A", "C"]  # type: ignore[union-attr]
-
-
-async def test_a_deadline_passed_while_waiting_to_tokenize_fails_only_that_question() -> None:
-    engine = FakeEngine()
-    encode_many = engine.encode_many
-    release = threading.Event()
-    tokenized: list[list[str]] = []
-
-    def held(pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
-        tokenized.append([question for question, _ in pairs])
-        if len(tokenized) == 1 and not release.wait(TIMEOUT):
-            raise TimeoutError("the test never released the first tokenizing call")
-        return encode_many(pairs)
-
-    engine.encode_many = held  # type: ignore[method-assign]
-    async with MicroBatcher(engine, BatchLimits()) as batcher:
-        first = ask(batcher, "first", 10)
-        await wait_until(lambda: len(tokenized) == 1)
-        late = ask(batcher, "late", 10, deadline=time.monotonic() - 1)
-        on_time = ask(batcher, "on time", 10)
-        await asyncio.sleep(0)
-        release.set()
-        results = await bounded(asyncio.gather(first, late, on_time, return_exceptions=True))
-    assert isinstance(results[1], DeadlineExceeded)
-    assert tokenized == [["first"], ["on time"]]
-    assert [results[i].result.answer for i in (0, 2)] == ["first", "on time"]  # type: ignore[union-attr]
-
-
 def test_inference_stats_add_up_across_concurrent_streams(
     exported_models: dict[str, Path],
 ) -> None:
     engine = QAEngine.load(exported_models["bert"], precision="fp32", streams=2, threads=1)
-    encoded = engine.encode_many([pair for pair in texts.pairs(seed=3, count=12)])
+    encoded = engine.tokenizer.encode_many(texts.pairs(seed=3, count=12))
     windows = [w for item in encoded if isinstance(item, EncodedQuestion) for w in item.windows]
     batches = [windows[i : i + 2] for i in range(0, len(windows), 2)] * 10
     barrier = threading.Barrier(2, timeout=TIMEOUT)

@@ -276,11 +276,10 @@ class SlowEngine:
         self._delay = delay
         self.manifest = engine.manifest  # type: ignore[attr-defined]
         self.model_id = engine.model_id  # type: ignore[attr-defined]
-
         self.streams = engine.streams  # type: ignore[attr-defined]
 
-    def encode_many(self, pairs: list) -> list:
-        return self._engine.encode_many(pairs)  # type: ignore[attr-defined]
+    def encode(self, question: str, context: str) -> object:
+        return self._engine.encode(question, context)  # type: ignore[attr-defined]
 
     def infer(self, windows: list, stream: int) -> list:
         import time

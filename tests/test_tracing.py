@@ -55,9 +55,6 @@ class LengthEngine:
 
     streams = 1
 
-    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion]:
-        return [self.encode(question, context) for question, context in pairs]
-
     def encode(self, question: str, context: str) -> EncodedQuestion:
         windows = [
             Window(np.ones(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool), encoding=None)  # type: ignore[arg-type]

@@ -9,9 +9,8 @@ concurrent questions and runs them through the engine in padded batches:
 Threads: inference runs in one thread per inference stream of the engine (`engine.streams`), each
 running one batch at a time on its stream; tokenizing and decoding run in one other thread so
 they overlap with inference. The event loop only does the bookkeeping below, so it never blocks.
-Questions that arrive while the tokenizing thread is busy are tokenized together by one
-`encode_many` call when it is free: one thread hop for all of them, and the tokenizer's own
-parallelism (the Rust tokenizer releases the GIL) instead of one call each.
+(Tokenizing the questions that queued for that thread in one `encode_many` call halved its CPU
+but answered no more events/s in worker_probe A/B runs, so each question is still one call.)
 
 Scheduling: whenever a stream is free and windows are pending, the next batch is formed from
 what is pending (by `worker.qa.batching.next_batch`, the planner offline commands use too) and
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
-from .errors import EventError
 from .lifecycle import AsyncLifecycle
 from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
@@ -65,7 +63,6 @@ class BatchObserver(Protocol):
 class Engine(Protocol):
     """What the batcher needs of `QAEngine`.
 
-    `encode_many` answers each pair with its encoding or the EventError that rejects it alone.
     `infer` runs one padded batch synchronously on `stream` (0 <= stream < `streams`); it may be
     called from several threads at once for distinct streams.
     """
@@ -73,9 +70,7 @@ class Engine(Protocol):
     @property
     def streams(self) -> int: ...
 
-    def encode_many(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> list[EncodedQuestion | EventError]: ...
+    def encode(self, question: str, context: str) -> EncodedQuestion: ...
 
     def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]: ...
 
@@ -101,16 +96,6 @@ class Answered:
 
 class DeadlineExceeded(Exception):
     """The deadline passed before all of the question's windows started inference."""
-
-
-@dataclass(eq=False)
-class _Question:
-    """A question waiting for the tokenizing thread."""
-
-    question: str
-    context: str
-    deadline: float | None
-    encoded: asyncio.Future[EncodedQuestion]
 
 
 @dataclass(eq=False)
@@ -161,9 +146,6 @@ class MicroBatcher(AsyncLifecycle):
         self._last_seed: _Request | None = None
         # Streams with no batch running, the lowest first so that a short queue reuses one.
         self._free_streams = list(range(engine.streams))
-        # Questions waiting for the tokenizing thread, and whether a call to it is under way.
-        self._to_encode: list[_Question] = []
-        self._encoding = False
         self._wait_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -212,7 +194,9 @@ class MicroBatcher(AsyncLifecycle):
         try:
             loop = asyncio.get_running_loop()
             with self._tracing.stage("tokenize"):
-                encoded = await self._encode(question, context, deadline)
+                encoded = await loop.run_in_executor(
+                    self._cpu, self._encode, question, context, deadline
+                )
             request = self._enqueue(encoded, submitted, deadline)
             enqueued_ns = time.time_ns()
             try:
@@ -232,58 +216,11 @@ class MicroBatcher(AsyncLifecycle):
             if not self._in_flight:
                 self._idle.set()
 
-    def _encode(
-        self, question: str, context: str, deadline: float | None
-    ) -> asyncio.Future[EncodedQuestion]:
-        encoded: asyncio.Future[EncodedQuestion] = asyncio.get_running_loop().create_future()
-        self._to_encode.append(_Question(question, context, deadline, encoded))
-        self._encode_waiting()
-        return encoded
-
-    def _encode_waiting(self) -> None:
-        """Hands every question waiting to the tokenizing thread in one call, unless it is busy."""
-        if self._encoding or not self._to_encode:
-            return
-        # A caller cancelled while it waited has no use for its encoding.
-        questions = [item for item in self._to_encode if not item.encoded.done()]
-        self._to_encode = []
-        if not questions:
-            return
-        self._encoding = True
-        encoding = asyncio.get_running_loop().run_in_executor(
-            self._cpu, self._encode_many, questions
-        )
-        encoding.add_done_callback(partial(self._encoded, questions))
-
-    def _encode_many(
-        self, questions: list[_Question]
-    ) -> list[EncodedQuestion | EventError | DeadlineExceeded]:
+    def _encode(self, question: str, context: str, deadline: float | None) -> EncodedQuestion:
         # Questions queue for this thread; one whose deadline passed meanwhile is not worth it.
-        now = time.monotonic()
-        on_time = [item.deadline is None or now < item.deadline for item in questions]
-        pairs = [
-            (item.question, item.context) for item, ok in zip(questions, on_time, strict=True) if ok
-        ]
-        encoded = iter(self._engine.encode_many(pairs))
-        late = DeadlineExceeded("the deadline passed before the question was tokenized")
-        return [next(encoded) if ok else late for ok in on_time]
-
-    def _encoded(
-        self,
-        questions: list[_Question],
-        done: asyncio.Future[list[EncodedQuestion | EventError | DeadlineExceeded]],
-    ) -> None:
-        self._encoding = False
-        error = done.exception()
-        outcomes = done.result() if error is None else [error] * len(questions)
-        for item, outcome in zip(questions, outcomes, strict=True):
-            if item.encoded.done():
-                continue
-            if isinstance(outcome, BaseException):
-                item.encoded.set_exception(outcome)
-            else:
-                item.encoded.set_result(outcome)
-        self._encode_waiting()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed before the question was tokenized")
+        return self._engine.encode(question, context)
 
     def _enqueue(
         self, encoded: EncodedQuestion, submitted: float, deadline: float | None

@@ -109,9 +109,6 @@ class QAEngine:
     def encode(self, question: str, context: str) -> EncodedQuestion:
         return self.tokenizer.encode(question, context)
 
-    def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
-        return self.tokenizer.encode_many(pairs)
-
     def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
         """Runs one padded batch on `stream`; returns each window's logits trimmed to its length.
 
@@ -152,7 +149,7 @@ class QAEngine:
 
         Windows are batched by the same planner as the streaming batcher's, within `limits`.
         """
-        encoded = self.encode_many([(item.question, item.context) for item in questions])
+        encoded = self.tokenizer.encode_many([(item.question, item.context) for item in questions])
         owners: list[tuple[int, int]] = []
         windows: list[Window] = []
         for question_index, item in enumerate(encoded):
