@@ -17,8 +17,9 @@ what is pending (by `worker.qa.batching.next_batch`, the planner offline command
 started at once on that stream; while the streams are busy, new windows accumulate for the
 batches after. A batch is seeded with the oldest pending window of an event other than the one
 that seeded the last batch (`seed_index`: events take turns, so one event with hundreds of
-windows cannot hold every batch while the events behind it wait) and filled with the pending windows closest to it in
-length, within `batch_size` windows, `max_batch_tokens` padded tokens and `max_padding`.
+windows cannot hold every batch while the events behind it wait) and filled with the pending
+windows closest to it in length, within `batch_size` windows, `max_batch_tokens` padded tokens
+and `max_padding`.
 Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token window among
 100-token ones) from making a whole batch compute on padding, which costs more than running it
 alone; turns taken oldest first mean the oldest pending window seeds at least every second
