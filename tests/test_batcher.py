@@ -57,29 +57,38 @@ class Gate:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._entered: asyncio.Queue[object] = asyncio.Queue()
+        # Several streams may be held in `infer` at once; `open` must let all of them go.
+        self._changed = threading.Condition()
         self._held = False
-        self._permits = threading.Semaphore(0)
+        self._permits = 0
 
     def enter(self, batch: object) -> None:
-        """Called in the inference thread."""
+        """Called in an inference thread."""
         self._loop.call_soon_threadsafe(self._entered.put_nowait, batch)
-        if self._held and not self._permits.acquire(timeout=TIMEOUT):
-            raise TimeoutError("the test never let this batch through")
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._held or self._permits, TIMEOUT):
+                raise TimeoutError("the test never let this batch through")
+            if self._held:
+                self._permits -= 1
 
     async def next_batch(self) -> object:
         return await bounded(self._entered.get())
 
     def hold(self) -> None:
-        self._held = True
+        with self._changed:
+            self._held = True
 
     def step(self) -> None:
         """Lets one held batch finish."""
-        self._permits.release()
+        with self._changed:
+            self._permits += 1
+            self._changed.notify()
 
     def open(self) -> None:
-        """Lets the held batch and all later ones run."""
-        self._held = False
-        self._permits.release()
+        """Lets the held batches and all later ones run."""
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
 
 
 def label(window: Window) -> str:
@@ -96,9 +105,11 @@ class FakeEngine:
     question that starts with "boom" fails.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, streams: int = 1) -> None:
         self.gate = Gate()
+        self.streams = streams
         self.batches: list[list[Window]] = []
+        self.streams_used: list[int] = []
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         if not context:
@@ -112,8 +123,9 @@ class FakeEngine:
             )
         return EncodedQuestion(question, context, windows, context_sequence=1)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
         self.batches.append(list(windows))
+        self.streams_used.append(stream)
         self.gate.enter([label(window) for window in windows])
         if any(label(window).startswith("boom") for window in windows):
             raise RuntimeError("inference failed")
@@ -439,14 +451,15 @@ class GatedEngine:
 
     def __init__(self, engine: QAEngine) -> None:
         self.engine = engine
+        self.streams = engine.streams
         self.gate = Gate()
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         return self.engine.encode(question, context)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:
         self.gate.enter(len(windows))
-        return self.engine.infer(windows)
+        return self.engine.infer(windows, stream)
 
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
@@ -463,8 +476,11 @@ class BatchSizes:
         self.windows.append(windows)
 
 
-async def test_real_model_answers_equal_answer_many(exported_models: dict[str, Path]) -> None:
-    engine = QAEngine.load(exported_models["bert"], precision="fp32")
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_real_model_answers_equal_answer_many(
+    exported_models: dict[str, Path], streams: int
+) -> None:
+    engine = QAEngine.load(exported_models["bert"], precision="fp32", streams=streams)
     options = QAOptions(top_k=2)
     pairs = texts.pairs(seed=5, count=50)
     expected = engine.answer_many([Question(q, c, options) for q, c in pairs])
@@ -472,11 +488,11 @@ async def test_real_model_answers_equal_answer_many(exported_models: dict[str, P
     gated, sizes = GatedEngine(engine), BatchSizes()
     limits = BatchLimits(batch_size=8, max_batch_tokens=4096)
     async with MicroBatcher(gated, limits, sizes) as batcher:
-        # The first batch waits until every other window is queued, so batches must form.
+        # The first batches wait until every other window is queued, so batches must form.
         gated.gate.hold()
         tasks = [asyncio.create_task(batcher.answer(q, c, options)) for q, c in pairs]
-        first = await gated.gate.next_batch()
-        await wait_until(lambda: batcher.pending_windows == windows - first)  # type: ignore[operator]
+        started = sum([await gated.gate.next_batch() for _ in range(streams)])  # type: ignore[misc]
+        await wait_until(lambda: batcher.pending_windows == windows - started)
         gated.gate.open()
         answered = await bounded(asyncio.gather(*tasks))
     assert sum(sizes.windows) == windows
@@ -489,3 +505,105 @@ async def test_real_model_answers_equal_answer_many(exported_models: dict[str, P
         assert [s.score for s in got.result.answers] == pytest.approx(
             [s.score for s in want.answers], abs=1e-5
         )
+
+
+class BarrierEngine(FakeEngine):
+    """A FakeEngine whose batches meet at a barrier of two and count how many run at once."""
+
+    def __init__(self, streams: int) -> None:
+        super().__init__(streams)
+        self.barrier = threading.Barrier(2, timeout=TIMEOUT)
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+        self.streams_seen: set[int] = set()
+
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+            self.streams_seen.add(stream)
+        try:
+            # Only two batches running at the same time get past this; one alone times out.
+            self.barrier.wait()
+            return super().infer(windows, stream)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+async def test_two_streams_run_two_batches_at_once_and_never_more() -> None:
+    engine = BarrierEngine(streams=2)
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        answered = await bounded(asyncio.gather(*(ask(batcher, f"q{i}", 10) for i in range(8))))
+    assert [a.result.answer for a in answered] == [f"q{i}" for i in range(8)]
+    assert engine.most_at_once == 2
+    assert engine.streams_seen == {0, 1}
+
+
+async def test_one_stream_never_runs_two_batches_at_once() -> None:
+    engine = FakeEngine(streams=1)
+    seen: list[int] = []
+    lock = threading.Lock()
+    running = 0
+    infer = engine.infer
+
+    def counting(windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        nonlocal running
+        with lock:
+            running += 1
+            seen.append(running)
+        try:
+            return infer(windows, stream)
+        finally:
+            with lock:
+                running -= 1
+
+    engine.infer = counting  # type: ignore[method-assign]
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        await bounded(asyncio.gather(*(ask(batcher, f"q{i}", 10) for i in range(6))))
+    assert seen == [1] * 6
+    assert set(engine.streams_used) == {0}
+
+
+async def test_a_failing_batch_on_one_stream_fails_only_its_requests() -> None:
+    engine = FakeEngine(streams=2)
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "boom", 5), ask(batcher, "A", 5)]
+        # Both streams hold a batch: the failing one and a healthy one beside it.
+        assert sorted([await engine.gate.next_batch(), await engine.gate.next_batch()]) == [  # type: ignore[type-var]
+            ["A#0"],
+            ["boom#0"],
+        ]
+        tasks += [ask(batcher, name, 5) for name in ("X", "Y")]
+        await wait_until(lambda: batcher.pending_windows == 2)
+        engine.gate.open()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+    assert isinstance(results[0], RuntimeError) and str(results[0]) == "inference failed"
+    assert [r.result.answer for r in results[1:]] == ["A", "X", "Y"]  # type: ignore[union-attr]
+    assert set(engine.streams_used) == {0, 1}
+
+
+def test_inference_stats_add_up_across_concurrent_streams(
+    exported_models: dict[str, Path],
+) -> None:
+    engine = QAEngine.load(exported_models["bert"], precision="fp32", streams=2, threads=1)
+    encoded = engine.tokenizer.encode_many(texts.pairs(seed=3, count=12))
+    windows = [w for item in encoded if isinstance(item, EncodedQuestion) for w in item.windows]
+    batches = [windows[i : i + 2] for i in range(0, len(windows), 2)] * 10
+    barrier = threading.Barrier(2, timeout=TIMEOUT)
+
+    def stream(index: int) -> None:
+        barrier.wait()
+        for batch in batches[index::2]:
+            engine.infer(batch, index)
+
+    threads = [threading.Thread(target=stream, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert engine.stats.batches == len(batches)
+    assert engine.stats.windows == sum(len(batch) for batch in batches)
+    assert engine.stats.real_tokens == sum(len(w) for batch in batches for w in batch)

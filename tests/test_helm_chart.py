@@ -30,6 +30,7 @@ import yaml
 from prometheus_client.metrics_core import Metric
 
 from tests.support.otlp import OtlpReceiver
+from worker.backends.onnx import stream_layout
 from worker.cli import build_parser
 from worker.config import Settings, base_type, env_name
 from worker.http import HealthServer
@@ -48,6 +49,8 @@ KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 # Settings the chart sets from other values than `config`: the model folder from `model`, the
 # password from a Secret, the TLS and question-sets file paths from where their Secret and
 # ConfigMap are mounted, tracing from `tracing`.
+# Settings the chart derives from the CPU limit when they are null.
+STREAM_LAYOUT = {"inference_streams", "threads"}
 CHART_MANAGED = {
     "model",
     "tracing",
@@ -314,7 +317,8 @@ def test_schema_types_follow_the_worker_settings() -> None:
         types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
         assert kinds[base_type(field)] in types, name
         # Optional settings (default None) accept null, which leaves the worker's default.
-        assert ("null" in types) == (field.default is None or name == "threads"), name
+        derived = name in STREAM_LAYOUT
+        assert ("null" in types) == (field.default is None or derived), name
         if field.metadata["choices"]:
             assert [c for c in prop["enum"] if c is not None] == list(field.metadata["choices"])
 
@@ -350,6 +354,7 @@ def test_every_worker_setting_is_reachable_from_values(chart: helm.Chart) -> Non
             "config": {
                 "precision": "int8",
                 "threads": 3,
+                "inferenceStreams": 2,
                 "maxSeqLen": 256,
                 "docStride": 64,
                 "nullThreshold": 0.25,
@@ -369,8 +374,9 @@ def test_every_worker_setting_is_reachable_from_values(chart: helm.Chart) -> Non
 
 def test_chart_defaults_are_the_worker_defaults() -> None:
     # Two deliberate differences: the brokers (a Service named kafka in the namespace rather
-    # than localhost) and threads (derived from the CPU limit, see test_threads_follow_cpu_limit).
-    deliberate = {"broker", "threads"}
+    # than localhost) and the stream layout (derived from the CPU limit, see
+    # test_stream_layout_follows_cpu_limit).
+    deliberate = {"broker", *STREAM_LAYOUT}
     config = chart_values()["config"]
     for name, field in SETTING_FIELDS.items():
         if name in CHART_MANAGED | deliberate:
@@ -402,7 +408,7 @@ def test_the_worker_parses_the_rendered_environment(chart: helm.Chart, name: str
     merged_config = merge(chart_values()["config"], values.get("config", {}))
     for key, value in merged_config.items():
         field = next(f for f in SETTING_FIELDS if camel(f) == key)
-        if value is not None and key != "threads":
+        if value is not None and field not in STREAM_LAYOUT:
             assert getattr(settings, field) == value, key
     assert str(settings.model) == rendered.one("ConfigMap", FULLNAME)["data"]["QA_MODEL"]
 
@@ -465,25 +471,41 @@ def test_termination_grace_outlasts_the_drain(chart: helm.Chart, drain: float) -
 
 
 @pytest.mark.parametrize(
-    ("resources", "threads", "expected"),
+    ("resources", "cores", "config", "expected"),
     [
-        ({"limits": {"cpu": "2"}}, None, 2),
-        ({"limits": {"cpu": "1500m"}}, None, 2),
-        ({"limits": {"cpu": 4}}, None, 4),
-        ({"limits": {"cpu": "250m"}}, None, 1),
-        ({"requests": {"cpu": "1"}}, None, 1),
-        ({"limits": {"cpu": "2"}}, 6, 6),
+        ({"limits": {"cpu": "2"}}, 2, {}, (1, 2)),
+        ({"limits": {"cpu": "1500m"}}, 2, {}, (1, 2)),
+        ({"limits": {"cpu": 4}}, 4, {}, (1, 4)),
+        ({"limits": {"cpu": "250m"}}, 1, {}, (1, 1)),
+        ({"requests": {"cpu": "1"}}, 1, {}, (1, 1)),
+        ({"limits": {"cpu": "2"}}, 2, {"threads": 6}, (6, 1)),
+        ({"limits": {"cpu": 4}}, 4, {"threads": 2}, (2, 2)),
+        ({"limits": {"cpu": 4}}, 4, {"inferenceStreams": 1}, (4, 1)),
+        ({"limits": {"cpu": 4}}, 4, {"inferenceStreams": 3, "threads": 2}, (2, 3)),
     ],
 )
-def test_threads_follow_cpu_limit(
-    chart: helm.Chart, resources: dict[str, Any], threads: int | None, expected: int
+def test_stream_layout_follows_cpu_limit(
+    chart: helm.Chart,
+    resources: dict[str, Any],
+    cores: int,
+    config: dict[str, int],
+    expected: tuple[int, int],
 ) -> None:
     # Replacing the default resources needs the defaults' keys nulled (Helm merges maps).
     values: dict[str, Any] = {"resources": {"limits": None, "requests": None, **resources}}
-    if threads is not None:
-        values["config"] = {"threads": threads}
+    values["config"] = config
     rendered = render(chart, values)
-    assert Settings.from_sources(None, rendered.environment({})).threads == expected
+    settings = Settings.from_sources(None, rendered.environment({}))
+    assert (settings.threads, settings.inference_streams) == expected
+    # The layout the worker itself would pick on the cores the limit gives.
+    given = (config.get("inferenceStreams", 0), config.get("threads", 0))
+    assert stream_layout(*given, cores=cores) == expected
+
+
+def test_stream_layout_given_as_auto_is_left_to_the_worker(chart: helm.Chart) -> None:
+    rendered = render(chart, {"config": {"inferenceStreams": 0, "threads": 0}})
+    settings = Settings.from_sources(None, rendered.environment({}))
+    assert (settings.inference_streams, settings.threads) == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -276,15 +276,16 @@ class SlowEngine:
         self._delay = delay
         self.manifest = engine.manifest  # type: ignore[attr-defined]
         self.model_id = engine.model_id  # type: ignore[attr-defined]
+        self.streams = engine.streams  # type: ignore[attr-defined]
 
     def encode(self, question: str, context: str) -> object:
         return self._engine.encode(question, context)  # type: ignore[attr-defined]
 
-    def infer(self, windows: list) -> list:
+    def infer(self, windows: list, stream: int) -> list:
         import time
 
         time.sleep(self._delay)  # the slowness under test, not a synchronisation
-        return self._engine.infer(windows)  # type: ignore[attr-defined]
+        return self._engine.infer(windows, stream)  # type: ignore[attr-defined]
 
     def decode(self, encoded: object, logits: list, options: object) -> object:
         return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]

@@ -53,6 +53,8 @@ class Record:
 class LengthEngine:
     """Reads the context as window lengths ("5 12" is two windows); every answer scores 0.5."""
 
+    streams = 1
+
     def encode(self, question: str, context: str) -> EncodedQuestion:
         windows = [
             Window(np.ones(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool), encoding=None)  # type: ignore[arg-type]
@@ -60,7 +62,7 @@ class LengthEngine:
         ]
         return EncodedQuestion(question, context, windows, context_sequence=1)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:
         return [
             WindowLogits(np.zeros(len(w), np.float32), np.zeros(len(w), np.float32))
             for w in windows

@@ -6,17 +6,20 @@ concurrent questions and runs them through the engine in padded batches:
     async with MicroBatcher(engine, BatchLimits(batch_size=16)) as batcher:
         answered = await batcher.answer(question, context, QAOptions(), deadline=deadline)
 
-Threads: inference runs in one dedicated thread, because the ONNX Runtime session already spreads
-a batch over every core; tokenizing and decoding run in one other thread so they overlap with
-inference. The event loop only does the bookkeeping below, so it never blocks.
+Threads: inference runs in one thread per inference stream of the engine (`engine.streams`), each
+running one batch at a time on its stream; tokenizing and decoding run in one other thread so
+they overlap with inference. The event loop only does the bookkeeping below, so it never blocks.
+(Tokenizing the questions that queued for that thread in one `encode_many` call halved its CPU
+but answered no more events/s in worker_probe A/B runs, so each question is still one call.)
 
-Scheduling: whenever the inference thread is free and windows are pending, the next batch is
-formed from what is pending (by `worker.qa.batching.next_batch`, the planner offline commands
-use too) and started at once; while it runs, new windows accumulate for the one after. A batch
-is seeded with the oldest pending window of an event other than the one that seeded the last
-batch (`seed_index`: events take turns, so one event with hundreds of windows cannot hold every
-batch while the events behind it wait) and filled with the pending windows closest to it in
-length, within `batch_size` windows, `max_batch_tokens` padded tokens and `max_padding`.
+Scheduling: whenever a stream is free and windows are pending, the next batch is formed from
+what is pending (by `worker.qa.batching.next_batch`, the planner offline commands use too) and
+started at once on that stream; while the streams are busy, new windows accumulate for the
+batches after. A batch is seeded with the oldest pending window of an event other than the one
+that seeded the last batch (`seed_index`: events take turns, so one event with hundreds of
+windows cannot hold every batch while the events behind it wait) and filled with the pending
+windows closest to it in length, within `batch_size` windows, `max_batch_tokens` padded tokens
+and `max_padding`.
 Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token window among
 100-token ones) from making a whole batch compute on padding, which costs more than running it
 alone; turns taken oldest first mean the oldest pending window seeds at least every second
@@ -58,11 +61,18 @@ class BatchObserver(Protocol):
 
 
 class Engine(Protocol):
-    """What the batcher needs of `QAEngine`; `infer` runs one padded batch synchronously."""
+    """What the batcher needs of `QAEngine`.
+
+    `infer` runs one padded batch synchronously on `stream` (0 <= stream < `streams`); it may be
+    called from several threads at once for distinct streams.
+    """
+
+    @property
+    def streams(self) -> int: ...
 
     def encode(self, question: str, context: str) -> EncodedQuestion: ...
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]: ...
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]: ...
 
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
@@ -118,12 +128,15 @@ class MicroBatcher(AsyncLifecycle):
         observer: BatchObserver | None = None,
         tracing: Tracing = NO_TRACING,
     ) -> None:
+        if engine.streams < 1:
+            raise ValueError(f"the engine must have 1 or more streams, got {engine.streams}")
         self._engine = engine
         self._limits = limits
         self._observer = observer
         self._tracing = tracing
-        # Executors start their threads on first use, so building them here costs nothing.
-        self._inference = ThreadPoolExecutor(1, thread_name_prefix="qa-inference")
+        # Executors start their threads on first use, so building them here costs nothing. No
+        # more batches than streams are ever submitted, so each runs on a thread of its own.
+        self._inference = ThreadPoolExecutor(engine.streams, thread_name_prefix="qa-inference")
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
         self._started = False
         self._accepting = False
@@ -131,7 +144,8 @@ class MicroBatcher(AsyncLifecycle):
         self._pending: list[_Pending] = []
         # The event whose window seeded the batch last started, for taking turns.
         self._last_seed: _Request | None = None
-        self._running: asyncio.Future[tuple[list[WindowLogits], float]] | None = None
+        # Streams with no batch running, the lowest first so that a short queue reuses one.
+        self._free_streams = list(range(engine.streams))
         self._wait_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -139,7 +153,7 @@ class MicroBatcher(AsyncLifecycle):
 
     @property
     def pending_windows(self) -> int:
-        """Windows waiting for a batch (not counting the one running)."""
+        """Windows waiting for a batch (not counting those running)."""
         return len(self._pending)
 
     @property
@@ -232,18 +246,21 @@ class MicroBatcher(AsyncLifecycle):
         return request
 
     def _dispatch(self) -> None:
-        """Starts the next batch if the engine is free and there is one worth starting now."""
+        """Starts batches on the free streams while there are batches worth starting now."""
         if self._wait_timer is not None:
             self._wait_timer.cancel()
             self._wait_timer = None
-        if self._running is not None:
-            return
+        while self._free_streams and self._start_batch():
+            pass
+
+    def _start_batch(self) -> bool:
+        """Starts the next batch on a free stream; False when there is none to start yet."""
         now = time.monotonic()
         # The expiry timers may lag the clock a little; an expired window must never run.
         for request in {p.request for p in self._pending if _overdue(p.request, now)}:
             self._expire(request)
         if not self._pending:
-            return
+            return False
         batch = self._plan()
         wait_until = self._pending[0].arrived + self._limits.max_wait_ms / 1000
         more_fit = len(batch) == len(self._pending) < self._limits.batch_size
@@ -251,7 +268,7 @@ class MicroBatcher(AsyncLifecycle):
             self._wait_timer = asyncio.get_running_loop().call_later(
                 wait_until - now, self._dispatch
             )
-            return
+            return False
         self._last_seed = batch[0].request
         chosen = set(batch)
         self._pending = [item for item in self._pending if item not in chosen]
@@ -263,10 +280,12 @@ class MicroBatcher(AsyncLifecycle):
                 if request.expiry is not None:
                     request.expiry.cancel()
         windows = [item.window for item in batch]
-        self._running = asyncio.get_running_loop().run_in_executor(
-            self._inference, self._infer, windows
+        stream = self._free_streams.pop(0)
+        running = asyncio.get_running_loop().run_in_executor(
+            self._inference, self._infer, windows, stream
         )
-        self._running.add_done_callback(partial(self._finished, batch, time.time_ns()))
+        running.add_done_callback(partial(self._finished, batch, stream, time.time_ns()))
+        return True
 
     def _plan(self) -> list[_Pending]:
         """The next batch, its seed first."""
@@ -275,9 +294,9 @@ class MicroBatcher(AsyncLifecycle):
         chosen = next_batch([len(item.window) for item in pending], self._limits, seed)
         return [pending[index] for index in chosen]
 
-    def _infer(self, windows: list[Window]) -> tuple[list[WindowLogits], float]:
+    def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float]:
         began = time.perf_counter()
-        logits = self._engine.infer(windows)
+        logits = self._engine.infer(windows, stream)
         seconds = time.perf_counter() - began
         if len(logits) != len(windows):
             raise RuntimeError(f"infer returned {len(logits)} logits for {len(windows)} windows")
@@ -286,10 +305,12 @@ class MicroBatcher(AsyncLifecycle):
     def _finished(
         self,
         batch: list[_Pending],
+        stream: int,
         started_ns: int,
         done: asyncio.Future[tuple[list[WindowLogits], float]],
     ) -> None:
-        self._running = None
+        self._free_streams.append(stream)
+        self._free_streams.sort()
         requests = list(dict.fromkeys(item.request for item in batch))
         error = done.exception()
         if error is not None:

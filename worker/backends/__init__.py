@@ -20,6 +20,11 @@ class InferenceBackend(Protocol):
     input_names: tuple[str, ...]
     streams: int
 
+    @property
+    def sessions(self) -> int:
+        """Copies of the model's weights held, for reporting memory per stream."""
+        ...
+
     def run(
         self, inputs: Mapping[str, np.ndarray], stream: int = 0
     ) -> tuple[np.ndarray, np.ndarray]: ...

@@ -6,6 +6,7 @@ It needs no broker. The streaming worker drives the same three steps (`encode`, 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,11 @@ from .windows import EncodedQuestion, Window, WindowTokenizer
 
 @dataclass(slots=True)
 class InferenceStats:
-    """Running totals of what `infer` ran, for throughput and padding reports."""
+    """Running totals of what `infer` ran, for throughput and padding reports.
+
+    `seconds` adds up the run time of every batch, so with several streams it can exceed the
+    wall-clock time they took.
+    """
 
     batches: int = 0
     windows: int = 0
@@ -70,6 +75,8 @@ class QAEngine:
         self.manifest = manifest
         self.model_id = model_id
         self.stats = InferenceStats()
+        # Streams finish batches on their own threads; `+=` on the totals is not atomic.
+        self._stats_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -94,19 +101,29 @@ class QAEngine:
         backend = OnnxBackend(onnx_path, *stream_layout(streams, threads))
         return cls(tokenizer, backend, manifest, model_id=manifest_checksum(folder))
 
+    @property
+    def streams(self) -> int:
+        """How many batches `infer` can run at once, each on its own stream."""
+        return self.backend.streams
+
     def encode(self, question: str, context: str) -> EncodedQuestion:
         return self.tokenizer.encode(question, context)
 
-    def infer(self, windows: Sequence[Window]) -> list[WindowLogits]:
-        """Runs one padded batch; returns each window's logits trimmed to its own length."""
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        """Runs one padded batch on `stream`; returns each window's logits trimmed to its length.
+
+        Safe to call from several threads at once for distinct streams.
+        """
         inputs = pad_windows(windows, self.manifest.tokenizer.pad_token_id)
         began = time.perf_counter()
-        start, end = self.backend.run(inputs)
-        self.stats.seconds += time.perf_counter() - began
-        self.stats.batches += 1
-        self.stats.windows += len(windows)
-        self.stats.real_tokens += sum(len(window) for window in windows)
-        self.stats.padded_tokens += inputs["input_ids"].size
+        start, end = self.backend.run(inputs, stream)
+        seconds = time.perf_counter() - began
+        with self._stats_lock:
+            self.stats.seconds += seconds
+            self.stats.batches += 1
+            self.stats.windows += len(windows)
+            self.stats.real_tokens += sum(len(window) for window in windows)
+            self.stats.padded_tokens += inputs["input_ids"].size
         return [
             WindowLogits(start[row, : len(window)], end[row, : len(window)])
             for row, window in enumerate(windows)

@@ -58,13 +58,10 @@ worker's int() would refuse, so whole numbers are printed as integers; float set
 {{- end -}}
 
 {{/*
-QA_THREADS when config.threads is null: the CPU limit rounded up, at least 1. A limit is a
-Kubernetes quantity: "2", 2, "1500m".
+The CPU limit rounded up, at least 1 (1 without a limit): the cores the worker gets. A limit is
+a Kubernetes quantity: "2", 2, "1500m".
 */}}
-{{- define "kafka-qa-worker.threads" -}}
-{{- if not (kindIs "invalid" .Values.config.threads) -}}
-{{- include "kafka-qa-worker.settingValue" .Values.config.threads -}}
-{{- else -}}
+{{- define "kafka-qa-worker.cores" -}}
 {{- $cpu := dig "limits" "cpu" "" (.Values.resources | default dict) | toString -}}
 {{- if not $cpu -}}
 1
@@ -74,6 +71,34 @@ Kubernetes quantity: "2", 2, "1500m".
 {{- max 1 (ceil ($cpu | float64)) | int -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+QA_INFERENCE_STREAMS and QA_THREADS: what the worker's stream_layout picks for the CPU limit's
+cores, for whichever of config.inferenceStreams and config.threads is null (by default one
+single-threaded stream per core). Worked out here rather than left to the worker because without
+a limit the worker would size itself for every core of the node.
+*/}}
+{{- define "kafka-qa-worker.streamLayout" -}}
+{{- $cores := include "kafka-qa-worker.cores" . | int -}}
+{{- $threads := .Values.config.threads -}}
+{{- $streams := .Values.config.inferenceStreams -}}
+{{- /* ternary would evaluate the division by a zero or null count too. */ -}}
+{{- if kindIs "invalid" $streams -}}
+{{- if and (not (kindIs "invalid" $threads)) (gt (int $threads) 0) -}}
+{{- $streams = max 1 (div $cores (int $threads)) -}}
+{{- else -}}
+{{- $streams = $cores -}}
+{{- end -}}
+{{- end -}}
+{{- if kindIs "invalid" $threads -}}
+{{- if gt (int $streams) 0 -}}
+{{- $threads = max 1 (div $cores (int $streams)) -}}
+{{- else -}}
+{{- $threads = 1 -}}
+{{- end -}}
+{{- end -}}
+QA_INFERENCE_STREAMS: {{ include "kafka-qa-worker.settingValue" $streams | quote }}
+QA_THREADS: {{ include "kafka-qa-worker.settingValue" $threads | quote }}
 {{- end -}}
 
 {{/*
