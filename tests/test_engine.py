@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from parity import texts
+from worker.backends import InferenceBackend
 from worker.backends.onnx import cgroup_cpu_limit
 from worker.errors import EventError, ModelFolderError
 from worker.manifest import Manifest
@@ -174,3 +179,41 @@ def test_cgroup_cpu_limit_caps_threads(tmp_path: Path, content: str, expected: i
     limit_file.write_text(content)
     assert cgroup_cpu_limit(limit_file) == expected
     assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+class StreamRecorder:
+    """Wraps a backend; the first batch of each stream waits for the other stream's first."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+        self.input_names = backend.input_names
+        self.streams = backend.streams
+        self.sessions = backend.sessions
+        self.used: list[int] = []
+        self._lock = threading.Lock()
+        self._together = threading.Barrier(backend.streams, timeout=60)
+
+    def run(self, inputs: Mapping[str, np.ndarray], stream: int = 0) -> tuple[Any, Any]:
+        with self._lock:
+            first = stream not in self.used
+            self.used.append(stream)
+        if first:
+            # Both streams hold a batch at once, or this times out and the test fails.
+            self._together.wait()
+        return self.backend.run(inputs, stream)
+
+
+def test_answer_many_runs_batches_on_every_stream_with_the_same_answers(
+    exported_models: dict[str, Path],
+) -> None:
+    questions = [Question(q, c) for q, c in texts.pairs(seed=11, count=24)]
+    limits = BatchLimits(batch_size=2)
+    one = QAEngine.load(exported_models["bert"], precision="fp32", streams=1)
+    two = QAEngine.load(exported_models["bert"], precision="fp32", streams=2, threads=1)
+    recorder = StreamRecorder(two.backend)
+    two.backend = recorder
+    together = two.answer_many(questions, limits)
+    assert set(recorder.used) == {0, 1}
+    assert two.stats.batches == len(recorder.used) > 2
+    for alone, both in zip(one.answer_many(questions, limits), together, strict=True):
+        assert spans(alone) == spans(both)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,31 @@ class QAEngine:
             for row, window in enumerate(windows)
         ]
 
+    def _infer_on_every_stream(self, batches: list[list[Window]]) -> list[list[WindowLogits]]:
+        """Runs `batches`, in order of the result, one thread per stream taking the next one.
+
+        With one single-threaded stream per core, one stream alone would leave the other cores
+        idle: offline answering gets the same layout's throughput as the worker.
+        """
+        if self.streams == 1 or len(batches) < 2:
+            return [self.infer(batch) for batch in batches]
+        results: list[list[WindowLogits] | None] = [None] * len(batches)
+        upcoming = iter(range(len(batches)))
+        lock = threading.Lock()
+
+        def run_stream(stream: int) -> None:
+            while True:
+                with lock:
+                    index = next(upcoming, None)
+                if index is None:
+                    return
+                results[index] = self.infer(batches[index], stream)
+
+        with ThreadPoolExecutor(self.streams, thread_name_prefix="qa-stream") as pool:
+            # list(): a stream that raised re-raises here, after the others have finished.
+            list(pool.map(run_stream, range(self.streams)))
+        return [logits for logits in results if logits is not None]
+
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
     ) -> QAResult:
@@ -158,8 +184,9 @@ class QAEngine:
                     owners.append((question_index, window_index))
                     windows.append(window)
         logits: dict[tuple[int, int], WindowLogits] = {}
-        for batch in plan_batches([len(w) for w in windows], limits):
-            batch_logits = self.infer([windows[index] for index in batch])
+        plan = plan_batches([len(w) for w in windows], limits)
+        batches = self._infer_on_every_stream([[windows[index] for index in b] for b in plan])
+        for batch, batch_logits in zip(plan, batches, strict=True):
             for index, window_logits in zip(batch, batch_logits, strict=True):
                 logits[owners[index]] = window_logits
         results: list[QAResult | EventError] = []
