@@ -41,11 +41,11 @@ def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple
     The default, one single-threaded stream per core, measured fastest on the development
     machine (docs/performance.md; `python -m benchmarks.stream_layouts` repeats it): one
     session's intra-op threads wait for each other at the end of every operator, while separate
-    streams never do. On 2 cores (MobileBERT int8, contended), two single-threaded streams
-    sharing one session answered ~1.8-2.3x the events/s of one session with two threads at
-    batch 1-16, the same as a session per stream at half the weights' memory. A "wide" session
-    for a short queue did not pay: with the other core busy, one window took as long on two
-    threads without spinning as on one, and twice as long with spinning.
+    streams never do. On the 2-core machine (MobileBERT int8, nothing else running), two
+    single-threaded streams sharing one session answered 1.07-1.5x the events/s of one session
+    with two threads (1.5x at batch 1, 1.07x at batch 16), as many as a session per stream at
+    half the weights' memory. Two threads are faster only for one window alone (20.7 against
+    24.0 ms); a second, wide session for short queues is not built (see docs/performance.md).
     """
     cores = cores or available_cores()
     if not streams:
