@@ -30,7 +30,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
-from worker.export import export_model
+from worker.model.export import export_model
 from worker.squad import read_questions
 
 TOKENIZER_FILES = (

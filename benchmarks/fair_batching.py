@@ -22,7 +22,7 @@ from pathlib import Path
 from worker import batcher as batcher_module
 from worker.batcher import MicroBatcher
 from worker.config import Settings
-from worker.loading import load_engine
+from worker.model.loading import load_engine
 from worker.qa.batching import BatchLimits
 from worker.qa.types import QAOptions
 

@@ -36,9 +36,9 @@ import numpy as np
 import onnxruntime as ort
 
 from worker.backends.onnx import available_cores
-from worker.calibration import calibration_windows, quantize_static_int8
-from worker.export import logits_only, quantize_int8
-from worker.manifest import (
+from worker.model.calibration import calibration_windows, quantize_static_int8
+from worker.model.export import logits_only, quantize_int8
+from worker.model.manifest import (
     END_LOGITS,
     LOGIT_OUTPUTS,
     START_LOGITS,

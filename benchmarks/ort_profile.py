@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from worker.manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, Manifest
+from worker.model.manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, Manifest
 from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.engine import pad_windows
 from worker.qa.windows import EncodedQuestion, WindowTokenizer

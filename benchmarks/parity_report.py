@@ -15,8 +15,8 @@ from pathlib import Path
 from parity.cases import build_cases, engine_answers, first_difference
 from parity.models import build_checkpoint
 from parity.reference import run_reference
-from worker.export import export_model
-from worker.manifest import Manifest
+from worker.model.export import export_model
+from worker.model.manifest import Manifest
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from worker.manifest import Manifest
+from worker.model.manifest import Manifest
 from worker.qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 from worker.squad import read_questions
 

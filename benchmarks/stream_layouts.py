@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from worker.bench.workload import Workload
 from worker.config import Settings
-from worker.loading import load_engine
+from worker.model.loading import load_engine
 from worker.qa import BatchLimits, QAOptions
 from worker.qa.batching import plan_batches
 from worker.qa.engine import pad_windows

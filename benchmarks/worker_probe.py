@@ -30,10 +30,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.bench.clock import cpu_seconds
-from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.config import Settings
-from worker.loading import load_engine
-from worker.metrics import WorkerMetrics
+from worker.embedded.broker import FETCH_WAIT_MS, EmbeddedBroker
+from worker.model.loading import load_engine
+from worker.observability.metrics import WorkerMetrics
 from worker.squad import read_questions
 from worker.stream import QAWorker
 

@@ -32,7 +32,7 @@ def export_factory(
     checkpoint_factory: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], Path]:
     """kind -> a prepared model folder (fp32 and int8) exported from `checkpoint_factory(kind)`."""
-    from worker.export import export_model
+    from worker.model.export import export_model
 
     root = tmp_path_factory.mktemp("exported")
     exported: dict[str, Path] = {}

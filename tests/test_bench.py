@@ -31,9 +31,9 @@ from worker.bench.machine import measure_int8_gemm
 from worker.bench.model_gemm import matmul_integer_shapes
 from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS
 from worker.bench.worker_process import WorkerProcess
-from worker.broker import EmbeddedBroker
 from worker.cli import build_parser
 from worker.config import Settings, settings_environment
+from worker.embedded.broker import EmbeddedBroker
 from worker.errors import BenchError
 
 pytestmark = pytest.mark.broker

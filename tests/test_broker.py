@@ -16,10 +16,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
-from worker import broker as broker_module
-from worker.broker import HOST, EmbeddedBroker
+from worker.embedded import broker as broker_module
+from worker.embedded.broker import EmbeddedBroker
+from worker.embedded.local_s3 import LocalS3
+from worker.embedded.process import HOST
 from worker.errors import BrokerError
-from worker.local_s3 import LocalS3
 
 pytestmark = pytest.mark.broker
 
@@ -207,7 +208,7 @@ async def test_stop_kills_a_broker_that_does_not_exit_on_sigterm() -> None:
 
 PARENT_SCRIPT = """
 import asyncio
-from worker.broker import EmbeddedBroker
+from worker.embedded.broker import EmbeddedBroker
 
 async def main():
     broker = EmbeddedBroker()

@@ -1,6 +1,6 @@
 """A running `qa-worker run` process while its broker is killed with SIGKILL and comes back.
 
-The broker keeps its data in a local S3 server (worker.local_s3), so records and committed
+The broker keeps its data in a local S3 server (worker.embedded.local_s3), so records and committed
 offsets survive the kill, as a real cluster's would. Against that storage the consumers need a
 fetch wait well above the memory broker's FETCH_WAIT_MS: tansu answers a fetch when its wait
 runs out, and reading batches back from S3 takes longer than 5 ms, so with the memory broker's
@@ -31,8 +31,8 @@ from tests.support.streaming import (
     wait_until,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
-from worker.local_s3 import LocalS3
+from worker.embedded.broker import EmbeddedBroker
+from worker.embedded.local_s3 import LocalS3
 
 pytestmark = pytest.mark.broker
 

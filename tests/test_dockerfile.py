@@ -23,11 +23,11 @@ import dockerfile
 import pytest
 import yaml
 
-from worker.broker import free_port
 from worker.cli import build_parser
 from worker.config import Settings, env_name
-from worker.http import HealthServer
-from worker.metrics import WorkerMetrics
+from worker.embedded.process import free_port
+from worker.observability.http import HealthServer
+from worker.observability.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

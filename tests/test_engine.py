@@ -18,7 +18,7 @@ from parity import texts
 from worker.backends import InferenceBackend
 from worker.backends.onnx import cgroup_cpu_limit
 from worker.errors import EventError, ModelFolderError
-from worker.manifest import Manifest
+from worker.model.manifest import Manifest
 from worker.qa import BatchLimits, QAEngine, QAOptions, Question
 
 

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 
 from worker.errors import ExportError
-from worker.export import export_model
-from worker.manifest import MANIFEST_NAME, Manifest, sha256_file
+from worker.model.export import export_model
+from worker.model.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 KINDS = ("bert", "mobilebert", "roberta", "distilbert")
 LOGIT_ATOL = 1e-4
@@ -260,7 +260,7 @@ def test_missing_export_extra_names_the_install_command(
 
 
 def test_importing_the_exporter_does_not_import_torch() -> None:
-    code = "import sys, worker.export; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, worker.model.export; sys.exit(1 if 'torch' in sys.modules else 0)"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], env=env, check=False, timeout=60)
     assert done.returncode == 0

@@ -13,11 +13,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from worker.batcher import Answered, DeadlineExceeded
 from worker.config import Settings
 from worker.errors import ErrorCode, EventError
+from worker.observability.tracing_otel import OtelTracing
 from worker.qa import QAOptions, QAResult
 from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room
 from worker.stream.handlers import EventHandlers
 from worker.tagging import QuestionSet, TagField
-from worker.tracing_otel import OtelTracing
 
 
 @dataclass

@@ -33,12 +33,12 @@ from tests.support.otlp import OtlpReceiver
 from worker.backends.onnx import stream_layout
 from worker.cli import build_parser
 from worker.config import Settings, base_type, env_name
-from worker.http import HealthServer
-from worker.metrics import METRIC_NAMES, WorkerMetrics
+from worker.observability.http import HealthServer
+from worker.observability.metrics import METRIC_NAMES, WorkerMetrics
+from worker.observability.tracing import build_tracing
 from worker.qa import QAOptions
 from worker.stream.transport import faust_credentials, ssl_context
 from worker.tagging import load_question_sets, parse_topic_sets
-from worker.tracing import build_tracing
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "kafka-qa-worker"
 RELEASE, NAMESPACE = "qa", "ml"
@@ -63,7 +63,8 @@ CHART_MANAGED = {
 # Environment variables besides the worker's settings: where writable files go (HOME, TMPDIR;
 # the root filesystem is read-only) and the Hub cache of the export init container.
 OTHER_ENV = {"HOME", "TMPDIR", "HF_HOME"}
-# The standard variables the OpenTelemetry SDK reads (worker.tracing_otel.otlp_tracing).
+# The standard variables the OpenTelemetry SDK reads
+# (worker.observability.tracing_otel.otlp_tracing).
 OTEL_ENV = {
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",

@@ -16,9 +16,9 @@ import pytest
 
 from tests.support.hub_layouts import hub_onnx_layout
 from tests.support.without_torch import run_without_torch
-from worker.hub import files_to_download, looks_like_hub_id
-from worker.manifest import MANIFEST_NAME, Manifest
-from worker.model_cache import DEFAULT_MODEL
+from worker.model.cache import DEFAULT_MODEL
+from worker.model.hub import files_to_download, looks_like_hub_id
+from worker.model.manifest import MANIFEST_NAME, Manifest
 
 MAIN_COMMIT = "1" * 40
 OTHER_COMMIT = "2" * 40

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from worker.log_rate import RepeatFilter, quiet_repeats
+from worker.observability.log_rate import RepeatFilter, quiet_repeats
 
 
 class Clock:

@@ -15,8 +15,8 @@ from prometheus_client.samples import Sample
 
 from worker import __version__
 from worker.errors import ErrorCode
-from worker.http import HealthServer
-from worker.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
+from worker.observability.http import HealthServer
+from worker.observability.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
 from worker.qa import QAResult
 from worker.stream.app import CommitSensor
 

@@ -21,8 +21,8 @@ from tests.support.hub_layouts import hub_onnx_layout, source_checkpoint
 from tests.support.parity import assert_answers_match
 from tests.support.without_torch import run_without_torch
 from worker.errors import ExportError
-from worker.export import export_model
-from worker.manifest import Manifest, sha256_file
+from worker.model.export import export_model
+from worker.model.manifest import Manifest, sha256_file
 
 # Which test checkpoint goes into which Hub layout: BERT-style vocab.txt at the root, RoBERTa's
 # vocab.json and merges.txt beside onnx/model.onnx.
@@ -202,10 +202,10 @@ def test_weights_without_torch_name_the_export_extra(
 def test_an_export_beyond_the_tolerance_fails_and_writes_nothing(
     checkpoint_factory: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.export_check
+    import worker.model.export_check
 
     # torch and ONNX Runtime differ in the last bits; no tolerance at all must then fail.
-    monkeypatch.setattr(worker.export_check, "FP32_TOLERANCE", 0.0)
+    monkeypatch.setattr(worker.model.export_check, "FP32_TOLERANCE", 0.0)
     with pytest.raises(ExportError) as caught:
         export_model(str(checkpoint_factory("bert")), tmp_path / "out")
     message = str(caught.value)

@@ -16,7 +16,7 @@ from parity.cases import build_cases, engine_answers
 from parity.reference import run_reference
 from tests.support.parity import assert_answers_match
 from worker.errors import EventError
-from worker.manifest import Manifest
+from worker.model.manifest import Manifest
 from worker.qa import QAEngine
 
 pytestmark = pytest.mark.reference

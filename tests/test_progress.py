@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.export import export_model
-from worker.progress import Progress, progress_wanted
+from worker.model.export import export_model
+from worker.observability.progress import Progress, progress_wanted
 
 
 class Terminal(io.StringIO):

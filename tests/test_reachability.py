@@ -19,11 +19,11 @@ from tests.support.streaming import (
     wait_until,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
 from worker.config import Settings
+from worker.embedded.broker import EmbeddedBroker
 from worker.errors import ConfigError
-from worker.loading import load_engine
-from worker.metrics import WorkerMetrics
+from worker.model.loading import load_engine
+from worker.observability.metrics import WorkerMetrics
 from worker.stream import QAWorker
 from worker.stream.reachability import CONNECT_WITHIN_S, BrokerWatch
 

@@ -11,14 +11,15 @@ import pytest
 
 from worker.cli import build_parser
 from worker.errors import ConfigError, ModelFolderError
-from worker.export import STATIC_INT8_NAME, export_model
-from worker.manifest import Manifest, sha256_file, verify_checksums
+from worker.model.export import STATIC_INT8_NAME, export_model
+from worker.model.manifest import Manifest, sha256_file, verify_checksums
 from worker.qa import QAEngine
 
 CONTEXT = "Marie Curie won two Nobel Prizes, in physics in 1903 and in chemistry in 1911."
 QUESTIONS = ("Who won two Nobel Prizes?", "When did she win the chemistry prize?", "In what?")
 # Static ranges fit the text they were calibrated on, so the calibration file is as varied as the
-# export check's samples (worker.export_check.SAMPLE_PAIRS): other scripts, numbers, long text.
+# export check's samples (worker.model.export_check.SAMPLE_PAIRS): other scripts, numbers, long
+# text.
 OTHER_PARAGRAPHS = (
     ("Where does the river flow?", "The river Nile flows north through Egypt into the sea."),
     ("When?", "The treaty was signed in Vienna on 9 June 1815 after long negotiations. " * 6),

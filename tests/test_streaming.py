@@ -27,10 +27,10 @@ from tests.support.streaming import (
     wait_until,
     worker_settings,
 )
-from worker.broker import FETCH_WAIT_MS, EmbeddedBroker
-from worker.http import HealthServer
-from worker.loading import load_engine
-from worker.metrics import WorkerMetrics
+from worker.embedded.broker import FETCH_WAIT_MS, EmbeddedBroker
+from worker.model.loading import load_engine
+from worker.observability.http import HealthServer
+from worker.observability.metrics import WorkerMetrics
 from worker.stream import QAWorker
 
 pytestmark = pytest.mark.broker

@@ -14,8 +14,8 @@ import pytest
 
 from parity import texts
 from tests.support.streaming import QUESTIONS, create_topics
-from worker.broker import EmbeddedBroker
 from worker.config import Settings
+from worker.embedded.broker import EmbeddedBroker
 from worker.errors import ConfigError
 from worker.stream.transport import aiokafka_options, faust_credentials
 

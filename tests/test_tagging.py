@@ -23,11 +23,11 @@ from tests.support.streaming import (
     produce,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
+from worker.embedded.broker import EmbeddedBroker
 from worker.errors import QuestionSetError
 from worker.events import load_schema
-from worker.loading import load_engine
-from worker.metrics import WorkerMetrics
+from worker.model.loading import load_engine
+from worker.observability.metrics import WorkerMetrics
 from worker.qa import QAOptions
 from worker.stream import QAWorker
 from worker.tagging import load_question_sets

@@ -1,8 +1,8 @@
 """tokenizer.json built from vocabulary files equals transformers' converted fast tokenizer.
 
 For each vocabulary and tokenizer_config.json below, transformers (4.57, the reference's line)
-converts the slow tokenizer files itself; the tokenizer built by worker.tokenizer_build must give
-the same ids, offsets, word ids and type ids on texts in several scripts, pairs and singles.
+converts the slow tokenizer files itself; the tokenizer built by worker.model.tokenizer_build must
+give the same ids, offsets, word ids and type ids on texts in several scripts, pairs and singles.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from parity import texts
 from parity.models import CORPUS
 from tests.support.hub_layouts import write_vocabulary_files
-from worker.tokenizer_build import TokenizerBuildError, build_tokenizer
+from worker.model.tokenizer_build import TokenizerBuildError, build_tokenizer
 
 EXTRA_TEXTS = [
     ("What is [MASK] here?", "The [MASK] token and a [cls] in lowercase, <mask> and <s> too."),
@@ -156,7 +156,7 @@ def test_a_given_tokenizer_json_is_adjusted_as_transformers_adjusts_it(
     from transformers import AutoTokenizer
 
     from parity.models import _bert_tokenizer, _roberta_tokenizer
-    from worker.tokenizer_build import align_with_config
+    from worker.model.tokenizer_build import align_with_config
 
     model_type, tokenizer_config = ALIGN_CASES[case]
     backend = (

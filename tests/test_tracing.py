@@ -28,13 +28,13 @@ from worker.batcher import MicroBatcher
 from worker.bench.tracing_overhead import OtlpSink
 from worker.config import Settings
 from worker.errors import ConfigError, ErrorCode
-from worker.logs import JsonFormatter, bind_event, configure_logging, event_fields
+from worker.observability.logs import JsonFormatter, bind_event, configure_logging, event_fields
+from worker.observability.tracing import NO_TRACING, build_tracing, traceparent_ids
+from worker.observability.tracing_otel import OtelTracing, otlp_tracing
 from worker.qa import QAOptions, QAResult
 from worker.qa.batching import BatchLimits
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
-from worker.tracing import NO_TRACING, build_tracing, traceparent_ids
-from worker.tracing_otel import OtelTracing, otlp_tracing
 
 TIMEOUT = 30.0
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -365,7 +365,7 @@ sys.meta_path[:] = [
 import worker.cli, worker.stream, worker.batcher
 from worker.config import Settings
 from worker.errors import ConfigError
-from worker.tracing import NO_TRACING, build_tracing
+from worker.observability.tracing import NO_TRACING, build_tracing
 
 assert build_tracing(Settings()) is NO_TRACING
 try:

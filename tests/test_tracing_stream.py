@@ -28,13 +28,13 @@ from tests.support.streaming import (
     start_worker_process,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
-from worker.loading import load_engine
-from worker.logs import JsonFormatter
-from worker.metrics import WorkerMetrics
+from worker.embedded.broker import EmbeddedBroker
+from worker.model.loading import load_engine
+from worker.observability.logs import JsonFormatter
+from worker.observability.metrics import WorkerMetrics
+from worker.observability.tracing import traceparent_ids
+from worker.observability.tracing_otel import OtelTracing
 from worker.stream import QAWorker
-from worker.tracing import traceparent_ids
-from worker.tracing_otel import OtelTracing
 
 pytestmark = pytest.mark.broker
 

@@ -23,7 +23,7 @@ from tests.support.streaming import (
     wait_until,
     worker_settings,
 )
-from worker.broker import EmbeddedBroker
+from worker.embedded.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.broker
 

@@ -37,11 +37,11 @@ from functools import partial
 from typing import Protocol
 
 from .lifecycle import AsyncLifecycle
+from .observability.tracing import NO_TRACING, Tracing
 from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult
 from .qa.windows import EncodedQuestion, Window
-from .tracing import NO_TRACING, Tracing
 
 __all__ = [
     "Answered",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # BertTokenizer's own special tokens, written out as a Hub repository's special_tokens_map.json.
-from worker.tokenizer_build import WORDPIECE_SPECIALS
+from worker.model.tokenizer_build import WORDPIECE_SPECIALS
 
 
 def write_vocabulary_files(

@@ -18,8 +18,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from worker.broker import FETCH_WAIT_MS
 from worker.config import Settings, settings_environment
+from worker.embedded.broker import FETCH_WAIT_MS
 
 QUESTIONS, ANSWERS, DEAD_LETTERS = "questions", "answers", "dead-letters"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import END_LOGITS, START_LOGITS
+from ..model.manifest import END_LOGITS, START_LOGITS
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 

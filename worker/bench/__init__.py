@@ -39,8 +39,8 @@ and threads included, so `--inference-streams 1` measures that layout end to end
 
 Latency on the embedded broker: tansu answers a fetch only when the consumer's fetch wait runs
 out, even when records arrive meanwhile, so each hop through it may add up to that wait. Both the
-worker and the answers' consumer here wait at most `worker.broker.FETCH_WAIT_MS`, so latencies
-are late by at most twice that; `worker_latency_ms` (from the answers' own timings) is the
+worker and the answers' consumer here wait at most `worker.embedded.broker.FETCH_WAIT_MS`, so
+latencies are late by at most twice that; `worker_latency_ms` (from the answers' own timings) is the
 worker's part.
 
 The worker runs as its own process, as it does in production: its RSS and start-up time are then

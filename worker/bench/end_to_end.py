@@ -14,8 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ..backends.onnx import stream_layout
-from ..broker import EmbeddedBroker, free_port
 from ..config import Settings
+from ..embedded.broker import EmbeddedBroker
+from ..embedded.process import free_port
 from ..errors import BenchError
 from ..squad import QuestionRecord
 from ..stream.transport import aiokafka_options, create_topics

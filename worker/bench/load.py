@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ..broker import FETCH_WAIT_MS
 from ..config import Settings
+from ..embedded.broker import FETCH_WAIT_MS
 from ..errors import BenchError
 from ..lifecycle import AsyncLifecycle
 from ..squad import QuestionRecord

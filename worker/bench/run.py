@@ -10,7 +10,7 @@ import onnxruntime as ort
 from ..backends.onnx import OnnxBackend, available_cores, stream_layout
 from ..config import Settings
 from ..errors import BenchError, ConfigError
-from ..loading import load_engine
+from ..model.loading import load_engine
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..squad import read_questions
 from .ceiling import Layout, ceiling_batch_sizes, ceiling_layouts, measure_layouts

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from ..broker import free_port
 from ..config import Settings
+from ..embedded.process import free_port
 from ..squad import QuestionRecord
 from .end_to_end import WARMUP_EVENTS, bench_worker_settings, create_bench_topics
 from .load import AnswerCollector, LoadGenerator, phase_events

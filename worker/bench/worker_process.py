@@ -16,8 +16,8 @@ from typing import IO
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..broker import file_tail
 from ..config import Settings, settings_environment
+from ..embedded.process import file_tail
 from ..errors import BenchError
 from ..lifecycle import AsyncLifecycle
 from .report import note

@@ -8,7 +8,7 @@ import time
 
 from ..config import Settings
 from ..errors import ConfigError, EventError
-from ..loading import load_engine
+from ..model.loading import load_engine
 from ..qa import QAOptions, QAResult, Question
 from ..squad import read_questions
 from .offline import answer_records, open_output, report_throughput

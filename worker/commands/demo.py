@@ -12,11 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..broker import EmbeddedBroker
 from ..config import Settings
-from ..loading import load_engine
-from ..metrics import WorkerMetrics
-from ..model_cache import DEFAULT_MODEL
+from ..embedded.broker import EmbeddedBroker
+from ..model.cache import DEFAULT_MODEL
+from ..model.loading import load_engine
+from ..observability.metrics import WorkerMetrics
 from ..stream import QAWorker
 from .clients import consume, produce, question_events
 

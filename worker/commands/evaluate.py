@@ -8,7 +8,7 @@ import time
 
 from ..config import Settings
 from ..errors import ConfigError, EventError
-from ..loading import load_engine
+from ..model.loading import load_engine
 from ..qa import QAOptions
 from ..squad import evaluate, read_questions
 from .offline import answer_records, report_throughput

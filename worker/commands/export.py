@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import Settings
-from ..export import export_model
-from ..progress import progress_wanted
+from ..model.export import export_model
+from ..observability.progress import progress_wanted
 
 
 def command_export(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from ..config import Settings
 from ..errors import EventError
-from ..progress import Progress, progress_wanted
+from ..observability.progress import Progress, progress_wanted
 from ..qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 from ..squad import QuestionRecord
 

@@ -11,11 +11,11 @@ import signal
 import sys
 
 from ..config import Settings
-from ..http import HealthServer
-from ..loading import load_engine
-from ..log_rate import quiet_repeats
-from ..logs import configure_logging
-from ..metrics import WorkerMetrics
+from ..model.loading import load_engine
+from ..observability.http import HealthServer
+from ..observability.log_rate import quiet_repeats
+from ..observability.logs import configure_logging
+from ..observability.metrics import WorkerMetrics
 from ..stream import QAWorker
 
 log = logging.getLogger(__name__)

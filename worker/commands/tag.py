@@ -10,7 +10,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import EventError
 from ..events import DocumentEvent, InputLimits, parse_document, tags_event
-from ..loading import load_engine
+from ..model.loading import load_engine
 from ..qa import BatchLimits, QAOptions
 from ..tagging import TaggedDocument, load_question_sets, tag_documents
 from .offline import open_output

@@ -17,7 +17,13 @@ import numpy as np
 
 from ..backends import InferenceBackend
 from ..errors import EventError
-from ..manifest import TOKENIZER_NAME, Manifest, Precision, manifest_checksum, verify_checksums
+from ..model.manifest import (
+    TOKENIZER_NAME,
+    Manifest,
+    Precision,
+    manifest_checksum,
+    verify_checksums,
+)
 from .batching import BatchLimits, plan_batches
 from .decode import WindowLogits, decode
 from .types import QAOptions, QAResult

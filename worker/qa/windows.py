@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import ErrorCode, EventError
-from ..manifest import TokenizerInfo
+from ..model.manifest import TokenizerInfo
 
 REFERENCE_MAX_SEQ_LEN = 384
 REFERENCE_MAX_STRIDE = 128

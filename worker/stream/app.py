@@ -13,7 +13,7 @@ from typing import Any
 import faust
 
 from ..config import Settings
-from ..metrics import WorkerMetrics
+from ..observability.metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
 from .transport import FetchWaitTransport, faust_credentials
 

@@ -38,7 +38,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
-from ..tracing import NO_TRACING, ConsumedRecord, Tracing
+from ..observability.tracing import NO_TRACING, ConsumedRecord, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",

@@ -29,10 +29,10 @@ from ..events import (
     tags_event,
     to_bytes,
 )
-from ..logs import bind_event
+from ..observability.logs import bind_event
+from ..observability.tracing import NO_TRACING, Tracing
 from ..qa.types import QAOptions, QAResult
 from ..tagging import QuestionSet, tag_results
-from ..tracing import NO_TRACING, Tracing
 from .delivery import (
     MAX_REQUEST_BYTES,
     IncomingMessage,

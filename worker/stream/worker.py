@@ -26,10 +26,10 @@ from ..batcher import MicroBatcher
 from ..config import Settings, describe
 from ..errors import WorkerError
 from ..lifecycle import AsyncLifecycle
-from ..metrics import WorkerMetrics
+from ..observability.metrics import WorkerMetrics
+from ..observability.tracing import Tracing, build_tracing
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
-from ..tracing import Tracing, build_tracing
 from .app import CommitSensor, Topics, build_app
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
 from .handlers import EventHandlers

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path, PurePosixPath
 
-from .errors import SetupError
+from ..errors import SetupError
 from .onnx_source import ONNX_LOCATIONS
 
 # Configuration and tokenizer files: small, and needed whichever way the model is prepared.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SetupError
+from ..errors import SetupError
 
 WORDPIECE_FILES = ("vocab.txt",)
 BPE_FILES = ("vocab.json", "merges.txt")

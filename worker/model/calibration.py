@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError
+from ..qa.engine import pad_windows
+from ..qa.windows import EncodedQuestion, Window, WindowTokenizer
+from ..squad import read_questions
 from .manifest import TokenizerInfo
-from .qa.engine import pad_windows
-from .qa.windows import EncodedQuestion, Window, WindowTokenizer
-from .squad import read_questions
 
 # Weight products only, as for dynamic int8: the attention products multiply activations by
 # activations and stay in float. QUInt8 activations with QInt8 weights is the pairing the x86
@@ -126,7 +126,7 @@ def quantize_static_int8(
 
     settings = {**STATIC_SETTINGS, **overrides}
     model = onnx.load(str(source))
-    # The pre-processing advice of dynamic int8 (see worker.export.quantize_int8), given twice
+    # The pre-processing advice of dynamic int8 (see worker.model.export.quantize_int8), given twice
     # in two wordings by the static quantizer.
     advice = (
         dropping_logs("", "Please consider to run pre-processing before quantization"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SetupError
+from ..errors import SetupError
 from .manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, TokenizerInfo
 from .tokenizer_build import (
     BPE_MODEL_TYPES,

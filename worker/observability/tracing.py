@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
 
-from .config import Settings, describe
-from .errors import ConfigError, ErrorCode
+from ..config import Settings, describe
+from ..errors import ConfigError, ErrorCode
 from .logs import bind_event, event_scope
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .lifecycle import AsyncLifecycle
+from ..lifecycle import AsyncLifecycle
 from .metrics import WorkerMetrics
 
 __all__ = ["HealthServer", "Readiness"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from .config import Settings
+from ..config import Settings
+from ..observability.progress import progress_wanted
+from ..qa import QAEngine
+from .cache import model_folder
 from .manifest import Precision
-from .model_cache import model_folder
-from .progress import progress_wanted
-from .qa import QAEngine
 
 
 def load_engine(settings: Settings) -> QAEngine:

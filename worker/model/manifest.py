@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
@@ -49,7 +49,7 @@ class Manifest:
     versions: dict[str, str]
     quantization: dict[str, object] = field(default_factory=dict)
     # What the export's self-check found: the largest logit difference from the source per
-    # precision, and the tolerance it was held to (see worker.export_check).
+    # precision, and the tolerance it was held to (see worker.model.export_check).
     check: dict[str, object] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 

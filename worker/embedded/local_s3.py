@@ -21,8 +21,9 @@ import urllib.error
 import urllib.request
 from typing import IO
 
-from .broker import HOST, BrokerError, file_tail, free_port, stop_process_group
-from .lifecycle import AsyncLifecycle
+from ..errors import BrokerError
+from ..lifecycle import AsyncLifecycle
+from .process import HOST, file_tail, free_port, stop_process_group
 
 __all__ = ["LocalS3"]
 

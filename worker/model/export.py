@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
+from ..errors import ConfigError, ExportError
+from ..observability.progress import Progress
 from .calibration import STATIC_SETTINGS, calibration_windows, quantize_static_int8
-from .errors import ConfigError, ExportError
 from .export_check import (
     ExportCheckFailed,
     Logits,
@@ -57,7 +58,6 @@ from .onnx_source import (
     tokenizer_info,
     write_tokenizer,
 )
-from .progress import Progress
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"

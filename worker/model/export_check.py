@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SetupError
+from ..errors import SetupError
 from .manifest import LOGIT_OUTPUTS
 
 Logits = tuple[np.ndarray, np.ndarray]

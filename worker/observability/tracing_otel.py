@@ -29,8 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import __version__
-from .errors import ConfigError, ErrorCode
+from .. import __version__
+from ..errors import ConfigError, ErrorCode
 from .logs import bind_event, event_fields, event_scope
 from .tracing import ConsumedRecord, EventTrace, Headers, Tracing
 

@@ -72,9 +72,9 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from . import __version__
-from .errors import ErrorCode
-from .qa.types import QAResult
+from .. import __version__
+from ..errors import ErrorCode
+from ..qa.types import QAResult
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PADDING_HALF_LIFE_SECONDS", "WorkerMetrics"]
 
