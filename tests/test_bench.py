@@ -24,12 +24,13 @@ from parity import texts
 from parity.reference import reference_python
 from worker.bench.ceiling import ceiling_layouts
 from worker.bench.clock import cpu_seconds
-from worker.bench.end_to_end import END_TO_END_ROUNDS, bench_worker_settings
+from worker.bench.end_to_end import END_TO_END_ROUNDS
 from worker.bench.flops import model_gflop_per_window
 from worker.bench.goodput import GOODPUT_STEPS, SLO_WINDOWS
 from worker.bench.machine import measure_int8_gemm
 from worker.bench.model_gemm import matmul_integer_shapes
 from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS
+from worker.bench.topics import bench_worker_settings
 from worker.bench.worker_process import WorkerProcess
 from worker.cli import build_parser
 from worker.config import Settings, settings_environment

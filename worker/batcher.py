@@ -37,7 +37,8 @@ from functools import partial
 from typing import Protocol
 
 from .lifecycle import AsyncLifecycle
-from .observability.tracing import NO_TRACING, Tracing
+from .observability.tracing import NO_TRACING
+from .observability.tracing_interface import Tracing
 from .qa.batching import BatchLimits, next_batch, seed_index
 from .qa.decode import WindowLogits
 from .qa.types import QAOptions, QAResult

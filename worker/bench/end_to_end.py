@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import random
-import uuid
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from ..backends.onnx import stream_layout
 from ..config import Settings
 from ..embedded.broker import EmbeddedBroker
-from ..embedded.process import free_port
-from ..errors import BenchError
 from ..squad import QuestionRecord
-from ..stream.transport import aiokafka_options, create_topics
+from ..stream.transport import aiokafka_options
 from .clock import cpu_seconds
 from .goodput import measure_goodput
-from .load import AnswerCollector, LoadGenerator, phase_events
+from .load import LoadGenerator, phase_events, start_load
 from .options import BenchOptions
 from .report import Report, note
+from .topics import WARMUP_EVENTS, bench_worker_settings, create_bench_topics, delete_topics
+from .tracing_overhead import measure_tracing_overhead
 from .worker_process import WorkerProcess
 
 SWEEP_LOADS = (0.25, 0.5, 0.75, 1.0)
@@ -32,45 +28,6 @@ SWEEP_LOADS = (0.25, 0.5, 0.75, 1.0)
 
 # Odd, so that the median is one of the rounds.
 END_TO_END_ROUNDS = 3
-# Enough to bring the worker's session, arenas and Kafka clients to their steady state.
-WARMUP_EVENTS = 16
-PARTITIONS = 4
-
-
-def bench_worker_settings(settings: Settings) -> Settings:
-    """The worker's settings on topics and a group of its own, so no earlier run interferes."""
-    run = f"qa-bench-{uuid.uuid4().hex[:8]}"
-    return dataclasses.replace(
-        settings,
-        questions_topic=f"{run}-questions",
-        answers_topic=f"{run}-answers",
-        dead_letter_topic=f"{run}-dead-letters",
-        group_id=run,
-        question_sets=None,
-        documents_topics=None,
-        http_host="127.0.0.1",
-        http_port=free_port(),
-    )
-
-
-def bench_topics(settings: Settings) -> list[str]:
-    return [settings.questions_topic, settings.answers_topic, settings.dead_letter_topic]
-
-
-async def create_bench_topics(settings: Settings) -> None:
-    try:
-        await create_topics(aiokafka_options(settings), bench_topics(settings), PARTITIONS)
-    except KafkaError as error:
-        raise BenchError(f"could not create topics: {error}") from None
-
-
-async def delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
-    await admin.start()
-    try:
-        await admin.delete_topics(bench_topics(settings))
-    finally:
-        await admin.close()
 
 
 async def measure_streaming(
@@ -94,20 +51,12 @@ async def measure_streaming(
         await create_bench_topics(worker_settings)
         if options.broker is not None:
             stack.push_async_callback(delete_topics, worker_settings)
-        note("starting the worker")
-        worker = await stack.enter_async_context(WorkerProcess(worker_settings))
-        collector = await stack.enter_async_context(AnswerCollector(worker_settings))
         producer = AIOKafkaProducer(acks="all", **aiokafka_options(worker_settings))
         await producer.start()
         stack.push_async_callback(producer.stop)
-        load = LoadGenerator(
-            producer,
-            collector,
-            worker,
-            worker_settings.questions_topic,
-            random.Random(0),
-            broker_pid=broker_pid,
-        )
+        note("starting the worker")
+        load = await start_load(stack, worker_settings, producer, broker_pid)
+        worker = load.worker
         await load.run(phase_events("warmup", records, min(WARMUP_EVENTS, len(records))))
         rounds = []
         for round_ in range(1, END_TO_END_ROUNDS + 1):
@@ -140,8 +89,6 @@ async def measure_streaming(
             settings, records, producer, broker_pid, measured["peak_rss_mb"], options.broker
         )
         if options.tracing_overhead:
-            from .tracing_overhead import measure_tracing_overhead
-
             measured["tracing_overhead"] = await measure_tracing_overhead(
                 stack, settings, records, load, producer, broker_pid
             )
@@ -222,13 +169,9 @@ async def measure_stream_memory(
     async with contextlib.AsyncExitStack() as stack:
         if external_broker is not None:
             stack.push_async_callback(delete_topics, single)
-        worker = await stack.enter_async_context(WorkerProcess(single))
-        collector = await stack.enter_async_context(AnswerCollector(single))
-        load = LoadGenerator(
-            producer, collector, worker, single.questions_topic, random.Random(0), broker_pid
-        )
+        load = await start_load(stack, single, producer, broker_pid)
         await load.run(phase_events("memory", records, len(records)))
-        one = worker.peak_rss_mb()
+        one = load.worker.peak_rss_mb()
     memory["one_stream_peak_rss_mb"] = one
     if one is not None and peak_rss_mb is not None:
         memory["rss_per_stream_mb"] = (peak_rss_mb - one) / (streams - 1)

@@ -201,3 +201,19 @@ def batch_statistics(before: Mapping[str, float], after: Mapping[str, float]) ->
         if batches
         else 0.0,
     }
+
+
+async def start_load(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    broker_pid: int | None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadGenerator:
+    """A worker process on `settings` (stopped by `stack`), and the load generator that feeds it
+    through `producer` and collects its answers; the same seed for every worker's load."""
+    worker = await stack.enter_async_context(WorkerProcess(settings, environ))
+    collector = await stack.enter_async_context(AnswerCollector(settings))
+    return LoadGenerator(
+        producer, collector, worker, settings.questions_topic, random.Random(0), broker_pid
+    )

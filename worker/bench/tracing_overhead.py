@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import random
 import statistics
 from collections.abc import Sequence
 
@@ -23,10 +22,9 @@ from aiokafka import AIOKafkaProducer
 from ..config import Settings
 from ..embedded.process import free_port
 from ..squad import QuestionRecord
-from .end_to_end import WARMUP_EVENTS, bench_worker_settings, create_bench_topics
-from .load import AnswerCollector, LoadGenerator, phase_events
+from .load import LoadGenerator, phase_events, start_load
 from .report import Report, note
-from .worker_process import WorkerProcess
+from .topics import WARMUP_EVENTS, bench_worker_settings, create_bench_topics
 
 __all__ = ["TRACING_ROUNDS", "OtlpSink", "measure_tracing_overhead"]
 
@@ -81,16 +79,7 @@ async def measure_tracing_overhead(
         "OTEL_SERVICE_NAME": "qa-bench",
     }
     note("tracing overhead: starting a traced worker (always_on, OTLP/HTTP to loopback)")
-    worker = await stack.enter_async_context(WorkerProcess(traced_settings, environ))
-    collector = await stack.enter_async_context(AnswerCollector(traced_settings))
-    traced = LoadGenerator(
-        producer,
-        collector,
-        worker,
-        traced_settings.questions_topic,
-        random.Random(0),
-        broker_pid=broker_pid,
-    )
+    traced = await start_load(stack, traced_settings, producer, broker_pid, environ)
     await traced.run(phase_events("traced-warmup", records, min(WARMUP_EVENTS, len(records))))
     rounds = []
     for round_ in range(1, TRACING_ROUNDS + 1):

@@ -25,6 +25,7 @@ from ..errors import ConfigError, InputFileError
 from ..qa.engine import pad_windows
 from ..qa.windows import EncodedQuestion, Window, WindowTokenizer
 from ..squad import read_questions
+from .log_filter import dropping_logs
 from .manifest import TokenizerInfo
 
 # Weight products only, as for dynamic int8: the attention products multiply activations by
@@ -121,8 +122,6 @@ def quantize_static_int8(
     """Writes `source` calibrated on `windows` as a QDQ int8 file, with STATIC_SETTINGS."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from .export import dropping_logs
 
     settings = {**STATIC_SETTINGS, **overrides}
     model = onnx.load(str(source))

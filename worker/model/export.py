@@ -16,12 +16,10 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +38,7 @@ from .export_check import (
     sample_inputs,
 )
 from .hub import HubError, download_checkpoint, looks_like_hub_id
+from .log_filter import dropping_logs
 from .manifest import (
     LOGIT_OUTPUTS,
     MANIFEST_NAME,
@@ -591,21 +590,6 @@ def quantize_int8(
             weight_type=getattr(QuantType, settings["weight_type"]),
             use_external_data_format=external,
         )
-
-
-@contextmanager
-def dropping_logs(logger_name: str, prefix: str) -> Iterator[None]:
-    """Drops the records of one logger whose message starts with `prefix`, for a while."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefix)
-
-    logger = logging.getLogger(logger_name)
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 def _with_external_data(folder: Path, name: str) -> list[str]:

@@ -32,7 +32,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from .. import __version__
 from ..errors import ConfigError, ErrorCode
 from .logs import bind_event, event_fields, event_scope
-from .tracing import ConsumedRecord, EventTrace, Headers, Tracing
+from .tracing_interface import ConsumedRecord, EventTrace, Headers, Tracing
 
 __all__ = ["DEFAULT_SERVICE_NAME", "OtelTracing", "otlp_tracing"]
 

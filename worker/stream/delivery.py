@@ -38,7 +38,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
-from ..observability.tracing import NO_TRACING, ConsumedRecord, Tracing
+from ..observability.tracing import NO_TRACING
+from ..observability.tracing_interface import ConsumedRecord, Tracing
 
 __all__ = [
     "MAX_REQUEST_BYTES",

@@ -30,7 +30,8 @@ from ..events import (
     to_bytes,
 )
 from ..observability.logs import bind_event
-from ..observability.tracing import NO_TRACING, Tracing
+from ..observability.tracing import NO_TRACING
+from ..observability.tracing_interface import Tracing
 from ..qa.types import QAOptions, QAResult
 from ..tagging import QuestionSet, tag_results
 from .delivery import (

@@ -27,7 +27,8 @@ from ..config import Settings, describe
 from ..errors import WorkerError
 from ..lifecycle import AsyncLifecycle
 from ..observability.metrics import WorkerMetrics
-from ..observability.tracing import Tracing, build_tracing
+from ..observability.tracing import build_tracing
+from ..observability.tracing_interface import Tracing
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app
