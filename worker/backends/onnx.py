@@ -53,14 +53,37 @@ def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple
     return threads or max(1, cores // streams), streams
 
 
+def open_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
+    """A CPU session of the model (a file or its bytes) on `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Parallelism comes from the intra-op pool and from the streams, not from running the
+    # graph's independent nodes side by side.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def stream_sessions(model: Path | bytes, threads: int, streams: int) -> list[ort.InferenceSession]:
+    """The session each of `streams` streams runs, each on `threads` intra-op threads.
+
+    With one thread per stream, every stream runs the one session (ONNX Runtime's `Run` is
+    thread-safe, and with a single intra-op thread it computes on the caller's thread), so the
+    weights are loaded once. With more, each stream has its own session: streams sharing one
+    intra-op pool would wait on each other, which is what several streams are for avoiding.
+    """
+    if threads == 1:
+        return [open_session(model, threads)] * streams
+    return [open_session(model, threads) for _ in range(streams)]
+
+
 class OnnxBackend:
     """One ONNX model run by `streams` threads at once, each batch on `threads` intra-op threads.
 
-    `run(inputs, stream)` may be called concurrently for distinct streams. With one thread per
-    stream, every stream runs the one session (ONNX Runtime's `Run` is thread-safe, and with a
-    single intra-op thread it computes on the caller's thread), so the weights are loaded once.
-    With more, each stream has its own session: streams sharing one intra-op pool would wait on
-    each other, which is what several streams are for avoiding.
+    `run(inputs, stream)` may be called concurrently for distinct streams; which streams share
+    a session is `stream_sessions`' rule.
     """
 
     def __init__(self, model_path: Path, threads: int = 0, streams: int = 1) -> None:
@@ -68,12 +91,7 @@ class OnnxBackend:
             raise ValueError(f"streams must be 1 or more, got {streams}")
         self.streams = streams
         self.threads, _ = stream_layout(streams, threads)
-        shared = self.threads == 1
-        self._sessions = (
-            [self._open(model_path)] * streams
-            if shared
-            else [self._open(model_path) for _ in range(streams)]
-        )
+        self._sessions = stream_sessions(model_path, self.threads, streams)
         session = self._sessions[0]
         self.input_names = tuple(item.name for item in session.get_inputs())
         outputs = [item.name for item in session.get_outputs()]
@@ -88,18 +106,6 @@ class OnnxBackend:
     def sessions(self) -> int:
         """Distinct ONNX Runtime sessions, so copies of the weights, this backend holds."""
         return len({id(session) for session in self._sessions})
-
-    def _open(self, model_path: Path) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        # Parallelism comes from the intra-op pool and from the streams, not from running the
-        # graph's independent nodes side by side.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
 
     def run(
         self, inputs: Mapping[str, np.ndarray], stream: int = 0

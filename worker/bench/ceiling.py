@@ -7,10 +7,8 @@ planned batch from a shared list and running it on its own stream, as the worker
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import random
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.onnx import OnnxBackend
+from ..backends.streams import each_stream_takes_next
 from ..config import Settings
 from ..qa.batching import BatchLimits, plan_batches
 from ..qa.engine import pad_windows
@@ -78,18 +77,11 @@ def run_streams(streams: int, work: Callable[[int], None]) -> Timing:
 
 def time_batches(backend: OnnxBackend, batches: Sequence[Batch]) -> Timing:
     """Every batch run once, each stream taking the next one left, as the batcher does."""
-    taken = itertools.count()
-    lock = threading.Lock()
 
-    def stream_loop(stream: int) -> None:
-        while True:
-            with lock:
-                index = next(taken)
-            if index >= len(batches):
-                return
-            backend.run(batches[index], stream)
+    def run(index: int, stream: int) -> None:
+        backend.run(batches[index], stream)
 
-    return run_streams(backend.streams, stream_loop)
+    return run_streams(backend.streams, each_stream_takes_next(len(batches), run))
 
 
 def plan_padded(workload: Workload, limits: BatchLimits, pad_id: int) -> list[Batch]:

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from ..backends.onnx import stream_sessions
 from .ceiling import Layout, run_streams
 from .machine import import_onnx
 from .report import Report
@@ -76,20 +76,10 @@ def _shape_rate(rows: int, inner: int, columns: int, layout: Layout) -> float:
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = layout.threads
-    options.inter_op_num_threads = 1
-    # As OnnxBackend: single-threaded streams share one session, the others have their own.
-    count = 1 if layout.threads == 1 else layout.streams
-    opened = [
-        ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        for _ in range(count)
-    ]
-    sessions = [opened[stream % count] for stream in range(layout.streams)]
+    # Shared as OnnxBackend shares them: the same rule, from the same function.
+    sessions = stream_sessions(model.SerializeToString(), layout.threads, layout.streams)
     feed = {"a": rng.integers(0, 256, (rows, inner), dtype=np.uint8)}
-    for session in opened:
+    for session in {id(session): session for session in sessions}.values():
         session.run(None, feed)
     began = time.perf_counter()
     sessions[0].run(None, feed)

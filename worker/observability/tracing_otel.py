@@ -101,6 +101,13 @@ class OtelTracing:
     def __init__(self, provider: TracerProvider) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        # The producer span's own fields (traceparent, or a configured propagator's ids) have a
+        # fixed size, so a sample span's stand in for them in `sized_headers`; built once, in a
+        # context of its own, as no event's context changes them.
+        self._sample_headers: Headers = []
+        sample_context = trace.set_span_in_context(_SAMPLE_SPAN, Context())
+        propagate.inject(self._sample_headers, context=sample_context, setter=_SETTER)
+        self._sample_names = frozenset(name for name, _ in self._sample_headers)
 
     @contextmanager
     def event(self, record: ConsumedRecord, headers: Headers, group: str) -> Iterator[EventTrace]:
@@ -193,13 +200,12 @@ class OtelTracing:
         return outgoing
 
     def sized_headers(self, headers: Headers) -> Headers:
-        # The producer span's own fields (traceparent, or a configured propagator's ids) have a
-        # fixed size, so a sample span's stand in for them. Tracestate and baggage go out as they
-        # came in, so they are counted as they are.
-        sample: Headers = []
-        propagate.inject(sample, context=trace.set_span_in_context(_SAMPLE_SPAN), setter=_SETTER)
-        replaced = {name for name, _ in sample}
-        return [*((name, value) for name, value in headers if name not in replaced), *sample]
+        # Tracestate and baggage go out as they came in, so they are counted as they are.
+        replaced = self._sample_names
+        return [
+            *((name, value) for name, value in headers if name not in replaced),
+            *self._sample_headers,
+        ]
 
     def shutdown(self) -> None:
         self._provider.shutdown()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import InferenceBackend
+from ..backends.streams import each_stream_takes_next
 from ..errors import EventError
 from ..model.manifest import (
     TOKENIZER_NAME,
@@ -145,20 +146,14 @@ class QAEngine:
         if self.streams == 1 or len(batches) < 2:
             return [self.infer(batch) for batch in batches]
         results: list[list[WindowLogits] | None] = [None] * len(batches)
-        upcoming = iter(range(len(batches)))
-        lock = threading.Lock()
 
-        def run_stream(stream: int) -> None:
-            while True:
-                with lock:
-                    index = next(upcoming, None)
-                if index is None:
-                    return
-                results[index] = self.infer(batches[index], stream)
+        def run(index: int, stream: int) -> None:
+            results[index] = self.infer(batches[index], stream)
 
+        stream_loop = each_stream_takes_next(len(batches), run)
         with ThreadPoolExecutor(self.streams, thread_name_prefix="qa-stream") as pool:
             # list(): a stream that raised re-raises here, after the others have finished.
-            list(pool.map(run_stream, range(self.streams)))
+            list(pool.map(stream_loop, range(self.streams)))
         return [logits for logits in results if logits is not None]
 
     def decode(
