@@ -6,7 +6,7 @@
 - `tokenizer_build`: `tokenizer.json` from a model's slow tokenizer files.
 - `export_check`: the self-check every exported folder passes against its own reference.
 - `calibration`: static int8, calibrated on windows the engine itself would build.
-- `export_helpers`: the helpers `export` and `calibration` share (logging kept quiet).
+- `log_filter`: dropping a library's known log lines, for `export` and `calibration` both.
 - `hub`: downloads from the Hugging Face Hub.
 - `cache`: the folder a Hub id or a path names, prepared once and kept.
 - `loading`: a `QAEngine` from a folder, as every command loads it.

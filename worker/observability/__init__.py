@@ -4,10 +4,10 @@
 - `http`: `/metrics`, `/healthz` and `/readyz`.
 - `logs`: log configuration, escaped record values and the event fields bound to each line.
 - `log_rate`: the limiter that folds a line repeated within a window into one.
-- `tracing`: the `Tracing` interface, the no-op tracer and `build_tracing` from the settings.
-- `tracing_api`: what an event's trace is (`EventTrace`, `ConsumedRecord`, headers) and the
-  interface a tracer implements, the part `tracing` and `tracing_otel` share.
-- `tracing_otel`: that interface on OpenTelemetry, exported over OTLP/HTTP.
+- `tracing_interface`: `Tracing`, the hooks the worker calls, and what they are handed
+  (`ConsumedRecord`, `EventTrace`, `Headers`): what `tracing` and `tracing_otel` share.
+- `tracing`: the no-op tracer, W3C `traceparent` reading, and `build_tracing` from the settings.
+- `tracing_otel`: `Tracing` on OpenTelemetry, exported over OTLP/HTTP (the `tracing` extra).
 - `progress`: progress lines of long offline commands (export, offline answers).
 
 May import: `worker.errors`, `worker.config`, `worker.lifecycle` and `worker.qa.types` (what an
