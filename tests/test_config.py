@@ -18,7 +18,7 @@ from worker.config import (
 from worker.errors import ConfigError
 from worker.stream.app import build_app
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CONFIGURATION_PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -74,9 +74,9 @@ def test_missing_model_says_which_flag_to_pass() -> None:
         Settings().require_model()
 
 
-def test_readme_documents_every_setting() -> None:
-    assert markdown_table() in README.read_text(encoding="utf-8"), (
-        "README's configuration table is stale: regenerate it with "
+def test_the_configuration_page_documents_every_setting() -> None:
+    assert markdown_table() in CONFIGURATION_PAGE.read_text(encoding="utf-8"), (
+        "docs/configuration.md's table is stale: regenerate it with "
         "`python -m worker.config --markdown`"
     )
 
@@ -90,9 +90,10 @@ def test_the_sasl_password_stays_out_of_the_repr() -> None:
     assert settings.sasl_password == "hunter2-secret"
 
 
-def readme_settings() -> list[str]:
-    """The setting names the README's configuration table lists, by their flags."""
-    flags = re.findall(r"^\| `(--[a-z-]+)` \| `QA_", README.read_text(encoding="utf-8"), re.M)
+def documented_settings() -> list[str]:
+    """The setting names the configuration table lists, by their flags."""
+    page = CONFIGURATION_PAGE.read_text(encoding="utf-8")
+    flags = re.findall(r"^\| `(--[a-z-]+)` \| `QA_", page, re.M)
     return [flag.removeprefix("--").replace("-", "_") for flag in flags]
 
 
@@ -107,12 +108,12 @@ def sample_argv(spec: dataclasses.Field[Any]) -> tuple[list[str], Any]:
     return [flag_name(spec.name), raw], parse_value(spec, raw)
 
 
-def test_the_readme_table_lists_every_setting() -> None:
-    assert readme_settings() == [spec.name for spec in dataclasses.fields(Settings)]
+def test_the_configuration_table_lists_every_setting() -> None:
+    assert documented_settings() == [spec.name for spec in dataclasses.fields(Settings)]
 
 
-@pytest.mark.parametrize("name", readme_settings())
-def test_every_flag_in_the_readme_works_on_run(name: str) -> None:
+@pytest.mark.parametrize("name", documented_settings())
+def test_every_documented_flag_works_on_run(name: str) -> None:
     spec = next(spec for spec in dataclasses.fields(Settings) if spec.name == name)
     argv, value = sample_argv(spec)
     args = build_parser().parse_args(["run", *argv])

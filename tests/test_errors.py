@@ -1,4 +1,4 @@
-"""One error root, and one closed set of dead-letter codes shared by code, schema and README."""
+"""One error root, and one closed set of dead-letter codes shared by code, schema and docs."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ def test_the_dead_letter_schema_lists_exactly_the_error_codes() -> None:
     assert code["enum"] == [member.value for member in ErrorCode]
 
 
-def test_the_schema_description_and_readme_name_every_code() -> None:
+def test_the_schema_description_and_the_events_page_name_every_code() -> None:
     description = load_schema("dead-letter")["properties"]["error"]["properties"]["code"][
         "description"
     ]
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    listed = readme[readme.index("Codes (the schema's `error.code` enum") :].split("\n\n")[0]
+    page = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
+    listed = page[page.index("Codes (the schema's `error.code` enum") :].split("\n\n")[0]
     for member in ErrorCode:
         assert re.search(rf"\b{member.value}\b", description), member
         assert f"`{member.value}`" in listed, member

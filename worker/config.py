@@ -1,9 +1,9 @@
 """The worker's one configuration object.
 
 Every setting is a field of `Settings`. Each can come from a command-line flag (`--top-k`), an
-environment variable (`QA_TOP_K`) or its default, in that order of precedence. The README's
-configuration table is generated from these fields (`python -m worker.config --markdown`), and a
-test keeps the two in step.
+environment variable (`QA_TOP_K`) or its default, in that order of precedence. The table in
+docs/configuration.md is generated from these fields (`python -m worker.config --markdown`),
+and a test keeps the two in step.
 """
 
 from __future__ import annotations
