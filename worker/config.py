@@ -204,6 +204,12 @@ class Settings:
     max_context_chars: int = setting(
         100_000, "Longer contexts go to the dead-letter topic.", "worker"
     )
+    max_json_depth: int = setting(
+        64,
+        "Most levels of nested arrays and objects an event may have; deeper events go to the "
+        "dead-letter topic.",
+        "worker",
+    )
     http_host: str = setting(
         "0.0.0.0", "Address of the /metrics, /healthz, /readyz server.", "worker"
     )
@@ -246,6 +252,7 @@ class Settings:
             "max_in_flight",
             "max_question_chars",
             "max_context_chars",
+            "max_json_depth",
             "fetch_max_wait_ms",
         )
         for name in positive:
