@@ -251,7 +251,7 @@ def test_no_deadline_without_event_or_default() -> None:
         (b'{"id":"q","question":"?","context":"c","x":-Infinity}', "invalid_json", "-Infinity"),
         (b'{"id":"q","question":"?","context":"c","x":[1e400]}', "invalid_json", "1e400"),
         (b'{"id":"q","x":' + b"9" * 5000 + b"}", "invalid_json", "digits"),
-        (b"[" * 100_000, "invalid_json", "too deeply"),
+        (b"[" * 100_000, "invalid_event", "more than 64 levels deep"),
         (b'{"id":"q","question":"?\\ud800","context":"c"}', "invalid_json", "surrogate"),
         (b'{"id":"q","question":"?","context":"c","m":{"\\udc00":1}}', "invalid_json", "surrogate"),
     ],

@@ -514,7 +514,7 @@ def nesting_exceeds(value: bytes, max_depth: int) -> bool:
     return False
 
 
-def _decode_exactly(value: bytes | None, max_depth: int) -> Any:
+def _decode_exactly(value: bytes | None, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
     if not value:
         raise EventError(
             ErrorCode.INVALID_JSON,

@@ -380,13 +380,21 @@ class Delivery:
         finally:
             self._failing_since.pop(delivery_id, None)
 
-    def _outgoing_headers(self, headers: Headers) -> Headers:
+    def _outgoing_headers(self, message: IncomingMessage, envelope: Envelope | None) -> Headers:
+        headers = message_headers(message) if envelope is None else envelope.headers
         # Tracing must not keep a record from going out: without its context, if need be.
         try:
-            return self._tracing.outgoing_headers(headers)
+            traced = self._tracing.outgoing_headers(headers)
         except Exception:
             log.exception("tracing failed to add its headers; sending the record without them")
             return headers
+        if envelope is None or not envelope.dropped:
+            return traced
+        # Tracing writes the event's context (its tracestate, say) anew: a header dropped to
+        # make room stays dropped.
+        kept = {name for name, _ in headers}
+        gone = {name for name, _ in envelope.dropped} - kept
+        return [(name, value) for name, value in traced if name not in gone]
 
     async def _deliver(
         self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
@@ -395,9 +403,7 @@ class Delivery:
         while True:
             envelope = outgoing.envelope
             key = message.key if envelope is None else envelope.key
-            headers = self._outgoing_headers(
-                message_headers(message) if envelope is None else envelope.headers
-            )
+            headers = self._outgoing_headers(message, envelope)
             try:
                 pending = await self._topic(outgoing.topic).send(
                     key=key, value=outgoing.value, headers=headers
