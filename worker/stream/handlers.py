@@ -146,8 +146,8 @@ class EventHandlers:
             "handling an event raised " + kind.replace("%", "%%") + "; it goes to the "
             "dead-letter topic as internal_error (%s[%s]@%s)",
             _attempt(lambda: message.topic, "?"),
-            _attempt(lambda: message.partition, "?"),
-            _attempt(lambda: message.offset, "?"),
+            _attempt(lambda: str(message.partition), "?"),
+            _attempt(lambda: str(message.offset), "?"),
             exc_info=error,
         )
         text = _attempt(lambda: str(error), "(its message could not be read)")
@@ -318,8 +318,11 @@ class EventHandlers:
     ) -> Outgoing:
         """A dead letter made of little but numbers, sent with an empty key and no headers."""
         key_size = _attempt(lambda: len(message.key or b""), 0)
-        headers = _attempt(lambda: message_headers(message), [])
-        dropped = _attempt(lambda: [(str(name), len(value or b"")) for name, value in headers], [])
+        no_headers: list[tuple[str, int]] = []
+        dropped = _attempt(
+            lambda: [(str(name), len(value or b"")) for name, value in message_headers(message)],
+            no_headers,
+        )
         envelope = Envelope(
             b"" if key_size else None,
             [],
