@@ -425,7 +425,7 @@ def describe_case(message: Message, outgoing: Outgoing, record: Sent) -> None:
     )
 
 
-@settings(HYPOTHESIS, max_examples=60)
+@settings(HYPOTHESIS, max_examples=100)
 @given(message=records)
 def test_the_real_tiny_engine_answers_generated_records_with_one_fitting_record(
     real_worker: tuple[QAWorker, FakeTopics], loop: Loop, message: Message
@@ -435,6 +435,7 @@ def test_the_real_tiny_engine_answers_generated_records_with_one_fitting_record(
     outgoing = loop.run(handled(worker, message))
     check_one_fitting_record(topics.sent, outgoing, message)
     assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
+    describe_case(message, outgoing, topics.sent[0])
 
 
 @pytest.fixture(scope="module")
