@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from faust.types import TP
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -29,6 +31,7 @@ from worker.config import Settings
 from worker.errors import ErrorCode
 from worker.events import encodable_text, load_schema
 from worker.loading import load_engine
+from worker.log_rate import RepeatFilter
 from worker.metrics import WorkerMetrics
 from worker.qa import QAOptions, QAResult
 from worker.stream import QAWorker, handlers
@@ -588,3 +591,75 @@ def test_a_fault_at_any_stage_dead_letters_that_record_alone(
     reported = json.loads(faulty.value)["error"]["message"]
     assert type(error).__qualname__ in reported and encodable_text(str(error)) in reported
     assert json.loads(faulty.value)["id"] == "faulty"
+
+
+@dataclass
+class AckableMessage(Message):
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+@dataclass
+class FakeEvent:
+    message: AckableMessage
+    acked: bool = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+class Passed(logging.Handler):
+    """Keeps the records its repeat filter lets through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(RepeatFilter(interval_s=3600))
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
+    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, topics = fake_worker
+    passed = Passed()
+    logging.getLogger(handlers.__name__).addHandler(passed)
+    raised: list[Exception] = [Injected("a"), Injected("b"), KeyError("c"), Injected("d")]
+
+    def answer_event(*args: Any, **kwargs: Any) -> Any:
+        raise raised.pop(0)
+
+    monkeypatch.setattr(handlers, "answer_event", answer_event)
+
+    def dead_lettered() -> float:
+        sample = worker.metrics.registry.get_sample_value(
+            "qa_worker_events_dead_lettered_total", {"reason": "internal_error"}
+        )
+        return sample or 0.0
+
+    before = dead_lettered()
+    value = json.dumps({"id": "q", "question": "Who?", "context": "Ada wrote it."}).encode()
+    events = [FakeEvent(AckableMessage(value, b"k", [], partition=9, offset=n)) for n in range(4)]
+    try:
+
+        async def handle_all() -> None:
+            for item in events:
+                tracked = worker.tracker.track(item)  # type: ignore[arg-type]
+                await worker._handle(item, tracked, worker.handlers.answer_question)  # type: ignore[arg-type]
+
+        loop.run(handle_all())
+    finally:
+        logging.getLogger(handlers.__name__).removeHandler(passed)
+    assert all(item.acked for item in events)
+    assert dead_lettered() - before == 4
+    codes = [json.loads(sent.value)["error"]["code"] for sent in topics.sent[-4:]]
+    assert codes == ["internal_error"] * 4
+    causes = [
+        record.getMessage() for record in passed.records if "internal_error" in record.getMessage()
+    ]
+    assert len(causes) == 2, causes
+    assert "raised Injected" in causes[0] and "raised KeyError" in causes[1]

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "QA_"
+# Above this, an event's nesting would come near the recursion limits of the JSON encoder and
+# the standard library's decoder (1,000 frames, some taken by the stack that calls them).
+MAX_JSON_DEPTH_LIMIT = 500
 
 _Subset = TypeVar("_Subset", bound="DataclassInstance")
 
@@ -258,6 +261,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{describe(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_json_depth > MAX_JSON_DEPTH_LIMIT:
+            raise ConfigError(
+                f"{describe('max_json_depth')} must be at most {MAX_JSON_DEPTH_LIMIT}, got "
+                f"{self.max_json_depth}: deeper values would reach the recursion limit of the "
+                "JSON encoder that writes answers"
+            )
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
         for name in ("threads", "inference_streams"):

@@ -31,6 +31,7 @@ import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 
+from .config import Settings
 from .config import describe as describe_setting
 from .errors import ErrorCode, EventError
 from .qa.types import QAOptions, QAResult
@@ -139,7 +140,7 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _SHOWN_CHARS = 40
-DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_MAX_JSON_DEPTH: int = Settings.max_json_depth
 
 
 @dataclass(frozen=True)

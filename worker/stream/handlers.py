@@ -120,7 +120,9 @@ class EventHandlers:
         self.model_checksum = model_checksum
         self.replies = ReplyRouting(settings.reply_topics)
         self._defaults = settings.subset(QAOptions)
-        self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+        self._limits = InputLimits(
+            settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
+        )
         self._question_sets = question_sets
         self._topic_sets = topic_sets
 
