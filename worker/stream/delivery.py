@@ -38,6 +38,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import size_of_varint
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
@@ -73,6 +74,8 @@ MAX_REQUEST_BYTES = 1_000_000
 _LENGTH_VARINT_GROWTH = 4
 # A key's length varint takes up to 5 bytes.
 _KEY_VARINT_BYTES = 5
+# How much the record's length varint and its header count varint can shrink together.
+_VARINT_SHRINK = 8
 # What `Envelope.described` may add to a value: 16 headers named in at most 64 characters of up
 # to 6 bytes each once JSON-escaped, their sizes, and the key's sizes.
 DESCRIBED_HEADERS = 16
@@ -259,9 +262,10 @@ def fit_envelope(
         if headers[index][0] == TRACEPARENT:
             break
         dropped.add(index)
-        freed += sizes[index]
-        # Sized in full only once the headers' own bytes would make up the difference.
-        if freed >= missing and fits():
+        freed += _encoded_size(*headers[index])
+        # Sized in full only once the headers' own encoding (and what the record's length and
+        # header count varints may shrink by) would make up the difference.
+        if freed + _VARINT_SHRINK >= missing and fits():
             return envelope()
     if key:
         spare = room(b"", envelope().headers) - needed - _KEY_VARINT_BYTES
@@ -274,6 +278,15 @@ def fit_envelope(
             if fits():
                 return envelope()
     return envelope()
+
+
+def _encoded_size(name: str, value: bytes | None) -> int:
+    """Bytes a header takes in a record: its name and value, each after its length varint."""
+    encoded = name.encode("utf-8", "surrogatepass")
+    value_size = -1 if value is None else len(value)
+    return (
+        size_of_varint(len(encoded)) + len(encoded) + size_of_varint(value_size) + len(value or b"")
+    )
 
 
 class ReplyRouting:
@@ -333,7 +346,8 @@ class DeliveryObserver(Protocol):
 
 
 class Delivery:
-    """Sends outgoing records with the original key and headers, until the broker acks them."""
+    """Sends outgoing records with their envelope's key and headers (by default the original
+    message's), until the broker acks them."""
 
     def __init__(
         self,
