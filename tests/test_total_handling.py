@@ -663,3 +663,25 @@ def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
     ]
     assert len(causes) == 2, causes
     assert "raised Injected" in causes[0] and "raised KeyError" in causes[1]
+
+
+def test_a_dead_letter_that_cannot_be_built_becomes_a_minimal_one_that_fits(
+    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, topics = fake_worker
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise Injected("no dead letter today")
+
+    monkeypatch.setattr(handlers, "dead_letter_event", broken)
+    topics.sent.clear()
+    message = Message(b"not json", b"k" * 1_000_100, [("h", b"v" * 10)])
+    outgoing = loop.run(handled(worker, message))
+    record = check_one_fitting_record(topics.sent, outgoing, message)
+    letter = json.loads(record.value)
+    assert letter["error"]["code"] == "invalid_json"
+    assert "its full dead letter could not be built: Injected" in letter["error"]["message"]
+    assert letter["payload_size"] == len(b"not json") and letter["payload_truncated"] is True
+    assert letter["key_truncated"] == {"size": 1_000_100, "kept": 0} and record.key == b""
+    assert letter["headers_dropped"] == {"count": 1, "size": 11, "headers": []}
+    assert [name for name, _ in record.headers if name != "traceparent"] == []

@@ -320,18 +320,20 @@ class EventHandlers:
     ) -> Outgoing:
         """A dead letter made of little but numbers, sent with an empty key and no headers."""
         key_size = _attempt(lambda: len(message.key or b""), 0)
-        no_headers: list[tuple[str, int]] = []
-        dropped = _attempt(
-            lambda: [(str(name), len(value or b"")) for name, value in message_headers(message)],
-            no_headers,
+        no_headers: list[tuple[str, bytes]] = []
+        headers = _attempt(lambda: message_headers(message), no_headers)
+        # Names and values, as fit_envelope counts them.
+        dropped_bytes = _attempt(
+            lambda: sum(
+                len(str(name).encode("utf-8", "surrogatepass")) + len(value or b"")
+                for name, value in headers
+            ),
+            0,
         )
         envelope = Envelope(
-            b"" if key_size else None,
-            [],
-            key_size=key_size or None,
-            dropped=tuple(dropped),
-            dropped_bytes=sum(size for _, size in dropped),
+            b"" if key_size else None, [], key_size=key_size or None, dropped_bytes=dropped_bytes
         )
+        dropped = headers
         described: dict[str, Any] = {}
         if key_size:
             described["key_truncated"] = {"size": key_size, "kept": 0}
