@@ -322,22 +322,30 @@ class EventHandlers:
         key_size = _attempt(lambda: len(message.key or b""), 0)
         no_headers: list[tuple[str, bytes]] = []
         headers = _attempt(lambda: message_headers(message), no_headers)
-        # Names and values, as fit_envelope counts them.
-        dropped_bytes = _attempt(
-            lambda: sum(
-                len(str(name).encode("utf-8", "surrogatepass")) + len(value or b"")
-                for name, value in headers
-            ),
-            0,
+        none_dropped: tuple[tuple[str, int], ...] = ()
+        dropped = _attempt(
+            lambda: tuple((str(name), len(value or b"")) for name, value in headers), none_dropped
         )
         envelope = Envelope(
-            b"" if key_size else None, [], key_size=key_size or None, dropped_bytes=dropped_bytes
+            b"" if key_size else None,
+            [],
+            key_size=key_size or None,
+            # Named so that delivery sends none of them, not even as tracing writes them anew.
+            dropped=dropped,
+            # Names and values, as fit_envelope counts them.
+            dropped_bytes=_attempt(
+                lambda: sum(
+                    len(str(name).encode("utf-8", "surrogatepass")) + len(value or b"")
+                    for name, value in headers
+                ),
+                0,
+            ),
         )
-        dropped = headers
         described: dict[str, Any] = {}
         if key_size:
             described["key_truncated"] = {"size": key_size, "kept": 0}
         if dropped:
+            # Counted, not named: the names may be what could not be written.
             described["headers_dropped"] = {
                 "count": len(dropped),
                 "size": envelope.dropped_bytes,
