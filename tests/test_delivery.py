@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from faust.exceptions import ProducerSendError
 
 from worker.errors import DeliveryError, ErrorCode
 from worker.stream.delivery import (
+    ENVELOPE_DESCRIPTION_BYTES,
     REPLY_TO_HEADER,
     Delivery,
     Envelope,
@@ -402,3 +404,14 @@ def test_a_description_names_at_most_sixteen_headers_in_short_names() -> None:
     listed = envelope.described()["headers_dropped"]
     assert listed["count"] == 40 and len(listed["headers"]) == 16
     assert listed["headers"][0] == {"name": ("h39" + "x" * 100)[:64], "size": 40}
+
+
+def test_the_largest_description_stays_within_its_reserve() -> None:
+    names = [chr(1 + index) * 100 for index in range(20)]
+    message = FakeMessage(
+        key=b"k" * 2_000_000, headers=[(name, b"v" * 1_100_000) for name in names]
+    )
+    envelope = fit_envelope(message, room_with(b"", []))
+    assert envelope is not None
+    described = json.dumps(envelope.described(), ensure_ascii=False).encode()
+    assert len(described) <= ENVELOPE_DESCRIPTION_BYTES

@@ -77,10 +77,11 @@ _KEY_VARINT_BYTES = 5
 # How much the record's length varint and its header count varint can shrink together.
 _VARINT_SHRINK = 8
 # What `Envelope.described` may add to a value: 16 headers named in at most 64 characters of up
-# to 6 bytes each once JSON-escaped, their sizes, and the key's sizes.
+# to 8 bytes each once JSON-escaped (a lone surrogate written as \udcxx, its backslash escaped),
+# their sizes, and the key's sizes.
 DESCRIBED_HEADERS = 16
 DESCRIBED_NAME_CHARS = 64
-ENVELOPE_DESCRIPTION_BYTES = 8_192
+ENVELOPE_DESCRIPTION_BYTES = 10_000
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # What a reply topic named by one event can refuse, and the code its dead letter then carries.
 _REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
