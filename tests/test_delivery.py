@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +23,15 @@ from faust.exceptions import ProducerSendError
 
 from worker.errors import DeliveryError, ErrorCode
 from worker.stream.delivery import (
+    ENVELOPE_DESCRIPTION_BYTES,
     REPLY_TO_HEADER,
     Delivery,
+    Envelope,
     Outgoing,
     ReplyRouting,
     Verdict,
+    envelope_room,
+    fit_envelope,
     header,
     judge,
     message_headers,
@@ -330,3 +335,83 @@ async def test_a_faust_wrapped_connection_error_is_retried() -> None:
         delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), FakeMessage()), 5.0
     )
     assert [sent["value"] for sent in topics["answers"].sent] == [b"answer"] * 2
+
+
+async def test_sends_with_the_envelope_key_and_headers_when_it_has_one() -> None:
+    topics = Topics()
+    envelope = Envelope(
+        b"k", [("small", b"s")], key_size=2, dropped=(("big", 9),), dropped_bytes=12
+    )
+    outgoing = Outgoing("answers", b"answer", 0.0, envelope=envelope)
+    message = FakeMessage(key=b"k1", headers=[("big", b"b" * 9), ("small", b"s")])
+    assert await delivery(topics).deliver(outgoing, message) is outgoing
+    assert topics["answers"].sent == [
+        {"key": b"k", "value": b"answer", "headers": [("small", b"s")]}
+    ]
+
+
+TRACEPARENT = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+
+
+def room_with(key: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    return envelope_room(key, headers)
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1], ids=["just-under", "at", "just-over"])
+def test_the_envelope_is_kept_while_the_value_fits_and_shrinks_just_past_it(offset: int) -> None:
+    message = FakeMessage(key=b"k" * 500, headers=[("a", b"a" * 300), TRACEPARENT])
+    needed = room_with(message.key, message.headers) + offset
+    envelope = fit_envelope(message, needed)
+    if offset <= 0:
+        assert envelope is None
+    else:
+        # The smallest step that makes room: the one header that is not traceparent.
+        assert envelope is not None and envelope.key == message.key
+        assert envelope.headers == [TRACEPARENT] and envelope.dropped == (("a", 300),)
+        assert room_with(envelope.key, envelope.headers) >= needed
+
+
+def test_headers_go_largest_first_then_the_key_is_cut_then_traceparent_goes() -> None:
+    headers = [("small", b"s" * 10), TRACEPARENT, ("large", b"l" * 400_000), ("mid", b"m" * 1000)]
+    message = FakeMessage(key=b"k" * 600_000, headers=headers)
+    # Room for the value only once "large" is gone.
+    needed = room_with(message.key, [TRACEPARENT, ("mid", b"m" * 1000), ("small", b"s" * 10)])
+    envelope = fit_envelope(message, needed)
+    assert envelope is not None and [name for name, _ in envelope.dropped] == ["large"]
+    # Room only with the key cut: every header but traceparent goes first.
+    needed = room_with(b"k" * 300_000, [TRACEPARENT])
+    envelope = fit_envelope(message, needed)
+    assert envelope is not None
+    assert [name for name, _ in envelope.dropped] == ["large", "mid", "small"]
+    assert envelope.headers == [TRACEPARENT] and envelope.key_size == 600_000
+    assert envelope.key is not None and 299_000 < len(envelope.key) <= 300_000
+    assert room_with(envelope.key, envelope.headers) >= needed
+    described = envelope.described()
+    assert described["key_truncated"] == {"size": 600_000, "kept": len(envelope.key)}
+    assert described["headers_dropped"]["count"] == 3
+    # Room only with no key and no headers at all.
+    needed = room_with(b"", [])
+    envelope = fit_envelope(message, needed)
+    assert envelope is not None and envelope.headers == [] and envelope.key == b""
+    assert [name for name, _ in envelope.dropped][-1] == "traceparent"
+
+
+def test_a_description_names_at_most_sixteen_headers_in_short_names() -> None:
+    headers = [(f"h{index}" + "x" * 100, b"v" * (index + 1)) for index in range(40)]
+    message = FakeMessage(key=None, headers=headers)
+    envelope = fit_envelope(message, room_with(None, []))
+    assert envelope is not None
+    listed = envelope.described()["headers_dropped"]
+    assert listed["count"] == 40 and len(listed["headers"]) == 16
+    assert listed["headers"][0] == {"name": ("h39" + "x" * 100)[:64], "size": 40}
+
+
+def test_the_largest_description_stays_within_its_reserve() -> None:
+    names = [chr(1 + index) * 100 for index in range(20)]
+    message = FakeMessage(
+        key=b"k" * 2_000_000, headers=[(name, b"v" * 1_100_000) for name in names]
+    )
+    envelope = fit_envelope(message, room_with(b"", []))
+    assert envelope is not None
+    described = json.dumps(envelope.described(), ensure_ascii=False).encode()
+    assert len(described) <= ENVELOPE_DESCRIPTION_BYTES

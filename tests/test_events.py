@@ -251,7 +251,7 @@ def test_no_deadline_without_event_or_default() -> None:
         (b'{"id":"q","question":"?","context":"c","x":-Infinity}', "invalid_json", "-Infinity"),
         (b'{"id":"q","question":"?","context":"c","x":[1e400]}', "invalid_json", "1e400"),
         (b'{"id":"q","x":' + b"9" * 5000 + b"}", "invalid_json", "digits"),
-        (b"[" * 100_000, "invalid_json", "too deeply"),
+        (b"[" * 100_000, "invalid_event", "more than 64 levels deep"),
         (b'{"id":"q","question":"?\\ud800","context":"c"}', "invalid_json", "surrogate"),
         (b'{"id":"q","question":"?","context":"c","m":{"\\udc00":1}}', "invalid_json", "surrogate"),
     ],
@@ -933,3 +933,53 @@ def test_limits_count_characters_at_under_and_over_whatever_the_encoding(
             assert rejection(value).code == f"{name}_too_large"
         else:
             assert len(getattr(parse(value), name)) == length
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+@pytest.mark.parametrize("limit", [1, 2, 64, 500])
+def test_nesting_is_read_up_to_the_depth_limit_and_refused_past_it(kind: str, limit: int) -> None:
+    def nested(depth: int) -> bytes:
+        # `depth` levels: the question is the outermost object, metadata the rest.
+        inner: Any = "leaf"
+        for _ in range(depth - 2):
+            inner = {"m": inner} if kind == "object" else [inner]
+        metadata = {"m": inner} if depth >= 2 else None
+        fields = {"id": "q", "question": "?", "context": "c"}
+        return json.dumps({**fields, "metadata": metadata} if metadata else fields).encode()
+
+    limits = InputLimits(100, 1000, max_json_depth=limit)
+    # At the limit (an object of depth 1 holds no metadata) and just past it.
+    if limit >= 2:
+        assert parse_question(nested(limit), 0, QAOptions(), limits).id == "q"
+    with pytest.raises(EventError) as caught:
+        parse_question(nested(max(limit + 1, 2)), 0, QAOptions(), limits)
+    assert caught.value.code is ErrorCode.INVALID_EVENT
+    assert f"more than {limit} levels" in caught.value.message
+    assert "--max-json-depth" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 200_000,
+        b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+        b'["' + b"[" * 10_000 + b'"]',
+        b"[1e999" + b"," + b"[" * 3_000,
+    ],
+    ids=["open-brackets", "objects-past-orjson", "brackets-in-a-string", "fallback-path"],
+)
+def test_deep_values_never_reach_a_recursive_decoder(value: bytes) -> None:
+    # Python's own recursion limit stays: a recursive walk would raise RecursionError here.
+    try:
+        document = decode_json(value)
+    except EventError as error:
+        assert error.code in (ErrorCode.INVALID_EVENT, ErrorCode.INVALID_JSON), error
+    else:
+        assert document == ["[" * 10_000]
+
+
+@given(st.integers(0, 3_000), st.sampled_from(["[", "{"]))
+@settings(max_examples=100, deadline=None)
+def test_the_bracket_scan_agrees_with_a_decoder_on_depth(depth: int, opener: str) -> None:
+    text = ("[" * depth + "]" * depth) if opener == "[" else ('{"a":' * depth + "1" + "}" * depth)
+    assert events.nesting_exceeds(text.encode(), 64) == (depth > 64)

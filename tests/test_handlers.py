@@ -215,10 +215,20 @@ INCOMING_TRACE_HEADERS = {
 }
 
 
-def sent_size(tracing: OtelTracing, message: FakeMessage, value: bytes) -> int:
-    """The size aiokafka checks for `value` sent with the headers tracing gives it."""
+def sent_size(
+    tracing: OtelTracing,
+    message: FakeMessage,
+    value: bytes,
+    kept: list[tuple[str, bytes]] | None = None,
+) -> int:
+    """The size aiokafka checks for `value` sent with the headers tracing gives it (for the
+    message's headers, or the `kept` ones)."""
     with tracing.event(message, list(message.headers), "group"), tracing.produce("qa-answers"):
-        headers = tracing.outgoing_headers(list(message.headers))
+        headers = tracing.outgoing_headers(list(message.headers) if kept is None else kept)
+    if kept is not None:
+        # Delivery sends no header the envelope dropped, though tracing writes it anew.
+        dropped = {name for name, _ in message.headers} - {name for name, _ in kept}
+        headers = [(name, value) for name, value in headers if name not in dropped]
     return DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, value, list(headers))
 
 
@@ -247,8 +257,20 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
     answer = await traced.answer_question(fitting, 0.0)
     assert answer.dead_letter_reason is None
     assert sent_size(tracing, fitting, answer.value) <= MAX_REQUEST_BYTES
-    over = await traced.answer_question(with_metadata("x" * (room + 16)), 0.0)
-    assert over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
+    over_message = with_metadata("x" * (room - reserved + 16))
+    over = await traced.answer_question(over_message, 0.0)
+    droppable = [(name, len(value)) for name, value in incoming if name != "traceparent"]
+    if droppable:
+        # The incoming tracestate is what leaves too little room: the answer goes without it.
+        assert over.dead_letter_reason is None and over.envelope is not None
+        assert json.loads(over.value)["headers_dropped"]["headers"] == [
+            {"name": name, "size": size} for name, size in droppable
+        ]
+        assert sent_size(tracing, over_message, over.value, over.envelope.headers) <= limit
+    else:
+        assert over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
+    far_over = await traced.answer_question(with_metadata("x" * (room + 1_000)), 0.0)
+    assert far_over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
 
 
 @pytest.mark.parametrize("reply_to", ["replies.bad name!", "replies." + "x" * 250, ".."])

@@ -407,3 +407,68 @@ async def test_events_too_large_to_echo_get_one_dead_letter_each_and_stop_nothin
         letter = letters[name].json()
         assert letter["payload_truncated"] is True
         assert letter["payload_size"] == len(bad[list(huge).index(name)])
+
+
+async def test_deep_values_and_keys_or_headers_near_the_limit_stop_nothing(
+    exported_models: dict[str, Path],
+) -> None:
+    model = exported_models["bert"]
+    good = question_values(texts.pairs(seed=11, count=40), prefix="good")
+    deep: object = "leaf"
+    for _ in range(300):
+        deep = {"m": deep}
+    valid = {"question": "what?", "context": "c d"}
+    bad = {
+        "deep": (json.dumps({"id": "deep", **valid, "metadata": deep}).encode(), None, None),
+        "big-key": (json.dumps({"id": "big-key", **valid}).encode(), b"k" * 1_000_100, None),
+        "big-key-unreadable": (b"not json", b"u" * 1_000_100, None),
+        "big-header": (
+            json.dumps({"id": "big-header", **valid}).encode(),
+            b"h",
+            [("blob", b"b" * 999_800), ("small", b"s")],
+        ),
+    }
+    values = [*good[:10], *(value for value, _, _ in bad.values()), *good[10:]]
+    keys = [None] * 10 + [key for _, key, _ in bad.values()] + [None] * 30
+    headers = [[]] * 10 + [header or [] for _, _, header in bad.values()] + [[]] * 30
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(broker.bootstrap_servers, model)
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
+        await worker.start()
+        try:
+            stored = await produce(
+                broker.bootstrap_servers, values, keys=keys, headers=headers, topic="questions"
+            )
+            records = await collect(
+                broker.bootstrap_servers, [ANSWERS, DEAD_LETTERS], len(values), timeout=60
+            )
+            ends: dict[int, int] = {}
+            for partition, offset in stored:
+                ends[partition] = max(ends.get(partition, 0), offset + 1)
+
+            async def all_committed() -> bool:
+                committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
+                return all(committed[p] == end for p, end in ends.items())
+
+            await wait_until(all_committed, timeout=30, what="every offset to be committed")
+            assert worker.readiness()[0], worker.readiness()
+        finally:
+            await worker.stop()
+    answers = {r.json()["id"]: r for r in records if r.topic == ANSWERS}
+    assert sorted(answers) == sorted(
+        [*(json.loads(v)["id"] for v in good), "big-key", "big-header"]
+    )
+    cut = answers["big-key"]
+    assert cut.json()["key_truncated"] == {"size": 1_000_100, "kept": len(cut.key)}
+    assert 0 < len(cut.key) < 1_000_000 and set(cut.key) == {ord("k")}
+    dropped = answers["big-header"]
+    assert dropped.json()["headers_dropped"]["headers"] == [{"name": "blob", "size": 999_800}]
+    assert dict(dropped.headers) == {"small": b"s"} and dropped.key == b"h"
+    letters = [r.json() for r in records if r.topic == DEAD_LETTERS]
+    assert len(letters) == 2
+    by_code = {letter["error"]["code"]: letter for letter in letters}
+    assert by_code["invalid_event"]["id"] == "deep"
+    assert "64 levels" in by_code["invalid_event"]["error"]["message"]
+    assert by_code["invalid_json"]["key_truncated"]["size"] == 1_000_100
+    assert by_code["invalid_json"]["payload"] == "not json"

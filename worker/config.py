@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "QA_"
+# Above this, an event's nesting would come near the recursion limits of the JSON encoder and
+# the standard library's decoder (1,000 frames, some taken by the stack that calls them).
+MAX_JSON_DEPTH_LIMIT = 500
 
 _Subset = TypeVar("_Subset", bound="DataclassInstance")
 
@@ -204,6 +207,12 @@ class Settings:
     max_context_chars: int = setting(
         100_000, "Longer contexts go to the dead-letter topic.", "worker"
     )
+    max_json_depth: int = setting(
+        64,
+        "Most levels of nested arrays and objects an event may have; deeper events go to the "
+        "dead-letter topic.",
+        "worker",
+    )
     http_host: str = setting(
         "0.0.0.0", "Address of the /metrics, /healthz, /readyz server.", "worker"
     )
@@ -246,11 +255,18 @@ class Settings:
             "max_in_flight",
             "max_question_chars",
             "max_context_chars",
+            "max_json_depth",
             "fetch_max_wait_ms",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{describe(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_json_depth > MAX_JSON_DEPTH_LIMIT:
+            raise ConfigError(
+                f"{describe('max_json_depth')} must be at most {MAX_JSON_DEPTH_LIMIT}, got "
+                f"{self.max_json_depth}: deeper values would reach the recursion limit of the "
+                "JSON encoder that writes answers"
+            )
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
         for name in ("threads", "inference_streams"):

@@ -3,8 +3,14 @@
 The JSON Schemas in `worker.schemas` (the repository's schemas/ folder) are the contracts. Types,
 required fields and ranges of a question are checked by the schema alone, so code and schema
 cannot drift; the code adds only what a schema cannot say: a question and a context with a
-visible character, the worker's character limits, a `created_at` that is a real instant, and JSON
-that every consumer reads alike (finite numbers, no unpaired surrogates).
+visible character, the worker's character limits, a `created_at` that is a real instant, JSON
+nested no deeper than `max_json_depth`, and JSON that every consumer reads alike (finite numbers,
+no unpaired surrogates).
+
+Nothing here recurses on an event's structure: the depth limit is checked before any recursive
+decoder sees a value (a bracket scan that skips strings, or an iterative walk of what orjson,
+whose own limit is 1,024 levels, decoded), and every walk over a decoded value is a loop, so a
+deep value is an `invalid_event` dead letter and never a RecursionError.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 
+from .config import Settings
 from .config import describe as describe_setting
 from .errors import ErrorCode, EventError
 from .qa.types import QAOptions, QAResult
@@ -133,12 +140,14 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _SHOWN_CHARS = 40
+DEFAULT_MAX_JSON_DEPTH: int = Settings.max_json_depth
 
 
 @dataclass(frozen=True)
 class InputLimits:
     max_question_chars: int
     max_context_chars: int
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,7 @@ def parse_question(
     `kafka_timestamp_ms` is the event time when the event has no `created_at`;
     `default_deadline_ms` (relative to the event time) applies when it has no `deadline_ms`.
     """
-    document = decode_json(value)
+    document = decode_json(value, limits.max_json_depth)
     QUESTION.validate(document)
     question: str = document["question"]
     _check_visible("question", question, ErrorCode.EMPTY_QUESTION)
@@ -223,7 +232,7 @@ def parse_document(
     value: bytes | None, kafka_timestamp_ms: int, limits: InputLimits
 ) -> DocumentEvent:
     """Reads one documents-topic message, or raises EventError saying what to fix."""
-    document = decode_json(value)
+    document = decode_json(value, limits.max_json_depth)
     DOCUMENT.validate(document)
     _check_size(
         "text",
@@ -267,7 +276,7 @@ def tags_event(
         event["metadata"] = document.metadata
     event["model"] = {"name": model_name, "checksum": model_checksum}
     event["worker_version"] = worker_version
-    event["tagged_at"] = _timestamp(now_ms)
+    event["tagged_at"] = timestamp(now_ms)
     return event
 
 
@@ -297,7 +306,7 @@ def answer_event(
     if event.metadata is not None:
         answer["metadata"] = event.metadata
     answer["worker_version"] = worker_version
-    answer["answered_at"] = _timestamp(now_ms)
+    answer["answered_at"] = timestamp(now_ms)
     return answer
 
 
@@ -321,13 +330,14 @@ def dead_letter_event(
     dead_letter: dict[str, Any] = {
         "payload": base64.b64encode(raw).decode("ascii") if text is None else text,
         "payload_encoding": "base64" if text is None else "utf-8",
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "error": {"code": code, "message": message},
+        "source": {"topic": encodable_text(topic), "partition": partition, "offset": offset},
+        # A message quoting input (an exception's, say) may hold an unpaired surrogate.
+        "error": {"code": code, "message": encodable_text(message)},
     }
     event_id = None if text is None else _readable_id(text)
     if event_id is not None:
         dead_letter["id"] = event_id
-    dead_letter["failed_at"] = _timestamp(now_ms)
+    dead_letter["failed_at"] = timestamp(now_ms)
     dead_letter["worker_version"] = worker_version
     return dead_letter
 
@@ -338,16 +348,26 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _SHORT_REASON_CHARS = 200
 
 
-def dead_letter_bytes(dead_letter: dict[str, Any], max_bytes: int) -> bytes:
-    """`dead_letter` as a record value of at most `max_bytes`, its payload cut to fit.
+def encodable_text(text: str) -> str:
+    """`text` with any unpaired surrogate escaped (as \\udxxx), so it encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
-    A cut payload is a prefix of the original (whole characters, or whole base64 quads), marked
-    with `payload_truncated` and the original value's size in `payload_size`; source topic,
-    partition and offset always stay, so the original can be read again from the topic.
-    """
-    encoded = to_bytes(dead_letter)
-    if len(encoded) <= max_bytes:
-        return encoded
+
+def shortest_dead_letter(dead_letter: dict[str, Any]) -> dict[str, Any]:
+    """`dead_letter` cut as far as `dead_letter_bytes` ever cuts it: payload empty (and marked
+    truncated), no id, the reason shortened. Its size is the least room a dead letter needs."""
+    fitted = _without_payload(dead_letter)
+    fitted.pop("id", None)
+    message = fitted["error"]["message"]
+    fitted["error"] = {**fitted["error"], "message": message[:_SHORT_REASON_CHARS]}
+    return fitted
+
+
+def _without_payload(dead_letter: dict[str, Any]) -> dict[str, Any]:
     payload: str = dead_letter["payload"]
     is_text = dead_letter["payload_encoding"] == "utf-8"
     original_size = len(payload.encode("utf-8")) if is_text else len(base64.b64decode(payload))
@@ -357,11 +377,27 @@ def dead_letter_bytes(dead_letter: dict[str, Any], max_bytes: int) -> bytes:
         if key == "payload_encoding":
             fitted["payload_truncated"] = True
             fitted["payload_size"] = original_size
+    return fitted
+
+
+def dead_letter_bytes(dead_letter: dict[str, Any], max_bytes: int) -> bytes:
+    """`dead_letter` as a record value of at most `max_bytes`, its payload cut to fit.
+
+    A cut payload is a prefix of the original (whole characters, or whole base64 quads), marked
+    with `payload_truncated` and the original value's size in `payload_size`; source topic,
+    partition and offset always stay, so the original can be read again from the topic. Raises
+    ValueError when even `shortest_dead_letter` is over `max_bytes`: the caller makes room (a
+    shorter key, fewer headers) before it asks.
+    """
+    encoded = to_bytes(dead_letter)
+    if len(encoded) <= max_bytes:
+        return encoded
+    payload: str = dead_letter["payload"]
+    is_text = dead_letter["payload_encoding"] == "utf-8"
+    fitted = _without_payload(dead_letter)
     room = max_bytes - len(to_bytes(fitted))
     if room < 0:
-        fitted.pop("id", None)
-        message = fitted["error"]["message"]
-        fitted["error"] = {**fitted["error"], "message": message[:_SHORT_REASON_CHARS]}
+        fitted = shortest_dead_letter(dead_letter)
         room = max_bytes - len(to_bytes(fitted))
         if room < 0:
             raise ValueError(f"a dead letter cannot fit in {max_bytes} bytes")
@@ -411,32 +447,75 @@ _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_co
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
-def decode_json(value: bytes | None) -> Any:
-    """The JSON document in a message value, or EventError saying why it is none."""
+def decode_json(value: bytes | None, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+    """The JSON document in a message value, or EventError saying why it is none.
+
+    A document nesting arrays and objects more than `max_depth` levels deep is refused with
+    INVALID_EVENT (`{}` is one level, `{"a": []}` two).
+    """
     if value:
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError:
             pass
         else:
+            depth, has_float = _depth_and_floats(document, max_depth)
+            if depth > max_depth:
+                raise _too_deep(max_depth)
             # Searching the value costs more than the decoding: only when a float came out.
-            if not _has_float(document) or _LONG_DIGITS.search(value) is None:
+            if not has_float or _LONG_DIGITS.search(value) is None:
                 return document
-    return _decode_exactly(value)
+    return _decode_exactly(value, max_depth)
 
 
-def _has_float(node: Any) -> bool:
-    kind = type(node)
-    if kind is float:
-        return True
-    if kind is dict:
-        return any(_has_float(item) for item in node.values())
-    if kind is list:
-        return any(_has_float(item) for item in node)
+def _too_deep(max_depth: int) -> EventError:
+    return EventError(
+        ErrorCode.INVALID_EVENT,
+        f"the value nests arrays or objects more than {max_depth} levels deep, over the limit "
+        f"of {max_depth} ({describe_setting('max_json_depth')}); flatten it, or raise the limit",
+    )
+
+
+def _depth_and_floats(document: Any, max_depth: int) -> tuple[int, bool]:
+    """How deep `document` nests (stopping once past `max_depth`) and whether it holds a float;
+    a loop with its own stack, so no depth can exhaust Python's."""
+    deepest = 0
+    has_float = False
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        kind = type(node)
+        if kind is float:
+            has_float = True
+        elif kind is dict or kind is list:
+            deepest = max(deepest, depth)
+            if depth > max_depth:
+                return deepest, has_float
+            items = node.values() if kind is dict else node
+            pending.extend((item, depth + 1) for item in items)
+    return deepest, has_float
+
+
+# A JSON string (escapes skipped whole) or one bracket: what the nesting scan looks at.
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+
+
+def nesting_exceeds(value: bytes, max_depth: int) -> bool:
+    """Whether the brackets outside strings in `value` open more than `max_depth` levels at some
+    point; looks only at bytes, so it is safe before a recursive decoder reads `value`."""
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(value):
+        token = match[0]
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
     return False
 
 
-def _decode_exactly(value: bytes | None) -> Any:
+def _decode_exactly(value: bytes | None, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
     if not value:
         raise EventError(
             ErrorCode.INVALID_JSON,
@@ -454,6 +533,9 @@ def _decode_exactly(value: bytes | None) -> Any:
         raise EventError(
             ErrorCode.INVALID_JSON, "the value starts with a byte order mark; send JSON without one"
         )
+    # The standard library's decoder recurses: the depth is known before it runs.
+    if nesting_exceeds(value, max_depth):
+        raise _too_deep(max_depth)
     try:
         document = _DECODER.decode(text)
     except json.JSONDecodeError as error:
@@ -486,10 +568,20 @@ def _decode_exactly(value: bytes | None) -> Any:
 
 
 def _encodable(document: Any) -> bool:
-    try:
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+    """Whether every string in `document` (keys too) encodes as UTF-8; a loop, not recursion."""
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(node, dict):
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
     return True
 
 
@@ -592,16 +684,23 @@ def _epoch_ms(created_at: str) -> int:
     return (instant - _EPOCH_UTC) // _MILLISECOND + milliseconds + (1000 if leap else 0)
 
 
-def _timestamp(epoch_ms: int) -> str:
+def timestamp(epoch_ms: int) -> str:
     """RFC 3339 in UTC with milliseconds."""
     return (_EPOCH + epoch_ms * _MILLISECOND).isoformat(timespec="milliseconds") + "Z"
 
 
 def _readable_id(text: str) -> str | None:
     try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # What orjson refuses and the standard library may read (NaN, say), unless it is too
+        # deep for that recursive decoder.
+        if nesting_exceeds(text.encode("utf-8"), DEFAULT_MAX_JSON_DEPTH):
+            return None
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(document, dict):
         return None
     event_id = document.get("id")

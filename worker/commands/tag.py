@@ -20,7 +20,9 @@ def command_tag(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     question_sets = load_question_sets(args.questions, settings.subset(QAOptions))
     engine = load_engine(settings)
-    limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+    limits = InputLimits(
+        settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
+    )
     parsed: list[DocumentEvent | EventError] = []
     for line in args.input.read_bytes().splitlines():
         if line.strip():

@@ -2,8 +2,14 @@
 
 Handlers read a message, validate it against its contract, ask the batcher, and build the
 outgoing record; they never send. Every way one event can fail ends in a dead letter naming the
-reason, so a handler always returns a record. They need no faust: any object with a message's
-fields will do, and any `answer` coroutine stands in for the batcher.
+reason, so a handler always returns a record. That holds by construction, not case by case:
+`EventHandlers.handle` turns any exception a handler raises into an `internal_error` dead letter
+with the exception's type and message, and the dead-letter builder falls back to a minimal dead
+letter when the normal one cannot be built. Every record fits the producer's limit with the key
+and headers it goes out with (`delivery.fit_envelope` drops what of them leaves no room).
+
+They need no faust: any object with a message's fields will do, and any `answer` coroutine
+stands in for the batcher.
 """
 
 from __future__ import annotations
@@ -11,22 +17,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from .. import __version__
 from ..batcher import Answered, DeadlineExceeded
 from ..config import Settings, describe, topic_name_problem
-from ..errors import ErrorCode, EventError
+from ..errors import DeliveryError, ErrorCode, EventError, OffsetOrderError
 from ..events import (
     InputLimits,
     QuestionEvent,
     answer_event,
     dead_letter_bytes,
     dead_letter_event,
+    encodable_text,
     parse_document,
     parse_question,
+    shortest_dead_letter,
     tags_event,
+    timestamp,
     to_bytes,
 )
 from ..observability.logs import bind_event
@@ -35,17 +44,38 @@ from ..observability.tracing_interface import Tracing
 from ..qa.types import QAOptions, QAResult
 from ..tagging import QuestionSet, tag_results
 from .delivery import (
+    ENVELOPE_DESCRIPTION_BYTES,
     MAX_REQUEST_BYTES,
+    Envelope,
     IncomingMessage,
     Outgoing,
     ReplyRouting,
+    envelope_room,
+    fit_envelope,
     message_headers,
     value_room,
 )
 
-__all__ = ["AnswerQuality", "Answerer", "EventHandlers", "kafka_timestamp_ms"]
+__all__ = [
+    "RECORD_INDEPENDENT_ERRORS",
+    "AnswerQuality",
+    "Answerer",
+    "EventHandlers",
+    "Handler",
+    "kafka_timestamp_ms",
+]
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[IncomingMessage, float], Awaitable[Outgoing]]
+"""(message, time received) to the record that answers it."""
+
+# Errors every later record would meet too (a topic refusing writes, the offset bookkeeping gone
+# wrong): these stop the worker instead of becoming one event's dead letter.
+RECORD_INDEPENDENT_ERRORS: tuple[type[Exception], ...] = (DeliveryError, OffsetOrderError)
+# How much of an unexpected exception's message a dead letter quotes.
+_QUOTED_ERROR_CHARS = 1_000
+_T = TypeVar("_T")
 
 
 class Answerer(Protocol):
@@ -91,9 +121,44 @@ class EventHandlers:
         self.model_checksum = model_checksum
         self.replies = ReplyRouting(settings.reply_topics)
         self._defaults = settings.subset(QAOptions)
-        self._limits = InputLimits(settings.max_question_chars, settings.max_context_chars)
+        self._limits = InputLimits(
+            settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
+        )
         self._question_sets = question_sets
         self._topic_sets = topic_sets
+
+    async def handle(self, respond: Handler, message: IncomingMessage, received: float) -> Outgoing:
+        """Exactly one record for `message`: what `respond` returns, or its `internal_error`
+        dead letter when anything on its way raises. Only RECORD_INDEPENDENT_ERRORS and what is
+        not an Exception (cancellation) pass through."""
+        try:
+            return await respond(message, received)
+        except RECORD_INDEPENDENT_ERRORS:
+            raise
+        except Exception as error:
+            return self.internal_error(message, received, error)
+
+    def internal_error(
+        self, message: IncomingMessage, event_time: float, error: Exception
+    ) -> Outgoing:
+        """The `internal_error` dead letter of an event whose handling raised `error`; logged
+        once per exception type in each interval of the log's repeat filter."""
+        kind = type(error).__qualname__
+        # The type goes into the template so that the repeat filter counts each cause apart.
+        log.error(
+            "handling an event raised " + kind.replace("%", "%%") + "; it goes to the "
+            "dead-letter topic as internal_error (%s[%s]@%s)",
+            _attempt(lambda: message.topic, "?"),
+            _attempt(lambda: str(message.partition), "?"),
+            _attempt(lambda: str(message.offset), "?"),
+            exc_info=error,
+        )
+        text = _attempt(lambda: str(error), "(its message could not be read)")
+        reason = (
+            f"handling the event raised {kind}: {text[:_QUOTED_ERROR_CHARS]} "
+            "(not a problem with the event itself as far as the worker can tell: please report it)"
+        )
+        return self.dead_letter(message, event_time, ErrorCode.INTERNAL_ERROR, reason)
 
     async def answer_question(self, message: IncomingMessage, received: float) -> Outgoing:
         """The answer to a questions-topic message, or its dead letter."""
@@ -148,7 +213,7 @@ class EventHandlers:
         )
         topic = self.settings.answers_topic if reply_to is None else reply_to
         log.debug("answered on %s", topic)
-        return self._fitting(message, topic, to_bytes(value), event_time, answered.queue_s)
+        return self._fitting(message, topic, value, event_time, answered.queue_s)
 
     async def tag_document(self, message: IncomingMessage, received: float) -> Outgoing:
         """The tags event of a documents-topic message, or its dead letter."""
@@ -193,14 +258,27 @@ class EventHandlers:
             now_ms=int(time.time() * 1000),
         )
         queue_s = max(item.queue_s for item in answered)
-        return self._fitting(
-            message, self.settings.tags_topic, to_bytes(value), event_time, queue_s
-        )
+        return self._fitting(message, self.settings.tags_topic, value, event_time, queue_s)
 
     def dead_letter(
         self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
     ) -> Outgoing:
-        """The dead-letter record for `message`, on the dead-letter topic."""
+        """The dead-letter record for `message`, on the dead-letter topic; never raises.
+
+        It goes out with the message's key and headers, or with what of them leaves room for
+        its shortest form (`fit_envelope`), saying what was left off. Should building it raise
+        all the same, a minimal dead letter (source, code, reason; no payload, key or headers)
+        stands in.
+        """
+        try:
+            return self._dead_letter(message, event_time, code, reason)
+        except Exception as error:
+            log.error("building a dead letter failed; sending a minimal one", exc_info=error)
+            return self._minimal_dead_letter(message, event_time, code, reason, error)
+
+    def _dead_letter(
+        self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
+    ) -> Outgoing:
         log.debug(
             "dead letter for %s[%d]@%d: %s",
             message.topic,
@@ -218,25 +296,124 @@ class EventHandlers:
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
         )
-        value = dead_letter_bytes(record, self._room(message))
-        return Outgoing(self.settings.dead_letter_topic, value, event_time, dead_letter_reason=code)
+        shortest = len(to_bytes(shortest_dead_letter(record)))
+        envelope = fit_envelope(
+            message, shortest + ENVELOPE_DESCRIPTION_BYTES, self._tracing.sized_headers
+        )
+        if envelope is not None:
+            record.update(envelope.described())
+        value = dead_letter_bytes(record, self._room(message, envelope))
+        return Outgoing(
+            self.settings.dead_letter_topic,
+            value,
+            event_time,
+            dead_letter_reason=code,
+            envelope=envelope,
+        )
+
+    def _minimal_dead_letter(
+        self,
+        message: IncomingMessage,
+        event_time: float,
+        code: ErrorCode,
+        reason: str,
+        error: Exception,
+    ) -> Outgoing:
+        """A dead letter made of little but numbers, sent with an empty key and no headers."""
+        key_size = _attempt(lambda: len(message.key or b""), 0)
+        no_headers: list[tuple[str, bytes]] = []
+        headers = _attempt(lambda: message_headers(message), no_headers)
+        none_dropped: tuple[tuple[str, int], ...] = ()
+        dropped = _attempt(
+            lambda: tuple((str(name), len(value or b"")) for name, value in headers), none_dropped
+        )
+        envelope = Envelope(
+            b"" if key_size else None,
+            [],
+            key_size=key_size or None,
+            # Named so that delivery sends none of them, not even as tracing writes them anew.
+            dropped=dropped,
+            # Names and values, as fit_envelope counts them.
+            dropped_bytes=_attempt(
+                lambda: sum(
+                    len(str(name).encode("utf-8", "surrogatepass")) + len(value or b"")
+                    for name, value in headers
+                ),
+                0,
+            ),
+        )
+        described: dict[str, Any] = {}
+        if key_size:
+            described["key_truncated"] = {"size": key_size, "kept": 0}
+        if dropped:
+            # Counted, not named: the names may be what could not be written.
+            described["headers_dropped"] = {
+                "count": len(dropped),
+                "size": envelope.dropped_bytes,
+                "headers": [],
+            }
+        letter: dict[str, Any] = {
+            "payload": "",
+            "payload_encoding": "utf-8",
+            "payload_truncated": True,
+            "payload_size": _attempt(lambda: len(message.value or b""), 0),
+            "source": {
+                "topic": _attempt(lambda: encodable_text(str(message.topic))[:255], "") or "?",
+                "partition": _attempt(lambda: max(0, int(message.partition)), 0),
+                "offset": _attempt(lambda: max(0, int(message.offset)), 0),
+            },
+            "error": {
+                "code": code.value,
+                "message": _attempt(lambda: encodable_text(reason[:200]), "")
+                + f" (its full dead letter could not be built: {type(error).__qualname__})",
+            },
+            "failed_at": timestamp(int(time.time() * 1000)),
+            "worker_version": __version__,
+            **described,
+        }
+        return Outgoing(
+            self.settings.dead_letter_topic,
+            to_bytes(letter),
+            event_time,
+            dead_letter_reason=code,
+            envelope=envelope,
+        )
 
     def _fitting(
-        self, message: IncomingMessage, topic: str, value: bytes, event_time: float, queue_s: float
+        self,
+        message: IncomingMessage,
+        topic: str,
+        event: dict[str, Any],
+        event_time: float,
+        queue_s: float,
     ) -> Outgoing:
-        """The record for `value`, or an answer_too_large dead letter when it cannot be sent."""
-        room = self._room(message)
-        if len(value) <= room:
+        """The record for `event`, keeping what of the key and headers leaves room for it, or
+        an answer_too_large dead letter when even no key and no headers leave enough."""
+        value = to_bytes(event)
+        sized = self._tracing.sized_headers
+        envelope = fit_envelope(message, len(value), sized)
+        if envelope is None:
             return Outgoing(topic, value, event_time, queue_s=queue_s)
+        # Saying what was left off takes bytes too; a few rounds settle how many.
+        for _ in range(3):
+            described = to_bytes({**event, **envelope.described()})
+            if len(described) <= self._room(message, envelope):
+                return Outgoing(topic, described, event_time, queue_s=queue_s, envelope=envelope)
+            envelope = fit_envelope(message, len(described), sized) or envelope
+        room = self._room(message, None)
         reason = (
             f"the {topic} record would be {len(value):,} bytes, over the {room:,} a record may "
-            f"carry with this event's key and headers (the producer's maximum request size is "
-            f"{MAX_REQUEST_BYTES:,} bytes); send less metadata or ask for fewer answers"
+            f"carry with this event's key and headers, and over what it may carry with none "
+            f"(the producer's maximum request size is {MAX_REQUEST_BYTES:,} bytes); send less "
+            "metadata or ask for fewer answers"
         )
         return self.dead_letter(message, event_time, ErrorCode.ANSWER_TOO_LARGE, reason)
 
-    def _room(self, message: IncomingMessage) -> int:
-        return value_room(message, self._tracing.sized_headers(message_headers(message)))
+    def _room(self, message: IncomingMessage, envelope: Envelope | None) -> int:
+        """Most bytes a value may have sent with `envelope` (None: the message's own)."""
+        if envelope is None:
+            return value_room(message, self._tracing.sized_headers(message_headers(message)))
+        return envelope_room(envelope.key, self._tracing.sized_headers(envelope.headers))
 
     def _unanswerable(
         self, message: IncomingMessage, event_time: float, error: Exception, event_id: str
@@ -247,6 +424,14 @@ class EventHandlers:
         # The engine failed on this input; other events go on.
         log.error("inference failed for event %s", event_id, exc_info=error)
         return self.dead_letter(message, event_time, ErrorCode.INFERENCE_FAILED, repr(error))
+
+
+def _attempt(read: Callable[[], _T], fallback: _T) -> _T:
+    """What `read` returns, or `fallback` when it raises: for the builders that must not."""
+    try:
+        return read()
+    except Exception:
+        return fallback
 
 
 def _deadline(question: QuestionEvent) -> float | None:

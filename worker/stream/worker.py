@@ -6,6 +6,11 @@ per partition (`offsets.OffsetTracker`), so a commit never passes an event still
 faust commits acknowledged offsets every `commit_interval_s`, on rebalance and on stop; in both
 of the latter it first waits until every event the agent has taken is acknowledged, which is how
 SIGTERM drains and why a rebalance neither loses nor double-commits.
+
+Each event ends in exactly one record: whatever one event's handling raises (its tracing hooks
+and metrics included) before its record is acknowledged becomes its `internal_error` dead
+letter, and what is raised after that is logged. Only the errors every event would meet
+(`handlers.RECORD_INDEPENDENT_ERRORS`) and cancellation stop the worker.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
-from .handlers import EventHandlers
+from .handlers import RECORD_INDEPENDENT_ERRORS, EventHandlers, Handler
 from .offsets import OffsetTracker, Tracked
 from .reachability import CONNECT_WITHIN_S, BrokerWatch
 
@@ -43,8 +48,6 @@ log = logging.getLogger(__name__)
 
 # How often consumer lag and readiness are refreshed for /metrics.
 LAG_REFRESH_S = 1.0
-
-Handler = Callable[[IncomingMessage, float], Awaitable[Outgoing]]
 
 
 class QAWorker(AsyncLifecycle):
@@ -278,22 +281,43 @@ class QAWorker(AsyncLifecycle):
         received = time.time()
         self._read_at[tracked] = time.monotonic()
         try:
+            outgoing = await self._answer(message, received, respond)
+        finally:
+            self._read_at.pop(tracked, None)
+        try:
+            if outgoing.dead_letter_reason is None:
+                self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
+            else:
+                self.metrics.event_dead_lettered(outgoing.dead_letter_reason)
+        except Exception:
+            log.exception("counting a delivered event failed")
+        await self.tracker.complete(tracked)
+        self.metrics.set_in_flight(self.tracker.count)
+
+    async def _answer(
+        self, message: IncomingMessage, received: float, respond: Handler
+    ) -> Outgoing:
+        """The record the broker acknowledged for `message`: exactly one, whatever raises."""
+        delivered: Outgoing | None = None
+        try:
             self.metrics.event_received(message.topic)
             headers = message_headers(message)
             with self.tracing.event(message, headers, self.settings.group_id) as trace:
-                outgoing = await respond(message, received)
+                outgoing = await self.handlers.handle(respond, message, received)
                 # Delivery may turn an answer the broker refused into a dead letter.
                 with self.tracing.produce(outgoing.topic):
-                    outgoing = await self.delivery.deliver(outgoing, message)
-                trace.finish(outgoing.topic, outgoing.dead_letter_reason)
-        finally:
-            self._read_at.pop(tracked, None)
-        if outgoing.dead_letter_reason is None:
-            self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
-        else:
-            self.metrics.event_dead_lettered(outgoing.dead_letter_reason)
-        await self.tracker.complete(tracked)
-        self.metrics.set_in_flight(self.tracker.count)
+                    delivered = await self.delivery.deliver(outgoing, message)
+                trace.finish(delivered.topic, delivered.dead_letter_reason)
+            return delivered
+        except RECORD_INDEPENDENT_ERRORS:
+            raise
+        except Exception as error:
+            if delivered is not None:
+                # Its record is out; a second would answer the event twice.
+                log.error("an event's tracing failed after its record was sent", exc_info=error)
+                return delivered
+            letter = self.handlers.internal_error(message, received, error)
+            return await self.delivery.deliver(letter, message)
 
     async def _refresh_lag(self) -> None:
         while True:
