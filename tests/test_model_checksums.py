@@ -11,6 +11,7 @@ import pytest
 
 from worker.cli import main
 from worker.errors import ModelFolderError
+from worker.manifest import Manifest
 from worker.qa import QAEngine
 
 CONTEXT = "Marie Curie won two Nobel Prizes, in physics and in chemistry."
@@ -56,8 +57,12 @@ def test_answer_refuses_a_changed_file_and_names_it(
     assert answer(model_folder, *flags) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert f"{model_folder / name} does not match the checksum in manifest.json" in captured.err
-    assert "re-run `qa-worker export`" in captured.err
+    assert f"{model_folder / name} does not match its checksum in manifest.json" in captured.err
+    # The fix is the export that made this folder: from its recorded source, into this folder.
+    source = Manifest.read(model_folder).source
+    assert f"`qa-worker export --model {source} --out {model_folder} --quantize int8`" in (
+        captured.err
+    )
 
 
 def test_only_the_files_a_precision_loads_are_checked(model_folder: Path) -> None:
