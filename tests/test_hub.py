@@ -360,3 +360,39 @@ def test_a_moved_revision_is_prepared_afresh_and_offline_the_last_commit_is_used
         f"(ConnectionError: no network): using {OTHER_COMMIT}, the commit prepared last"
     ) in caplog.text
     assert "preparing" not in caplog.text
+
+
+def test_which_commit_a_revision_is_at_and_when_the_hub_cannot_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from worker.hub import HubError, resolve_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    answers: list[object] = []
+
+    def model_info(repo_id: str, revision: str | None, timeout: float) -> object:
+        assert timeout > 0  # a lookup on every run must never hang
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return type("Info", (), {"sha": answer})()
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    answers.append(OTHER_COMMIT)
+    assert resolve_commit("example-org/tiny-qa", None) == OTHER_COMMIT
+    # A commit id needs no lookup (answers stays empty: model_info would fail on pop).
+    assert resolve_commit("example-org/tiny-qa", MAIN_COMMIT) == MAIN_COMMIT
+    answers.append(requests.ConnectionError("no route to host"))
+    with pytest.raises(HubUnreachable, match="no route to host"):
+        resolve_commit("example-org/tiny-qa", None)
+    answers.append(RepositoryNotFoundError("404", response=requests.Response()))
+    with pytest.raises(HubError, match="the Hugging Face Hub has no 'example-org/gone'"):
+        resolve_commit("example-org/gone", None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnreachable, match="HF_HUB_OFFLINE is set"):
+        resolve_commit("example-org/tiny-qa", None)

@@ -36,6 +36,9 @@ PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 # A full commit id: a revision of this form needs no lookup, it cannot move.
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+# Asking which commit a revision is at happens on every run that loads a Hub id: a network that
+# drops packets must cost seconds, then the cached commit, never a hang.
+RESOLVE_TIMEOUT_S = 10.0
 
 
 class HubError(SetupError):
@@ -104,7 +107,7 @@ def resolve_commit(repo_id: str, revision: str | None) -> str:
     if constants.HF_HUB_OFFLINE:
         raise HubUnreachable("HF_HUB_OFFLINE is set")
     try:
-        info = huggingface_hub.model_info(repo_id, revision=revision)
+        info = huggingface_hub.model_info(repo_id, revision=revision, timeout=RESOLVE_TIMEOUT_S)
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         at = f" at revision {revision}" if revision else ""
         raise HubError(
