@@ -300,8 +300,8 @@ def test_a_changed_file_in_a_prepared_hub_folder_is_prepared_again(
     second = run_without_torch("answer", "--model", "example-org/tiny-qa", *QUESTION, env=env)
     assert second.returncode == 0, second.stderr
     assert (
-        f"tokenizer.json in {folder} differs from what was prepared (its checksum in "
-        "manifest.json); preparing example-org/tiny-qa@" in second.stderr
+        f"tokenizer.json in {folder} is not as it was prepared (missing, changed, or of another "
+        f"format); preparing example-org/tiny-qa@{MAIN_COMMIT} again" in second.stderr
     )
     assert f"prepared example-org/tiny-qa@{MAIN_COMMIT} into {folder}" in second.stderr
     assert json.loads(second.stdout) == json.loads(first.stdout)

@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from .errors import ModelFolderError
 from .hub import (
     HubUnreachable,
     cached_commit,
@@ -57,7 +58,7 @@ def model_folder(model: Path, revision: str | None, cache: Path | None, progress
     folder = cached_folder(repo_id, commit, cache)
     named = f"{repo_id}@{commit}"
     if (folder / MANIFEST_NAME).is_file():
-        changed = changed_file(folder, Manifest.read(folder))
+        changed = _changed(folder)
         if changed is None:
             log.info("using %s prepared earlier in %s", named, folder)
             _record(repo_id, revision, commit, cache)
@@ -65,10 +66,10 @@ def model_folder(model: Path, revision: str | None, cache: Path | None, progress
         # The folder is the cache's own, not something the user made: preparing it again is
         # the fix, not an error to hand them.
         log.warning(
-            "%s in %s differs from what was prepared (its checksum in %s); preparing %s again",
+            "%s in %s is not as it was prepared (missing, changed, or of another format); "
+            "preparing %s again",
             changed,
             folder,
-            MANIFEST_NAME,
             named,
         )
     from .export import export_model
@@ -78,6 +79,16 @@ def model_folder(model: Path, revision: str | None, cache: Path | None, progress
     _record(repo_id, revision, commit, cache)
     log.warning("prepared %s into %s; later runs reuse it", named, folder)
     return folder
+
+
+def _changed(folder: Path) -> str | None:
+    """The first file of a prepared folder that differs from its manifest, or None."""
+    try:
+        manifest = Manifest.read(folder)
+    except ModelFolderError:
+        # A manifest this version cannot read (another format): as stale as a changed file.
+        return MANIFEST_NAME
+    return changed_file(folder, manifest)
 
 
 def _commit_to_use(repo_id: str, revision: str | None, cache: Path | None, progress: bool) -> str:
