@@ -280,7 +280,10 @@ def test_a_refused_onnx_model_without_weights_offers_no_export(
     )
     assert done.returncode == 2
     assert "(its outputs: ['logits_start', 'logits_end'])" in done.stderr
-    assert f"example-org/onnx-only@{MAIN_COMMIT} ships no weights to export instead" in done.stderr
+    assert (
+        f"example-org/onnx-only@{MAIN_COMMIT} ships no safetensors weights to export instead"
+        in done.stderr
+    )
     # (The command's own name prefixes the message; advice would quote it.)
     assert "`qa-worker export" not in done.stderr and "re-export" not in done.stderr
     assert "kafka-qa-worker[export]" not in done.stderr

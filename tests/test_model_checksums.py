@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import pytest
 
 from worker.cli import main
 from worker.errors import ModelFolderError
-from worker.manifest import Manifest
+from worker.manifest import Manifest, export_command
 from worker.qa import QAEngine
 
 CONTEXT = "Marie Curie won two Nobel Prizes, in physics and in chemistry."
@@ -85,3 +86,18 @@ def test_a_missing_file_or_checksum_is_an_error(model_folder: Path) -> None:
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ModelFolderError, match=r"lists no checksum for tokenizer\.json"):
         QAEngine.load(model_folder, precision="fp32")
+
+
+def test_the_fix_names_the_source_and_commit_the_folder_was_prepared_from(
+    model_folder: Path,
+) -> None:
+    commit = "a" * 40
+    manifest = dataclasses.replace(Manifest.read(model_folder), source=f"org/name@{commit}")
+    assert export_command(manifest, model_folder) == (
+        f"`qa-worker export --model org/name --revision {commit} --out {model_folder} "
+        "--quantize int8`"
+    )
+    fp32 = dataclasses.replace(manifest, source="./checkpoint", default_precision="fp32")
+    assert export_command(fp32, model_folder) == (
+        f"`qa-worker export --model ./checkpoint --out {model_folder}`"
+    )

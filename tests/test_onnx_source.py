@@ -171,7 +171,7 @@ def test_an_onnx_model_of_another_shape_is_refused_with_what_differs(
     assert "is not an extractive QA model the worker can run" in message
     assert complaint in message
     # The folder has no weights, so re-exporting is no fix to offer.
-    assert "ships no weights to export instead" in message
+    assert "ships no safetensors weights to export instead" in message
     assert "qa-worker export" not in message
     assert not (tmp_path / "out").exists()
 

@@ -178,13 +178,17 @@ def _weights_instead(
             ) from download_error
     weights = _weight_files(folder, allow_pickle)
     if not weights:
+        # Unpickling can run code: pickled weights count only when `export --allow-pickle` says.
+        pickled = sorted(path.name for path in folder.glob("pytorch_model*.bin"))
         pickle_hint = (
-            "" if allow_pickle else " (pickled pytorch_model.bin counts with --allow-pickle)"
+            f"; its pickled {', '.join(pickled)} is used only by `qa-worker export --allow-pickle`"
+            if pickled and not allow_pickle
+            else ""
         )
         raise OnnxSourceError(
-            f"{error}. {source} ships no weights to export instead (*.safetensors{pickle_hint}): "
-            "use a checkpoint whose ONNX model has these inputs and outputs, or one that ships "
-            "its weights"
+            f"{error}. {source} ships no safetensors weights to export instead{pickle_hint}: use "
+            "a checkpoint whose ONNX model has these inputs and outputs, or one that ships its "
+            "weights"
         )
     missing = [name for name in EXPORT_LIBRARIES if importlib.util.find_spec(name) is None]
     if missing:

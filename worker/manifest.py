@@ -132,14 +132,13 @@ def verify_checksums(folder: Path, manifest: Manifest, names: list[str]) -> None
     path = folder / name
     if name not in manifest.checksums:
         raise ModelFolderError(f"{folder / MANIFEST_NAME} lists no checksum for {name}")
-    what = (
-        "is listed in the manifest but missing"
-        if not path.is_file()
-        else (
-            f"does not match its checksum in {MANIFEST_NAME}; the folder was changed after it was "
-            "prepared"
+    if path.is_file():
+        what = (
+            f"does not match its checksum in {MANIFEST_NAME}; the folder was changed after it "
+            "was prepared"
         )
-    )
+    else:
+        what = "is listed in the manifest but missing"
     raise ModelFolderError(
         f"{path} {what}: prepare it again with {export_command(manifest, folder)}"
     )
