@@ -111,7 +111,9 @@ def export_model(
     """Prepares the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
 
     A checkpoint that ships an ONNX model (`model.onnx` or `onnx/model.onnx`) is prepared from it
-    with the runtime dependencies alone; otherwise its weights are exported through torch.
+    with the runtime dependencies alone; otherwise, or when that model fails the interface check
+    and the checkpoint also ships weights, its weights are exported through torch. A Hub id is
+    recorded in the manifest as `ID@COMMIT`, the commit its revision resolved to.
     Everything is written to a staging folder beside `out` first, so a failed export leaves `out`
     as it was; a previous export in `out` is replaced. `int8-static` writes the dynamic int8 file
     too (it stays the default precision) and calibrates the static one on the questions in the
