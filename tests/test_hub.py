@@ -8,17 +8,20 @@ command runs with HF_HUB_OFFLINE=1 and without torch (tests/support/without_torc
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.hub_layouts import hub_onnx_layout
-from tests.support.without_torch import run_without_torch
-from worker.model.cache import DEFAULT_MODEL
-from worker.model.hub import files_to_download, looks_like_hub_id
-from worker.model.manifest import MANIFEST_NAME, Manifest
+from tests.support.hub_layouts import hub_onnx_layout, hub_wrong_onnx_layout
+from tests.support.without_torch import REPO_ROOT, run_without_torch
+from worker.model.cache import DEFAULT_MODEL, model_folder
+from worker.model.hub import HubUnreachable, files_to_download, looks_like_hub_id
+from worker.model.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 MAIN_COMMIT = "1" * 40
 OTHER_COMMIT = "2" * 40
@@ -51,6 +54,18 @@ def hub_cache(
     add_snapshot(cache, "example-org/tiny-qa", MAIN_COMMIT, layouts["mobilebert"], "main")
     add_snapshot(cache, "example-org/tiny-qa", OTHER_COMMIT, layouts["roberta"], None)
     add_snapshot(cache, DEFAULT_MODEL, MAIN_COMMIT, layouts["mobilebert"], "main")
+    # A root model.onnx the interface check refuses, once beside right weights, once alone.
+    for repo_id, with_weights in (
+        ("example-org/wrong-onnx", True),
+        ("example-org/onnx-only", False),
+    ):
+        layout = hub_wrong_onnx_layout(
+            checkpoint_factory("mobilebert"),
+            export_factory("mobilebert") / "model.onnx",
+            root / "layouts" / repo_id.replace("/", "--"),
+            with_weights,
+        )
+        add_snapshot(cache, repo_id, MAIN_COMMIT, layout, "main")
     return cache
 
 
@@ -65,7 +80,11 @@ def test_export_takes_a_hub_id_from_the_cache(hub_cache: Path, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     manifest = Manifest.read(tmp_path / "main")
-    assert (manifest.source, manifest.model_type) == ("example-org/tiny-qa", "mobilebert")
+    # Without --revision too, the source names the commit main resolved to.
+    assert (manifest.source, manifest.model_type) == (
+        f"example-org/tiny-qa@{MAIN_COMMIT}",
+        "mobilebert",
+    )
 
     pinned = tmp_path / "pinned"
     done = run_without_torch(
@@ -91,15 +110,22 @@ def test_answer_prepares_a_hub_id_once_and_reuses_it(hub_cache: Path, tmp_path: 
     question = ("--question", "Who won?", "--context", "Marie Curie won two Nobel Prizes.")
     first = run_without_torch("answer", "--model", "example-org/tiny-qa", *question, env=env)
     assert first.returncode == 0, first.stderr
-    folder = tmp_path / "models" / "example-org--tiny-qa" / "main"
-    assert f"preparing example-org/tiny-qa (int8) into {folder}" in first.stderr
+    folder = tmp_path / "models" / "example-org--tiny-qa" / MAIN_COMMIT
+    named = f"example-org/tiny-qa@{MAIN_COMMIT}"
+    assert f"preparing {named} (int8) into {folder}" in first.stderr
+    assert f"prepared {named} into {folder}; later runs reuse it" in first.stderr
+    # Offline, the log says which commit main was taken to be.
+    assert "cannot ask the Hub which commit main of example-org/tiny-qa is at" in first.stderr
+    assert f"using {MAIN_COMMIT}" in first.stderr
     manifest = Manifest.read(folder)
     assert manifest.default_precision == "int8"
+    assert manifest.source == named
     written = (folder / MANIFEST_NAME).stat().st_mtime_ns
 
     second = run_without_torch("answer", "--model", "example-org/tiny-qa", *question, env=env)
     assert second.returncode == 0, second.stderr
     assert "preparing" not in second.stderr
+    assert f"using {MAIN_COMMIT}, the commit prepared last" in second.stderr
     assert (folder / MANIFEST_NAME).stat().st_mtime_ns == written
     assert json.loads(second.stdout) == json.loads(first.stdout)
 
@@ -128,7 +154,7 @@ def test_demo_prepares_the_default_model_once_and_takes_hub_ids(
     hub_cache: Path, tmp_path: Path
 ) -> None:
     env = offline_env(hub_cache, tmp_path / "models")
-    folder = tmp_path / "models" / DEFAULT_MODEL.replace("/", "--") / "main"
+    folder = tmp_path / "models" / DEFAULT_MODEL.replace("/", "--") / MAIN_COMMIT
     runs = []
     for _ in range(2):
         done = run_without_torch("demo", "--count", "5", env=env)
@@ -138,14 +164,14 @@ def test_demo_prepares_the_default_model_once_and_takes_hub_ids(
         assert len(answers) == 5
         assert all("answer" in answer for answer in answers)
         runs.append(done.stderr)
-    assert f"preparing {DEFAULT_MODEL} (int8) into {folder}" in runs[0]
+    assert f"preparing {DEFAULT_MODEL}@{MAIN_COMMIT} (int8) into {folder}" in runs[0]
     assert "preparing" not in runs[1]
-    assert Manifest.read(folder).source == DEFAULT_MODEL
+    assert Manifest.read(folder).source == f"{DEFAULT_MODEL}@{MAIN_COMMIT}"
 
     # And any Hub id given with --model, from the same offline cache.
     done = run_without_torch("demo", "--model", "example-org/tiny-qa", "--count", "3", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "preparing example-org/tiny-qa (int8)" in done.stderr
+    assert f"preparing example-org/tiny-qa@{MAIN_COMMIT} (int8)" in done.stderr
     assert len(done.stdout.splitlines()) == 3
 
 
@@ -190,3 +216,186 @@ def test_only_one_copy_of_the_model_is_downloaded() -> None:
     pickled = [*configs, "pytorch_model.bin", "training_args.bin"]
     assert files_to_download(pickled, allow_pickle=False) == configs
     assert files_to_download(pickled, allow_pickle=True) == [*configs, "pytorch_model.bin"]
+
+
+def run_with_torch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environ.update(HF_HUB_OFFLINE="1", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=REPO_ROOT,
+        timeout=600,
+        check=False,
+    )
+
+
+QUESTION = ("--question", "Who won?", "--context", "Marie Curie won two Nobel Prizes.")
+
+
+def test_a_refused_onnx_model_is_prepared_from_the_weights_with_the_export_extra(
+    hub_cache: Path, tmp_path: Path
+) -> None:
+    env = offline_env(hub_cache, tmp_path / "models")
+    done = run_with_torch("answer", "--model", "example-org/wrong-onnx", *QUESTION, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    named = f"example-org/wrong-onnx@{MAIN_COMMIT}"
+    fallback = [line for line in done.stderr.splitlines() if "from its weights" in line]
+    assert len(fallback) == 1, done.stderr
+    assert "no outputs ['start_logits', 'end_logits'] (its outputs: ['logits_start'" in fallback[0]
+    assert fallback[0].endswith(f"preparing {named} from its weights (model.safetensors) instead")
+    assert "later runs reuse it" in done.stderr
+    manifest = Manifest.read(tmp_path / "models" / "example-org--wrong-onnx" / MAIN_COMMIT)
+    assert manifest.source == named
+    assert manifest.check["compared_with"] == "PyTorch model"
+    assert "torch" in manifest.versions
+    assert "answer" in json.loads(done.stdout)
+
+
+def test_a_refused_onnx_model_beside_weights_names_the_export_extra_without_it(
+    hub_cache: Path, tmp_path: Path
+) -> None:
+    env = offline_env(hub_cache, tmp_path / "models")
+    done = run_without_torch("answer", "--model", "example-org/wrong-onnx", *QUESTION, env=env)
+    assert done.returncode == 2
+    message = done.stderr
+    assert "(its outputs: ['logits_start', 'logits_end'])" in message
+    assert f"example-org/wrong-onnx@{MAIN_COMMIT} also ships weights (model.safetensors)" in message
+    assert "lacks torch, transformers, onnxscript, safetensors" in message
+    assert "pip install 'kafka-qa-worker[export]'" in message
+    # It started preparing, and says so, but never that later runs will reuse a folder.
+    assert f"preparing example-org/wrong-onnx@{MAIN_COMMIT} (int8)" in message
+    assert "later runs reuse it" not in message
+    assert not (tmp_path / "models" / "example-org--wrong-onnx" / MAIN_COMMIT).exists()
+
+
+def test_a_refused_onnx_model_without_weights_offers_no_export(
+    hub_cache: Path, tmp_path: Path
+) -> None:
+    env = offline_env(hub_cache, tmp_path / "models")
+    done = run_with_torch(
+        "export", "--model", "example-org/onnx-only", "--out", str(tmp_path / "out"), env=env
+    )
+    assert done.returncode == 2
+    assert "(its outputs: ['logits_start', 'logits_end'])" in done.stderr
+    assert (
+        f"example-org/onnx-only@{MAIN_COMMIT} ships no safetensors weights to export instead"
+        in done.stderr
+    )
+    # (The command's own name prefixes the message; advice would quote it.)
+    assert "`qa-worker export" not in done.stderr and "re-export" not in done.stderr
+    assert "kafka-qa-worker[export]" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_changed_file_in_a_prepared_hub_folder_is_prepared_again(
+    hub_cache: Path, tmp_path: Path
+) -> None:
+    env = offline_env(hub_cache, tmp_path / "models")
+    first = run_without_torch("answer", "--model", "example-org/tiny-qa", *QUESTION, env=env)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "models" / "example-org--tiny-qa" / MAIN_COMMIT
+    tokenizer = folder / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text(encoding="utf-8") + " ", encoding="utf-8")
+
+    second = run_without_torch("answer", "--model", "example-org/tiny-qa", *QUESTION, env=env)
+    assert second.returncode == 0, second.stderr
+    assert (
+        f"tokenizer.json in {folder} is not as it was prepared (missing, changed, or of another "
+        f"format); preparing example-org/tiny-qa@{MAIN_COMMIT} again" in second.stderr
+    )
+    assert f"prepared example-org/tiny-qa@{MAIN_COMMIT} into {folder}" in second.stderr
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+    manifest = Manifest.read(folder)
+    assert sha256_file(tokenizer) == manifest.checksums["tokenizer.json"]
+
+
+def test_a_moved_revision_is_prepared_afresh_and_offline_the_last_commit_is_used(
+    hub_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from huggingface_hub import constants
+
+    import worker.model.cache
+
+    # Downloads come from the laid-out cache; what the Hub says main is at is the test's.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    hub_main = {"commit": MAIN_COMMIT}
+
+    def resolve(repo_id: str, revision: str | None) -> str:
+        assert (repo_id, revision) == ("example-org/tiny-qa", None)
+        if hub_main["commit"] is None:
+            raise HubUnreachable("ConnectionError: no network")
+        return hub_main["commit"]
+
+    monkeypatch.setattr(worker.model.cache, "resolve_commit", resolve)
+    cache = tmp_path / "models"
+    model = Path("example-org/tiny-qa")
+    caplog.set_level("INFO", logger="worker.model.cache")
+
+    first = model_folder(model, None, cache, progress=False)
+    assert first == cache / "example-org--tiny-qa" / MAIN_COMMIT
+    assert Manifest.read(first).model_type == "mobilebert"
+    assert model_folder(model, None, cache, progress=False) == first
+    assert " moved from " not in caplog.text
+
+    hub_main["commit"] = OTHER_COMMIT
+    caplog.clear()
+    moved = model_folder(model, None, cache, progress=False)
+    assert moved == cache / "example-org--tiny-qa" / OTHER_COMMIT
+    assert f"main of example-org/tiny-qa moved from {MAIN_COMMIT} to {OTHER_COMMIT}" in caplog.text
+    manifest = Manifest.read(moved)
+    assert (manifest.model_type, manifest.source) == (
+        "roberta",
+        f"example-org/tiny-qa@{OTHER_COMMIT}",
+    )
+
+    hub_main["commit"] = None
+    caplog.clear()
+    assert model_folder(model, None, cache, progress=False) == moved
+    assert (
+        "cannot ask the Hub which commit main of example-org/tiny-qa is at "
+        f"(ConnectionError: no network): using {OTHER_COMMIT}, the commit prepared last"
+    ) in caplog.text
+    assert "preparing" not in caplog.text
+
+
+def test_which_commit_a_revision_is_at_and_when_the_hub_cannot_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from worker.model.hub import HubError, resolve_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    answers: list[object] = []
+
+    def model_info(repo_id: str, revision: str | None, timeout: float) -> object:
+        assert timeout > 0  # a lookup on every run must never hang
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return type("Info", (), {"sha": answer})()
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    answers.append(OTHER_COMMIT)
+    assert resolve_commit("example-org/tiny-qa", None) == OTHER_COMMIT
+    # A commit id needs no lookup (answers stays empty: model_info would fail on pop).
+    assert resolve_commit("example-org/tiny-qa", MAIN_COMMIT) == MAIN_COMMIT
+    answers.append(requests.ConnectionError("no route to host"))
+    with pytest.raises(HubUnreachable, match="no route to host"):
+        resolve_commit("example-org/tiny-qa", None)
+    answers.append(RepositoryNotFoundError("404", response=requests.Response()))
+    with pytest.raises(HubError, match="the Hugging Face Hub has no 'example-org/gone'"):
+        resolve_commit("example-org/gone", None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnreachable, match="HF_HUB_OFFLINE is set"):
+        resolve_commit("example-org/tiny-qa", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 
 from worker.cli import main
 from worker.errors import ModelFolderError
+from worker.model.manifest import Manifest, export_command
 from worker.qa import QAEngine
 
 CONTEXT = "Marie Curie won two Nobel Prizes, in physics and in chemistry."
@@ -56,8 +58,12 @@ def test_answer_refuses_a_changed_file_and_names_it(
     assert answer(model_folder, *flags) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert f"{model_folder / name} does not match the checksum in manifest.json" in captured.err
-    assert "re-run `qa-worker export`" in captured.err
+    assert f"{model_folder / name} does not match its checksum in manifest.json" in captured.err
+    # The fix is the export that made this folder: from its recorded source, into this folder.
+    source = Manifest.read(model_folder).source
+    assert f"`qa-worker export --model {source} --out {model_folder} --quantize int8`" in (
+        captured.err
+    )
 
 
 def test_only_the_files_a_precision_loads_are_checked(model_folder: Path) -> None:
@@ -80,3 +86,18 @@ def test_a_missing_file_or_checksum_is_an_error(model_folder: Path) -> None:
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ModelFolderError, match=r"lists no checksum for tokenizer\.json"):
         QAEngine.load(model_folder, precision="fp32")
+
+
+def test_the_fix_names_the_source_and_commit_the_folder_was_prepared_from(
+    model_folder: Path,
+) -> None:
+    commit = "a" * 40
+    manifest = dataclasses.replace(Manifest.read(model_folder), source=f"org/name@{commit}")
+    assert export_command(manifest, model_folder) == (
+        f"`qa-worker export --model org/name --revision {commit} --out {model_folder} "
+        "--quantize int8`"
+    )
+    fp32 = dataclasses.replace(manifest, source="./checkpoint", default_precision="fp32")
+    assert export_command(fp32, model_folder) == (
+        f"`qa-worker export --model ./checkpoint --out {model_folder}`"
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from worker.model.export import export_model
-from worker.observability.progress import Progress, progress_wanted
+from worker.observability.progress import progress_bar, progress_wanted
 
 
 class Terminal(io.StringIO):
@@ -29,23 +29,34 @@ def test_shown_on_a_terminal_or_when_asked() -> None:
 
 def test_a_bar_counts_up_and_ends_its_line() -> None:
     stream = io.StringIO()
-    with Progress("answering", 3, True, unit="questions", stream=stream) as bar:
-        bar.advance(2)
-        bar.advance(5)
+    with progress_bar("answering", 3, True, unit="questions", stream=stream) as bar:
+        bar.update(2)
+        bar.set_description("answering the rest")
+        bar.update(1)
     text = stream.getvalue()
-    assert text.startswith("\ranswering [")
-    assert "0/3 questions" in text
-    # Counts never pass the total, and the last redraw shows it full, then a newline.
-    assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith(f"answering [{'#' * 30}] 3/3")
-    assert "7/3" not in text
+    assert text.startswith("\ranswering")
+    assert "0/3" in text
+    # The last redraw shows the bar full under the step's name, then the line ends.
+    last = text.rstrip("\n").rsplit("\r", 1)[-1]
+    assert last.startswith("answering the rest: 100%")
+    assert "3/3" in last and "questions/s" in last
     assert text.endswith("\n")
 
 
 def test_a_disabled_bar_writes_nothing() -> None:
     stream = io.StringIO()
-    with Progress("answering", 3, False, stream=stream) as bar:
-        bar.advance(3, step="done")
+    with progress_bar("answering", 3, False, stream=stream) as bar:
+        bar.update(3)
+        bar.set_description("done")
     assert stream.getvalue() == ""
+
+
+def test_bars_go_to_stderr_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress_bar("answering", 2, True) as bar:
+        bar.update(2)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "2/2" in captured.err
 
 
 def run_answer(folder: Path, questions: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -80,9 +91,9 @@ def test_answer_over_a_file_shows_progress_only_when_asked(
         ]
     assert quiet.stdout == shown.stdout
     # (Read in text mode, the bar's carriage returns arrive as newlines.)
-    assert "answering [" not in quiet.stderr
-    assert "answering [" in shown.stderr
-    assert "7/7 questions" in shown.stderr
+    assert "answering" not in quiet.stderr
+    assert "answering: 100%" in shown.stderr
+    assert "7/7" in shown.stderr
 
 
 def test_export_reports_its_steps_when_asked(
@@ -94,7 +105,7 @@ def test_export_reports_its_steps_when_asked(
     shown = capsys.readouterr().err
     for step in ("export: loading the checkpoint", "export: torch.onnx.export", "checking logits"):
         assert step in shown
-    assert "3/3 steps" in shown
+    assert "3/3" in shown
 
     export_model(str(checkpoint_factory("distilbert")), tmp_path / "quiet")
     assert "\r" not in capsys.readouterr().err

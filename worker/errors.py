@@ -12,6 +12,7 @@
         ├── ExportError       a checkpoint to export
         ├── HubError          a Hub id that cannot be downloaded (hub.py)
         ├── OnnxSourceError   an ONNX model that cannot be prepared (onnx_source.py)
+        │   └── OnnxInterfaceError  its graph does not fit the engine (the weights may)
         ├── TokenizerBuildError  vocabulary files a tokenizer cannot be built from
         ├── ExportCheckFailed    an export whose logits differ from its source's
         ├── BrokerError       the embedded broker

@@ -65,3 +65,30 @@ def hub_onnx_layout(checkpoint: Path, onnx_file: Path, folder: Path, layout: str
     shutil.copyfile(checkpoint / "config.json", folder / "config.json")
     write_vocabulary_files(checkpoint / "tokenizer.json", folder, tokenizer_config_for(checkpoint))
     return folder
+
+
+def with_renamed_outputs(onnx_file: Path, target: Path) -> Path:
+    """The ONNX model with its logits renamed: a graph the interface check refuses."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    renamed = {"start_logits": "logits_start", "end_logits": "logits_end"}
+    for value in model.graph.output:
+        value.name = renamed.get(value.name, value.name)
+    for node in model.graph.node:
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target
+
+
+def hub_wrong_onnx_layout(
+    checkpoint: Path, onnx_file: Path, folder: Path, with_weights: bool
+) -> Path:
+    """A repository whose root model.onnx fails the interface check, with or without its
+    (correct) model.safetensors beside it."""
+    source_checkpoint(checkpoint, folder)
+    if not with_weights:
+        (folder / "model.safetensors").unlink()
+    with_renamed_outputs(onnx_file, folder / "model.onnx")
+    return folder

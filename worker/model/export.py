@@ -1,10 +1,10 @@
 """`qa-worker export`: a Hugging Face QA checkpoint to a prepared model folder.
 
 The folder holds `model.onnx` (fp32), optionally `model.int8.onnx` (dynamic int8 quantization)
-and with `int8-static` also `model.int8-static.onnx` (static int8, see `worker.calibration`),
-`tokenizer.json` and `manifest.json`; see `worker.manifest`. torch, transformers and onnx come from
-the `export` extra and are imported only when an export runs, so the worker itself never needs
-them.
+and with `int8-static` also `model.int8-static.onnx` (static int8, see
+`worker.model.calibration`), `tokenizer.json` and `manifest.json`; see `worker.model.manifest`.
+torch, transformers and onnx come from the `export` extra and are imported only when an export
+runs, so the worker itself never needs them.
 
 The graph is captured with the torch.export-based ONNX exporter (`dynamo=True`). It captures the
 model soundly or fails: the batch and sequence axes are proven dynamic while exporting instead of
@@ -14,8 +14,10 @@ being traced through Python branches that may have been taken for the sample inp
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -27,7 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, ExportError
-from ..observability.progress import Progress
+from ..observability.progress import progress_bar
 from .calibration import STATIC_SETTINGS, calibration_windows, quantize_static_int8
 from .export_check import (
     ExportCheckFailed,
@@ -37,7 +39,7 @@ from .export_check import (
     onnx_logits,
     sample_inputs,
 )
-from .hub import HubError, download_checkpoint, looks_like_hub_id
+from .hub import HubError, download_checkpoint, looks_like_hub_id, snapshot_commit
 from .log_filter import dropping_logs
 from .manifest import (
     LOGIT_OUTPUTS,
@@ -49,6 +51,7 @@ from .manifest import (
 )
 from .onnx_source import (
     REQUIRED_INPUTS,
+    OnnxInterfaceError,
     OnnxSource,
     OnnxSourceError,
     declared_max_length,
@@ -90,6 +93,10 @@ UNLIMITED_LENGTH = 1_000_000_000
 POSITION_OFFSETS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
 EXPORT_EXTRA_HINT = "install the export extra: pip install 'kafka-qa-worker[export]'"
+# What exporting weights imports: the export extra's packages, none of them in a runtime install.
+EXPORT_LIBRARIES = ("torch", "transformers", "onnxscript", "safetensors")
+
+log = logging.getLogger(__name__)
 
 
 def export_model(
@@ -104,7 +111,9 @@ def export_model(
     """Prepares the QA checkpoint `source` (a local folder or a Hub id) into the folder `out`.
 
     A checkpoint that ships an ONNX model (`model.onnx` or `onnx/model.onnx`) is prepared from it
-    with the runtime dependencies alone; otherwise its weights are exported through torch.
+    with the runtime dependencies alone; otherwise, or when that model fails the interface check
+    and the checkpoint also ships weights, its weights are exported through torch. A Hub id is
+    recorded in the manifest as `ID@COMMIT`, the commit its revision resolved to.
     Everything is written to a staging folder beside `out` first, so a failed export leaves `out`
     as it was; a previous export in `out` is replaced. `int8-static` writes the dynamic int8 file
     too (it stays the default precision) and calibrates the static one on the questions in the
@@ -125,19 +134,80 @@ def export_model(
             "question file with --calibration"
         )
     _check_target(out)
-    folder = _checkpoint_folder(source, revision, allow_pickle, progress)
+    folder, from_hub = _checkpoint_folder(source, revision, allow_pickle, progress)
+    # The manifest names a Hub source by the commit it was prepared from; a folder as given.
+    hub_id = source if from_hub else None
+    if hub_id is not None:
+        source = f"{hub_id}@{snapshot_commit(folder)}"
     onnx_path = find_onnx(folder)
-    # The manifest names the source as it was asked for, pinned to the revision if one was given.
-    source = source if revision is None else f"{source}@{revision}"
     steps = {"none": 3, "int8": 4, "int8-static": 5}[quantize]
     try:
-        with Progress("export", steps, progress, unit="steps") as bar:
+        with progress_bar("export", steps, progress, unit="steps") as bar:
             if onnx_path is not None:
-                found = inspect_onnx_source(folder, onnx_path)
-                return _prepare_onnx(source, found, out, quantize, calibration, bar)
+                try:
+                    found = inspect_onnx_source(folder, onnx_path)
+                except OnnxInterfaceError as error:
+                    folder = _weights_instead(error, source, hub_id, folder, allow_pickle, progress)
+                else:
+                    return _prepare_onnx(source, found, out, quantize, calibration, bar)
             return _export_weights(source, folder, out, quantize, calibration, allow_pickle, bar)
     except (OnnxSourceError, ExportCheckFailed) as error:
         raise ExportError(str(error)) from error
+
+
+def _weights_instead(
+    error: OnnxInterfaceError,
+    source: str,
+    hub_id: str | None,
+    folder: Path,
+    allow_pickle: bool,
+    progress: bool,
+) -> Path:
+    """The checkpoint folder with its weights, to prepare from when its ONNX model does not fit.
+
+    Raises the interface error with the fix that applies: the export extra when the weights are
+    there but torch is not, another checkpoint when there are no weights.
+    """
+    if hub_id is not None:
+        # The first download took the ONNX model alone; the weights come now, at the same commit.
+        try:
+            folder = download_checkpoint(
+                hub_id, snapshot_commit(folder), allow_pickle, progress, weights_only=True
+            )
+        except HubError as download_error:
+            raise ExportError(
+                f"{error}; fetching its weights instead failed: {download_error}"
+            ) from download_error
+    weights = _weight_files(folder, allow_pickle)
+    if not weights:
+        # Unpickling can run code: pickled weights count only when `export --allow-pickle` says.
+        pickled = sorted(path.name for path in folder.glob("pytorch_model*.bin"))
+        pickle_hint = (
+            f"; its pickled {', '.join(pickled)} is used only by `qa-worker export --allow-pickle`"
+            if pickled and not allow_pickle
+            else ""
+        )
+        raise OnnxSourceError(
+            f"{error}. {source} ships no safetensors weights to export instead{pickle_hint}: use "
+            "a checkpoint whose ONNX model has these inputs and outputs, or one that ships its "
+            "weights"
+        )
+    missing = [name for name in EXPORT_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise OnnxSourceError(
+            f"{error}. {source} also ships weights ({', '.join(weights)}), which the worker "
+            f"prepares instead when the export extra is installed (this one lacks "
+            f"{', '.join(missing)}): pip install 'kafka-qa-worker[export]'"
+        )
+    log.warning("%s; preparing %s from its weights (%s) instead", error, source, ", ".join(weights))
+    return folder
+
+
+def _weight_files(folder: Path, allow_pickle: bool) -> list[str]:
+    found = sorted(path.name for path in folder.glob("*.safetensors"))
+    if not found and allow_pickle:
+        found = sorted(path.name for path in folder.glob("pytorch_model*.bin"))
+    return found
 
 
 def _prepare_onnx(
@@ -146,7 +216,7 @@ def _prepare_onnx(
     out: Path,
     quantize: Quantization,
     calibration: Path | None,
-    bar: Progress,
+    bar: Any,
 ) -> Manifest:
     import onnxruntime
     import tokenizers
@@ -157,10 +227,11 @@ def _prepare_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
         stage = Path(staging)
-        bar.advance(0, step="export: tokenizer")
+        bar.set_description("export: tokenizer")
         tokenizer = write_tokenizer(found, stage / TOKENIZER_NAME)
         info = tokenizer_info(found, tokenizer, max_length)
-        bar.advance(step="export: copying the ONNX model")
+        bar.update()
+        bar.set_description("export: copying the ONNX model")
         # The graph names its side file of weights; both keep their names.
         for path in (found.onnx_path, *found.side_files):
             shutil.copyfile(path, stage / path.name)
@@ -172,7 +243,7 @@ def _prepare_onnx(
             "onnxruntime": onnxruntime.__version__,
             "tokenizers": tokenizers.__version__,
         }
-        bar.advance()
+        bar.update()
         if quantize != "none":
             import onnx
 
@@ -187,14 +258,14 @@ def _prepare_onnx(
                 calibration,
                 bar,
             )
-        bar.advance(0, step="export: checking logits")
+        bar.set_description("export: checking logits")
         inputs = sample_inputs(
             stage / TOKENIZER_NAME, found.input_names, info.pad_token_id, max_length
         )
         check = check_export(
             stage, onnx_files, inputs, onnx_logits(found.onnx_path), "source ONNX model"
         )
-        bar.advance()
+        bar.update()
         manifest = Manifest(
             model_type=found.model_type,
             source=source,
@@ -220,10 +291,10 @@ def _export_weights(
     quantize: Quantization,
     calibration: Path | None,
     allow_pickle: bool,
-    bar: Progress,
+    bar: Any,
 ) -> Manifest:
     _check_weights(folder, allow_pickle)
-    bar.advance(0, step="export: loading the checkpoint")
+    bar.set_description("export: loading the checkpoint")
     torch, transformers = _import_export_libraries()
 
     tokenizer = _load_tokenizer(transformers, folder)
@@ -242,23 +313,24 @@ def _export_weights(
         stage = Path(staging)
         written = [TOKENIZER_NAME]
         _write_tokenizer(tokenizer, folder, stage / TOKENIZER_NAME)
-        bar.advance(step="export: torch.onnx.export")
+        bar.update()
+        bar.set_description("export: torch.onnx.export")
         onnx_files = {"fp32": FP32_NAME}
         external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
         _export_onnx(torch, model, tokenizer, input_names, stage / FP32_NAME, external)
         written += _with_external_data(stage, FP32_NAME)
-        bar.advance()
+        bar.update()
         quantization: dict[str, object] = {}
         if quantize != "none":
             quantization = _quantize(
                 stage, onnx_files, written, external, info, tuple(input_names), calibration, bar
             )
-        bar.advance(0, step="export: checking logits")
+        bar.set_description("export: checking logits")
         inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
         check = check_export(
             stage, onnx_files, inputs, _torch_logits(torch, model), "PyTorch model"
         )
-        bar.advance()
+        bar.update()
         manifest = Manifest(
             model_type=model.config.model_type,
             source=source,
@@ -285,21 +357,21 @@ def _quantize(
     info: TokenizerInfo,
     input_names: tuple[str, ...],
     calibration: Path | None,
-    bar: Progress,
+    bar: Any,
 ) -> dict[str, object]:
     """Writes the int8 file(s) beside the staged fp32 one and records them; returns the settings.
 
     The manifest keeps the dynamic settings at the top of `quantization`, as before static int8
     existed, and the static ones (with what they were calibrated on) under "int8-static".
     """
-    bar.advance(0, step="export: int8 quantization")
+    bar.set_description("export: int8 quantization")
     quantize_int8(stage / FP32_NAME, stage / INT8_NAME, external)
     onnx_files["int8"] = INT8_NAME
     written += _with_external_data(stage, INT8_NAME)
     quantization: dict[str, object] = copy.deepcopy(INT8_SETTINGS)
-    bar.advance()
+    bar.update()
     if calibration is not None:
-        bar.advance(0, step="export: static int8 calibration")
+        bar.set_description("export: static int8 calibration")
         windows = calibration_windows(calibration, stage / TOKENIZER_NAME, info)
         quantize_static_int8(
             stage / FP32_NAME,
@@ -317,7 +389,7 @@ def _quantize(
             "calibration_sha256": sha256_file(calibration),
             "calibration_windows": len(windows),
         }
-        bar.advance()
+        bar.update()
     return quantization
 
 
@@ -342,12 +414,13 @@ def _check_target(out: Path) -> None:
 
 def _checkpoint_folder(
     source: str, revision: str | None, allow_pickle: bool, progress: bool
-) -> Path:
+) -> tuple[Path, bool]:
+    """The checkpoint's folder, and whether it came from the Hub."""
     path = Path(source).expanduser()
     if path.is_dir():
         if revision is not None:
             raise ExportError(f"--revision applies to Hub ids, and {source} is a local folder")
-        return path
+        return path, False
     if path.exists():
         raise ExportError(f"{source} is a file; pass the checkpoint folder that holds it")
     if not looks_like_hub_id(source):
@@ -355,7 +428,7 @@ def _checkpoint_folder(
             f"{source} does not exist; pass a Hugging Face checkpoint folder or a Hub model id"
         )
     try:
-        return download_checkpoint(source, revision, allow_pickle, progress)
+        return download_checkpoint(source, revision, allow_pickle, progress), True
     except HubError as error:
         raise ExportError(str(error)) from error
 
@@ -382,15 +455,17 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
 
 
 def _import_export_libraries() -> tuple[Any, Any]:
-    try:
-        # onnx and onnxscript are used by torch.onnx.export; import them here so a missing one
-        # gets the install hint instead of a failure deep inside the exporter.
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-        import torch
-        import transformers
-    except ImportError as error:
-        raise ExportError(f"exporting needs {error.name}; {EXPORT_EXTRA_HINT}") from error
+    # onnxscript is used by torch.onnx.export; checked here so that a missing one gets the
+    # install hint instead of a failure deep inside the exporter.
+    missing = [name for name in EXPORT_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            "exporting the checkpoint's weights to ONNX needs the export extra "
+            f"({', '.join(missing)} missing here): {EXPORT_EXTRA_HINT}"
+        )
+    import torch
+    import transformers
+
     return torch, transformers
 
 

@@ -8,6 +8,7 @@ cache without touching the network.
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path, PurePosixPath
 
 from ..errors import SetupError
@@ -33,8 +34,19 @@ WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
+# A full commit id: a revision of this form needs no lookup, it cannot move.
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+# Asking which commit a revision is at happens on every run that loads a Hub id: a network that
+# drops packets must cost seconds, then the cached commit, never a hang.
+RESOLVE_TIMEOUT_S = 10.0
+
+
 class HubError(SetupError):
     """The checkpoint could not be had from the Hub; the message says how to pass a folder."""
+
+
+class HubUnreachable(Exception):
+    """The Hub could not be asked (offline mode, no network, a server error); the cache may do."""
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -71,10 +83,71 @@ def _matching(names: list[str], patterns: list[str]) -> list[str]:
     ]
 
 
+def is_commit(revision: str | None) -> bool:
+    return revision is not None and COMMIT_ID.fullmatch(revision) is not None
+
+
+def snapshot_commit(folder: Path) -> str:
+    """The commit of a folder `download_checkpoint` returned: the Hub cache names it so."""
+    return folder.name
+
+
+def resolve_commit(repo_id: str, revision: str | None) -> str:
+    """The commit `revision` (default: main) of `repo_id` points to on the Hub now.
+
+    Raises HubUnreachable when the Hub cannot be asked, HubError when it says no.
+    """
+    import huggingface_hub
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if is_commit(revision):
+        return str(revision)
+    if constants.HF_HUB_OFFLINE:
+        raise HubUnreachable("HF_HUB_OFFLINE is set")
+    try:
+        info = huggingface_hub.model_info(repo_id, revision=revision, timeout=RESOLVE_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        at = f" at revision {revision}" if revision else ""
+        raise HubError(
+            f"the Hugging Face Hub has no {repo_id!r}{at} ({type(error).__name__}); check the "
+            "id, and set HF_TOKEN for a private repository"
+        ) from error
+    except (requests.ConnectionError, requests.Timeout, requests.HTTPError) as error:
+        raise HubUnreachable(f"{type(error).__name__}: {error}") from error
+    return str(info.sha)
+
+
+def cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit the Hub cache has `revision` of `repo_id` at, when it has one."""
+    from huggingface_hub import constants
+
+    if is_commit(revision):
+        return revision
+    ref = (
+        Path(constants.HF_HUB_CACHE)
+        / f"models--{repo_id.replace('/', '--')}"
+        / "refs"
+        / (revision or "main")
+    )
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
+    return commit if is_commit(commit) else None
+
+
 def download_checkpoint(
-    repo_id: str, revision: str | None, allow_pickle: bool, progress: bool
+    repo_id: str,
+    revision: str | None,
+    allow_pickle: bool,
+    progress: bool,
+    weights_only: bool = False,
 ) -> Path:
-    """The local folder of `repo_id` at `revision`, downloaded into the Hub cache if need be."""
+    """The local folder of `repo_id` at `revision`, downloaded into the Hub cache if need be.
+
+    The folder is the Hub cache's snapshot, named by its commit (`snapshot_commit`). With
+    `weights_only` the configuration and weights are fetched even when the repository ships an
+    ONNX model, for preparing from the weights when that model does not fit.
+    """
     import huggingface_hub
     from huggingface_hub import constants
     from huggingface_hub.utils import disable_progress_bars
@@ -95,6 +168,8 @@ def download_checkpoint(
             patterns += PICKLE_PATTERNS if allow_pickle else []
         else:
             listed = huggingface_hub.list_repo_files(repo_id, revision=revision)
+            if weights_only:
+                listed = [name for name in listed if name not in ONNX_LOCATIONS]
             patterns = files_to_download(listed, allow_pickle)
         folder = huggingface_hub.snapshot_download(
             repo_id=repo_id, revision=revision, allow_patterns=patterns

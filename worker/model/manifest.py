@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -113,17 +114,43 @@ def manifest_checksum(folder: Path) -> str:
     return sha256_file(folder / MANIFEST_NAME)
 
 
+def changed_file(folder: Path, manifest: Manifest, names: list[str] | None = None) -> str | None:
+    """The first of `names` (default: every file the manifest lists) that is missing or differs."""
+    for name in manifest.checksums if names is None else names:
+        expected = manifest.checksums.get(name)
+        path = folder / name
+        if expected is None or not path.is_file() or sha256_file(path) != expected:
+            return name
+    return None
+
+
 def verify_checksums(folder: Path, manifest: Manifest, names: list[str]) -> None:
     """Refuses a folder whose files differ from what the export wrote, naming the first one."""
-    for name in names:
-        expected = manifest.checksums.get(name)
-        if expected is None:
-            raise ModelFolderError(f"{folder / MANIFEST_NAME} lists no checksum for {name}")
-        path = folder / name
-        if not path.is_file():
-            raise ModelFolderError(f"{path} is listed in the manifest but missing")
-        if sha256_file(path) != expected:
-            raise ModelFolderError(
-                f"{path} does not match the checksum in {MANIFEST_NAME}; the folder was changed "
-                f"after export: re-run `qa-worker export`"
-            )
+    name = changed_file(folder, manifest, names)
+    if name is None:
+        return
+    path = folder / name
+    if name not in manifest.checksums:
+        raise ModelFolderError(f"{folder / MANIFEST_NAME} lists no checksum for {name}")
+    if path.is_file():
+        what = (
+            f"does not match its checksum in {MANIFEST_NAME}; the folder was changed after it "
+            "was prepared"
+        )
+    else:
+        what = "is listed in the manifest but missing"
+    raise ModelFolderError(
+        f"{path} {what}: prepare it again with {export_command(manifest, folder)}"
+    )
+
+
+def export_command(manifest: Manifest, folder: Path) -> str:
+    """The `qa-worker export` command that makes `folder` again from the manifest's source."""
+    # A Hub source is recorded as ID@COMMIT; a folder's path is recorded as it was given.
+    pinned = re.fullmatch(r"(.+)@([0-9a-f]{40})", manifest.source)
+    source, revision = (pinned[1], f" --revision {pinned[2]}") if pinned else (manifest.source, "")
+    quantize = {"int8": " --quantize int8", "int8-static": " --quantize int8-static"}.get(
+        "int8-static" if "int8-static" in manifest.onnx_files else manifest.default_precision, ""
+    )
+    calibration = " --calibration FILE" if "int8-static" in manifest.onnx_files else ""
+    return f"`qa-worker export --model {source}{revision} --out {folder}{quantize}{calibration}`"

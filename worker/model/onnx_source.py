@@ -39,6 +39,10 @@ class OnnxSourceError(SetupError):
     """The folder's ONNX model or tokenizer files cannot serve the worker; the message says why."""
 
 
+class OnnxInterfaceError(OnnxSourceError):
+    """The ONNX file itself does not fit the engine; the checkpoint's weights may still do."""
+
+
 @dataclass(frozen=True)
 class OnnxSource:
     """An ONNX QA model found in a checkpoint folder, with what the manifest needs about it."""
@@ -84,7 +88,7 @@ def check_interface(onnx_path: Path) -> tuple[str, ...]:
     try:
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise OnnxSourceError(
+        raise OnnxInterfaceError(
             f"ONNX Runtime cannot load {onnx_path} ({type(error).__name__}: {error})"
         ) from error
     inputs = {item.name: item for item in session.get_inputs()}
@@ -95,10 +99,10 @@ def check_interface(onnx_path: Path) -> tuple[str, ...]:
         problems.append(f"inputs {unknown} that the engine does not provide")
     missing = [name for name in REQUIRED_INPUTS if name not in inputs]
     if missing:
-        problems.append(f"no inputs {missing}")
+        problems.append(f"no inputs {missing} (its inputs: {list(inputs)})")
     missing = [name for name in LOGIT_OUTPUTS if name not in outputs]
     if missing:
-        problems.append(f"no outputs {missing}")
+        problems.append(f"no outputs {missing} (its outputs: {list(outputs)})")
     for role, items, dtype in (("input", inputs, "tensor(int64)"), ("output", outputs, None)):
         for name, item in items.items():
             if name not in ENGINE_INPUTS + LOGIT_OUTPUTS:
@@ -114,12 +118,12 @@ def check_interface(onnx_path: Path) -> tuple[str, ...]:
                     "axes dynamic"
                 )
     if problems:
-        raise OnnxSourceError(
+        # The fix depends on what else the checkpoint ships; worker.model.export adds it.
+        raise OnnxInterfaceError(
             f"{onnx_path} is not an extractive QA model the worker can run: it has "
             + "; ".join(problems)
             + f". The worker feeds {', '.join(ENGINE_INPUTS)} (the last only when the graph "
-            f"takes it) as int64 and reads {' and '.join(LOGIT_OUTPUTS)} as float; "
-            "re-export the checkpoint's weights with `qa-worker export` instead"
+            f"takes it) as int64 and reads {' and '.join(LOGIT_OUTPUTS)} as float"
         )
     return tuple(inputs)
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the streaming worker.
 
 Each `WorkerMetrics` owns its own `CollectorRegistry`, so tests, and two workers in one process,
-never clash over the global registry. `worker.http.HealthServer` serves `render()` on `/metrics`.
+never clash over the global registry. `worker.observability.http.HealthServer` serves `render()`
+on `/metrics`.
 
 The exported names below are a contract: the Helm chart's alerts and the Grafana dashboard are
 built on them. Rename or relabel one only together with those. `METRIC_NAMES` lists the same

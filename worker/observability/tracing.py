@@ -2,7 +2,7 @@
 
 The consumer, the batcher and delivery call a `Tracing` and never OpenTelemetry itself, so the
 worker imports and runs without the `tracing` extra. With `--tracing otlp` the implementation is
-`worker.tracing_otel.OtelTracing`; a trace then looks like this:
+`worker.observability.tracing_otel.OtelTracing`; a trace then looks like this:
 
     process {topic} (CONSUMER, parent: the event's traceparent)
     │   span events, each with qa.duration_ms: tokenize, queue wait (until the batch holding

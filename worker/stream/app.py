@@ -33,7 +33,7 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=datadir,
-        # /metrics, /healthz and /readyz have their own server (worker.http).
+        # /metrics, /healthz and /readyz have their own server (worker.observability.http).
         web_enabled=False,
         # The worker keeps no tables and uses no leader election.
         topic_disable_leader=True,
