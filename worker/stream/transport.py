@@ -1,9 +1,14 @@
-"""Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools."""
+"""Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools.
+
+Also faust's aiokafka transport as the worker runs it: the fetch wait from the settings, and a
+fetch loop that reports the error it stops on (`FetchWaitTransport.on_fetch_failure`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -101,12 +106,36 @@ class _FetchWaitConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _FetchWaitConsumerThread:
         return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # faust's fetch loop logs the error that ends it ("Drain messages raised") and crashes
+        # its Fetcher service, which nothing restarts or reports: the app stays "started" and
+        # reads nothing on any partition. Cancellation is faust's own rebalance restart.
+        try:
+            await super()._drain_messages(fetcher)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            report = self.transport.on_fetch_failure
+            if report is not None:
+                report(error)
+            raise
+
 
 class FetchWaitTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with the consumer's fetch wait taken from the settings."""
+    """faust's aiokafka transport with the consumer's fetch wait taken from the settings, and
+    `on_fetch_failure` told of an error that stops fetching (an unsupported codec, a record the
+    client cannot parse, anything raised in faust's fetch loop)."""
 
     Consumer = _FetchWaitConsumer
 
-    def __init__(self, url: Any, app: faust.App, *, fetch_max_wait_ms: int) -> None:
+    def __init__(
+        self,
+        url: Any,
+        app: faust.App,
+        *,
+        fetch_max_wait_ms: int,
+        on_fetch_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         super().__init__(url, app)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.on_fetch_failure = on_fetch_failure
