@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.support.streaming import (
     create_topics,
@@ -141,3 +142,41 @@ async def test_run_with_ssl_against_plaintext_exits_non_zero_and_obeys_sigterm_w
                 process.kill()
                 process.wait()
     assert isinstance(process, subprocess.Popen)
+
+
+async def test_a_configured_topic_deleted_while_running_is_missing_and_holds_its_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic("answers", 1)
+        await broker.create_topic("questions", 1)
+        topics = {
+            "answers": "--answers-topic / QA_ANSWERS_TOPIC",
+            "questions": "--questions-topic / QA_QUESTIONS_TOPIC",
+            # Never created: a broker may create it on first use, so it is not missing.
+            "tags": "--tags-topic / QA_TAGS_TOPIC",
+        }
+        watch = BrokerWatch(plain_settings(broker.bootstrap_servers), topics, interval_s=0.1)
+        await watch.connect(within_s=5.0)
+        watch.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await asyncio.sleep(0.5)
+            assert watch.missing_topics() == {}
+            await asyncio.wait_for(watch.wait_for("answers"), 1.0)
+            await admin.delete_topics(["answers"])
+            await wait_until(lambda: watch.missing_topics(), 10, "the watch to miss the topic")
+            assert watch.missing_topics() == {"answers": topics["answers"]}
+            assert any(
+                r.levelname == "ERROR" and "'answers'" in r.getMessage() for r in caplog.records
+            )
+            held = asyncio.ensure_future(watch.wait_for("answers"))
+            await asyncio.sleep(0.5)
+            assert not held.done()
+            await broker.create_topic("answers", 1)
+            await asyncio.wait_for(held, 10)
+            assert watch.missing_topics() == {}
+        finally:
+            await admin.close()
+            await watch.close()
