@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import confluent_kafka
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from parity import texts
 from tests.support import records
@@ -287,3 +289,69 @@ async def test_a_codec_the_client_cannot_read_stops_the_worker_with_a_critical_l
     assert code != 0, output[-3000:]
     critical = [line for line in output.splitlines() if "CRITICAL" in line]
     assert critical and "UnsupportedCodecError" in critical[0], output[-3000:]
+
+
+class GatedEngine:
+    """A real engine whose inference waits until the test opens the gate: a stall it controls."""
+
+    def __init__(self, engine: object) -> None:
+        self._engine = engine
+        self.gate = threading.Event()
+        self.manifest = engine.manifest  # type: ignore[attr-defined]
+        self.model_id = engine.model_id  # type: ignore[attr-defined]
+        self.streams = engine.streams  # type: ignore[attr-defined]
+
+    def encode(self, question: str, context: str) -> object:
+        return self._engine.encode(question, context)  # type: ignore[attr-defined]
+
+    def infer(self, windows: list, stream: int) -> list:
+        assert self.gate.wait(120), "the test never opened the gate"
+        return self._engine.infer(windows, stream)  # type: ignore[attr-defined]
+
+    def decode(self, encoded: object, logits: list, options: object) -> object:
+        return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]
+
+
+async def test_a_partition_that_stops_moving_is_named_until_it_moves_again(
+    exported_models: dict[str, Path],
+) -> None:
+    model = exported_models["bert"]
+    values = question_values(texts.pairs(seed=35, count=8))
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        server = broker.bootstrap_servers
+        settings = worker_settings(server, model, stall_timeout_s=1.5)
+        engine = GatedEngine(load_engine(settings))
+        metrics = WorkerMetrics()
+        worker = QAWorker(settings, engine, metrics)  # type: ignore[arg-type]
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            stored = await produce(server, values)
+            await wait_until(lambda: not worker.readiness()[0], 30, "the watchdog to notice")
+            reason = worker.readiness()[1]
+            assert reason.startswith("stalled: partition ")
+            assert "--stall-timeout-s / QA_STALL_TIMEOUT_S is 1.5 s" in reason
+            behind = {partition for partition, _ in stored}
+            expected = {p: int(p in behind) for p in range(PARTITIONS)}
+            await wait_until(lambda: stalled_gauge(metrics) == expected, 5, "the stalled gauge")
+            engine.gate.set()
+            await wait_until(lambda: worker.readiness()[0], 30, "the partitions to move again")
+            cleared = dict.fromkeys(range(PARTITIONS), 0)
+            await wait_until(lambda: stalled_gauge(metrics) == cleared, 5, "the gauge to clear")
+        finally:
+            engine.gate.set()
+            await worker.stop()
+
+
+def stalled_gauge(metrics: WorkerMetrics) -> dict[int, int]:
+    """qa_worker_partition_stalled by partition of the questions topic."""
+    text = metrics.render().decode()
+    (family,) = (
+        f for f in text_string_to_metric_families(text) if f.name == "qa_worker_partition_stalled"
+    )
+    return {
+        int(sample.labels["partition"]): int(sample.value)
+        for sample in family.samples
+        if sample.labels["topic"] == QUESTIONS
+    }
