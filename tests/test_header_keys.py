@@ -1,4 +1,4 @@
-"""Header keys that are not UTF-8: read per record, in every codec, and screened into dead letters."""
+"""Header keys that are not UTF-8: read per record in every codec, screened into dead letters."""
 
 from __future__ import annotations
 

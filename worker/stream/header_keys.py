@@ -57,7 +57,7 @@ _DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
 
 def install() -> None:
     """Makes aiokafka's fetcher (every consumer in this process) read batches leniently."""
-    aiokafka.consumer.fetcher.MemoryRecords = LenientMemoryRecords  # type: ignore[misc]
+    aiokafka.consumer.fetcher.MemoryRecords = LenientMemoryRecords
 
 
 class LenientMemoryRecords:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -115,7 +115,7 @@ class _FetchWaitConsumer(faust_aiokafka.Consumer):
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            report = self.transport.on_fetch_failure
+            report = cast(FetchWaitTransport, self.transport).on_fetch_failure
             if report is not None:
                 report(error)
             raise
