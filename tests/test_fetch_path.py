@@ -355,3 +355,28 @@ def stalled_gauge(metrics: WorkerMetrics) -> dict[int, int]:
         for sample in family.samples
         if sample.labels["topic"] == QUESTIONS
     }
+
+
+async def test_a_crash_of_the_consumer_thread_makes_the_worker_not_ready_naming_it(
+    exported_models: dict[str, Path],
+) -> None:
+    failures: list[BaseException] = []
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        settings = worker_settings(broker.bootstrap_servers, exported_models["bert"])
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics(), failures.append)
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            thread = worker.app.consumer._thread  # type: ignore[attr-defined]
+            # Crashed as mode crashes it: on the thread's own loop.
+            crashed = asyncio.run_coroutine_threadsafe(
+                thread.crash(RuntimeError("injected: the consumer thread died")),
+                thread.thread_loop,
+            )
+            await asyncio.wrap_future(crashed)
+            await wait_until(lambda: failures, 10, "the crash to be reported")
+            ready, reason = worker.readiness()
+            assert not ready and "injected: the consumer thread died" in reason
+        finally:
+            await worker.stop()

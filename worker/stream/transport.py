@@ -1,7 +1,8 @@
 """Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools.
 
 Also faust's aiokafka transport as the worker runs it: the fetch wait from the settings, and a
-fetch loop that reports the error it stops on (`FetchWaitTransport.on_fetch_failure`).
+fetch loop and consumer thread that report the error they stop on
+(`FetchWaitTransport.on_fetch_failure`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
 
 
 class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def crash(self, exc: BaseException) -> None:
+        # The thread that runs aiokafka's consumer has died: every later fetch would wait on it
+        # for ever. Reported on the worker's own loop, like an error of the fetch loop.
+        report = cast(FetchWaitTransport, self.transport).on_fetch_failure
+        if report is not None and not isinstance(exc, asyncio.CancelledError):
+            self.parent_loop.call_soon_threadsafe(report, exc)
+        await super().crash(exc)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # faust 0.15 passes a fixed fetch_max_wait_ms=1500 with no setting to change it; the
