@@ -289,6 +289,7 @@ async def test_a_codec_the_client_cannot_read_stops_the_worker_with_a_critical_l
     assert code != 0, output[-3000:]
     critical = [line for line in output.splitlines() if "CRITICAL" in line]
     assert critical and "UnsupportedCodecError" in critical[0], output[-3000:]
+    print(f"\nexit {code}: {critical[0]}")
 
 
 class GatedEngine:

@@ -299,6 +299,10 @@ class QAWorker(AsyncLifecycle):
     def _fetch_failed(self, error: BaseException) -> None:
         """The transport's report of an error that ended faust's fetch loop: nothing more is
         read on any partition, so the worker stops rather than stay ready reading nothing."""
+        if self._stopping is not None:
+            # Fetching ends with every stop; what fails while it does loses nothing.
+            log.info("fetching ended while stopping: %r", error)
+            return
         if self._fatal is None:
             self._fatal = error
             self.metrics.set_ready(False)
