@@ -63,12 +63,25 @@ def test_boolean_flags_can_switch_off_an_environment_default() -> None:
         ({"QA_MAX_JSON_DEPTH": "501"}, "QA_MAX_JSON_DEPTH must be at most 500, got 501"),
         ({"QA_PRECISION": "fp16"}, "expected one of fp32, int8"),
         ({"QA_HANDLE_IMPOSSIBLE_ANSWER": "maybe"}, "expected true or false"),
+        ({"QA_COMPRESSION_TYPE": "brotli"}, "expected one of none, gzip, snappy, lz4, zstd"),
+        ({"QA_STALL_TIMEOUT_S": "0"}, "--stall-timeout-s / QA_STALL_TIMEOUT_S must be above 0"),
+        ({"QA_STALL_TIMEOUT_S": "-5"}, "QA_STALL_TIMEOUT_S must be above 0, got -5.0"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=None) as caught:
         Settings.from_sources(None, environ)
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_every_codec_reaches_the_producer(codec: str, tmp_path: Path) -> None:
+    from worker.stream.app import build_app
+
+    settings = Settings.from_sources(None, {"QA_COMPRESSION_TYPE": codec})
+    app = build_app(settings, str(tmp_path))
+    assert app.conf.producer_compression_type == (None if codec == "none" else codec)
+    assert Settings.from_sources(None, {"QA_STALL_TIMEOUT_S": "0.001"}).stall_timeout_s == 0.001
 
 
 def test_missing_model_says_which_flag_to_pass() -> None:

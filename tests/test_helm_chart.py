@@ -905,6 +905,7 @@ def test_alerts_use_the_workers_metrics_for_this_release(chart: helm.Chart) -> N
         "QAWorkerLatencyP99High",
         "QAWorkerNoCommits",
         "QAWorkerNotReady",
+        "QAWorkerPartitionStalled",
     }
     series = exported_series()
     used = {
@@ -919,6 +920,7 @@ def test_alerts_use_the_workers_metrics_for_this_release(chart: helm.Chart) -> N
             "qa_worker_consumer_lag_messages",
         },
         "QAWorkerNotReady": {"qa_worker_ready"},
+        "QAWorkerPartitionStalled": {"qa_worker_partition_stalled"},
     }
     for alert, rule in rules.items():
         assert check_query(rule["expr"], series) == used[alert], alert
@@ -938,12 +940,15 @@ def test_alert_thresholds_come_from_values(chart: helm.Chart) -> None:
                 "prometheusRule": {
                     "latency": {"p99Seconds": 2.5},
                     "consumerLag": {"threshold": 1e6},
+                    "partitionStalled": {"for": "3m"},
                 }
             }
         },
     )
     (group,) = render(chart, values).one("PrometheusRule")["spec"]["groups"]
     rules = {rule["alert"]: rule["expr"] for rule in group["rules"]}
+    stalled = next(rule for rule in group["rules"] if rule["alert"] == "QAWorkerPartitionStalled")
+    assert stalled["for"] == "3m"
     assert "> 2.5" in rules["QAWorkerLatencyP99High"]
     # Parsed as a number however Go prints it.
     lag = promql_parser.parse(rules["QAWorkerConsumerLagGrowing"])

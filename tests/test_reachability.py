@@ -12,9 +12,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
+from parity import texts
 from tests.support.streaming import (
+    ANSWERS,
+    DEAD_LETTERS,
+    collect,
+    committed_offsets,
     create_topics,
+    produce,
+    question_values,
     start_worker_process,
     wait_until,
     worker_settings,
@@ -141,3 +149,84 @@ async def test_run_with_ssl_against_plaintext_exits_non_zero_and_obeys_sigterm_w
                 process.kill()
                 process.wait()
     assert isinstance(process, subprocess.Popen)
+
+
+async def test_a_configured_topic_deleted_while_running_is_missing_and_holds_its_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic("answers", 1)
+        await broker.create_topic("questions", 1)
+        topics = {
+            "answers": "--answers-topic / QA_ANSWERS_TOPIC",
+            "questions": "--questions-topic / QA_QUESTIONS_TOPIC",
+            # Never created: a broker may create it on first use, so it is not missing.
+            "tags": "--tags-topic / QA_TAGS_TOPIC",
+        }
+        watch = BrokerWatch(plain_settings(broker.bootstrap_servers), topics, interval_s=0.1)
+        await watch.connect(within_s=5.0)
+        watch.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await asyncio.sleep(0.5)
+            assert watch.missing_topics() == {}
+            await asyncio.wait_for(watch.wait_for("answers"), 1.0)
+            await admin.delete_topics(["answers"])
+            await wait_until(lambda: watch.missing_topics(), 10, "the watch to miss the topic")
+            assert watch.missing_topics() == {"answers": topics["answers"]}
+            assert any(
+                r.levelname == "ERROR" and "'answers'" in r.getMessage() for r in caplog.records
+            )
+            held = asyncio.ensure_future(watch.wait_for("answers"))
+            await asyncio.sleep(0.5)
+            assert not held.done()
+            await broker.create_topic("answers", 1)
+            await asyncio.wait_for(held, 10)
+            assert watch.missing_topics() == {}
+        finally:
+            await admin.close()
+            await watch.close()
+
+
+async def test_a_deleted_dead_letter_topic_holds_its_event_and_every_commit_behind_it(
+    exported_models: dict[str, Path],
+) -> None:
+    good = question_values(texts.pairs(seed=41, count=2), prefix="good")
+    bad = b"{not json"
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, partitions=1)
+        server = broker.bootstrap_servers
+        settings = worker_settings(server, exported_models["bert"])
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics())
+        await worker.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=server)
+        await admin.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            await admin.delete_topics([DEAD_LETTERS])
+            await wait_until(lambda: not worker.readiness()[0], 10, "readiness to drop")
+            assert worker.readiness()[1] == (
+                f"configured topic {DEAD_LETTERS!r} (--dead-letter-topic / "
+                "QA_DEAD_LETTER_TOPIC) is no longer in the broker's metadata"
+            )
+            await produce(server, [good[0], bad, good[1]])
+            answered = await collect(server, [ANSWERS], 2, timeout=30)
+            assert sorted(r.json()["id"] for r in answered) == ["good0", "good1"]
+            # The dead letter is held at offset 1, and good1 behind it is not committed either.
+
+            async def committed(offset: int) -> bool:
+                return await committed_offsets(server, settings.group_id, 1) == {0: offset}
+
+            await wait_until(lambda: committed(1), 10, "good0's commit")
+            for _ in range(5):
+                assert await committed_offsets(server, settings.group_id, 1) == {0: 1}
+                await asyncio.sleep(settings.commit_interval_s)
+            await broker.create_topic(DEAD_LETTERS, 1)
+            (letter,) = await collect(server, [DEAD_LETTERS], 1, timeout=30)
+            assert letter.json()["error"]["code"] == "invalid_json"
+            await wait_until(lambda: committed(3), 10, "the commit past the dead letter")
+            await wait_until(lambda: worker.readiness()[0], 10, "the worker to be ready again")
+        finally:
+            await admin.close()
+            await worker.stop()

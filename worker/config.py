@@ -174,6 +174,13 @@ class Settings:
         "records arrive; brokers that hold every fetch this long (tansu) add it to latency.",
         "kafka",
     )
+    compression_type: str = setting(
+        "none",
+        "Compression of the batches the worker produces (answers, tags, dead letters): none, "
+        "gzip, snappy, lz4 or zstd. Batches it reads may use any of them, whatever this says.",
+        "kafka",
+        choices=("none", "gzip", "snappy", "lz4", "zstd"),
+    )
     # tagging and request/reply
     question_sets: Path | None = setting(
         None, "YAML or JSON file of question sets for documents topics.", "tagging"
@@ -219,6 +226,13 @@ class Settings:
     http_port: int = setting(8000, "Port of the /metrics, /healthz, /readyz server.", "worker")
     drain_timeout_s: float = setting(
         30.0, "On SIGTERM, how long to finish in-flight events before exiting.", "worker"
+    )
+    stall_timeout_s: float = setting(
+        300.0,
+        "A partition with lag whose committed offset has not moved for this long makes the "
+        "worker not ready, naming it (qa_worker_partition_stalled); keep it above any drain or "
+        "delivery retry.",
+        "worker",
     )
     # observability
     tracing: str = setting(
@@ -266,6 +280,10 @@ class Settings:
                 f"{describe('max_json_depth')} must be at most {MAX_JSON_DEPTH_LIMIT}, got "
                 f"{self.max_json_depth}: deeper values would reach the recursion limit of the "
                 "JSON encoder that writes answers"
+            )
+        if self.stall_timeout_s <= 0:
+            raise ConfigError(
+                f"{describe('stall_timeout_s')} must be above 0, got {self.stall_timeout_s}"
             )
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")

@@ -56,11 +56,13 @@ def worker_settings(bootstrap: str, model: Path, **overrides: object) -> Setting
     return dataclasses.replace(base, **overrides)
 
 
-def start_worker_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker_process(
+    settings: Settings, log: Path, extra_environment: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=settings_environment(settings),
+            env={**settings_environment(settings), **(extra_environment or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

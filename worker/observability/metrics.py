@@ -28,6 +28,7 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_delivery_retries_total     | counter   | topic            | sends retried            |
 | qa_worker_consumer_lag_messages      | gauge     | topic, partition | lag per partition        |
 | qa_worker_seconds_since_last_commit  | gauge     |                  | since the last commit    |
+| qa_worker_partition_stalled          | gauge     | topic, partition | 1 stalled, 0 moving      |
 | qa_worker_model_info                 | gauge = 1 | see below        | the loaded model         |
 | qa_worker_ready                      | gauge     |                  | 1 ready, 0 not           |
 | qa_worker_answer_score               | histogram | see below        | top answer's score       |
@@ -46,6 +47,9 @@ Details:
 - Delivery retries count sends that failed with an error worth retrying, by the topic sent to.
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
+- A partition is stalled (1) when it has had lag and its committed offset has not moved for
+  `--stall-timeout-s` (`worker.stream.watchdog`); one series per assigned partition, removed
+  like the lag's when the partition is revoked.
 - Seconds since last commit counts from the last commit that moved an offset (faust also
   commits when nothing moved), is computed at scrape time, and before the first such commit
   counts from the worker's start.
@@ -100,6 +104,7 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "delivery_retries_total",
         "consumer_lag_messages",
         "seconds_since_last_commit",
+        "partition_stalled",
         "model_info",
         "ready",
         "answer_score",
@@ -137,6 +142,7 @@ class WorkerMetrics:
         # batcher may report from its inference threads, not only from the event loop.
         self._lock = threading.Lock()
         self._lag_keys: set[tuple[str, str]] = set()
+        self._stalled_keys: set[tuple[str, str]] = set()
         self._decayed_real = 0.0
         self._decayed_padded = 0.0
         self._last_batch: float | None = None
@@ -208,6 +214,12 @@ class WorkerMetrics:
         self._lag = gauge(
             "consumer_lag_messages",
             "Messages behind the high watermark, per assigned partition.",
+            ("topic", "partition"),
+        )
+        self._stalled = gauge(
+            "partition_stalled",
+            "1 when the partition has lag and its committed offset has not moved for the stall "
+            "timeout, else 0; per assigned partition.",
             ("topic", "partition"),
         )
         since_commit = gauge(
@@ -296,6 +308,16 @@ class WorkerMetrics:
             for key, lag in keys.items():
                 self._lag.labels(*key).set(lag)
             self._lag_keys = set(keys)
+
+    def set_stalled(self, stalled: Mapping[tuple[str, int], bool]) -> None:
+        """Whether each assigned (topic, partition) is stalled; drops series of revoked ones."""
+        keys = {(topic, str(partition)): flag for (topic, partition), flag in stalled.items()}
+        with self._lock:
+            for gone in self._stalled_keys - keys.keys():
+                self._stalled.remove(*gone)
+            for key, flag in keys.items():
+                self._stalled.labels(*key).set(1 if flag else 0)
+            self._stalled_keys = set(keys)
 
     def committed(self) -> None:
         self._last_commit = self._clock()

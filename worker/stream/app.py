@@ -1,8 +1,9 @@
 """The faust app the worker runs on, and the topics it sends to.
 
 faust is configured here and nowhere else: consumer group, commit interval, session timeout,
-buffer sizes bounded by the in-flight limit, acks from every in-sync replica, and the transport
-with the fetch wait taken from the settings.
+buffer sizes bounded by the in-flight limit, acks from every in-sync replica, the compression of
+what it produces, and the transport with the fetch wait taken from the settings and a fetch loop
+that reports the error it stops on.
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ import faust
 from ..config import Settings
 from ..observability.metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
+from .header_keys import install_lenient_header_keys
 from .transport import FetchWaitTransport, faust_credentials
 
-__all__ = ["PRODUCER_REQUEST_TIMEOUT_S", "CommitSensor", "ProducerTopic", "Topics", "build_app"]
+__all__ = [
+    "PRODUCER_REQUEST_TIMEOUT_S",
+    "CommitSensor",
+    "ProducerTopic",
+    "TopicHold",
+    "Topics",
+    "build_app",
+]
+
+TopicHold = Callable[[str], Awaitable[None]]
+"""Returns once records may be sent to the topic named (`BrokerWatch.wait_for`)."""
 
 # How long the producer waits for a topic's metadata or a batch's acknowledgement before giving
 # up on that send (delivery then retries it or dead-letters the event). faust's default, 1200 s,
@@ -25,8 +37,15 @@ __all__ = ["PRODUCER_REQUEST_TIMEOUT_S", "CommitSensor", "ProducerTopic", "Topic
 PRODUCER_REQUEST_TIMEOUT_S = 30.0
 
 
-def build_app(settings: Settings, datadir: str) -> faust.App:
-    """A faust app for the settings, with no agents yet; `datadir` is a writable folder."""
+def build_app(
+    settings: Settings,
+    datadir: str,
+    on_fetch_failure: Callable[[BaseException], None] | None = None,
+) -> faust.App:
+    """A faust app for the settings, with no agents yet; `datadir` is a writable folder, and
+    `on_fetch_failure` is told of an error that stops the consumer's fetch loop."""
+    # A header key that is not UTF-8 reaches the worker instead of stopping the fetcher.
+    install_lenient_header_keys()
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
@@ -48,6 +67,9 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         broker_max_poll_records=max(16, settings.max_in_flight),
         producer_acks=-1,
         producer_max_request_size=MAX_REQUEST_BYTES,
+        producer_compression_type=(
+            None if settings.compression_type == "none" else settings.compression_type
+        ),
         producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
         # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
         # environment, and they win over these arguments; the worker's settings come only
@@ -55,7 +77,10 @@ def build_app(settings: Settings, datadir: str) -> faust.App:
         env={},
     )
     app.transport = FetchWaitTransport(
-        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.fetch_max_wait_ms
+        app.conf.broker_consumer,
+        app,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        on_fetch_failure=on_fetch_failure,
     )
     return app
 
@@ -68,14 +93,20 @@ class ProducerTopic:
     producer's own send. Errors come as from `Topic.send` (ProducerSendError around aiokafka's).
     """
 
-    def __init__(self, app: faust.App, name: str) -> None:
+    def __init__(self, app: faust.App, name: str, hold: TopicHold | None = None) -> None:
         self._app = app
         self.name = name
+        self._hold = hold
 
     async def send(
         self, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> Awaitable[object]:
-        """Queues the record; the awaitable returned resolves once the broker acknowledged it."""
+        """Queues the record; the awaitable returned resolves once the broker acknowledged it.
+
+        Waits first for `hold(name)`: while the topic is missing, nothing is sent to it.
+        """
+        if self._hold is not None:
+            await self._hold(self.name)
         producer = await self._app.maybe_start_producer()
         return await producer.send(
             self.name, key, value, partition=None, timestamp=None, headers=headers
@@ -85,13 +116,15 @@ class ProducerTopic:
 class Topics:
     """The topics the worker sends to by name, each made once, and the ones it reads."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, hold: TopicHold | None = None) -> None:
+        """`hold(name)` returns once records may be sent to topic `name` (see ProducerTopic)."""
         self._app = app
+        self._hold = hold
         self._made: dict[str, ProducerTopic] = {}
 
     def __call__(self, name: str) -> ProducerTopic:
         if name not in self._made:
-            self._made[name] = ProducerTopic(self._app, name)
+            self._made[name] = ProducerTopic(self._app, name, self._hold)
         return self._made[name]
 
     def subscribe(self, *names: str) -> faust.types.TopicT:

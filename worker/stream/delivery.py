@@ -44,6 +44,7 @@ from faust.exceptions import ProducerSendError
 from ..errors import DeliveryError, ErrorCode
 from ..observability.tracing import NO_TRACING, TRACEPARENT
 from ..observability.tracing_interface import ConsumedRecord, Headers, Tracing
+from .header_keys import readable_header_key
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -167,9 +168,14 @@ DeadLetterFactory = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
 
 
 def message_headers(message: IncomingMessage) -> list[tuple[str, bytes]]:
-    """A message's headers as a list of pairs, whichever form faust hands them over in."""
+    """A message's headers as a list of pairs, whichever form faust hands them over in.
+
+    A key that was not UTF-8 on the wire comes escaped (`header_keys.readable_header_key`), so
+    that echoing, sizing and logging the headers never meets it undecoded.
+    """
     headers = message.headers
-    return list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    return [(readable_header_key(key), value) for key, value in pairs]
 
 
 def header(message: IncomingMessage, name: str) -> str | None:

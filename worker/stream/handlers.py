@@ -46,6 +46,7 @@ from ..tagging import QuestionSet, tag_results
 from .delivery import (
     ENVELOPE_DESCRIPTION_BYTES,
     MAX_REQUEST_BYTES,
+    DeadLetterFactory,
     Envelope,
     IncomingMessage,
     Outgoing,
@@ -55,6 +56,7 @@ from .delivery import (
     message_headers,
     value_room,
 )
+from .header_keys import undecodable_header_keys
 
 __all__ = [
     "RECORD_INDEPENDENT_ERRORS",
@@ -63,6 +65,7 @@ __all__ = [
     "EventHandlers",
     "Handler",
     "kafka_timestamp_ms",
+    "screen_header_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -439,3 +442,23 @@ def _deadline(question: QuestionEvent) -> float | None:
     if question.deadline_ms is None:
         return None
     return time.monotonic() + (question.deadline_ms - time.time() * 1000) / 1000
+
+
+def screen_header_keys(respond: Handler, dead_letter: DeadLetterFactory) -> Handler:
+    """`respond`, except that a message with a header key that is not UTF-8 gets a dead letter."""
+
+    async def screened(message: IncomingMessage, received: float) -> Outgoing:
+        headers = message.headers
+        pairs = headers.items() if isinstance(headers, dict) else headers or ()
+        undecodable = undecodable_header_keys(pairs)
+        if not undecodable:
+            return await respond(message, received)
+        names = ", ".join(repr(key) for key in undecodable)
+        return dead_letter(
+            message,
+            message.timestamp or received,
+            ErrorCode.INVALID_EVENT,
+            f"header key {names} is not UTF-8; Kafka clients read header keys as UTF-8 text",
+        )
+
+    return screened

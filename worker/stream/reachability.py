@@ -5,6 +5,14 @@ when TLS or SASL do not match the listener. A client of our own, with the same c
 settings, asks the broker for metadata once a second: at start-up it must succeed within a bound
 (else the settings are wrong, and the error names them), and while running the time since it
 last succeeded tells readiness how long the broker has been unreachable.
+
+The same metadata says whether the configured topics still exist. A topic the watch has seen and
+then no longer finds (deleted while the worker runs) is missing: the worker is not ready, naming
+the topic and its setting, an ERROR line says so (at most once per 10 s, see `worker.log_rate`),
+and `wait_for` holds every record bound for it, so nothing is committed past a record that was
+not delivered (some brokers, tansu among them, acknowledge writes to a deleted topic and drop
+them). The worker does not exit: once the topic is back, what was held is sent and it carries on.
+A topic never seen is not missing: brokers that create topics on first use may not have it yet.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
@@ -35,15 +43,20 @@ REQUEST_TIMEOUT_S = 5.0
 
 
 class BrokerWatch:
-    """Asks the broker for metadata every `interval_s`; `unreachable_for()` since it last could."""
+    """Asks the broker for metadata every `interval_s`; `unreachable_for()` since it last could,
+    and `missing_topics()` of `topics` (each topic mapped to the setting that names it)."""
 
     def __init__(
         self,
         settings: Settings,
+        topics: Mapping[str, str] | None = None,
         interval_s: float = CHECK_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._topics = dict(topics or {})
+        self._seen: set[str] = set()
+        self._missing: dict[str, str] = {}
         self._interval_s = interval_s
         self._clock = clock
         self._client: AIOKafkaClient | None = None
@@ -86,6 +99,30 @@ class BrokerWatch:
         """Seconds since the broker last answered; 0 while it answers."""
         return max(0.0, self._clock() - self._last_answer - self._interval_s)
 
+    def missing_topics(self) -> dict[str, str]:
+        """Configured topics seen in the metadata that are no longer there, with their settings."""
+        return dict(self._missing)
+
+    async def wait_for(self, topic: str) -> None:
+        """Returns at once unless `topic` is missing; then once the metadata has it again."""
+        while topic in self._missing:
+            await asyncio.sleep(self._interval_s)
+
+    def _check_topics(self, present: set[str]) -> None:
+        self._seen |= present & self._topics.keys()
+        self._missing = {
+            topic: setting
+            for topic, setting in self._topics.items()
+            if topic in self._seen and topic not in present
+        }
+        for topic, setting in self._missing.items():
+            log.error(
+                "topic %r (%s) is no longer in the broker's metadata; not ready, and records "
+                "for it are held until it exists again",
+                topic,
+                setting,
+            )
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -104,4 +141,5 @@ class BrokerWatch:
                 answered = False
             if answered:
                 self._last_answer = self._clock()
+                self._check_topics(client.cluster.topics())
             await asyncio.sleep(self._interval_s)

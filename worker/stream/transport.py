@@ -1,10 +1,16 @@
-"""Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools."""
+"""Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools.
+
+Also faust's aiokafka transport as the worker runs it: the fetch wait from the settings, and a
+fetch loop and consumer thread that report the error they stop on
+(`FetchWaitTransport.on_fetch_failure`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -89,6 +95,14 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
 
 
 class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def crash(self, exc: BaseException) -> None:
+        # The thread that runs aiokafka's consumer has died: every later fetch would wait on it
+        # for ever. Reported on the worker's own loop, like an error of the fetch loop.
+        report = cast(FetchWaitTransport, self.transport).on_fetch_failure
+        if report is not None and not isinstance(exc, asyncio.CancelledError):
+            self.parent_loop.call_soon_threadsafe(report, exc)
+        await super().crash(exc)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # faust 0.15 passes a fixed fetch_max_wait_ms=1500 with no setting to change it; the
@@ -101,12 +115,36 @@ class _FetchWaitConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _FetchWaitConsumerThread:
         return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # faust's fetch loop logs the error that ends it ("Drain messages raised") and crashes
+        # its Fetcher service, which nothing restarts or reports: the app stays "started" and
+        # reads nothing on any partition. Cancellation is faust's own rebalance restart.
+        try:
+            await super()._drain_messages(fetcher)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            report = cast(FetchWaitTransport, self.transport).on_fetch_failure
+            if report is not None:
+                report(error)
+            raise
+
 
 class FetchWaitTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with the consumer's fetch wait taken from the settings."""
+    """faust's aiokafka transport with the consumer's fetch wait taken from the settings, and
+    `on_fetch_failure` told of an error that stops fetching (an unsupported codec, a record the
+    client cannot parse, anything raised in faust's fetch loop)."""
 
     Consumer = _FetchWaitConsumer
 
-    def __init__(self, url: Any, app: faust.App, *, fetch_max_wait_ms: int) -> None:
+    def __init__(
+        self,
+        url: Any,
+        app: faust.App,
+        *,
+        fetch_max_wait_ms: int,
+        on_fetch_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         super().__init__(url, app)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.on_fetch_failure = on_fetch_failure

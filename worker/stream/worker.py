@@ -11,6 +11,13 @@ Each event ends in exactly one record: whatever one event's handling raises (its
 and metrics included) before its record is acknowledged becomes its `internal_error` dead
 letter, and what is raised after that is logged. Only the errors every event would meet
 (`handlers.RECORD_INDEPENDENT_ERRORS`) and cancellation stop the worker.
+
+Nothing stops reading silently. A record whose header key is not UTF-8 becomes a dead letter
+(`header_keys`); an error that ends faust's fetch loop stops the worker like a fatal handling
+error (not ready, a CRITICAL line naming it, exit non-zero); a configured topic deleted while
+running makes the worker not ready and holds what is bound for it (`reachability`); and a
+partition with lag whose committed offset stands still for `stall_timeout_s`, whatever the
+cause, makes it not ready naming the partition (`watchdog`).
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
-from .handlers import RECORD_INDEPENDENT_ERRORS, EventHandlers, Handler
+from .handlers import RECORD_INDEPENDENT_ERRORS, EventHandlers, Handler, screen_header_keys
 from .offsets import OffsetTracker, Tracked
 from .reachability import CONNECT_WITHIN_S, BrokerWatch
+from .watchdog import PartitionWatchdog
 
 __all__ = ["QAWorker"]
 
@@ -111,14 +119,17 @@ class QAWorker(AsyncLifecycle):
         # faust creates a table folder in its data dir even with no tables; a private temporary
         # one keeps the worker runnable on a read-only root filesystem.
         self._datadir = tempfile.TemporaryDirectory(prefix="qa-worker-faust-")
-        self.app = self._build_app()
-        self.broker_watch = BrokerWatch(settings)
         configured = {
             settings.answers_topic: describe("answers_topic"),
             settings.dead_letter_topic: describe("dead_letter_topic"),
         }
         if self._topic_sets:
             configured[settings.tags_topic] = describe("tags_topic")
+        read = {settings.questions_topic: describe("questions_topic")}
+        read.update(dict.fromkeys(self._topic_sets, describe("documents_topics")))
+        self.broker_watch = BrokerWatch(settings, topics={**read, **configured})
+        self.watchdog = PartitionWatchdog(settings.stall_timeout_s)
+        self.app = self._build_app()
         self.delivery = Delivery(
             self.topics,
             self.handlers.dead_letter,
@@ -130,16 +141,19 @@ class QAWorker(AsyncLifecycle):
 
     def _build_app(self) -> faust.App:
         settings = self.settings
-        app = build_app(settings, self._datadir.name)
-        self.topics = Topics(app)
+        app = build_app(settings, self._datadir.name, on_fetch_failure=self._fetch_failed)
+        self.topics = Topics(app, hold=self.broker_watch.wait_for)
         for name in (settings.answers_topic, settings.dead_letter_topic):
             self.topics(name)
+        dead_letter = self.handlers.dead_letter
         questions = self.topics.subscribe(settings.questions_topic)
-        app.agent(questions, name="answer-questions")(self._consumer(self.handlers.answer_question))
+        answer = screen_header_keys(self.handlers.answer_question, dead_letter)
+        app.agent(questions, name="answer-questions")(self._consumer(answer))
         if self._topic_sets:
             documents = self.topics.subscribe(*self._topic_sets)
             self.topics(settings.tags_topic)
-            app.agent(documents, name="tag-documents")(self._consumer(self.handlers.tag_document))
+            tag = screen_header_keys(self.handlers.tag_document, dead_letter)
+            app.agent(documents, name="tag-documents")(self._consumer(tag))
         app.sensors.add(CommitSensor(self.metrics, lambda: app.monitor.tp_committed_offsets))
         # mypy cannot match a bound method to mode's receiver type (a mypy_extensions Callable).
         app.on_partitions_revoked.connect(cast(SignalHandlerT, self._revoked))
@@ -213,6 +227,15 @@ class QAWorker(AsyncLifecycle):
         failing_s = self.delivery.failing_for()
         if failing_s > self.settings.session_timeout_s:
             return False, f"delivery has been failing for {failing_s:.0f} s (see the log)"
+        missing = self.broker_watch.missing_topics()
+        if missing:
+            named = ", ".join(f"{topic!r} ({setting})" for topic, setting in missing.items())
+            return False, f"configured topic {named} is no longer in the broker's metadata"
+        stalled = self.watchdog.stalled()
+        if stalled:
+            more = f" (and {len(stalled) - 1} more)" if len(stalled) > 1 else ""
+            limit = f"{describe('stall_timeout_s')} is {self.settings.stall_timeout_s:g} s"
+            return False, f"stalled: {stalled[0]}{more}; {limit}"
         if not self.app.started:
             return False, "the Kafka consumer has not started"
         if not self.assigned_partitions():
@@ -276,6 +299,20 @@ class QAWorker(AsyncLifecycle):
             if self._on_fatal is not None:
                 self._on_fatal(error)
 
+    def _fetch_failed(self, error: BaseException) -> None:
+        """The transport's report of an error that ended faust's fetch loop: nothing more is
+        read on any partition, so the worker stops rather than stay ready reading nothing."""
+        if self._stopping is not None:
+            # Fetching ends with every stop; what fails while it does loses nothing.
+            log.info("fetching ended while stopping: %r", error)
+            return
+        if self._fatal is None:
+            self._fatal = error
+            self.metrics.set_ready(False)
+            log.critical("stopping: fetching records failed: %r", error)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
+
     async def _handle(self, event: faust.types.EventT, tracked: Tracked, respond: Handler) -> None:
         message = event.message
         received = time.time()
@@ -322,11 +359,17 @@ class QAWorker(AsyncLifecycle):
     async def _refresh_lag(self) -> None:
         while True:
             lags = {}
+            progress = {}
             committed = self.app.monitor.tp_committed_offsets
             for tp in self.assigned_partitions():
                 highwater = self.app.consumer.highwater(tp)
                 if highwater is not None:
-                    lags[(tp.topic, tp.partition)] = max(0, highwater - committed.get(tp, 0))
+                    key = (tp.topic, tp.partition)
+                    lags[key] = max(0, highwater - committed.get(tp, 0))
+                    progress[key] = (committed.get(tp, 0), lags[key])
             self.metrics.set_lags(lags)
+            self.watchdog.observe(progress)
+            stalled = {(stall.topic, stall.partition) for stall in self.watchdog.stalled()}
+            self.metrics.set_stalled({key: key in stalled for key in progress})
             self.metrics.set_ready(self.readiness()[0])
             await asyncio.sleep(LAG_REFRESH_S)
