@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INFERENCE_FAILED = "inference_failed"
     ANSWER_TOO_LARGE = "answer_too_large"
+    ANSWER_REFUSED = "answer_refused"
 
 
 class WorkerError(Exception):
