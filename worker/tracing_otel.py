@@ -40,7 +40,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import __version__
 from .errors import ConfigError, ErrorCode
-from .logs import bind_event, event_fields, event_scope
+from .logs import bind_event, event_fields, event_scope, hold_logs, hold_logs_of
 from .tracing import ConsumedRecord, EventTrace, Headers, Tracing
 
 __all__ = ["DEFAULT_SERVICE_NAME", "ExportLedger", "OtelTracing", "otlp_tracing"]
@@ -180,6 +180,7 @@ class OtelTracing:
         self._provider = provider
         self._ledger = ledger
         self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        hold_logs_of("opentelemetry")
 
     @contextmanager
     def event(self, record: ConsumedRecord, headers: Headers, group: str) -> Iterator[EventTrace]:
@@ -194,24 +195,28 @@ class OtelTracing:
         }
         if record.key is not None:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-        span = self._tracer.start_span(
-            f"process {record.topic}",
-            context=propagate.extract(headers, getter=_GETTER),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
-        context = span.get_span_context()
-        token = _current_event.set(_EventLink(span, context, record.topic))
-        try:
-            with event_scope(), trace.use_span(span, end_on_exit=True):
-                # A span the sampler left out still has the trace's ids, which the logs want.
-                bind_event(
-                    trace_id=trace.format_trace_id(context.trace_id),
-                    span_id=trace.format_span_id(context.span_id),
-                )
-                yield _EventSpan(span)
-        finally:
-            _current_event.reset(token)
+        with event_scope():
+            # What the propagators warn about a header is logged once the event's id is bound.
+            with hold_logs():
+                parent = propagate.extract(headers, getter=_GETTER)
+            span = self._tracer.start_span(
+                f"process {record.topic}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            context = span.get_span_context()
+            token = _current_event.set(_EventLink(span, context, record.topic))
+            try:
+                with trace.use_span(span, end_on_exit=True):
+                    # A span the sampler left out still has the trace's ids, which logs want.
+                    bind_event(
+                        trace_id=trace.format_trace_id(context.trace_id),
+                        span_id=trace.format_span_id(context.span_id),
+                    )
+                    yield _EventSpan(span)
+            finally:
+                _current_event.reset(token)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
