@@ -61,13 +61,13 @@ async def run_worker(settings: Settings) -> int:
         await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
         if not starting.done():
-            signum = signalled_by[0] if signalled_by else signal.SIGTERM
-            log.error("%s", stop_line(signum, "starting"))
+            stopped_by = signalled_by[0] if signalled_by else int(signal.SIGTERM)
+            log.error("%s", stop_line(stopped_by, "starting"))
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             await worker.stop()
-            return 128 + signum
+            return 128 + stopped_by
         starting.result()
         log.info(
             "answering %s -> %s as group %s",
