@@ -22,6 +22,7 @@ __all__ = [
     "catch_stop_signals",
     "entering",
     "ignore_stop_signals",
+    "received",
     "report",
     "stop_line",
 ]
@@ -31,6 +32,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 log = logging.getLogger(__name__)
 
 _phase = "starting"
+# The first stop signal, kept in case the exception it raised was swallowed: a handler that
+# runs inside a __del__ or a callback has its exception printed and dropped by Python.
+_received: int | None = None
 
 
 class Interrupted(BaseException):
@@ -47,9 +51,16 @@ class Interrupted(BaseException):
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    global _received
     # Once: a second signal while the first unwinds would interrupt the line it writes.
     ignore_stop_signals()
+    _received = signum
     raise Interrupted(signum)
+
+
+def received() -> int | None:
+    """The stop signal received so far, if any (whether or not its exception got through)."""
+    return _received
 
 
 def catch_stop_signals() -> None:
@@ -66,6 +77,8 @@ def ignore_stop_signals() -> None:
 def entering(phase: str) -> None:
     """Logs `phase` (what the command starts doing) and names it in the line a stop writes."""
     global _phase
+    if _received is not None:
+        raise Interrupted(_received)
     _phase = phase
     log.info("%s", phase)
 
