@@ -208,11 +208,14 @@ class Verdict:
     resend_alone: bool = False
 
 
-def refusal_name(error: KafkaError) -> str:
-    """The broker's name for a refusal, with its code: `INVALID_RECORD (87)`."""
+def _refusal(error: KafkaError) -> str:
+    """A dead letter's reason for a refusal: the broker's name for it, its code, and what it
+    means, e.g. `the broker refused the record with INVALID_RECORD (87): ...`."""
     errno = getattr(error, "errno", None)
     name = getattr(error, "message", None) or type(error).__name__
-    return name if errno is None else f"{name} ({errno})"
+    said = f"{name} ({errno})" if errno is not None else name
+    detail = " ".join(str(arg) for arg in error.args) or getattr(error, "description", "")
+    return f"the broker refused the record with {said}" + (f": {detail}" if detail else "")
 
 
 def judge(
@@ -331,7 +334,7 @@ class Delivery:
                 continue
             alone = False
             if verdict.code is not None:
-                reason = f"the broker refused the record: {refusal_name(error)}: {error}"
+                reason = _refusal(error)
                 outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, reason)
                 backoff = self._first_backoff_s
                 continue
