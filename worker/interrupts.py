@@ -1,29 +1,31 @@
-"""SIGTERM and SIGINT in every phase of a command: one log line and a non-zero exit, no traceback.
+"""SIGTERM and SIGINT in every phase of start-up: one log line and a non-zero exit, no traceback.
 
 The entry point (`worker.__main__`) calls `catch_stop_signals()` before it imports anything else.
-From then on either signal raises `Interrupted` in the main thread, wherever it is (importing,
-reading settings, loading a model), and the entry point turns it into one line naming the signal
-and what the command was doing (`entering`), and exit code 128 + the signal's number: 143 for
-SIGTERM, 130 for SIGINT. While the worker's event loop runs, the loop handles both signals itself
-(it stops fetching and drains); once the loop is closed the process is only exiting, and they
-are ignored.
+From then on, until the worker's event loop takes the signals over, either signal ends the
+process at once: one line naming the signal and what it was doing (`entering`), then exit code
+128 + the signal's number (143 for SIGTERM, 130 for SIGINT). Nothing has been consumed by then,
+so there is nothing to finish or commit, and exiting from the handler itself means no code is
+interrupted half-way (an import, a model load, an event loop being built) to unwind with a
+traceback. While the loop runs it handles both signals (it stops fetching and drains); once it
+is closed the process is only exiting, and they are ignored.
+
+Only `run` keeps these handlers: every other command gets Python's usual handling back
+(`release_stop_signals`), since their cleanups (stopping a child broker or worker) need it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-import sys
 from types import FrameType
 
 __all__ = [
     "STOP_SIGNALS",
-    "Interrupted",
     "catch_stop_signals",
     "entering",
     "ignore_stop_signals",
-    "received",
-    "report",
+    "release_stop_signals",
     "stop_line",
 ]
 
@@ -32,41 +34,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 log = logging.getLogger(__name__)
 
 _phase = "starting"
-# The first stop signal, kept in case the exception it raised was swallowed: a handler that
-# runs inside a __del__ or a callback has its exception printed and dropped by Python.
-_received: int | None = None
 
 
-class Interrupted(BaseException):
-    """A stop signal, raised where the main thread was. A BaseException, like KeyboardInterrupt,
-    so that no `except Exception` on its way takes it for an error of the code it interrupted."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    global _received
-    # Once: a second signal while the first unwinds would interrupt the line it writes.
+def _stop_now(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal must not interrupt the line this one writes.
     ignore_stop_signals()
-    _received = signum
-    raise Interrupted(signum)
-
-
-def received() -> int | None:
-    """The stop signal received so far, if any (whether or not its exception got through)."""
-    return _received
+    line = stop_line(signum)
+    if logging.getLogger().handlers:
+        log.error("%s", line)
+    else:  # logging is not configured yet
+        os.write(2, f"qa-worker: {line}\n".encode())
+    os._exit(128 + signum)
 
 
 def catch_stop_signals() -> None:
-    """Makes SIGTERM and SIGINT raise `Interrupted` in the main thread."""
+    """Makes SIGTERM and SIGINT end the process at once with one line (see the module)."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, _stop_now)
+
+
+def release_stop_signals() -> None:
+    """Gives the signals Python's own handling back, if `catch_stop_signals` took them."""
+    if signal.getsignal(signal.SIGTERM) is _stop_now:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is _stop_now:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def ignore_stop_signals() -> None:
@@ -77,8 +69,6 @@ def ignore_stop_signals() -> None:
 def entering(phase: str) -> None:
     """Logs `phase` (what the command starts doing) and names it in the line a stop writes."""
     global _phase
-    if _received is not None:
-        raise Interrupted(_received)
     _phase = phase
     log.info("%s", phase)
 
@@ -87,14 +77,3 @@ def stop_line(signum: int, phase: str | None = None) -> str:
     """What a stop before any event was consumed says: the signal and the phase it ended."""
     name = signal.Signals(signum).name
     return f"stopped while {phase or _phase} ({name}); nothing was consumed"
-
-
-def report(stop: Interrupted, command: str | None) -> int:
-    """Writes the one line about `stop`: a log line once logging is configured, else a line on
-    stderr; returns the exit code."""
-    line = stop_line(stop.signum)
-    if logging.getLogger().handlers:
-        log.error("%s", line)
-    else:
-        print(f"qa-worker{f' {command}' if command else ''}: {line}", file=sys.stderr)
-    return stop.exit_code

@@ -17,7 +17,7 @@ import sys
 
 from .. import __version__
 from ..config import Settings
-from ..interrupts import entering, ignore_stop_signals, received, stop_line
+from ..interrupts import entering, ignore_stop_signals, stop_line
 from ..logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ async def run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_on, signum)
-    pending = received()
-    if pending is not None:
-        stop_on(pending)
     async with HealthServer(metrics, worker.readiness, settings.http_host, settings.http_port):
         # SIGTERM is obeyed while starting too: faust may wait for the broker a long time.
         starting = asyncio.ensure_future(worker.start())
