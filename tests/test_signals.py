@@ -7,6 +7,7 @@ it catches (/proc/PID/status), then the lines it logs as it enters a phase.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -43,9 +44,9 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], wh
         time.sleep(0.002)
 
 
-def start(entry: list[str], model: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(entry: list[str], model: Path, log: Path, log_format: str) -> subprocess.Popen[bytes]:
     # A broker nobody listens on: the worker would wait for it, so no phase is over too soon.
-    settings = worker_settings(f"127.0.0.1:{free_port()}", model)
+    settings = worker_settings(f"127.0.0.1:{free_port()}", model, log_format=log_format)
     with log.open("wb") as output:
         return subprocess.Popen(
             [*entry, "run"], env=settings_environment(settings), stdout=output, stderr=output
@@ -66,22 +67,28 @@ PHASES = {
 
 
 @pytest.mark.parametrize(
-    ("entry", "phase", "signum"),
+    ("entry", "phase", "signum", "log_format"),
     [
         *(
-            ("python -m worker", phase, signum)
+            ("python -m worker", phase, signum, "text")
             for phase in PHASES
             for signum in (signal.SIGTERM, signal.SIGINT)
         ),
-        ("qa-worker", "signals caught", signal.SIGINT),
-        ("qa-worker", "importing the runtime", signal.SIGTERM),
+        ("qa-worker", "signals caught", signal.SIGINT, "text"),
+        ("qa-worker", "importing the runtime", signal.SIGTERM, "text"),
+        ("qa-worker", "loading the model", signal.SIGTERM, "json"),
     ],
 )
 def test_a_stop_signal_in_start_up_ends_with_one_line_and_no_traceback(
-    exported_models: dict[str, Path], tmp_path: Path, entry: str, phase: str, signum: int
+    exported_models: dict[str, Path],
+    tmp_path: Path,
+    entry: str,
+    phase: str,
+    signum: int,
+    log_format: str,
 ) -> None:
     log = tmp_path / "worker.log"
-    process = start(ENTRIES[entry], exported_models["bert"], log)
+    process = start(ENTRIES[entry], exported_models["bert"], log, log_format)
     try:
         marker = PHASES[phase]
         if marker is None:
@@ -100,3 +107,8 @@ def test_a_stop_signal_in_start_up_ends_with_one_line_and_no_traceback(
     assert len(stops) == 1, text
     assert f"({signal.Signals(signum).name}); nothing was consumed" in stops[0]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    if log_format == "json":
+        # Every line is a JSON object, the stop's an error of the worker's.
+        lines = [json.loads(line) for line in text.splitlines()]
+        [stop] = [line for line in lines if "stopped while" in line["message"]]
+        assert stop["level"] == "ERROR" and stop["logger"] == "worker.interrupts"
