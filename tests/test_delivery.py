@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import (
+    CorruptRecordException,
     InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
@@ -18,6 +19,8 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
+    for_code,
+    kafka_errors,
 )
 from faust.exceptions import ProducerSendError
 
@@ -27,6 +30,7 @@ from worker.stream.delivery import (
     REPLY_TO_HEADER,
     Delivery,
     Envelope,
+    InvalidRecordError,
     Outgoing,
     ReplyRouting,
     Verdict,
@@ -53,14 +57,22 @@ class FakeMessage:
 
 @dataclass
 class FakeTopic:
-    """Fails the first sends with the given errors, then acknowledges."""
+    """Fails the first sends with the given errors, then acknowledges; `alone` says, per send,
+    whether it went in a batch of its own."""
 
     name: str
     failures: list[Exception] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
+    alone: list[bool] = field(default_factory=list)
+
+    async def send_alone(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
+        future = await self.send(key=key, value=value, headers=headers)
+        self.alone[-1] = True
+        return future
 
     async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
         self.sent.append({"key": key, "value": value, "headers": headers})
+        self.alone.append(False)
         acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failures:
             acknowledged.set_exception(self.failures.pop(0))
@@ -128,10 +140,13 @@ async def test_retries_until_the_broker_acknowledges() -> None:
 
 async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[MessageSizeTooLargeError()])
+    topics["answers"] = FakeTopic("answers", failures=[MessageSizeTooLargeError()] * 2)
     delivered = await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
+    # Refused in a batch, then alone: only then is the refusal the answer's own.
+    assert topics["answers"].alone == [False, True]
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(b"answer_too_large: ")
+    assert b"MESSAGE_SIZE_TOO_LARGE (10)" in sent["value"]
     assert sent["key"] == b"k1" and sent["headers"] == [("correlation-id", b"c-9")]
     # What was delivered is the dead letter, so the worker counts it as one, not as an answer.
     assert delivered.topic == "dead"
@@ -140,11 +155,11 @@ async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
 
 async def test_a_dead_letter_too_large_is_fatal_and_names_the_setting() -> None:
     topics = Topics()
-    topics["dead"] = FakeTopic("dead", failures=[MessageSizeTooLargeError()])
+    topics["dead"] = FakeTopic("dead", failures=[MessageSizeTooLargeError()] * 2)
     outgoing = Outgoing("dead", b"x", 0.0, dead_letter_reason=ErrorCode.INVALID_JSON)
     with pytest.raises(DeliveryError, match="--dead-letter-topic"):
         await delivery(topics).deliver(outgoing, FakeMessage())
-    assert len(topics["dead"].sent) == 1
+    assert topics["dead"].alone == [False, True]
 
 
 ANSWER = Outgoing("answers", b"a", 0.0)
@@ -322,7 +337,9 @@ def faust_wrapped(error: KafkaError) -> ProducerSendError:
 
 async def test_a_faust_wrapped_too_large_error_still_becomes_a_dead_letter() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(MessageSizeTooLargeError())])
+    topics["answers"] = FakeTopic(
+        "answers", failures=[faust_wrapped(MessageSizeTooLargeError())] * 2
+    )
     await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(b"answer_too_large: ")
@@ -415,3 +432,86 @@ def test_the_largest_description_stays_within_its_reserve() -> None:
     assert envelope is not None
     described = json.dumps(envelope.described(), ensure_ascii=False).encode()
     assert len(described) <= ENVELOPE_DESCRIPTION_BYTES
+
+
+RECORD_REFUSALS = [
+    (InvalidRecordError(), ErrorCode.ANSWER_REFUSED),
+    (CorruptRecordException(), ErrorCode.ANSWER_REFUSED),
+    (MessageSizeTooLargeError(), ErrorCode.ANSWER_TOO_LARGE),
+    (RecordListTooLargeError(), ErrorCode.ANSWER_TOO_LARGE),
+]
+
+
+def test_aiokafka_reports_invalid_record_by_its_own_class() -> None:
+    # Without the registration it would be UnknownError, errno -1: the code would be lost.
+    assert for_code(87) is InvalidRecordError
+    assert InvalidRecordError().errno == 87 and not InvalidRecordError.retriable
+
+
+@pytest.mark.parametrize(("error", "code"), RECORD_REFUSALS)
+@pytest.mark.parametrize("outgoing", [ANSWER, REPLY], ids=["answers", "reply topic"])
+def test_judge_confirms_a_record_refusal_alone_before_dead_lettering(
+    error: KafkaError, code: ErrorCode, outgoing: Outgoing
+) -> None:
+    assert judge(error, outgoing, SETTINGS_OF, sent_alone=False) == Verdict(resend_alone=True)
+    assert judge(error, outgoing, SETTINGS_OF, sent_alone=True) == Verdict(code=code)
+    # A dead letter refused alone has nothing to stand in for it.
+    assert judge(error, DEAD, SETTINGS_OF, sent_alone=False) == Verdict(resend_alone=True)
+    fatal = judge(error, DEAD, SETTINGS_OF, sent_alone=True).fatal
+    assert fatal is not None and "--dead-letter-topic" in fatal
+
+
+BROKER_ERRORS = sorted(kafka_errors.items())
+
+
+@pytest.mark.parametrize(
+    ("errno", "error_type"), BROKER_ERRORS, ids=[str(e) for e, _ in BROKER_ERRORS]
+)
+def test_every_broker_error_on_the_answers_topic_is_retried_refused_alone_or_fatal(
+    errno: int, error_type: type[KafkaError]
+) -> None:
+    error = error_type()
+    refusal = dict((type(e).errno, c) for e, c in RECORD_REFUSALS).get(errno)
+    verdict = judge(error, ANSWER, SETTINGS_OF)
+    if refusal is not None:
+        assert verdict == Verdict(code=refusal)
+    elif error.retriable:
+        assert verdict == Verdict(retry=True)
+    else:
+        # Topic-level and client errors every answer would meet stop the worker.
+        assert verdict.fatal is not None and "--answers-topic" in verdict.fatal
+        assert verdict.code is None and not verdict.retry
+    assert judge(error, DEAD, SETTINGS_OF).code is None
+
+
+async def test_an_answer_refused_with_another_in_its_batch_is_delivered_when_sent_alone() -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(InvalidRecordError())])
+    delivered = await delivery(topics).deliver(ANSWER, FakeMessage())
+    assert delivered is ANSWER
+    assert topics["answers"].alone == [False, True]
+    assert "dead" not in topics
+
+
+@pytest.mark.parametrize(("error", "code"), RECORD_REFUSALS)
+async def test_an_answer_refused_alone_becomes_a_dead_letter_naming_the_broker_error(
+    error: KafkaError, code: ErrorCode
+) -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(error)] * 2)
+    delivered = await delivery(topics).deliver(ANSWER, FakeMessage())
+    assert delivered.dead_letter_reason == code
+    [sent] = topics["dead"].sent
+    assert sent["value"].startswith(f"{code}: ".encode())
+    assert f"{error.message} ({error.errno})".encode() in sent["value"]
+    # The dead letter goes out in the usual way: only the refused record is sent alone.
+    assert topics["dead"].alone == [False]
+
+
+async def test_a_dead_letter_refused_as_invalid_alone_is_fatal() -> None:
+    topics = Topics()
+    topics["answers"] = FakeTopic("answers", failures=[InvalidRecordError()] * 2)
+    topics["dead"] = FakeTopic("dead", failures=[InvalidRecordError()] * 2)
+    with pytest.raises(DeliveryError, match="--dead-letter-topic"):
+        await delivery(topics).deliver(ANSWER, FakeMessage())
+    assert topics["dead"].alone == [False, True]

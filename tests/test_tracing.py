@@ -10,6 +10,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +19,12 @@ import numpy as np
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
@@ -30,7 +37,7 @@ from worker.config import Settings
 from worker.errors import ConfigError, ErrorCode
 from worker.observability.logs import JsonFormatter, bind_event, configure_logging, event_fields
 from worker.observability.tracing import NO_TRACING, build_tracing, traceparent_ids
-from worker.observability.tracing_otel import OtelTracing, otlp_tracing
+from worker.observability.tracing_otel import ExportLedger, OtelTracing, otlp_tracing
 from worker.qa import QAOptions, QAResult
 from worker.qa.batching import BatchLimits
 from worker.qa.decode import WindowLogits
@@ -459,3 +466,47 @@ async def test_the_bench_sink_takes_what_the_otlp_exporter_sends(
         result = await asyncio.to_thread(otlp.export, exporter.get_finished_spans())
     assert result is SpanExportResult.SUCCESS
     assert sink.requests == 1 and sink.bytes > 0
+
+
+class HungExporter(SpanExporter):
+    """An export that never returns until released: a collector that accepts and never answers."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        self.release.wait(60)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, 0.3])
+def test_shutdown_returns_within_its_bound_and_counts_the_spans_it_dropped(
+    caplog: pytest.LogCaptureFixture, timeout_s: float
+) -> None:
+    hung = HungExporter()
+    ledger = ExportLedger(hung)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(ledger)
+    provider.add_span_processor(BatchSpanProcessor(ledger.exporter, schedule_delay_millis=600_000))
+    tracing = OtelTracing(provider, ledger)
+    for offset in range(3):
+        with tracing.event(Record(offset=offset), [], "group") as trace:
+            trace.finish("answers", None)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.observability.tracing_otel"):
+            tracing.shutdown(timeout_s)
+        returned_after_s = time.monotonic() - started
+    finally:
+        hung.release.set()
+    # The SDK alone would wait for the export, then up to 30 s more.
+    assert returned_after_s < timeout_s + 1.0
+    [line] = [r.getMessage() for r in caplog.records if "dropped at shutdown" in r.getMessage()]
+    assert line.startswith("tracing: 3 spans dropped at shutdown")
+    # Past the deadline nothing more reaches the collector.
+    assert hung.calls <= 1

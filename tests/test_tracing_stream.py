@@ -7,7 +7,9 @@ import io
 import json
 import logging
 import os
+import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.otlp import OtlpReceiver
+from tests.support.otlp import OtlpReceiver, RefusingCollector, SilentCollector
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
@@ -218,3 +220,50 @@ async def test_qa_worker_run_traces_over_otlp_and_logs_json_lines(
     assert [event.name for event in process_span.events] == ["tokenize", "queue wait", "decode"]
     [batch] = [span for span in spans if span.name == "inference batch"]
     assert [link.span_id for link in batch.links] == [process_span.span_id]
+
+
+@pytest.mark.parametrize("collector", [SilentCollector, RefusingCollector])
+async def test_sigterm_exits_within_the_drain_timeout_whatever_the_collector_does(
+    exported_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    collector: type[SilentCollector | RefusingCollector],
+) -> None:
+    drain_timeout_s = 3.0
+    with collector() as sink:
+        for name in list(os.environ):
+            if name.startswith("OTEL_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+        # Left to itself the SDK would wait this long per batch, and up to 30 s at shutdown.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "30")
+        monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "1000")
+        # No export before the stop: the spans are still queued when SIGTERM arrives.
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        log = tmp_path / "worker.log"
+        async with EmbeddedBroker() as broker:
+            await create_topics(broker, partitions=1)
+            settings = worker_settings(
+                broker.bootstrap_servers,
+                exported_models["bert"],
+                tracing="otlp",
+                drain_timeout_s=drain_timeout_s,
+            )
+            process = start_worker_process(settings, log)
+            try:
+                question = {"id": "q-hung", "question": "When?", "context": "It opened in 1889."}
+                await produce(broker.bootstrap_servers, [json.dumps(question).encode()])
+                [answer] = await collect(broker.bootstrap_servers, [ANSWERS], 1, 120)
+            finally:
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, 60)
+                exited_after_s = time.monotonic() - signalled
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert answer.json()["id"] == "q-hung"
+    assert exited_after_s < drain_timeout_s + 2.0, text[-3000:]
+    # The process, send and inference-batch spans, counted in one line.
+    [dropped] = re.findall(r"tracing: (\d+) spans dropped at shutdown", text)
+    assert int(dropped) >= 3
+    assert "Traceback" not in text

@@ -1,8 +1,18 @@
 """kafka-qa-worker: extractive question answering over Kafka on ONNX Runtime."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("kafka-qa-worker")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> str:
+    # `__version__` is looked up on first use: importing importlib.metadata takes some 50 ms,
+    # which would otherwise pass before the entry point can catch stop signals.
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("kafka-qa-worker")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        found = "0.0.0"
+    globals()["__version__"] = found
+    return found

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .config import add_arguments
 from .errors import WorkerError
+from .interrupts import release_stop_signals
 
 DESCRIPTION = (
     "Extractive question answering over Kafka: ONNX Runtime micro-batches, at-least-once answers, "
@@ -193,6 +194,10 @@ def positive_count(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # Only `run` reports a stop in start-up as one line (worker.interrupts); the others
+        # need Python's own handling, KeyboardInterrupt included, for their cleanups.
+        release_stop_signals()
     try:
         return int(args.handler(args))
     except WorkerError as error:

@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INFERENCE_FAILED = "inference_failed"
     ANSWER_TOO_LARGE = "answer_too_large"
+    ANSWER_REFUSED = "answer_refused"
     # Anything else raised on one event's way: the handling failed, not the event; the message
     # carries the exception's type and text.
     INTERNAL_ERROR = "internal_error"

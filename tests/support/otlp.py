@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -72,3 +73,42 @@ class OtlpReceiver:
                 spans = [span for scope in resource_spans.scope_spans for span in scope.spans]
                 found.append((attributes, spans))
         return found
+
+
+class SilentCollector:
+    """A collector that accepts TCP connections and never answers: a socket that listens and is
+    never read, so the kernel completes every handshake and the exporter waits for a reply."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    def __enter__(self) -> SilentCollector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._socket.close()
+
+
+class RefusingCollector:
+    """A collector address where nothing listens: every connection is refused."""
+
+    def __init__(self) -> None:
+        # Bound and not listening: the port stays ours, and a connect is refused.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    def __enter__(self) -> RefusingCollector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._socket.close()

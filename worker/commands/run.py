@@ -1,4 +1,9 @@
-"""`qa-worker run`: the streaming worker, with its health server, until SIGTERM or SIGINT."""
+"""`qa-worker run`: the streaming worker, with its health server, until SIGTERM or SIGINT.
+
+A stop signal before the worker consumes anything (importing the runtime, loading the model,
+connecting) ends it with one line naming the phase and exit code 128 + the signal's number; once
+it consumes, SIGTERM drains (exit 0, or 1 when the drain timeout ran out).
+"""
 
 from __future__ import annotations
 
@@ -10,33 +15,45 @@ import os
 import signal
 import sys
 
+from .. import __version__
 from ..config import Settings
-from ..model.loading import load_engine
-from ..observability.http import HealthServer
-from ..observability.log_rate import quiet_repeats
+from ..interrupts import entering, ignore_stop_signals, stop_line
 from ..observability.logs import configure_logging
-from ..observability.metrics import WorkerMetrics
-from ..stream import QAWorker
 
 log = logging.getLogger(__name__)
 
 
 async def run_worker(settings: Settings) -> int:
     """Runs until SIGTERM or SIGINT, then drains; non-zero when work was left unfinished."""
+    # Imported here rather than at the top: the line saying so is written first, and a stop
+    # signal during these imports (seconds on a small machine) is reported as one.
+    from ..model.loading import load_engine
+    from ..observability.http import HealthServer
+    from ..observability.log_rate import quiet_repeats
+    from ..observability.metrics import WorkerMetrics
+    from ..stream import QAWorker
+
     quiet_repeats()
+    entering(f"loading the model {settings.model}")
     engine = load_engine(settings)
     metrics = WorkerMetrics()
     stop = asyncio.Event()
     failures: list[BaseException] = []
+    signalled_by: list[int] = []
 
     def fail(error: BaseException) -> None:
         failures.append(error)
         stop.set()
 
+    def stop_on(signum: int) -> None:
+        signalled_by.append(signum)
+        stop.set()
+
+    entering(f"connecting to {settings.broker}")
     worker = QAWorker(settings, engine, metrics, on_fatal=fail)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     async with HealthServer(metrics, worker.readiness, settings.http_host, settings.http_port):
         # SIGTERM is obeyed while starting too: faust may wait for the broker a long time.
         starting = asyncio.ensure_future(worker.start())
@@ -44,12 +61,13 @@ async def run_worker(settings: Settings) -> int:
         await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
         if not starting.done():
-            log.error("stopped while starting; nothing was consumed")
+            stopped_by = signalled_by[0] if signalled_by else int(signal.SIGTERM)
+            log.error("%s", stop_line(stopped_by, "starting"))
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             await worker.stop()
-            return 1
+            return 128 + stopped_by
         starting.result()
         log.info(
             "answering %s -> %s as group %s",
@@ -66,6 +84,7 @@ async def run_worker(settings: Settings) -> int:
 def command_run(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
     configure_logging(settings.log_format)
+    entering(f"starting qa-worker {__version__}: importing the runtime")
     runner = asyncio.Runner()
     code = runner.run(run_worker(settings))
     if code != 0:
@@ -76,4 +95,6 @@ def command_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(code)
     runner.close()
+    # Closing the loop gave the signals back to their defaults; the process is only exiting.
+    ignore_stop_signals()
     return code

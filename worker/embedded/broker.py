@@ -18,6 +18,10 @@ with differences from Kafka that clients notice (docs/notes/faust-on-tansu.md ha
   `highwater()`, which comes from fetch responses, is right.
 - A fetch is answered only when the consumer's fetch wait runs out, even if records arrive
   meanwhile, so the wait adds to every hop: consumers should use `FETCH_WAIT_MS`.
+
+With `schema_registry` (a folder), tansu validates each record produced to topic T against the
+JSON schema in T.json there (an object with `key` and `value`) and refuses one that does not
+match with INVALID_RECORD, as a broker-side schema check would.
 """
 
 from __future__ import annotations
@@ -121,10 +125,13 @@ class EmbeddedBroker(AsyncLifecycle):
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
         storage: LocalS3 | None = None,
+        schema_registry: Path | None = None,
     ) -> None:
+        """`schema_registry`: a folder of per-topic JSON schemas the broker validates against."""
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.storage = storage
+        self.schema_registry = schema_registry
         # Kept after kill() for restart(): clients reconnect to the address they know.
         self._last_port: int | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -211,6 +218,8 @@ class EmbeddedBroker(AsyncLifecycle):
         # A file rather than a pipe: nobody reads the output while the broker runs, and a full
         # pipe would block the broker; the file is read only to explain a failure.
         self._output = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 (closed by stop())
+        # tansu reads a file:// registry relative to its working directory, whatever the URL.
+        registry = [] if self.schema_registry is None else ["--schema-registry", "file://./"]
         self._process = await asyncio.create_subprocess_exec(
             binary,
             "broker",
@@ -220,10 +229,12 @@ class EmbeddedBroker(AsyncLifecycle):
             url,
             "--storage-engine",
             "memory://tansu/" if self.storage is None else self.storage.storage_url,
+            *registry,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._output,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
+            cwd=self.schema_registry,
             # Its own process group: a Ctrl-C meant for the test run does not reach the broker
             # before `stop()` does, and `stop()` can signal the whole group.
             process_group=0,

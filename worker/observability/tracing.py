@@ -93,7 +93,7 @@ class NoTracing:
     def sized_headers(self, headers: Headers) -> Headers:
         return headers
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30.0) -> None:
         pass
 
 

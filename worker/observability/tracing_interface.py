@@ -80,6 +80,8 @@ class Tracing(Protocol):
         with `headers`: known before its producer span exists, so its records can be sized."""
         ...
 
-    def shutdown(self) -> None:
-        """Exports what is still buffered; hooks called afterwards do nothing."""
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Exports what is still buffered, returning within `timeout_s` whatever the collector
+        does (what is not exported by then is dropped, and counted in the log); hooks called
+        afterwards do nothing."""
         ...

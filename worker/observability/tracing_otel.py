@@ -9,11 +9,20 @@ up to `max_in_flight` of them running, so the sensor's span would close before t
 does and would be current in the agent's loop rather than in the task; nor does it inject into
 what is produced. Its reading of Kafka headers (the first `traceparent` wins, bytes decoded
 leniently) is kept here.
+
+Shutting down is bounded: the SDK's own shutdown may wait for its exporter's timeout per batch,
+up to a fixed 30 s, whatever OTEL_BSP_EXPORT_TIMEOUT says, and its force_flush takes no timeout
+at all. `OtelTracing.shutdown(timeout_s)` therefore flushes and shuts down in a thread of its own
+and waits for it at most `timeout_s`; past that moment the exporter sends nothing more, and one
+log line counts the spans that were not exported. A collector that accepts connections and never
+answers costs the worker `timeout_s`, not the exporter's timeouts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,16 +34,18 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from .. import __version__
 from ..errors import ConfigError, ErrorCode
-from .logs import bind_event, event_fields, event_scope
+from .logs import bind_event, event_fields, event_scope, hold_logs, hold_logs_of
 from .tracing_interface import ConsumedRecord, EventTrace, Headers, Tracing
 
-__all__ = ["DEFAULT_SERVICE_NAME", "OtelTracing", "otlp_tracing"]
+__all__ = ["DEFAULT_SERVICE_NAME", "ExportLedger", "OtelTracing", "otlp_tracing"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "kafka-qa-worker"
 INSTRUMENTATION_NAME = "kafka-qa-worker"
@@ -95,11 +106,79 @@ class _EventSpan:
             self._span.set_status(Status(StatusCode.ERROR, dead_letter_reason.value))
 
 
-class OtelTracing:
-    """Spans of `provider`'s tracer; the caller configured the provider (sampler, exporter)."""
+class ExportLedger(SpanProcessor):
+    """Counts the sampled spans that ended and those its exporter got acknowledged, and stops
+    the exporter at a deadline: what shutdown needs to be bounded and to say what it lost.
 
-    def __init__(self, provider: TracerProvider) -> None:
+    Add it to the provider before the batch processor, and give that processor `exporter`.
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter: SpanExporter = _LedgerExporter(self, exporter)
+        self._lock = threading.Lock()
+        self.ended = 0
+        self.exported = 0
+        self.failed = 0
+        self._deadline: float | None = None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The batch processor queues only sampled spans; those are the ones it may lose.
+        if span.context is not None and span.context.trace_flags.sampled:
+            with self._lock:
+                self.ended += 1
+
+    def stop_exporting_at(self, deadline: float) -> None:
+        """From `deadline` (monotonic) on, batches handed to the exporter are dropped unsent."""
+        self._deadline = deadline
+
+    def past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def settled(self, spans: int, exported: bool) -> None:
+        with self._lock:
+            if exported:
+                self.exported += spans
+            else:
+                self.failed += spans
+
+    def unexported(self) -> int:
+        """Sampled spans ended and neither exported nor failed: queued, or in an export."""
+        with self._lock:
+            return self.ended - self.exported - self.failed
+
+
+class _LedgerExporter(SpanExporter):
+    def __init__(self, ledger: ExportLedger, inner: SpanExporter) -> None:
+        self._ledger = ledger
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._ledger.past_deadline():
+            self._ledger.settled(len(spans), exported=False)
+            return SpanExportResult.FAILURE
+        result = SpanExportResult.FAILURE
+        try:
+            result = self._inner.export(spans)
+        finally:
+            self._ledger.settled(len(spans), exported=result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class OtelTracing:
+    """Spans of `provider`'s tracer; the caller configured the provider (sampler, exporter).
+
+    With `ledger` (added to the provider), shutdown logs how many spans it did not export.
+    """
+
+    def __init__(self, provider: TracerProvider, ledger: ExportLedger | None = None) -> None:
         self._provider = provider
+        self._ledger = ledger
         self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
         # The producer span's own fields (traceparent, or a configured propagator's ids) have a
         # fixed size, so a sample span's stand in for them in `sized_headers`; built once, in a
@@ -108,6 +187,7 @@ class OtelTracing:
         sample_context = trace.set_span_in_context(_SAMPLE_SPAN, Context())
         propagate.inject(self._sample_headers, context=sample_context, setter=_SETTER)
         self._sample_names = frozenset(name for name, _ in self._sample_headers)
+        hold_logs_of("opentelemetry")
 
     @contextmanager
     def event(self, record: ConsumedRecord, headers: Headers, group: str) -> Iterator[EventTrace]:
@@ -122,24 +202,28 @@ class OtelTracing:
         }
         if record.key is not None:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-        span = self._tracer.start_span(
-            f"process {record.topic}",
-            context=propagate.extract(headers, getter=_GETTER),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
-        context = span.get_span_context()
-        token = _current_event.set(_EventLink(span, context, record.topic))
-        try:
-            with event_scope(), trace.use_span(span, end_on_exit=True):
-                # A span the sampler left out still has the trace's ids, which the logs want.
-                bind_event(
-                    trace_id=trace.format_trace_id(context.trace_id),
-                    span_id=trace.format_span_id(context.span_id),
-                )
-                yield _EventSpan(span)
-        finally:
-            _current_event.reset(token)
+        with event_scope():
+            # What the propagators warn about a header is logged once the event's id is bound.
+            with hold_logs():
+                parent = propagate.extract(headers, getter=_GETTER)
+            span = self._tracer.start_span(
+                f"process {record.topic}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            context = span.get_span_context()
+            token = _current_event.set(_EventLink(span, context, record.topic))
+            try:
+                with trace.use_span(span, end_on_exit=True):
+                    # A span the sampler left out still has the trace's ids, which logs want.
+                    bind_event(
+                        trace_id=trace.format_trace_id(context.trace_id),
+                        span_id=trace.format_span_id(context.span_id),
+                    )
+                    yield _EventSpan(span)
+            finally:
+                _current_event.reset(token)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -207,7 +291,33 @@ class OtelTracing:
             *self._sample_headers,
         ]
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        ledger = self._ledger
+        if ledger is not None:
+            ledger.stop_exporting_at(time.monotonic() + timeout_s)
+            lost_before = ledger.failed
+        # A daemon thread: one stuck in an export to a collector that never answers must not
+        # keep the process from exiting.
+        closing = threading.Thread(
+            target=self._flush_and_shut_down,
+            args=(timeout_s,),
+            name="qa-worker-tracing-shutdown",
+            daemon=True,
+        )
+        closing.start()
+        closing.join(timeout_s)
+        if ledger is None:
+            return
+        dropped = ledger.unexported() + ledger.failed - lost_before
+        if dropped:
+            log.warning(
+                "tracing: %d spans dropped at shutdown: not exported within %.1f s",
+                dropped,
+                timeout_s,
+            )
+
+    def _flush_and_shut_down(self, timeout_s: float) -> None:
+        self._provider.force_flush(timeout_millis=int(timeout_s * 1000))
         self._provider.shutdown()
 
 
@@ -227,6 +337,10 @@ def otlp_tracing() -> Tracing:
     resource = Resource.create({SERVICE_VERSION: __version__})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return OtelTracing(provider)
+    # Not shut down at exit by the SDK: its exit hook would wait up to 30 s on a collector that
+    # does not answer; the worker shuts tracing down itself, within its drain timeout.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    ledger = ExportLedger(OTLPSpanExporter())
+    provider.add_span_processor(ledger)
+    provider.add_span_processor(BatchSpanProcessor(ledger.exporter))
+    return OtelTracing(provider, ledger)

@@ -9,9 +9,13 @@ that reports the error it stops on.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
+from faust.exceptions import ProducerSendError
 
 from ..config import Settings
 from ..observability.metrics import WorkerMetrics
@@ -111,6 +115,26 @@ class ProducerTopic:
         return await producer.send(
             self.name, key, value, partition=None, timestamp=None, headers=headers
         )
+
+    async def send_alone(
+        self, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[object]:
+        """Queues the record in a batch of its own, on the partition `send` would choose, so
+        that what the broker answers about the batch is about this record alone."""
+        producer = await self._app.maybe_start_producer()
+        # faust's aiokafka producer; faust has no way to send a batch of one.
+        client = cast(AIOKafkaProducer, producer._ensure_producer())
+        partitions = sorted(await client.partitions_for(self.name))
+        available = sorted(client.client.cluster.available_partitions_for_topic(self.name))
+        batch = client.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            raise MessageSizeTooLargeError(f"a record of {len(value or b'')} bytes")
+        batch.close()
+        partition = DefaultPartitioner()(key, partitions, available or partitions)
+        try:
+            return await client.send_batch(batch, self.name, partition=partition)
+        except KafkaError as error:
+            raise ProducerSendError(f"Error while sending: {error!r}") from error
 
 
 class Topics:

@@ -12,9 +12,17 @@ A send that fails is judged by what can still succeed (`judge`):
   out, is retried with backoff while the event stays in flight, so its offset is not committed;
 - an error that only this event's record meets (an answer too large, a reply topic that is
   invalid, unknown or not writable) turns the event into a dead letter with its own code;
-- an error no event can get past (a configured topic refusing writes, a dead letter refused)
-  raises `DeliveryError`, which names the setting: the worker must stop, committing nothing that
-  was not delivered.
+- a refusal of the record itself, by its Kafka error code (INVALID_RECORD, CORRUPT_MESSAGE:
+  `answer_refused`; MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE: `answer_too_large`), is first
+  confirmed by sending the record again in a batch of its own: the broker refuses whole batches,
+  so an answer that shared a batch with the refused one is delivered, and only the record that
+  is refused alone becomes a dead letter, whose reason names the broker's error;
+- an error no event can get past (a configured topic refusing writes, a dead letter refused,
+  alone too) raises `DeliveryError`, which names the setting: the worker must stop, committing
+  nothing that was not delivered.
+
+aiokafka 0.14 has no class for INVALID_RECORD (error 87) and would report it as UnknownError,
+losing the code; importing this module registers `InvalidRecordError` for it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from aiokafka.errors import (
+    BrokerResponseError,
+    CorruptRecordException,
     InvalidTopicError,
     KafkaError,
     KafkaTimeoutError,
@@ -36,6 +46,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
+    kafka_errors,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import size_of_varint
@@ -53,6 +64,7 @@ __all__ = [
     "DeliveryObserver",
     "Envelope",
     "IncomingMessage",
+    "InvalidRecordError",
     "Outgoing",
     "ReplyRouting",
     "Verdict",
@@ -85,6 +97,28 @@ DESCRIBED_HEADERS = 16
 DESCRIBED_NAME_CHARS = 64
 ENVELOPE_DESCRIPTION_BYTES = 10_000
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+class InvalidRecordError(BrokerResponseError):
+    """Kafka's INVALID_RECORD: the broker refused a record it validated (a compacted topic's
+    record without a key, a broker-side schema check)."""
+
+    errno = 87
+    message = "INVALID_RECORD"
+    description = "This record has failed the validation on broker and hence been rejected."
+
+
+# Where aiokafka looks up a response's error code; a later aiokafka with its own class keeps it.
+kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordError)
+
+# Refusals of the records in a batch, by Kafka error code (aiokafka's CorruptRecordException
+# is CORRUPT_MESSAGE), and the code the dead letter of a record refused alone carries.
+_RECORD_REFUSALS: dict[int, ErrorCode] = {
+    InvalidRecordError.errno: ErrorCode.ANSWER_REFUSED,
+    CorruptRecordException.errno: ErrorCode.ANSWER_REFUSED,
+    MessageSizeTooLargeError.errno: ErrorCode.ANSWER_TOO_LARGE,
+    RecordListTooLargeError.errno: ErrorCode.ANSWER_TOO_LARGE,
+}
 # What a reply topic named by one event can refuse, and the code its dead letter then carries.
 _REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
     (InvalidTopicError, ErrorCode.INVALID_REPLY_TOPIC),
@@ -161,6 +195,8 @@ class Topic(Protocol):
     """A topic to send to (faust's `TopicT`): `send` returns the broker's acknowledgement."""
 
     def send(self, *, key: Any, value: Any, headers: Any) -> Awaitable[Awaitable[object]]: ...
+
+    def send_alone(self, *, key: Any, value: Any, headers: Any) -> Awaitable[Awaitable[object]]: ...
 
 
 DeadLetterFactory = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
@@ -315,24 +351,47 @@ class ReplyRouting:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do after a failed send: retry, dead-letter with `code`, or stop (`fatal`)."""
+    """What to do after a failed send: retry, dead-letter with `code`, stop (`fatal`), or first
+    send the record again alone (`resend_alone`) to learn whether the refusal is its own."""
 
     retry: bool = False
     code: ErrorCode | None = None
     fatal: str | None = None
+    resend_alone: bool = False
 
 
-def judge(error: KafkaError, outgoing: Outgoing, settings_of: Mapping[str, str]) -> Verdict:
+def _refusal(error: KafkaError) -> str:
+    """A dead letter's reason for a refusal: the broker's name for it, its code, and what it
+    means, e.g. `the broker refused the record with INVALID_RECORD (87): ...`."""
+    errno = getattr(error, "errno", None)
+    name = getattr(error, "message", None) or type(error).__name__
+    said = f"{name} ({errno})" if errno is not None else name
+    detail = " ".join(str(arg) for arg in error.args) or getattr(error, "description", "")
+    return f"the broker refused the record with {said}" + (f": {detail}" if detail else "")
+
+
+def judge(
+    error: KafkaError,
+    outgoing: Outgoing,
+    settings_of: Mapping[str, str],
+    *,
+    sent_alone: bool = True,
+) -> Verdict:
     """What a failed send of `outgoing` leaves to do.
 
     `settings_of` maps each configured topic (answers, tags, dead letters) to the setting that
-    names it; any other topic is a reply topic that one event asked for.
+    names it; any other topic is a reply topic that one event asked for. `sent_alone` says the
+    record went in a batch of its own, so a refusal of the batch is the record's.
     """
     setting = settings_of.get(outgoing.topic)
     is_dead_letter = outgoing.dead_letter_reason is not None
-    if not is_dead_letter and isinstance(error, _TOO_LARGE):
-        # Records are sized before sending; this is a broker with a lower limit.
-        return Verdict(code=ErrorCode.ANSWER_TOO_LARGE)
+    refused_as = _RECORD_REFUSALS.get(getattr(error, "errno", None))  # type: ignore[arg-type]
+    if refused_as is not None and not sent_alone:
+        # Records are sized before sending, so this is a broker with its own limits or checks,
+        # and it refused the whole batch the record went in.
+        return Verdict(resend_alone=True)
+    if refused_as is not None and not is_dead_letter:
+        return Verdict(code=refused_as)
     if setting is None and not is_dead_letter:
         for refusal, code in _REPLY_TOPIC_REFUSALS:
             if isinstance(error, refusal):
@@ -422,14 +481,15 @@ class Delivery:
         self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
     ) -> Outgoing:
         backoff = self._first_backoff_s
+        alone = False
         while True:
             envelope = outgoing.envelope
             key = message.key if envelope is None else envelope.key
             headers = self._outgoing_headers(message, envelope)
+            topic = self._topic(outgoing.topic)
+            send = topic.send_alone if alone else topic.send
             try:
-                pending = await self._topic(outgoing.topic).send(
-                    key=key, value=outgoing.value, headers=headers
-                )
+                pending = await send(key=key, value=outgoing.value, headers=headers)
                 await pending
                 return outgoing
             except (KafkaError, ProducerSendError) as raised:
@@ -437,11 +497,16 @@ class Delivery:
                 error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised
                 if not isinstance(error, KafkaError):
                     raise
-            verdict = judge(error, outgoing, self._settings_of)
+            verdict = judge(error, outgoing, self._settings_of, sent_alone=alone)
             if verdict.fatal is not None:
                 raise DeliveryError(verdict.fatal) from error
+            if verdict.resend_alone:
+                alone = True
+                continue
+            alone = False
             if verdict.code is not None:
-                outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, str(error))
+                reason = _refusal(error)
+                outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, reason)
                 backoff = self._first_backoff_s
                 continue
             self._failing_since.setdefault(delivery_id, self._clock())

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 # How often consumer lag and readiness are refreshed for /metrics.
 LAG_REFRESH_S = 1.0
+# Spans still buffered at stop are exported within what is left of the drain timeout, but at
+# least this long, so a drain that used all of its time still sends its spans: a stop then takes
+# at most the drain timeout plus this (the Helm chart's grace period leaves more).
+MIN_TRACING_FLUSH_S = 1.0
 
 
 class QAWorker(AsyncLifecycle):
@@ -188,6 +192,7 @@ class QAWorker(AsyncLifecycle):
         return await self._stopping
 
     async def _stop(self) -> bool:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
         self.metrics.set_ready(False)
         if self._lag_task is not None:
             self._lag_task.cancel()
@@ -212,8 +217,10 @@ class QAWorker(AsyncLifecycle):
         # work that ran out of time; the process is about to exit without it.
         self._datadir.cleanup()
         if self._owns_tracing:
-            # Exports the spans still buffered, within OTEL_BSP_EXPORT_TIMEOUT.
-            await asyncio.to_thread(self.tracing.shutdown)
+            # The SDK's own shutdown ignores OTEL_BSP_EXPORT_TIMEOUT and may wait up to 30 s on
+            # a collector that does not answer; this one returns within its bound.
+            flush_s = max(deadline - time.monotonic(), MIN_TRACING_FLUSH_S)
+            await asyncio.to_thread(self.tracing.shutdown, flush_s)
         return drained
 
     def readiness(self) -> tuple[bool, str]:
