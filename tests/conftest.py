@@ -1,16 +1,42 @@
-"""Shared fixtures: small random-weight QA checkpoints and their exports, built once per session."""
+"""Shared fixtures: small random-weight QA checkpoints and their exports, built once per session.
+
+Every run draws its generated cases (hypothesis) from one seed, chosen afresh unless
+`--hypothesis-seed` gives it, and printed at the start and again after a failure, so a failing
+draw can be run again exactly.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import core
 
 from parity.models import build_checkpoint
 
 # The architectures the answer-parity tests run on; DistilBERT is covered by the export tests.
 PARITY_KINDS = ("bert", "mobilebert", "roberta")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--hypothesis-seed") is None:
+        core.global_force_seed = random.SystemRandom().randrange(2**32)
+
+
+def _seed_line() -> str:
+    seed = core.global_force_seed
+    return f"hypothesis seed: {seed} (run these draws again with --hypothesis-seed={seed})"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _seed_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
+    if terminalreporter.stats.get("failed"):
+        terminalreporter.write_line(_seed_line())
 
 
 @pytest.fixture(scope="session")
