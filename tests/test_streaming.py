@@ -129,7 +129,10 @@ async def test_answers_through_the_broker_equal_offline_answers(
         ]
         assert answer["score"] == pytest.approx(offline_answer["score"], abs=1e-5)
         assert answer["model"]["checksum"] == worker.engine.model_id
-        assert answer["timings"]["total_ms"] >= answer["timings"]["inference_ms"] > 0
+        # inference_ms adds up the event's batches, which may run at once on several streams, so
+        # it may exceed total_ms; the wait until its last batch started may not.
+        assert answer["timings"]["inference_ms"] > 0
+        assert answer["timings"]["total_ms"] >= answer["timings"]["queue_ms"]
 
     def one(name: str, **labels: str) -> float:
         return samples[name][tuple(sorted(labels.items()))]
