@@ -33,6 +33,8 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_ready                      | gauge     |                  | 1 ready, 0 not           |
 | qa_worker_answer_score               | histogram | see below        | top answer's score       |
 | qa_worker_abstentions_total          | counter   | see below        | null answers given       |
+| qa_worker_event_loop_lag_seconds     | histogram |                  | a loop wake-up's delay   |
+| qa_worker_gc_pause_seconds           | histogram | generation       | garbage-collection pause |
 
 Details:
 
@@ -58,6 +60,9 @@ Details:
   computed and `abstentions / _count` the abstention rate. Labels: `topic`, the input topic, and
   `question_set`, the set's name (empty for questions), both bounded by the configuration. An
   abstention is an answer whose top item is the null answer (`is_impossible`).
+- Event-loop lag is how much later than asked a task sleeping on the worker's event loop woke
+  (`worker.observability.runtime`, every 0.1 s); GC pauses time each collection, by the
+  generation collected (0, 1 or 2; each has a series from the start).
 - Model info labels: `model`, `model_type`, `precision`, `checksum` (of the model folder) and
   `worker_version`; there is no series until a model is loaded, and one after.
 
@@ -109,6 +114,8 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "ready",
         "answer_score",
         "abstentions_total",
+        "event_loop_lag_seconds",
+        "gc_pause_seconds",
     )
 )
 
@@ -125,6 +132,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 BATCH_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 # Scores are probabilities; finer near 1, where a confident model's answers sit.
+# From the 1 ms asyncio's timers round to, past the 5 ms a healthy loop stays under at p99, to
+# the seconds of a loop held by a blocking call.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Young collections take tens of microseconds; a full one over a large heap, tens of ms or more.
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+GC_GENERATIONS = 3
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -245,6 +258,20 @@ class WorkerMetrics:
             ("topic", "question_set"),
         )
 
+        self._loop_lag = histogram(
+            "event_loop_lag_seconds",
+            "How much later than asked a periodic task on the worker's event loop woke.",
+            LOOP_LAG_BUCKETS,
+        )
+        self._gc_pause = histogram(
+            "gc_pause_seconds",
+            "Garbage-collection pauses, by the generation collected.",
+            GC_PAUSE_BUCKETS,
+            ("generation",),
+        )
+        for generation in range(GC_GENERATIONS):
+            self._gc_pause.labels(str(generation))
+
     def event_received(self, topic: str) -> None:
         self._received.labels(topic).inc()
 
@@ -334,6 +361,15 @@ class WorkerMetrics:
         # One series only: a reload must not leave the previous model's labels behind.
         self._model_info.clear()
         self._model_info.labels(model, model_type, precision, checksum, worker_version).set(1)
+
+    def loop_lagged(self, seconds: float) -> None:
+        """The runtime monitor's observer: one wake-up of the lag sampler."""
+        self._loop_lag.observe(seconds)
+
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        """The runtime monitor's observer: one garbage collection of `generation`."""
+        # Bounded by the interpreter's generations, whatever a future one reports.
+        self._gc_pause.labels(str(min(max(generation, 0), GC_GENERATIONS - 1))).observe(seconds)
 
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)

@@ -39,6 +39,7 @@ from ..config import Settings, describe
 from ..errors import WorkerError
 from ..lifecycle import AsyncLifecycle
 from ..observability.metrics import WorkerMetrics
+from ..observability.runtime import RuntimeMonitor
 from ..observability.tracing import build_tracing
 from ..observability.tracing_interface import Tracing
 from ..qa import BatchLimits, QAEngine, QAOptions
@@ -113,6 +114,8 @@ class QAWorker(AsyncLifecycle):
             tracing=self.tracing,
         )
         self.tracker = OffsetTracker(settings.max_in_flight)
+        # Event-loop lag and GC pauses, from the consumer's start to the end of the drain.
+        self.runtime = RuntimeMonitor(metrics)
         self._tasks: set[asyncio.Task[None]] = set()
         # When each event in flight was read (monotonic), for the oldest-in-flight gauge.
         self._read_at: dict[Tracked, float] = {}
@@ -166,7 +169,8 @@ class QAWorker(AsyncLifecycle):
     # lifecycle
 
     async def start(self) -> None:
-        """Starts the batcher, the consumer and the lag refresh; a second call does nothing.
+        """Starts the batcher, the consumer, the lag refresh and the runtime monitor (event-loop
+        lag, GC pauses); a second call does nothing.
 
         Raises ConfigError, naming the settings, when the broker cannot be reached within the
         longer of CONNECT_WITHIN_S and the session timeout (a wrong address, or TLS or SASL
@@ -179,6 +183,7 @@ class QAWorker(AsyncLifecycle):
         self.broker_watch.start()
         await self.batcher.start()
         await self.app.start()
+        await self.runtime.start()
         self._lag_task = asyncio.create_task(self._refresh_lag())
 
     async def stop(self) -> bool:
@@ -215,6 +220,7 @@ class QAWorker(AsyncLifecycle):
             await self.batcher.stop()
         # Else the batcher would answer everything still submitted first, which is the very
         # work that ran out of time; the process is about to exit without it.
+        await self.runtime.stop()
         self._datadir.cleanup()
         if self._owns_tracing:
             # The SDK's own shutdown ignores OTEL_BSP_EXPORT_TIMEOUT and may wait up to 30 s on
