@@ -50,6 +50,7 @@ __all__ = [
     "DeadlineExceeded",
     "Engine",
     "MicroBatcher",
+    "Stages",
 ]
 
 
@@ -81,18 +82,40 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class Stages:
+    """`time.monotonic()` instants of one answer's way through the batcher, each >= the one
+    before: the gaps between them say where a slow answer waited.
+
+    `tokenize_started`, `tokenized`, `decode_started` and `decoded` are read on the tokenizer
+    thread (the gap before each start is the wait for that thread), `inferred` on the inference
+    thread that ran its last batch to finish, the others on the event loop (so `tokenized` to
+    `queued` is the hop back to the loop).
+    """
+
+    submitted: float
+    tokenize_started: float
+    tokenized: float
+    queued: float
+    batch_started: float
+    inferred: float
+    decode_started: float
+    decoded: float
+
+
+@dataclass(frozen=True)
 class Answered:
     """An answer and where its time went.
 
     `queue_s` runs from the call to `answer` until the batch holding its last window started
     (tokenizing included). `inference_s` is the sum of the run times of the distinct batches its
     windows ran in: engine time spent on its behalf, shared with the other windows of those
-    batches.
+    batches. `stages` is None only from stand-ins for the batcher.
     """
 
     result: QAResult
     queue_s: float
     inference_s: float
+    stages: Stages | None = None
 
 
 class DeadlineExceeded(Exception):
@@ -109,6 +132,8 @@ class _Request:
     logits: dict[int, WindowLogits] = field(default_factory=dict)
     queue_s: float = 0.0
     inference_s: float = 0.0
+    queued: float = 0.0
+    inferred: float = 0.0
     expiry: asyncio.TimerHandle | None = None
     trace: object | None = None
 
@@ -195,7 +220,7 @@ class MicroBatcher(AsyncLifecycle):
         try:
             loop = asyncio.get_running_loop()
             with self._tracing.stage("tokenize"):
-                encoded = await loop.run_in_executor(
+                encoded, tokenize_started, tokenized = await loop.run_in_executor(
                     self._cpu, self._encode, question, context, deadline
                 )
             request = self._enqueue(encoded, submitted, deadline)
@@ -208,20 +233,43 @@ class MicroBatcher(AsyncLifecycle):
             waited_ns = int((request.queue_s - (time.monotonic() - submitted)) * 1e9)
             self._tracing.interval("queue wait", enqueued_ns, time.time_ns() + waited_ns)
             with self._tracing.stage("decode"):
-                result = await loop.run_in_executor(
-                    self._cpu, self._engine.decode, encoded, logits, options
+                result, decode_started, decoded = await loop.run_in_executor(
+                    self._cpu, self._decode, encoded, logits, options
                 )
-            return Answered(result, request.queue_s, request.inference_s)
+            stages = Stages(
+                submitted,
+                tokenize_started,
+                tokenized,
+                request.queued,
+                submitted + request.queue_s,
+                request.inferred,
+                decode_started,
+                decoded,
+            )
+            return Answered(result, request.queue_s, request.inference_s, stages)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
 
-    def _encode(self, question: str, context: str, deadline: float | None) -> EncodedQuestion:
+    def _encode(
+        self, question: str, context: str, deadline: float | None
+    ) -> tuple[EncodedQuestion, float, float]:
+        """The question's windows, and when tokenizing them began and ended."""
+        began = time.monotonic()
         # Questions queue for this thread; one whose deadline passed meanwhile is not worth it.
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and began >= deadline:
             raise DeadlineExceeded("the deadline passed before the question was tokenized")
-        return self._engine.encode(question, context)
+        encoded = self._engine.encode(question, context)
+        return encoded, began, time.monotonic()
+
+    def _decode(
+        self, encoded: EncodedQuestion, logits: list[WindowLogits], options: QAOptions
+    ) -> tuple[QAResult, float, float]:
+        """The answer, and when decoding it began and ended."""
+        began = time.monotonic()
+        result = self._engine.decode(encoded, logits, options)
+        return result, began, time.monotonic()
 
     def _enqueue(
         self, encoded: EncodedQuestion, submitted: float, deadline: float | None
@@ -236,7 +284,7 @@ class MicroBatcher(AsyncLifecycle):
             unstarted=size,
             trace=self._tracing.link(),
         )
-        now = time.monotonic()
+        now = request.queued = time.monotonic()
         self._pending.extend(
             _Pending(request, index, window, now) for index, window in enumerate(encoded.windows)
         )
@@ -295,20 +343,21 @@ class MicroBatcher(AsyncLifecycle):
         chosen = next_batch([len(item.window) for item in pending], self._limits, seed)
         return [pending[index] for index in chosen]
 
-    def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float]:
+    def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float, float]:
+        """The batch's logits, its run time and the `time.monotonic()` instant it ended."""
         began = time.perf_counter()
         logits = self._engine.infer(windows, stream)
         seconds = time.perf_counter() - began
         if len(logits) != len(windows):
             raise RuntimeError(f"infer returned {len(logits)} logits for {len(windows)} windows")
-        return logits, seconds
+        return logits, seconds, time.monotonic()
 
     def _finished(
         self,
         batch: list[_Pending],
         stream: int,
         started_ns: int,
-        done: asyncio.Future[tuple[list[WindowLogits], float]],
+        done: asyncio.Future[tuple[list[WindowLogits], float, float]],
     ) -> None:
         self._free_streams.append(stream)
         self._free_streams.sort()
@@ -319,11 +368,12 @@ class MicroBatcher(AsyncLifecycle):
                 self._fail(request, error)
             self._dispatch()
             return
-        logits, seconds = done.result()
+        logits, seconds, ended = done.result()
         for item, window_logits in zip(batch, logits, strict=True):
             item.request.logits[item.index] = window_logits
         for request in requests:
             request.inference_s += seconds
+            request.inferred = max(request.inferred, ended)
             if len(request.logits) == request.size and not request.future.done():
                 request.future.set_result([request.logits[i] for i in range(request.size)])
         self._dispatch()

@@ -22,6 +22,7 @@ import math
 import re
 import sys
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -290,18 +291,29 @@ def answer_event(
     total_ms: float,
     worker_version: str,
     now_ms: int,
+    read_ms: float | None = None,
+    stages_ms: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The answer event for `event` (answer.schema.json); `model_checksum` is the manifest's."""
+    """The answer event for `event` (answer.schema.json); `model_checksum` is the manifest's.
+
+    `read_ms` (from the record's timestamp to the worker reading it) and `stages_ms` (each
+    stage's offset from the read, in order) go into `timings` when given.
+    """
+    # Times from a producer's clock that runs ahead of ours would come out negative.
+    timings: dict[str, Any] = {
+        "queue_ms": round(max(queue_ms, 0.0), 3),
+        "inference_ms": round(max(inference_ms, 0.0), 3),
+        "total_ms": round(max(total_ms, 0.0), 3),
+    }
+    if read_ms is not None:
+        timings["read_ms"] = round(max(read_ms, 0.0), 3)
+    if stages_ms is not None:
+        timings["stages_ms"] = {name: round(max(ms, 0.0), 3) for name, ms in stages_ms.items()}
     answer: dict[str, Any] = {
         "id": event.id,
         **result.to_dict(),
         "model": {"name": model_name, "checksum": model_checksum},
-        # Times from a producer's clock that runs ahead of ours would come out negative.
-        "timings": {
-            "queue_ms": round(max(queue_ms, 0.0), 3),
-            "inference_ms": round(max(inference_ms, 0.0), 3),
-            "total_ms": round(max(total_ms, 0.0), 3),
-        },
+        "timings": timings,
     }
     if event.metadata is not None:
         answer["metadata"] = event.metadata

@@ -15,13 +15,14 @@ stands in for the batcher.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
-from ..batcher import Answered, DeadlineExceeded
+from ..batcher import Answered, DeadlineExceeded, Stages
 from ..config import Settings, describe, topic_name_problem
 from ..errors import DeliveryError, ErrorCode, EventError, OffsetOrderError
 from ..events import (
@@ -79,6 +80,10 @@ RECORD_INDEPENDENT_ERRORS: tuple[type[Exception], ...] = (DeliveryError, OffsetO
 # How much of an unexpected exception's message a dead letter quotes.
 _QUOTED_ERROR_CHARS = 1_000
 _T = TypeVar("_T")
+# The batcher's stages an answer reports; `submitted` follows `parsed` within one loop turn.
+_BATCHER_STAGES = tuple(
+    stage.name for stage in dataclasses.fields(Stages) if stage.name != "submitted"
+)
 
 
 class Answerer(Protocol):
@@ -165,6 +170,8 @@ class EventHandlers:
 
     async def answer_question(self, message: IncomingMessage, received: float) -> Outgoing:
         """The answer to a questions-topic message, or its dead letter."""
+        # The read on the monotonic clock the batcher's stages are on.
+        read_at = time.monotonic() - max(0.0, time.time() - received)
         kafka_ms = kafka_timestamp_ms(message, received)
         try:
             question = parse_question(
@@ -172,6 +179,7 @@ class EventHandlers:
             )
         except EventError as error:
             return self.dead_letter(message, kafka_ms / 1000, error.code, str(error))
+        parsed = time.monotonic()
         bind_event(event_id=question.id)
         event_time = question.event_time_ms / 1000
         allowed_ms = (
@@ -213,6 +221,8 @@ class EventHandlers:
             total_ms=(time.time() - received) * 1000,
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
+            read_ms=received * 1000 - kafka_ms,
+            stages_ms=_stages_ms(read_at, parsed, answered.stages),
         )
         topic = self.settings.answers_topic if reply_to is None else reply_to
         log.debug("answered on %s", topic)
@@ -435,6 +445,14 @@ def _attempt(read: Callable[[], _T], fallback: _T) -> _T:
         return read()
     except Exception:
         return fallback
+
+
+def _stages_ms(read_at: float, parsed: float, stages: Stages | None) -> dict[str, float]:
+    """Each stage's offset from the read in ms, in order: `parsed`, then the batcher's."""
+    instants = {"parsed": parsed}
+    if stages is not None:
+        instants.update((name, getattr(stages, name)) for name in _BATCHER_STAGES)
+    return {name: (instant - read_at) * 1000 for name, instant in instants.items()}
 
 
 def _deadline(question: QuestionEvent) -> float | None:
