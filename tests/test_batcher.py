@@ -10,6 +10,7 @@ nothing (windows reaching its queue), the tests poll `pending_windows` until it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import threading
@@ -186,6 +187,63 @@ async def test_answers_equal_one_window_at_a_time() -> None:
         assert got.result == reference.decode(encoded, logits, OPTIONS)
         assert got.queue_s >= 0 and got.inference_s >= 0
     assert max(len(batch) for batch in engine.batches) > 1
+
+
+def stage_instants(answered: Answered) -> list[float]:
+    assert answered.stages is not None
+    return [getattr(answered.stages, f.name) for f in dataclasses.fields(answered.stages)]
+
+
+async def test_stages_follow_each_answer_through_tokenizing_batches_and_decoding() -> None:
+    engine = FakeEngine(streams=2)
+    async with MicroBatcher(engine, BatchLimits(batch_size=2)) as batcher:
+        engine.gate.hold()
+        # Three windows each: every question needs at least two batches.
+        tasks = [ask(batcher, f"q{i}", 8, 9, 10) for i in range(4)]
+        held = [await engine.gate.next_batch(), await engine.gate.next_batch()]
+        running = sum(len(batch) for batch in held)  # type: ignore[arg-type]
+        await wait_until(lambda: batcher.pending_windows == 12 - running)
+        released = time.monotonic()
+        engine.gate.open()
+        answered = await bounded(asyncio.gather(*tasks))
+    done = time.monotonic()
+    for item in answered:
+        instants = stage_instants(item)
+        assert instants == sorted(instants), item.stages
+        stages = item.stages
+        assert stages is not None
+        assert stages.decoded <= done
+        assert stages.batch_started - stages.submitted == pytest.approx(item.queue_s)
+        # Every question has a window in a batch that ran only after the gate opened.
+        assert stages.inferred >= released
+
+
+async def test_a_question_waiting_for_the_tokenizer_shows_it_before_tokenize_started() -> None:
+    engine = FakeEngine()
+    entered = threading.Event()
+    release = threading.Event()
+    encode = engine.encode
+
+    def slow_first(question: str, context: str) -> EncodedQuestion:
+        if question == "first":
+            entered.set()
+            if not release.wait(TIMEOUT):
+                raise TimeoutError("the test never released the tokenizer")
+        return encode(question, context)
+
+    engine.encode = slow_first  # type: ignore[method-assign]
+    async with MicroBatcher(engine, BatchLimits(batch_size=4)) as batcher:
+        first = ask(batcher, "first", 5)
+        await bounded(asyncio.to_thread(entered.wait, TIMEOUT))
+        second = ask(batcher, "second", 5)
+        await wait_until(lambda: batcher.in_flight_requests == 2)
+        released = time.monotonic()
+        release.set()
+        one, two = await bounded(asyncio.gather(first, second))
+    assert one.stages is not None and two.stages is not None
+    assert one.stages.tokenize_started <= released <= one.stages.tokenized
+    # The second question was submitted while the first held the thread: it waited for it.
+    assert two.stages.submitted <= released <= two.stages.tokenize_started
 
 
 @pytest.mark.parametrize(
