@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.batcher import Answered, DeadlineExceeded
+from worker.batcher import Answered, DeadlineExceeded, MicroBatcher
 from worker.config import Settings
 from worker.errors import ErrorCode, EventError
 from worker.observability.tracing_otel import OtelTracing
-from worker.qa import QAOptions, QAResult
+from worker.qa import BatchLimits, QAOptions, QAResult
+from worker.qa.decode import WindowLogits
+from worker.qa.windows import EncodedQuestion, Window
 from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room
 from worker.stream.handlers import EventHandlers
 from worker.tagging import QuestionSet, TagField
@@ -84,6 +90,69 @@ async def test_a_question_becomes_an_answer_on_the_answers_topic() -> None:
     )
     assert outgoing.queue_s == 0.25 and outgoing.event_time == 1_700_000_000.0
     assert batcher.asked == [("Who?", "Ada wrote it.", QAOptions(top_k=2))]
+
+
+class WordEngine:
+    """A model-free engine for a real MicroBatcher: a window per word of the context, answered
+    with the first word."""
+
+    streams = 1
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        windows = [
+            Window(ids, ids, np.ones(len(ids), dtype=bool), encoding=None)  # type: ignore[arg-type]
+            for ids in (np.arange(len(word) + 2, dtype=np.int64) for word in context.split())
+        ]
+        return EncodedQuestion(question, context, windows, context_sequence=1)
+
+    def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:
+        zeros = [np.zeros(len(window), dtype=np.float32) for window in windows]
+        return [WindowLogits(item, item) for item in zeros]
+
+    def decode(
+        self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+    ) -> QAResult:
+        word = encoded.context.split()[0]
+        return QAResult(word, 0.9, 0, len(word), False, 0.1)
+
+
+STAGES = [
+    "parsed",
+    "tokenize_started",
+    "tokenized",
+    "queued",
+    "batch_started",
+    "inferred",
+    "decode_started",
+    "decoded",
+]
+
+
+async def test_an_answer_through_the_batcher_carries_its_stages_in_order() -> None:
+    sent_at = time.time() - 0.5
+    async with MicroBatcher(WordEngine(), BatchLimits(batch_size=2)) as batcher:
+        answerer = handlers(batcher)  # type: ignore[arg-type]
+        messages = [
+            FakeMessage(question(id=f"q{i}", context="Ada wrote it " * i), timestamp=sent_at)
+            for i in range(1, 6)
+        ]
+        received = time.time()
+        outgoing = await asyncio.gather(*(answerer.answer_question(m, received) for m in messages))
+    for record in outgoing:
+        assert record.dead_letter_reason is None
+        answer = json.loads(record.value)
+        assert answer["answer"] == "Ada"
+        timings = answer["timings"]
+        stages = timings["stages_ms"]
+        assert list(stages) == STAGES
+        offsets = list(stages.values())
+        assert offsets == sorted(offsets) and offsets[0] >= 0
+        # The answer is made after its last stage, on a clock that may differ by rounding.
+        assert offsets[-1] <= timings["total_ms"] + 1
+        assert timings["read_ms"] == pytest.approx((received - sent_at) * 1000, abs=1)
+        # Queue wait runs from the call to the batcher to the start of the event's last batch.
+        waited = stages["batch_started"] - timings["queue_ms"]
+        assert stages["parsed"] - 1 <= waited <= stages["tokenize_started"] + 1
 
 
 async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
