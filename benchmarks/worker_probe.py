@@ -6,9 +6,11 @@
 With `--rate 0` (the default) every event is produced at once (a burst); otherwise events arrive
 as a Poisson stream of R per second. Printed: throughput, the share of the time the inference
 thread was busy, the padding ratio and the worst batches, latency percentiles split by the
-answers' own timings (queue, inference, the rest of the worker, the broker hops), and the CPU
-each thread of this process and the broker used, also per event. Unlike `qa-worker bench`, the
-load generator shares this process with the worker (on its own thread and event loop, named
+answers' own timings (queue, inference, the rest of the worker, the broker hops, and the gaps
+between the stages of `timings.stages_ms`), the event-loop lag and GC pauses seen during the
+load (`--freeze`: after `gc.freeze()`, as `qa-worker run` does), and the CPU each thread of
+this process and the broker used, also per event. Unlike `qa-worker bench`, the load generator
+shares this process with the worker (on its own thread and event loop, named
 probe-load, so the worker's threads show the worker's CPU alone): use it to look inside one
 configuration, and compare configurations only in interleaved repetitions; run it with another
 checkout's `worker` first on PYTHONPATH to compare two versions of the worker.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -30,6 +33,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.bench.clock import cpu_seconds
+from worker.commands.run import freeze_long_lived_objects
 from worker.config import Settings
 from worker.embedded.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.model.loading import load_engine
@@ -42,11 +46,22 @@ LOAD_THREAD = "probe-load"
 
 
 class BatchLog(WorkerMetrics):
-    """The worker's metrics, also keeping every batch: (windows, real, padded tokens, seconds)."""
+    """The worker's metrics, also keeping every batch: (windows, real, padded tokens, seconds),
+    every event-loop lag sample and every GC pause: (generation, seconds)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[tuple[int, int, int, float]] = []
+        self.lags: list[float] = []
+        self.pauses: list[tuple[int, float]] = []
+
+    def loop_lagged(self, seconds: float) -> None:
+        super().loop_lagged(seconds)
+        self.lags.append(seconds)
+
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        super().gc_paused(generation, seconds)
+        self.pauses.append((generation, seconds))
 
     def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         super().on_batch(windows, real_tokens, padded_tokens, seconds)
@@ -134,7 +149,7 @@ def generate_in_thread(bootstrap_servers: str, records: list, rate: float) -> Lo
     return asyncio.run(generate(bootstrap_servers, records, rate))
 
 
-async def probe(settings: Settings, squad: Path, events: int, rate: float) -> None:
+async def probe(settings: Settings, squad: Path, events: int, rate: float, freeze: bool) -> None:
     records = read_questions(squad)[:events]
     async with EmbeddedBroker() as broker:
         for topic in TOPICS:
@@ -149,9 +164,13 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
         metrics = BatchLog()
         worker = QAWorker(settings, load_engine(settings), metrics)
         await worker.start()
+        if freeze:
+            freeze_long_lived_objects()
         try:
             while not worker.readiness()[0]:
                 await asyncio.sleep(0.05)
+            metrics.lags.clear()
+            metrics.pauses.clear()
             broker_before = cpu_seconds(broker.pid)
             load = await asyncio.to_thread(
                 generate_in_thread, broker.bootstrap_servers, records, rate
@@ -189,6 +208,24 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
         "  the rest of the worker: "
         + p50_p95([t["total_ms"] - t["queue_ms"] - t["inference_ms"] for t in timings if t])
     )
+    stages = [t["stages_ms"] for t in timings if t and "stages_ms" in t]
+    if stages:
+        names_in_order = ["read", *stages[0]]
+        print("  stage gaps, ms after the previous (read: from the read):")
+        for before, after in itertools.pairwise(names_in_order):
+            gaps = [item[after] - item.get(before, 0.0) for item in stages]
+            print(f"    {after}: {p50_p95_p99_max(gaps)}")
+    print(
+        f"event-loop lag ms ({len(metrics.lags)} samples): "
+        + p50_p95_p99_max([lag * 1000 for lag in metrics.lags])
+    )
+    for generation in range(3):
+        pauses = [seconds * 1000 for g, seconds in metrics.pauses if g == generation]
+        if pauses:
+            print(
+                f"GC generation {generation}: {len(pauses)} pauses, "
+                f"{len(pauses) / wall:.2f}/s, ms {p50_p95_p99_max(pauses)}"
+            )
     if broker_before is not None and broker_after is not None:
         print(f"CPU cores: broker {(broker_after - broker_before) / wall:.2f}")
     used = {
@@ -206,6 +243,17 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float) -> No
     )
 
 
+def p50_p95_p99_max(values: list[float]) -> str:
+    ordered = sorted(values)
+    if not ordered:
+        return "none"
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return f"p50 {at(0.5):.2f}, p95 {at(0.95):.2f}, p99 {at(0.99):.2f}, max {ordered[-1]:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -213,9 +261,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=600)
     parser.add_argument("--rate", type=float, default=0.0, help="events/s; 0: all at once")
     parser.add_argument("--max-padding", type=float, default=Settings().max_padding)
+    parser.add_argument(
+        "--freeze", action="store_true", help="gc.freeze() after start-up, as `qa-worker run` does"
+    )
     args = parser.parse_args()
     settings = Settings(model=args.model, max_padding=args.max_padding)
-    asyncio.run(probe(settings, args.squad, args.events, args.rate))
+    asyncio.run(probe(settings, args.squad, args.events, args.rate, args.freeze))
 
 
 if __name__ == "__main__":
