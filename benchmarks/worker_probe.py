@@ -38,6 +38,7 @@ from worker.config import Settings
 from worker.embedded.broker import FETCH_WAIT_MS, EmbeddedBroker
 from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
+from worker.observability.runtime import LOOP_LAG_INTERVAL_S
 from worker.squad import read_questions
 from worker.stream import QAWorker
 
@@ -169,6 +170,9 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float, freez
         try:
             while not worker.readiness()[0]:
                 await asyncio.sleep(0.05)
+            # The freeze's own collection, and the lag sample it delayed, are start-up's.
+            await asyncio.sleep(2 * LOOP_LAG_INTERVAL_S)
+            worker.runtime.report_pauses()
             metrics.lags.clear()
             metrics.pauses.clear()
             broker_before = cpu_seconds(broker.pid)
