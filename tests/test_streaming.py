@@ -133,6 +133,8 @@ async def test_answers_through_the_broker_equal_offline_answers(
         # it may exceed total_ms; the wait until its last batch started may not.
         assert answer["timings"]["inference_ms"] > 0
         assert answer["timings"]["total_ms"] >= answer["timings"]["queue_ms"]
+        stages = list(answer["timings"]["stages_ms"].values())
+        assert len(stages) == 8 and stages == sorted(stages)
 
     def one(name: str, **labels: str) -> float:
         return samples[name][tuple(sorted(labels.items()))]
