@@ -302,11 +302,13 @@ async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
         ({"reply-to": b"replies.a"}, "replies.a"),
         ([("reply-to", b"replies.a"), ("reply-to", b"replies.b")], "replies.b"),
         ([("reply-to", None)], None),
-        ([("reply-to", b"\xff")], None),
+        ([("reply-to", b"\xff")], "\\xff"),
         (None, None),
     ],
 )
-def test_header_reads_the_last_utf8_value(headers: Any, expected: str | None) -> None:
+def test_header_reads_the_last_value_escaping_bytes_that_are_not_utf8(
+    headers: Any, expected: str | None
+) -> None:
     message = FakeMessage(headers=headers)
     assert header(message, REPLY_TO_HEADER) == expected
     assert isinstance(message_headers(message), list)
@@ -317,6 +319,12 @@ def test_reply_routing_allows_only_matching_topics() -> None:
     assert routing.allowed("replies.team-a") and routing.allowed("audit")
     assert not routing.allowed("answers") and not routing.allowed("audit.x")
     assert not ReplyRouting(None).allowed("anything")
+
+
+def test_reply_routing_never_allows_the_workers_own_input_and_dead_letter_topics() -> None:
+    routing = ReplyRouting("*", reserved=["questions", "dead-letters"])
+    assert routing.allowed("replies.a") and routing.allowed("answers")
+    assert not routing.allowed("questions") and not routing.allowed("dead-letters")
 
 
 def test_reply_to_field_wins_over_the_header() -> None:

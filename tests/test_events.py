@@ -308,9 +308,17 @@ def test_missing_required_field(name: str) -> None:
             1714564800,
             '"created_at" must be an RFC 3339 date-time string, got 1714564800',
         ),
-        ("deadline_ms", 0, '"deadline_ms" must be an integer >= 1, got 0'),
-        ("deadline_ms", 1.5, '"deadline_ms" must be an integer >= 1, got 1.5'),
-        ("deadline_ms", "100", '"deadline_ms" must be an integer >= 1, got "100"'),
+        ("deadline_ms", 0, '"deadline_ms" must be an integer from 1 to 9007199254740991, got 0'),
+        (
+            "deadline_ms",
+            1.5,
+            '"deadline_ms" must be an integer from 1 to 9007199254740991, got 1.5',
+        ),
+        (
+            "deadline_ms",
+            "100",
+            '"deadline_ms" must be an integer from 1 to 9007199254740991, got "100"',
+        ),
     ],
 )
 def test_schema_violations_name_the_field_and_the_rule(name: str, value: Any, message: str) -> None:
@@ -983,3 +991,27 @@ def test_deep_values_never_reach_a_recursive_decoder(value: bytes) -> None:
 def test_the_bracket_scan_agrees_with_a_decoder_on_depth(depth: int, opener: str) -> None:
     text = ("[" * depth + "]" * depth) if opener == "[" else ('{"a":' * depth + "1" + "}" * depth)
     assert events.nesting_exceeds(text.encode(), 64) == (depth > 64)
+
+
+LARGEST_EXACT_JSON_INTEGER = 2**53 - 1
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        LARGEST_EXACT_JSON_INTEGER - 1,
+        LARGEST_EXACT_JSON_INTEGER,
+        LARGEST_EXACT_JSON_INTEGER + 1,
+        10**400,
+    ],
+    ids=["just-under", "at", "just-over", "400-digits"],
+)
+def test_deadline_ms_up_to_the_largest_exact_json_integer(deadline: int) -> None:
+    if deadline <= LARGEST_EXACT_JSON_INTEGER:
+        assert parse(question_bytes(deadline_ms=deadline)).deadline_ms == KAFKA_TIME + deadline
+        return
+    error = rejection(question_bytes(deadline_ms=deadline))
+    assert error.code == ErrorCode.INVALID_EVENT
+    assert error.message.startswith(
+        f'"deadline_ms" must be an integer from 1 to {LARGEST_EXACT_JSON_INTEGER}'
+    )

@@ -350,3 +350,27 @@ async def test_an_invalid_reply_topic_is_dead_lettered_before_inference(reply_to
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
     assert "not a valid Kafka topic name" in json.loads(outgoing.value)["error"]["message"]
     assert batcher.asked == []
+
+
+async def test_a_reply_to_header_that_is_not_utf8_is_an_invalid_reply_topic() -> None:
+    batcher = FakeBatcher()
+    message = FakeMessage(question(), headers=[("reply-to", b"replies.\xff")])
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
+    assert "replies.\\\\xff" in json.loads(outgoing.value)["error"]["message"]
+    assert batcher.asked == []
+
+
+@pytest.mark.parametrize("reply_to", ["qa-questions", "docs", "deals-in", "qa-dead-letters"])
+async def test_no_pattern_lets_an_answer_go_to_a_topic_the_worker_reads_or_dead_letters_to(
+    reply_to: str,
+) -> None:
+    batcher = FakeBatcher()
+    message = FakeMessage(question(reply_to=reply_to))
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
+    assert (
+        "a topic the worker reads or dead-letters to"
+        in json.loads(outgoing.value)["error"]["message"]
+    )
+    assert batcher.asked == []

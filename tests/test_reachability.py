@@ -18,6 +18,7 @@ from parity import texts
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
+    QUESTIONS,
     collect,
     committed_offsets,
     create_topics,
@@ -29,7 +30,7 @@ from tests.support.streaming import (
 )
 from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
-from worker.errors import ConfigError
+from worker.errors import ConfigError, InputLostError
 from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
 from worker.stream import QAWorker
@@ -230,3 +231,36 @@ async def test_a_deleted_dead_letter_topic_holds_its_event_and_every_commit_behi
         finally:
             await admin.close()
             await worker.stop()
+
+
+async def test_a_questions_topic_deleted_under_the_worker_stops_it_naming_the_offset_reset(
+    exported_models: dict[str, Path],
+) -> None:
+    """Positions committed on the deleted log would skip records of a topic recreated under its
+    name, so the worker fails loudly instead of reading on as if nothing happened."""
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, partitions=1)
+        server = broker.bootstrap_servers
+        settings = worker_settings(server, exported_models["bert"])
+        fatal: list[BaseException] = []
+        worker = QAWorker(settings, load_engine(settings), WorkerMetrics(), on_fatal=fatal.append)
+        await worker.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=server)
+        await admin.start()
+        try:
+            await produce(server, question_values(texts.pairs(seed=43, count=3)))
+            await collect(server, [ANSWERS], 3, timeout=30)
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            await admin.delete_topics([QUESTIONS])
+            await wait_until(lambda: fatal, 10, "the worker to stop")
+        finally:
+            await admin.close()
+            await worker.stop()
+    (error,) = fatal
+    assert isinstance(error, InputLostError)
+    assert f"the topic {QUESTIONS!r} (--questions-topic / QA_QUESTIONS_TOPIC) was deleted" in str(
+        error
+    )
+    assert f"--group {settings.group_id} --topic {QUESTIONS} --reset-offsets" in str(error)
+    ready, reason = worker.readiness()
+    assert not ready and "stopping after a fatal error" in reason

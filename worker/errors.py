@@ -4,6 +4,7 @@
     ├── EventError        one event cannot be answered; `code` goes into its dead letter
     ├── OffsetOrderError  an acknowledged offset went backwards: the worker must stop
     ├── DeliveryError     a record no event can get past (a configured topic refusing writes)
+    ├── InputLostError    a topic the worker reads was deleted or cut short under it
     └── SetupError        what a command was given or needs cannot be used (no code)
         ├── ConfigError       a setting
         ├── ModelFolderError  a model folder
@@ -97,6 +98,18 @@ class DeliveryError(WorkerError):
 
     The answers, tags or dead-letter topic refuses writes for good, or refused a dead letter:
     every later event would meet the same, so the worker stops; the message names the setting.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
+class InputLostError(WorkerError):
+    """A topic the worker reads was deleted, or a partition's log ends below its committed offset.
+
+    The group's committed positions no longer describe that log: read on, they would skip the
+    first records of a topic recreated under the name. The worker stops and says how to reset the
+    group's offsets; it cannot tell which records it would skip.
     """
 
     def __init__(self, message: str) -> None:

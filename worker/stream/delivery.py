@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
@@ -215,15 +215,13 @@ def message_headers(message: IncomingMessage) -> list[tuple[str, bytes]]:
 
 
 def header(message: IncomingMessage, name: str) -> str | None:
-    """The last value of a message header, as text; None when absent or not UTF-8."""
+    """The last value of a message header, as text (bytes that are not UTF-8 as `\\xNN`
+    escapes, so a value that was sent is never taken for one that was not); None when absent."""
     found = None
     for key, value in message_headers(message):
         if key == name and value is not None:
             found = value
-    try:
-        return None if found is None else found.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return None if found is None else found.decode("utf-8", "backslashreplace")
 
 
 def value_room(
@@ -334,18 +332,23 @@ def _encoded_size(name: str, value: bytes | None) -> int:
 
 
 class ReplyRouting:
-    """Which topics a question may name for its answer: comma-separated glob patterns."""
+    """Which topics a question may name for its answer: comma-separated glob patterns, less the
+    `reserved` topics (the worker's own input and dead-letter topics), whatever the patterns say:
+    an answer written there would be read back as a question, or pass for a dead letter."""
 
-    def __init__(self, patterns: str | None) -> None:
+    def __init__(self, patterns: str | None, reserved: Iterable[str] = ()) -> None:
         self.patterns = [
             pattern.strip() for pattern in (patterns or "").split(",") if pattern.strip()
         ]
+        self.reserved = frozenset(reserved)
 
     def requested(self, message: IncomingMessage, reply_to: str | None) -> str | None:
         """The topic the event asks its answer to go to: its `reply_to`, else the header."""
         return reply_to or header(message, REPLY_TO_HEADER)
 
     def allowed(self, topic: str) -> bool:
+        if topic in self.reserved:
+            return False
         return any(fnmatchcase(topic, pattern) for pattern in self.patterns)
 
 

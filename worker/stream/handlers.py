@@ -127,7 +127,10 @@ class EventHandlers:
         self.batcher = batcher
         self.model_name = model_name
         self.model_checksum = model_checksum
-        self.replies = ReplyRouting(settings.reply_topics)
+        self.replies = ReplyRouting(
+            settings.reply_topics,
+            reserved=[settings.questions_topic, *topic_sets, settings.dead_letter_topic],
+        )
         self._defaults = settings.subset(QAOptions)
         self._limits = InputLimits(
             settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
@@ -193,16 +196,23 @@ class EventHandlers:
                 message, event_time, ErrorCode.INVALID_REPLY_TOPIC, f"reply topic {problem}"
             )
         if reply_to is not None and not self.replies.allowed(reply_to):
+            why = (
+                "is a topic the worker reads or dead-letters to"
+                if reply_to in self.replies.reserved
+                else f"matches no pattern of {describe('reply_topics')} "
+                f"({self.settings.reply_topics or 'unset'})"
+            )
             return self.dead_letter(
                 message,
                 event_time,
                 ErrorCode.REPLY_TOPIC_NOT_ALLOWED,
-                f"reply topic {reply_to!r} matches no pattern of "
-                f"{describe('reply_topics')} ({self.settings.reply_topics or 'unset'})",
+                f"reply topic {reply_to!r} {why}",
             )
+        # Outside the try: what fails here is the worker's, not the engine's (internal_error).
+        deadline = _deadline(question)
         try:
             answered = await self.batcher.answer(
-                question.question, question.context, question.options, _deadline(question)
+                question.question, question.context, question.options, deadline
             )
         except DeadlineExceeded:
             late = f"not answered within {allowed_ms} ms"

@@ -11,7 +11,9 @@ then no longer finds (deleted while the worker runs) is missing: the worker is n
 the topic and its setting, an ERROR line says so (at most once per 10 s, see `worker.log_rate`),
 and `wait_for` holds every record bound for it, so nothing is committed past a record that was
 not delivered (some brokers, tansu among them, acknowledge writes to a deleted topic and drop
-them). The worker does not exit: once the topic is back, what was held is sent and it carries on.
+them). For a topic it writes the worker does not exit: once the topic is back, what was held is
+sent and it carries on. A topic it reads that goes missing stops the worker (`QAWorker`): the
+group's positions on the deleted log would skip records of a topic recreated under its name.
 A topic never seen is not missing: brokers that create topics on first use may not have it yet.
 """
 

@@ -36,7 +36,7 @@ from mode.types.signals import SignalHandlerT
 from .. import __version__
 from ..batcher import MicroBatcher
 from ..config import Settings, describe
-from ..errors import WorkerError
+from ..errors import InputLostError, WorkerError
 from ..lifecycle import AsyncLifecycle
 from ..observability.metrics import WorkerMetrics
 from ..observability.runtime import RuntimeMonitor
@@ -312,6 +312,29 @@ class QAWorker(AsyncLifecycle):
             if self._on_fatal is not None:
                 self._on_fatal(error)
 
+    def _check_inputs_still_there(self) -> None:
+        for topic, setting in self.broker_watch.missing_topics().items():
+            if topic in self.input_topics:
+                self._input_lost(f"the topic {topic!r} ({setting}) was deleted", topic)
+
+    def _input_lost(self, what: str, topic: str) -> None:
+        """Stops the worker: positions committed on a log that is gone would skip records of the
+        one that replaces it, and which ones cannot be known from here."""
+        if self._fatal is not None or self._stopping is not None:
+            return
+        error = InputLostError(
+            f"{what} while the worker read it, so the group's committed offsets would skip the "
+            f"first records of the topic that now has its name. Once the topic exists, reset "
+            f"the offsets of group {self.settings.group_id!r} on it (kafka-consumer-groups "
+            f"--group {self.settings.group_id} --topic {topic} --reset-offsets --to-earliest "
+            "--execute) and start the worker again"
+        )
+        self._fatal = error
+        self.metrics.set_ready(False)
+        log.critical("stopping: %s", error)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
+
     def _fetch_failed(self, error: BaseException) -> None:
         """The transport's report of an error that ended faust's fetch loop: nothing more is
         read on any partition, so the worker stops rather than stay ready reading nothing."""
@@ -371,12 +394,21 @@ class QAWorker(AsyncLifecycle):
 
     async def _refresh_lag(self) -> None:
         while True:
+            self._check_inputs_still_there()
             lags = {}
             progress = {}
             committed = self.app.monitor.tp_committed_offsets
             for tp in self.assigned_partitions():
                 highwater = self.app.consumer.highwater(tp)
                 if highwater is not None:
+                    if highwater < committed.get(tp, 0):
+                        self._input_lost(
+                            f"partition {tp.partition} of {tp.topic!r} ends at offset "
+                            f"{highwater:,}, below the group's committed offset "
+                            f"{committed[tp]:,}: the topic was deleted and recreated, or its log "
+                            "cut short",
+                            tp.topic,
+                        )
                     key = (tp.topic, tp.partition)
                     lags[key] = max(0, highwater - committed.get(tp, 0))
                     progress[key] = (committed.get(tp, 0), lags[key])
