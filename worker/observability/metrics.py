@@ -326,25 +326,27 @@ class WorkerMetrics:
 
     def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Sets the lag of every assigned (topic, partition); drops series of revoked ones."""
-        keys = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
-        # A revoked partition's last lag would otherwise stay exported for good, and another
-        # worker now reports that partition: a lag alert would fire on a stale copy.
-        with self._lock:
-            for gone in self._lag_keys - keys.keys():
-                self._lag.remove(*gone)
-            for key, lag in keys.items():
-                self._lag.labels(*key).set(lag)
-            self._lag_keys = set(keys)
+        self._set_per_partition(self._lag, self._lag_keys, lags)
 
     def set_stalled(self, stalled: Mapping[tuple[str, int], bool]) -> None:
         """Whether each assigned (topic, partition) is stalled; drops series of revoked ones."""
-        keys = {(topic, str(partition)): flag for (topic, partition), flag in stalled.items()}
+        flags = {key: 1 if flag else 0 for key, flag in stalled.items()}
+        self._set_per_partition(self._stalled, self._stalled_keys, flags)
+
+    def _set_per_partition(
+        self, metric: Gauge, exported: set[tuple[str, str]], values: Mapping[tuple[str, int], int]
+    ) -> None:
+        """Sets `metric` for every assigned partition and removes the series of revoked ones: a
+        revoked partition's last value would otherwise stay exported for good while another
+        worker reports that partition, and an alert would fire on the stale copy."""
+        keys = {(topic, str(partition)): value for (topic, partition), value in values.items()}
         with self._lock:
-            for gone in self._stalled_keys - keys.keys():
-                self._stalled.remove(*gone)
-            for key, flag in keys.items():
-                self._stalled.labels(*key).set(1 if flag else 0)
-            self._stalled_keys = set(keys)
+            for gone in exported - keys.keys():
+                metric.remove(*gone)
+            for key, value in keys.items():
+                metric.labels(*key).set(value)
+            exported.clear()
+            exported.update(keys)
 
     def committed(self) -> None:
         self._last_commit = self._clock()
