@@ -8,7 +8,7 @@ that reports the error it stops on.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, cast
 
 import faust
@@ -17,7 +17,8 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import ProducerSendError
 
-from ..config import Settings
+from ..config import Settings, describe
+from ..errors import ConfigError
 from ..observability.metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
 from .header_keys import install_lenient_header_keys
@@ -30,7 +31,56 @@ __all__ = [
     "TopicHold",
     "Topics",
     "build_app",
+    "check_topic_roles",
 ]
+
+
+def check_topic_roles(settings: Settings, question_sets: Collection[str]) -> None:
+    """Raises ConfigError naming the settings when the topics cannot work together.
+
+    A topic the worker both reads and writes feeds its own output back to it (a dead-letter
+    topic that is also an input topic dead-letters one bad record for ever); answers, tags and
+    dead letters sharing a topic mix records their consumers cannot tell apart; a documents
+    topic named twice, or a default question set that does not exist, is a mistake every
+    document would pay for.
+    """
+    reads: dict[str, str] = {settings.questions_topic: describe("questions_topic")}
+    items = [item for item in (settings.documents_topics or "").split(",") if item.strip()]
+    for item in items:
+        topic, _, default_set = (part.strip() for part in item.partition("="))
+        if topic in reads:
+            raise ConfigError(
+                f"{topic!r} is named twice as a topic to read: in {reads[topic]} and in "
+                f"{describe('documents_topics')}"
+            )
+        reads[topic] = describe("documents_topics")
+        if default_set and default_set not in question_sets:
+            known = ", ".join(sorted(question_sets)) or "none"
+            raise ConfigError(
+                f"{describe('documents_topics')} gives {topic!r} the default question set "
+                f"{default_set!r}, which {describe('question_sets')} does not have (it has: "
+                f"{known})"
+            )
+    writes = [
+        (settings.answers_topic, describe("answers_topic")),
+        (settings.dead_letter_topic, describe("dead_letter_topic")),
+    ]
+    if items:
+        writes.append((settings.tags_topic, describe("tags_topic")))
+    written: dict[str, str] = {}
+    for topic, setting in writes:
+        if topic in reads:
+            raise ConfigError(
+                f"{topic!r} is both {reads[topic]} and {setting}: the worker would read its own "
+                "records back; give them topics of their own"
+            )
+        if topic in written:
+            raise ConfigError(
+                f"{topic!r} is both {written[topic]} and {setting}: consumers could not tell "
+                "the records apart; give them topics of their own"
+            )
+        written[topic] = setting
+
 
 TopicHold = Callable[[str], Awaitable[None]]
 """Returns once records may be sent to the topic named (`BrokerWatch.wait_for`)."""

@@ -44,7 +44,7 @@ from ..observability.tracing import build_tracing
 from ..observability.tracing_interface import Tracing
 from ..qa import BatchLimits, QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
-from .app import CommitSensor, Topics, build_app
+from .app import CommitSensor, Topics, build_app, check_topic_roles
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
 from .handlers import RECORD_INDEPENDENT_ERRORS, EventHandlers, Handler, screen_header_keys
 from .offsets import OffsetTracker, Tracked
@@ -103,6 +103,7 @@ class QAWorker(AsyncLifecycle):
             if settings.question_sets is not None
             else {}
         )
+        check_topic_roles(settings, question_sets)
         self.handlers = EventHandlers(
             settings,
             self.batcher,
