@@ -96,7 +96,6 @@ _VARINT_SHRINK = 8
 DESCRIBED_HEADERS = 16
 DESCRIBED_NAME_CHARS = 64
 ENVELOPE_DESCRIPTION_BYTES = 10_000
-_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class InvalidRecordError(BrokerResponseError):
