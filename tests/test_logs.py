@@ -66,6 +66,18 @@ def restore_logger() -> Iterator[None]:
     logger.propagate = True
 
 
+def formatted(
+    formatter: logging.Formatter, message: str, header: str, event_id: str
+) -> tuple[int, str]:
+    """How many records `log_records` wrote, and what `formatter` made of them."""
+    logger, stream, handler = capture(formatter)
+    try:
+        written = log_records(logger, message, header, event_id)
+    finally:
+        logger.removeHandler(handler)
+    return written, stream.getvalue()
+
+
 def log_records(logger: logging.Logger, message: str, header: str, event_id: str) -> int:
     """Logs what a worker would about one event: an id, a header value, an error quoting input;
     returns how many records it wrote."""
@@ -87,12 +99,7 @@ def log_records(logger: logging.Logger, message: str, header: str, event_id: str
 def test_a_text_record_is_one_line_plus_prefixed_traceback_lines(
     message: str, header: str, event_id: str
 ) -> None:
-    logger, stream, handler = capture(TextFormatter())
-    try:
-        written = log_records(logger, message, header, event_id)
-    finally:
-        logger.removeHandler(handler)
-    output = stream.getvalue()
+    written, output = formatted(TextFormatter(), message, header, event_id)
     # str.splitlines breaks on every separator in BREAKS, so none is left raw.
     lines = output.splitlines()
     assert lines == output.rstrip("\n").split("\n")
@@ -114,12 +121,7 @@ def test_a_text_record_is_one_line_plus_prefixed_traceback_lines(
 def test_a_json_record_is_one_line_that_decodes_to_the_values_given(
     message: str, header: str, event_id: str
 ) -> None:
-    logger, stream, handler = capture(JsonFormatter())
-    try:
-        written = log_records(logger, message, header, event_id)
-    finally:
-        logger.removeHandler(handler)
-    output = stream.getvalue()
+    written, output = formatted(JsonFormatter(), message, header, event_id)
     lines = output.splitlines()
     assert lines == output.rstrip("\n").split("\n")
     assert len(lines) == written
