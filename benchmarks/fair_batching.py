@@ -70,6 +70,6 @@ if __name__ == "__main__":
     parser.add_argument("--without-long", action="store_true", help="a short question instead")
     args = parser.parse_args()
     if args.oldest_seeds:
-        batcher_module.seed_index = lambda owners, previous: 0  # type: ignore[assignment]
+        batcher_module.seed_index = lambda owners, previous, *rest: 0  # type: ignore[assignment]
     long_context = NORMAL_CONTEXT if args.without_long else LONG_CONTEXT
     asyncio.run(main(args.model, args.normal, args.rounds, long_context))

@@ -24,7 +24,13 @@ import numpy as np
 import pytest
 
 from parity import texts
-from worker.batcher import Answered, DeadlineExceeded, MicroBatcher
+from worker.batcher import (
+    RUN_ESTIMATE_BATCHES,
+    Answered,
+    DeadlineExceeded,
+    MicroBatcher,
+    RunEstimate,
+)
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
 from worker.qa.batching import BatchLimits
@@ -423,6 +429,74 @@ async def test_expired_questions_never_reach_inference() -> None:
         await bounded(held)
         assert (await bounded(ask(batcher, "D", 10))).result.answer == "D"
     assert engine.labels() == [["A#0"], ["D#0"]]
+
+
+async def test_the_earliest_deadline_runs_first_and_the_oldest_right_after() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        engine.gate.hold()
+        tasks = [ask(batcher, "held", 10)]
+        await engine.gate.next_batch()
+        now = time.monotonic()
+        tasks.append(ask(batcher, "old", 10))
+        await wait_until(lambda: batcher.pending_windows == 1)
+        tasks.append(ask(batcher, "later", 10, deadline=now + 600))
+        await wait_until(lambda: batcher.pending_windows == 2)
+        tasks.append(ask(batcher, "sooner", 10, deadline=now + 300))
+        await wait_until(lambda: batcher.pending_windows == 3)
+        engine.gate.open()
+        await bounded(asyncio.gather(*tasks))
+    # "sooner" goes ahead of the older two, so the oldest ("old") is due next, then "later".
+    assert engine.labels() == [["held#0"], ["sooner#0"], ["old#0"], ["later#0"]]
+
+
+def test_the_run_estimate_is_the_fastest_recent_rate() -> None:
+    estimate = RunEstimate()
+    assert estimate.seconds(1000) == 0.0  # nothing ran yet: nothing is known to be too late
+    estimate.ran(100, 0.5)
+    estimate.ran(200, 0.2)
+    assert estimate.seconds(1000) == pytest.approx(1.0)
+    for _ in range(RUN_ESTIMATE_BATCHES):
+        estimate.ran(100, 0.3)
+    # The fast batch is no longer among the last RUN_ESTIMATE_BATCHES.
+    assert estimate.seconds(1000) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(("margin_s", "runs"), [(-0.1, False), (0.1, True), (5.0, True)])
+async def test_a_deadline_the_batch_could_not_make_fails_before_inference(
+    margin_s: float, runs: bool
+) -> None:
+    """The batch would take at least 10 s (1 s a token, 10 tokens): a deadline just before that
+    fails without running, one just after runs."""
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        batcher.run_estimate.ran(1, 1.0)
+        task = ask(batcher, "A", 10, deadline=time.monotonic() + 10 + margin_s)
+        if runs:
+            assert (await bounded(task)).result.answer == "A"
+        else:
+            with pytest.raises(DeadlineExceeded, match="before its next batch could finish"):
+                await bounded(task)
+        # The questions around it are answered either way.
+        assert (await bounded(ask(batcher, "B", 10))).result.answer == "B"
+    assert engine.labels() == ([["A#0"]] if runs else []) + [["B#0"]]
+
+
+async def test_a_doomed_question_leaves_the_batch_to_the_others() -> None:
+    engine = FakeEngine()
+    # Only a full batch of three starts; at 1 s a token, B's window alone takes 10 s.
+    limits = BatchLimits(batch_size=3, max_wait_ms=600_000)
+    async with MicroBatcher(engine, limits) as batcher:
+        batcher.run_estimate.ran(1, 1.0)
+        tasks = [ask(batcher, "A", 10)]
+        await wait_until(lambda: batcher.pending_windows == 1)
+        # B fails as soon as it is planned into the batch that waits to fill, before it runs.
+        with pytest.raises(DeadlineExceeded, match="before its next batch could finish"):
+            await bounded(ask(batcher, "B", 10, deadline=time.monotonic() + 5))
+        assert batcher.pending_windows == 1
+        tasks += [ask(batcher, "C", 10), ask(batcher, "D", 10)]
+        await bounded(asyncio.gather(*tasks))
+    assert engine.labels() == [["A#0", "C#0", "D#0"]]
 
 
 async def test_bad_input_fails_alone() -> None:

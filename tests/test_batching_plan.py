@@ -3,6 +3,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.qa.batching import BatchLimits, next_batch, plan_batches, seed_index
 
@@ -140,3 +142,74 @@ def test_turns_leave_a_single_event_its_batches() -> None:
     limits = BatchLimits(batch_size=4, max_batch_tokens=10_000)
     batches = simulate(["only"] * 10, [100] * 10, limits)
     assert [len(batch) for batch in batches] == [4, 4, 2]
+
+
+@pytest.mark.parametrize(
+    ("owners", "deadlines", "previous", "oldest_due", "expected"),
+    [
+        (["a", "b", "c"], [None, 5.0, 3.0], None, False, 2),  # the earliest deadline
+        (["a", "b", "c"], [None, 5.0, 3.0], None, True, 0),  # the oldest, when it is due
+        (["a", "b", "c"], [None, None, None], None, False, 0),  # no deadlines: the oldest
+        (["a", "b", "c"], [9.0, None, 3.0], "c", False, 0),  # never the last seed's event
+        (["a", "b", "b"], [None, 4.0, 4.0], None, False, 1),  # equal deadlines: the older
+        (["a", "a"], [1.0, 1.0], "a", False, 0),  # only the last seed's event is pending
+        ([], [], "a", False, 0),
+    ],
+)
+def test_seed_index_takes_the_earliest_deadline_within_the_turns(
+    owners: list[str],
+    deadlines: list[float | None],
+    previous: str | None,
+    oldest_due: bool,
+    expected: int,
+) -> None:
+    assert seed_index(owners, previous, deadlines, oldest_due) == expected
+
+
+def test_equally_near_windows_join_a_batch_earliest_deadline_first() -> None:
+    limits = BatchLimits(batch_size=2, max_batch_tokens=10_000, max_padding=UNCAPPED)
+    # 90 and 110 are both 10 from the seed's 100: the one due first joins.
+    assert next_batch([100, 90, 110], limits, 0, [None, 8.0, 2.0]) == [0, 2]
+    assert next_batch([100, 90, 110], limits, 0, [None, 2.0, 8.0]) == [0, 1]
+    assert next_batch([100, 90, 110], limits, 0) == [0, 1]
+    # Nearness in length still comes first: 101 joins before a 90 that is due sooner.
+    assert next_batch([100, 90, 101], limits, 0, [None, 1.0, 9.0]) == [0, 2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(8, 384)), min_size=1, max_size=60),
+    st.lists(st.one_of(st.none(), st.floats(0, 100)), min_size=6, max_size=6),
+    st.integers(1, 4),
+)
+def test_deadlines_go_first_yet_the_oldest_window_waits_two_batches_at_most(
+    windows: list[tuple[int, int]], deadline_of: list[float | None], batch_size: int
+) -> None:
+    """The batcher's loop over `pending`: each batch's seed is the earliest deadline among the
+    candidates or, right after a seed that went ahead of the oldest candidate, the oldest; the
+    oldest pending window is in one of the next three batches, whatever the deadlines."""
+    limits = BatchLimits(batch_size=batch_size, max_batch_tokens=1024)
+    # (arrival, owner, length), oldest first; an event's windows share its deadline.
+    pending = [(arrival, owner, length) for arrival, (owner, length) in enumerate(windows)]
+    previous: int | None = None
+    oldest_due = False
+    waited: dict[int, int] = {}  # batches run while a window was the oldest pending
+    while pending:
+        owners = [owner for _, owner, _ in pending]
+        deadlines = [deadline_of[owner] for owner in owners]
+        seed = seed_index(owners, previous, deadlines, oldest_due)
+        oldest = seed_index(owners, previous)
+        candidates = [i for i, owner in enumerate(owners) if owner != previous]
+        candidates = candidates or list(range(len(owners)))
+        assert seed in candidates
+        if not oldest_due:
+            due = [math.inf if deadlines[i] is None else deadlines[i] for i in candidates]
+            assert (math.inf if deadlines[seed] is None else deadlines[seed]) == min(due)
+        chosen = next_batch([length for *_, length in pending], limits, seed, deadlines)
+        assert chosen[0] == seed and len(chosen) <= batch_size
+        if 0 not in chosen:
+            waited[pending[0][0]] = waited.get(pending[0][0], 0) + 1
+            assert waited[pending[0][0]] <= 2
+        previous, oldest_due = owners[seed], seed != oldest
+        taken = set(chosen)
+        pending = [item for index, item in enumerate(pending) if index not in taken]

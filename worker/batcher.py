@@ -15,21 +15,29 @@ but answered no more events/s in worker_probe A/B runs, so each question is stil
 Scheduling: whenever a stream is free and windows are pending, the next batch is formed from
 what is pending (by `worker.qa.batching.next_batch`, the planner offline commands use too) and
 started at once on that stream; while the streams are busy, new windows accumulate for the
-batches after. A batch is seeded with the oldest pending window of an event other than the one
-that seeded the last batch (`seed_index`: events take turns, so one event with hundreds of
-windows cannot hold every batch while the events behind it wait) and filled with the pending
-windows closest to it in length, within `batch_size` windows, `max_batch_tokens` padded tokens
-and `max_padding`.
+batches after. A batch is seeded by `seed_index`: a window of an event other than the one that
+seeded the last batch (events take turns, so one event with hundreds of windows cannot hold
+every batch while the events behind it wait), the one with the earliest deadline, or the oldest
+when none has one; after a seed that went ahead of the oldest candidate the oldest seeds next,
+so the oldest pending window seeds at least every second batch, whatever the deadlines. The
+batch is filled with the pending windows closest to the seed in length (earlier deadlines first
+among equals), within `batch_size` windows, `max_batch_tokens` padded tokens and `max_padding`.
 Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token window among
 100-token ones) from making a whole batch compute on padding, which costs more than running it
-alone; turns taken oldest first mean the oldest pending window seeds at least every second
-batch, whatever its length.
+alone.
+
+Deadlines: a question whose deadline passes while it waits fails at once (`DeadlineExceeded`),
+and one whose deadline would pass before even a batch of its window alone could finish fails
+before the batch it was planned into runs, and that batch runs without it: the run is estimated
+from the fastest rate per padded token of the recent batches (`RunEstimate`), a lower bound, so
+no question that could still make its deadline is failed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +58,7 @@ __all__ = [
     "DeadlineExceeded",
     "Engine",
     "MicroBatcher",
+    "RunEstimate",
     "Stages",
 ]
 
@@ -119,7 +128,31 @@ class Answered:
 
 
 class DeadlineExceeded(Exception):
-    """The deadline passed before all of the question's windows started inference."""
+    """The deadline passed, or would pass before the batch about to run could finish, before all
+    of the question's windows started inference."""
+
+
+# Batches whose run times the estimate keeps: enough to have run on every stream lately.
+RUN_ESTIMATE_BATCHES = 32
+
+
+class RunEstimate:
+    """The least a batch of some padded size can take, from the batches that ran lately.
+
+    Keeps the seconds per padded token of the last `RUN_ESTIMATE_BATCHES` batches and answers
+    with the fastest of them: a batch has never run faster per token lately, so a deadline
+    before `seconds(padded)` from now cannot be met. Knows nothing until a batch has run.
+    """
+
+    def __init__(self) -> None:
+        self._rates: deque[float] = deque(maxlen=RUN_ESTIMATE_BATCHES)
+
+    def ran(self, padded_tokens: int, seconds: float) -> None:
+        if padded_tokens > 0:
+            self._rates.append(seconds / padded_tokens)
+
+    def seconds(self, padded_tokens: int) -> float:
+        return min(self._rates) * padded_tokens if self._rates else 0.0
 
 
 @dataclass(eq=False)
@@ -168,8 +201,11 @@ class MicroBatcher(AsyncLifecycle):
         self._accepting = False
         # Oldest first; everything here is touched on the event loop only, so needs no lock.
         self._pending: list[_Pending] = []
-        # The event whose window seeded the batch last started, for taking turns.
+        # The event whose window seeded the batch last started, for taking turns, and whether
+        # that seed went ahead of an older window (then the oldest seeds next).
         self._last_seed: _Request | None = None
+        self._oldest_due = False
+        self.run_estimate = RunEstimate()
         # Streams with no batch running, the lowest first so that a short queue reuses one.
         self._free_streams = list(range(engine.streams))
         self._wait_timer: asyncio.TimerHandle | None = None
@@ -308,9 +344,9 @@ class MicroBatcher(AsyncLifecycle):
         # The expiry timers may lag the clock a little; an expired window must never run.
         for request in {p.request for p in self._pending if _overdue(p.request, now)}:
             self._expire(request)
-        if not self._pending:
+        batch, jumped = self._plan_in_time(now)
+        if not batch:
             return False
-        batch = self._plan()
         wait_until = self._pending[0].arrived + self._limits.max_wait_ms / 1000
         more_fit = len(batch) == len(self._pending) < self._limits.batch_size
         if self._accepting and more_fit and now < wait_until:
@@ -319,6 +355,7 @@ class MicroBatcher(AsyncLifecycle):
             )
             return False
         self._last_seed = batch[0].request
+        self._oldest_due = jumped
         chosen = set(batch)
         self._pending = [item for item in self._pending if item not in chosen]
         for item in batch:
@@ -336,12 +373,37 @@ class MicroBatcher(AsyncLifecycle):
         running.add_done_callback(partial(self._finished, batch, stream, time.time_ns()))
         return True
 
-    def _plan(self) -> list[_Pending]:
-        """The next batch, its seed first."""
+    def _plan_in_time(self, now: float) -> tuple[list[_Pending], bool]:
+        """The next batch (empty when nothing is pending) and whether its seed went ahead of
+        the oldest candidate, after failing the questions in it whose deadline would pass before
+        even a batch of their window alone could finish."""
+        while self._pending:
+            batch, jumped = self._plan()
+            doomed = {
+                item.request: least
+                for item in batch
+                if _late(item.request, now + (least := self.run_estimate.seconds(len(item.window))))
+            }
+            if not doomed:
+                return batch, jumped
+            for request, least in doomed.items():
+                why = (
+                    f"the deadline would pass before its next batch could finish (at least "
+                    f"{least * 1000:.0f} ms), so that batch did not wait for it"
+                )
+                self._fail(request, DeadlineExceeded(why))
+        return [], False
+
+    def _plan(self) -> tuple[list[_Pending], bool]:
+        """The next batch, its seed first, and whether the seed went ahead of the oldest
+        candidate."""
         pending = self._pending
-        seed = seed_index([item.request for item in pending], self._last_seed)
-        chosen = next_batch([len(item.window) for item in pending], self._limits, seed)
-        return [pending[index] for index in chosen]
+        owners = [item.request for item in pending]
+        deadlines = [item.request.deadline for item in pending]
+        seed = seed_index(owners, self._last_seed, deadlines, self._oldest_due)
+        oldest = seed_index(owners, self._last_seed)
+        chosen = next_batch([len(item.window) for item in pending], self._limits, seed, deadlines)
+        return [pending[index] for index in chosen], seed != oldest
 
     def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float, float]:
         """The batch's logits, its run time and the `time.monotonic()` instant it ended."""
@@ -369,6 +431,8 @@ class MicroBatcher(AsyncLifecycle):
             self._dispatch()
             return
         logits, seconds, ended = done.result()
+        lengths = [len(item.window) for item in batch]
+        self.run_estimate.ran(len(batch) * max(lengths), seconds)
         for item, window_logits in zip(batch, logits, strict=True):
             item.request.logits[item.index] = window_logits
         for request in requests:
@@ -378,7 +442,6 @@ class MicroBatcher(AsyncLifecycle):
                 request.future.set_result([request.logits[i] for i in range(request.size)])
         self._dispatch()
         # Last, so that an observer that raises cannot hold up answers or the next batch.
-        lengths = [len(item.window) for item in batch]
         links = [request.trace for request in requests if request.trace is not None]
         self._tracing.batch(
             links, len(batch), len(batch) * max(lengths), started_ns, time.time_ns()
@@ -406,3 +469,8 @@ class MicroBatcher(AsyncLifecycle):
 
 def _overdue(request: _Request, now: float) -> bool:
     return request.deadline is not None and request.deadline <= now
+
+
+def _late(request: _Request, finish: float) -> bool:
+    """Whether an answer ready at `finish` would come after the request's deadline."""
+    return request.deadline is not None and request.deadline < finish

@@ -7,6 +7,7 @@ which plans over all windows of a call, shortest first), so every command batche
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -42,19 +43,29 @@ class BatchLimits:
             raise ValueError(f"max_padding cannot be negative, got {self.max_padding}")
 
 
-def next_batch(lengths: Sequence[int], limits: BatchLimits, seed: int = 0) -> list[int]:
+def next_batch(
+    lengths: Sequence[int],
+    limits: BatchLimits,
+    seed: int = 0,
+    deadlines: Sequence[float | None] | None = None,
+) -> list[int]:
     """Indexes into `lengths` of the next batch: the seed window, then those nearest its length.
 
     The seed (index `seed`) always runs, alone if it must, and comes first; the others join in
-    order of how close their length is to the seed's (earlier first among equals), each only if
-    the batch stays within every limit with it.
+    order of how close their length is to the seed's, each only if the batch stays within every
+    limit with it. Among windows equally close, the one with the earlier deadline (`deadlines`,
+    None for none: after every deadline) goes first, then the earlier index.
     """
     seed_length = lengths[seed]
     batch = [seed]
     longest = real = seed_length
     others = [index for index in range(len(lengths)) if index != seed]
-    # sorted() is stable: of two windows equally close in length, the earlier goes first.
-    for index in sorted(others, key=lambda i: abs(lengths[i] - seed_length)):
+
+    def nearest_then_due(index: int) -> tuple[int, float, int]:
+        due = deadlines[index] if deadlines is not None else None
+        return abs(lengths[index] - seed_length), math.inf if due is None else due, index
+
+    for index in sorted(others, key=nearest_then_due):
         if len(batch) == limits.batch_size:
             break
         widest = max(longest, lengths[index])
@@ -66,16 +77,35 @@ def next_batch(lengths: Sequence[int], limits: BatchLimits, seed: int = 0) -> li
     return batch
 
 
-def seed_index(owners: Sequence[Hashable], previous: Hashable | None) -> int:
-    """Which pending window seeds the next batch: the oldest of an event other than `previous`.
+def seed_index(
+    owners: Sequence[Hashable],
+    previous: Hashable | None,
+    deadlines: Sequence[float | None] | None = None,
+    oldest_due: bool = False,
+) -> int:
+    """Which pending window seeds the next batch.
 
     `owners` names the event of each pending window, oldest first; `previous` is the event
-    whose window seeded the last batch. Taking turns this way, one event with hundreds of
-    windows gets every other batch at most instead of all of them, and the oldest window still
-    seeds at least every second batch, so it never starves. With only `previous`'s windows
-    pending, the oldest of them seeds.
+    whose window seeded the last batch. The candidates are the windows of events other than
+    `previous` (all of them when only its windows are pending): taking turns this way, one event
+    with hundreds of windows gets every other batch at most instead of all of them.
+
+    Of the candidates, the one with the earliest deadline seeds (`deadlines`, None for none:
+    after every deadline, so with no deadlines the oldest candidate seeds), unless `oldest_due`,
+    when the oldest candidate seeds. The batcher sets `oldest_due` after a batch whose seed went
+    ahead of the oldest candidate, so the oldest window still seeds at least every second batch
+    and no stream of urgent events can starve the rest.
     """
-    return next((index for index, owner in enumerate(owners) if owner != previous), 0)
+    candidates = [index for index, owner in enumerate(owners) if owner != previous]
+    candidates = candidates or list(range(len(owners)))
+    if not candidates or deadlines is None or oldest_due:
+        return candidates[0] if candidates else 0
+
+    def due_then_oldest(index: int) -> tuple[float, int]:
+        due = deadlines[index]
+        return math.inf if due is None else due, index
+
+    return min(candidates, key=due_then_oldest)
 
 
 def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:

@@ -214,8 +214,8 @@ class EventHandlers:
             answered = await self.batcher.answer(
                 question.question, question.context, question.options, deadline
             )
-        except DeadlineExceeded:
-            late = f"not answered within {allowed_ms} ms"
+        except DeadlineExceeded as error:
+            late = f"not answered within {allowed_ms} ms: {error}"
             return self.dead_letter(message, event_time, ErrorCode.DEADLINE_EXCEEDED, late)
         except Exception as error:
             return self._unanswerable(message, event_time, error, question.id)
