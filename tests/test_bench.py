@@ -8,6 +8,7 @@ other and with what can be counted by hand.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
@@ -19,23 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from parity import texts
 from parity.reference import reference_python
+from worker.batcher import Stages
 from worker.bench.ceiling import ceiling_layouts
 from worker.bench.clock import cpu_seconds
-from worker.bench.end_to_end import END_TO_END_ROUNDS
+from worker.bench.end_to_end import END_TO_END_ROUNDS, SWEEP_LOADS
 from worker.bench.flops import model_gflop_per_window
 from worker.bench.goodput import GOODPUT_STEPS, SLO_WINDOWS
 from worker.bench.machine import measure_int8_gemm
 from worker.bench.model_gemm import matmul_integer_shapes
+from worker.bench.placement import SLOWEST_SHARE, AnswerTimes, place_latencies
 from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS
+from worker.bench.runtime_stats import bucket_quantile, runtime_statistics
 from worker.bench.topics import bench_worker_settings
-from worker.bench.worker_process import WorkerProcess
+from worker.bench.worker_process import WorkerProcess, metric_totals
 from worker.cli import build_parser
 from worker.config import Settings, settings_environment
 from worker.embedded.broker import EmbeddedBroker
 from worker.errors import BenchError
+from worker.observability.metrics import LOOP_LAG_BUCKETS, WorkerMetrics
 
 pytestmark = pytest.mark.broker
 
@@ -506,3 +512,96 @@ def test_medians_over_runs_take_each_runs_ratio_first() -> None:
     assert ratio[3] == ">= 0.85: met"
     assert rows["worker start to ready, s (target)"][3] == "<= 10: met"
     assert "reference events/s" not in rows
+
+
+def test_the_window_is_timed_on_the_workers_layout_before_each_sweep_phase(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    samples = report["window_inference_samples_ms"]
+    assert len(samples) == len(SWEEP_LOADS)
+    assert report["window_inference_ms"] == pytest.approx(statistics.median(samples), rel=1e-4)
+    assert report["window_inference_threads"] == report["memory"]["threads"]
+    assert report["window_inference_all_cores_ms"] > 0
+
+
+def test_each_sweep_phase_places_its_slowest_answers_and_reads_the_runtime(
+    bench_run: tuple[dict[str, Any], Path],
+) -> None:
+    report, _ = bench_run
+    for entry in report["sweep"]:
+        placement = entry["placement"]
+        stages = [field.name for field in dataclasses.fields(Stages)][1:]  # after "submitted"
+        expected = ["send", "to_worker", "parsed", *stages, "to_produce", "back"]
+        assert list(placement["median_ms"]) == expected
+        assert list(placement["slowest_mean_ms"]) == expected
+        answered = entry["events"] - entry["dead_lettered"]
+        assert placement["slowest_events"] == max(1, round(answered * SLOWEST_SHARE))
+        # Each part is the gap between two instants that follow each other on one clock.
+        assert placement["median_ms"]["inferred"] > 0
+        assert placement["slowest_latency_ms"] >= entry["latency_ms"]["p50"]
+        bound = entry["queueing_bound_ms"]
+        assert 0 < bound["p50"] <= bound["p95"] <= bound["p99"]
+        runtime = entry["runtime"]
+        assert runtime["loop_lag_samples"] > 0
+        assert runtime["loop_lag_p99_at_most_ms"] in [b * 1000 for b in LOOP_LAG_BUCKETS]
+        assert set(runtime["gc_pauses"]) == {"0", "1", "2"}
+
+
+def test_placement_splits_a_latency_into_parts_that_add_up() -> None:
+    answer = {
+        "timings": {
+            "total_ms": 40.0,
+            "read_ms": 6.0,
+            "stages_ms": {"parsed": 1.0, "tokenize_started": 3.0, "decoded": 35.0},
+        }
+    }
+    times = AnswerTimes.from_answer(answer, produced_ms=1_000.0, arrived_ms=1_004.5)
+    parts = times.parts(latency_ms=52.0)
+    assert parts == {
+        "send": 52.0 - 4.5 - 40.0 - 6.0,
+        "to_worker": 6.0,
+        "parsed": 1.0,
+        "tokenize_started": 2.0,
+        "decoded": 32.0,
+        "to_produce": 5.0,
+        "back": 4.5,
+    }
+    assert sum(parts.values()) == pytest.approx(52.0)
+
+
+def test_placement_averages_the_slowest_share_against_every_answers_median() -> None:
+    answer = {"timings": {"total_ms": 10.0, "read_ms": 1.0, "stages_ms": {"inferred": 8.0}}}
+    answers = {
+        f"e{i}": AnswerTimes.from_answer(answer, produced_ms=0.0, arrived_ms=2.0) for i in range(40)
+    }
+    latencies = {f"e{i}": 13.0 + (100.0 if i == 7 else 0.0) for i in range(40)}
+    placed = place_latencies(latencies, answers)
+    assert placed["slowest_events"] == 2  # 5% of 40
+    assert placed["slowest_latency_ms"] == pytest.approx((113.0 + 13.0) / 2)
+    # The extra 100 ms of e7 came before the worker's timestamps: it is charged to the send.
+    assert placed["slowest_mean_ms"]["send"] == pytest.approx(50.0)
+    assert placed["median_ms"]["send"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("lag_s", [0.0009, 0.001, 0.0011, 0.0049, 0.005, 0.0051, 9.0])
+def test_loop_lag_quantile_is_the_bound_of_the_bucket_it_falls_in(lag_s: float) -> None:
+    before = WorkerMetrics()
+    before_totals = metric_totals(generate_latest(before.registry).decode())
+    for _ in range(99):
+        before.loop_lagged(0.0001)
+    before.loop_lagged(lag_s)
+    before.gc_paused(2, 0.05)
+    after_totals = metric_totals(generate_latest(before.registry).decode())
+    stats = runtime_statistics(before_totals, after_totals)
+    assert stats["loop_lag_samples"] == 100
+    expected = next((b * 1000 for b in LOOP_LAG_BUCKETS if lag_s <= b), math.inf)
+    # 99 of 100 samples sit in the first bucket: the p99 is there, the p100 is the lag's.
+    assert stats["loop_lag_p99_at_most_ms"] == LOOP_LAG_BUCKETS[0] * 1000
+    buckets = [
+        (bound, after_totals[f"qa_worker_event_loop_lag_seconds_bucket{{le={bound}}}"])
+        for bound in LOOP_LAG_BUCKETS
+    ]
+    assert bucket_quantile(buckets, 100, 1.0) == expected
+    assert stats["gc_pauses"]["2"] == {"count": 1.0, "total_ms": pytest.approx(50.0)}
+    assert stats["gc_pauses"]["0"]["count"] == 0

@@ -112,7 +112,13 @@ class Settings:
         True, "Widen answers to whole words, as the reference does by default.", "qa"
     )
     # batching
-    batch_size: int = setting(16, "Most windows in one inference batch.", "batching")
+    batch_size: int = setting(
+        0,
+        "Most windows in one inference batch; 0: chosen for the layout, 1 when each inference "
+        "stream has one thread (a batch runs no faster there than its windows one by one, and "
+        "holds up the windows behind it), 16 otherwise.",
+        "batching",
+    )
     max_batch_tokens: int = setting(
         1024, "Most padded tokens (windows x longest window) in one inference batch.", "batching"
     )
@@ -264,7 +270,6 @@ class Settings:
         positive = (
             "top_k",
             "max_answer_len",
-            "batch_size",
             "max_batch_tokens",
             "max_in_flight",
             "max_question_chars",
@@ -287,7 +292,7 @@ class Settings:
             )
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
-        for name in ("threads", "inference_streams"):
+        for name in ("threads", "inference_streams", "batch_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{describe(name)} must be 0 or more, got {getattr(self, name)}")
         if self.max_seq_len is not None and self.max_seq_len < 8:

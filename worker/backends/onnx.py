@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..config import Settings
 from ..model.manifest import END_LOGITS, START_LOGITS
+from ..qa.batching import BatchLimits
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -51,6 +54,31 @@ def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple
     if not streams:
         streams = max(1, cores // threads) if threads else cores
     return threads or max(1, cores // streams), streams
+
+
+# With several threads per stream, a batch gives them more rows to split between them.
+MULTI_THREAD_BATCH_SIZE = 16
+
+
+def layout_batch_size(batch_size: int, threads_per_stream: int) -> int:
+    """The batch size for the settings, where 0 means chosen for the layout.
+
+    On one thread a window's products already have enough rows (about 150 tokens) to run at the
+    GEMM's rate: two single-threaded streams answered 88.4 events/s at batch 1 and 84.1 at batch
+    16 (MobileBERT int8, `qa-worker bench`'s ceiling), while a batch makes each of its windows
+    wait for the last and the windows behind it for all of them, which was most of the p99 at
+    75% load (docs/performance.md). Several threads per stream split a batch's rows better.
+    """
+    if batch_size:
+        return batch_size
+    return 1 if threads_per_stream == 1 else MULTI_THREAD_BATCH_SIZE
+
+
+def batch_limits(settings: Settings) -> BatchLimits:
+    """The settings' batch limits, with the batch size chosen for their layout when it is 0."""
+    threads, _ = stream_layout(settings.inference_streams, settings.threads)
+    chosen = layout_batch_size(settings.batch_size, threads)
+    return dataclasses.replace(settings, batch_size=chosen).subset(BatchLimits)
 
 
 def open_session(model: Path | bytes, threads: int) -> ort.InferenceSession:

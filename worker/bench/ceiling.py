@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.onnx import OnnxBackend
+from ..backends.onnx import OnnxBackend, batch_limits
 from ..backends.streams import each_stream_takes_next
 from ..config import Settings
 from ..qa.batching import BatchLimits, plan_batches
@@ -42,7 +42,7 @@ class Layout:
 
 
 def ceiling_batch_sizes(settings: Settings) -> list[int]:
-    return sorted({*CEILING_BATCH_SIZES, settings.batch_size})
+    return sorted({*CEILING_BATCH_SIZES, batch_limits(settings).batch_size})
 
 
 def ceiling_layouts(cores: int) -> list[Layout]:

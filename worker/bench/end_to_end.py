@@ -17,7 +17,9 @@ from ..stream.transport import aiokafka_options
 from .clock import cpu_seconds
 from .goodput import measure_goodput
 from .load import LoadGenerator, phase_events, start_load
+from .offline import WindowTimer
 from .options import BenchOptions
+from .queueing import QueueingModel
 from .report import Report, note
 from .topics import WARMUP_EVENTS, bench_worker_settings, create_bench_topics, delete_topics
 from .tracing_overhead import measure_tracing_overhead
@@ -34,10 +36,12 @@ async def measure_streaming(
     settings: Settings,
     options: BenchOptions,
     records: Sequence[QuestionRecord],
-    window_ms: float,
+    window: WindowTimer,
+    queueing: QueueingModel,
 ) -> Report:
     """end_to_end, sweep, goodput, idle, startup_s and peak_rss_mb from one worker process;
-    rss_per_stream from a second one with a single stream."""
+    rss_per_stream from a second one with a single stream. `window` is timed before each
+    latency phase; each sweep phase also gives what `queueing` allows for its arrivals."""
     # The embedded broker needs a short fetch wait to answer fast; idle is measured at this one.
     fetch_wait_ms = settings.fetch_max_wait_ms
     async with contextlib.AsyncExitStack() as stack:
@@ -66,12 +70,16 @@ async def measure_streaming(
         # The round of median throughput, whole: its latencies and batches belong with it.
         end_to_end = sorted(rounds, key=lambda phase: phase["events_per_s"])[len(rounds) // 2]
         end_to_end["events_per_s_by_round"] = [phase["events_per_s"] for phase in rounds]
-        sweep = [
-            await sweep_load(load, records, fraction, end_to_end["events_per_s"], options)
-            for fraction in SWEEP_LOADS
-        ]
+        sweep = []
+        for fraction in SWEEP_LOADS:
+            window.sample()
+            sweep.append(
+                await sweep_load(
+                    load, records, fraction, end_to_end["events_per_s"], options, queueing
+                )
+            )
         goodput = await measure_goodput(
-            load, records, end_to_end["events_per_s"], window_ms, options.sweep_events
+            load, records, end_to_end["events_per_s"], window, options.sweep_events
         )
         idle_settings = dataclasses.replace(worker_settings, fetch_max_wait_ms=fetch_wait_ms)
         idle = await measure_idle(idle_settings, options)
@@ -101,11 +109,16 @@ async def sweep_load(
     fraction: float,
     capacity: float,
     options: BenchOptions,
+    queueing: QueueingModel,
 ) -> Report:
     rate = fraction * capacity
     note(f"sweep: {options.sweep_events} events at {fraction:.0%} load ({rate:.1f} events/s)")
     events = phase_events(f"load-{fraction:.2f}", records, options.sweep_events)
-    return {"load": fraction, "target_events_per_s": rate, **await load.run(events, rate)}
+    return {
+        "load": fraction,
+        "target_events_per_s": rate,
+        **await load.run(events, rate, queueing),
+    }
 
 
 async def measure_idle(settings: Settings, options: BenchOptions) -> float | None:

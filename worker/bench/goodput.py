@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from ..squad import QuestionRecord
 from .load import LoadGenerator, phase_events
+from .offline import WindowTimer
 from .report import Report, note
 
 # The SLO, in windows' inference times: p99 at most this many times one window's batch-1 run.
@@ -17,7 +18,7 @@ async def measure_goodput(
     load: LoadGenerator,
     records: Sequence[QuestionRecord],
     capacity: float,
-    window_ms: float,
+    window: WindowTimer,
     events: int,
     steps: int = GOODPUT_STEPS,
 ) -> Report:
@@ -27,7 +28,8 @@ async def measure_goodput(
     goodput is the last floor, the highest rate seen holding the SLO (0 if none did). Each step is
     a short open-loop run of `events` Poisson arrivals through the worker.
     """
-    slo_ms = SLO_WINDOWS * window_ms
+    # The window's median over the sweep's phases, which the latency ratios use too.
+    slo_ms = SLO_WINDOWS * window.median_ms
     low, high = 0.0, capacity
     best: Report | None = None
     taken = []

@@ -23,7 +23,10 @@ from ..lifecycle import AsyncLifecycle
 from ..squad import QuestionRecord
 from ..stream.transport import aiokafka_options
 from .clock import cpu_seconds
+from .placement import AnswerTimes, place_latencies
+from .queueing import QueueingModel
 from .report import Report
+from .runtime_stats import runtime_statistics
 from .worker_process import WorkerProcess
 
 Event = dict[str, str]
@@ -42,8 +45,8 @@ class AnswerCollector(AsyncLifecycle):
     def __init__(self, settings: Settings) -> None:
         self.arrivals: dict[str, float] = {}
         self.dead_lettered: set[str] = set()
-        # The answer's own timings.total_ms: from the worker reading the event to its answer.
-        self.worker_ms: dict[str, float] = {}
+        # Each answer's own timings, to place where a latency went.
+        self.answers: dict[str, AnswerTimes] = {}
         self._dead_letter_topic = settings.dead_letter_topic
         self._consumer = AIOKafkaConsumer(
             settings.answers_topic,
@@ -69,7 +72,9 @@ class AnswerCollector(AsyncLifecycle):
             if record.topic == self._dead_letter_topic:
                 self.dead_lettered.add(key)
             else:
-                self.worker_ms[key] = json.loads(record.value)["timings"]["total_ms"]
+                self.answers[key] = AnswerTimes.from_answer(
+                    json.loads(record.value), record.timestamp, time.time() * 1000
+                )
 
     async def wait_for(self, ids: Collection[str], worker: WorkerProcess, timeout: float) -> None:
         deadline = time.perf_counter() + timeout
@@ -109,8 +114,15 @@ class LoadGenerator:
     rng: random.Random
     broker_pid: int | None = None
 
-    async def run(self, events: Sequence[Event], rate: float | None = None) -> Report:
-        """Sends the events all at once, or open-loop at `rate` per second; reports the phase."""
+    async def run(
+        self,
+        events: Sequence[Event],
+        rate: float | None = None,
+        queueing: QueueingModel | None = None,
+    ) -> Report:
+        """Sends the events all at once, or open-loop at `rate` per second; reports the phase,
+        with `queueing`, the latencies queueing alone allows for its arrivals
+        (`queueing_bound_ms`)."""
         before = await self.worker.counters()
         pids = {"worker": self.worker.pid, "broker": self.broker_pid, "load_generator": os.getpid()}
         # The wall interval encloses every process's CPU interval, so together they can never
@@ -127,7 +139,10 @@ class LoadGenerator:
             if spent is not None and started is not None:
                 cpu_cores[name] = (spent - started) / wall
         after = await self.worker.counters()
-        return {**phase_report(sent, self.collector, before, after), "cpu_cores": cpu_cores}
+        report = {**phase_report(sent, self.collector, before, after), "cpu_cores": cpu_cores}
+        if queueing is not None:
+            report["queueing_bound_ms"] = percentiles(queueing.latencies_ms(list(sent.values())))
+        return report
 
     async def _burst(self, events: Sequence[Event]) -> dict[str, float]:
         sent: dict[str, float] = {}
@@ -170,15 +185,20 @@ def phase_report(
     if not answered:
         raise BenchError(f"the worker dead-lettered all {len(sent)} events of a phase")
     last = max(collector.arrivals[event_id] for event_id in sent)
-    latencies = [(collector.arrivals[event_id] - sent[event_id]) * 1000 for event_id in answered]
+    latencies = {
+        event_id: (collector.arrivals[event_id] - sent[event_id]) * 1000 for event_id in answered
+    }
+    answers = [collector.answers[event_id] for event_id in answered]
     return {
         "events": len(sent),
         "dead_lettered": len(sent) - len(answered),
         "events_per_s": len(sent) / (last - min(sent.values())),
-        "latency_ms": percentiles(latencies),
+        "latency_ms": percentiles(list(latencies.values())),
         # The part of the latency spent in the worker; the rest is the broker and its clients.
-        "worker_latency_ms": percentiles([collector.worker_ms[event_id] for event_id in answered]),
+        "worker_latency_ms": percentiles([answer.total_ms for answer in answers]),
+        "placement": place_latencies(latencies, collector.answers),
         **batch_statistics(before, after),
+        "runtime": runtime_statistics(before, after),
     }
 
 

@@ -22,6 +22,12 @@ TARGETS = (
     ("p50_at_25pct_load", "latency p50 at 25% load / window inference", "<=", 1.2),
     ("p99_at_75pct_load", "latency p99 at 75% load / window inference", "<=", 5.0),
     ("goodput_vs_end_to_end", "goodput at the SLO / end_to_end events/s", ">=", 0.9),
+    (
+        "loop_lag_p99_at_75pct_load",
+        "event-loop lag p99 at 75% load, ms (upper bucket bound)",
+        "<",
+        5.0,
+    ),
     ("idle_cpu_cores", "worker CPU cores with nothing to do", "<=", 0.02),
     ("padding_ratio", "padded / real tokens, end to end", "<=", 1.05),
     ("peak_rss_mb", "worker peak RSS, MB", "<=", 600.0),
@@ -68,6 +74,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def target_checks(report: Report) -> Report:
     by_load = {entry["load"]: entry["latency_ms"] for entry in report["sweep"]}
+    runtime_by_load = {entry["load"]: entry["runtime"] for entry in report["sweep"]}
     window_ms = report["window_inference_ms"]
     end_to_end = report["end_to_end"]["events_per_s"]
     values = {
@@ -80,6 +87,7 @@ def target_checks(report: Report) -> Report:
         "p50_at_25pct_load": by_load[0.25]["p50"] / window_ms,
         "p99_at_75pct_load": by_load[0.75]["p99"] / window_ms,
         "goodput_vs_end_to_end": report["goodput"]["events_per_s"] / end_to_end,
+        "loop_lag_p99_at_75pct_load": runtime_by_load[0.75]["loop_lag_p99_at_most_ms"],
         "idle_cpu_cores": report["idle_cpu_cores"],
         "padding_ratio": report["padding_ratio"],
         "peak_rss_mb": report["peak_rss_mb"],
@@ -93,14 +101,18 @@ def target_checks(report: Report) -> Report:
         value = values[name]
         if value is None:  # no CPU clocks or /proc here; no reference run
             continue
-        met = value >= limit if operator == ">=" else value <= limit
         checks[name] = {
             "value": value,
             "limit": f"{operator} {limit:g}",
-            "met": met,
+            "met": meets(value, operator, limit),
             "what": meaning,
         }
     return checks
+
+
+def meets(value: float, operator: str, limit: float) -> bool:
+    """Whether `value` meets a target given as an operator of TARGETS and its limit."""
+    return {">=": value >= limit, "<=": value <= limit, "<": value < limit}[operator]
 
 
 def significant(value: Any, digits: int = 6) -> Any:
@@ -123,7 +135,10 @@ def print_summary(report: Report) -> None:
         f"fp32, {report['gemm_int8_gops']:.1f} GOP/s int8",
         f"model: {report['model_gflop_per_window']:.3g} GFLOP a window of "
         f"{report['flop_window_tokens']} tokens; one window of {report['typical_window_tokens']} "
-        f"tokens in {report['window_inference_ms']:.2f} ms",
+        f"tokens in {report['window_inference_ms']:.2f} ms on {report['window_inference_threads']} "
+        f"thread(s), the median over the sweep's phases "
+        f"({', '.join(f'{ms:.1f}' for ms in report['window_inference_samples_ms'])}); "
+        f"{report['window_inference_all_cores_ms']:.2f} ms on all cores",
         _throughput_text("ceiling", report) + ", " + _layout_text(report["ceiling"]),
         "ceiling by layout (streams x threads): "
         + ", ".join(
@@ -141,6 +156,10 @@ def print_summary(report: Report) -> None:
         *(
             f"sweep {entry['load']:.0%}: {entry['events_per_s']:.1f} events/s, "
             + _latency_text(entry)
+            + "\n  "
+            + _runtime_text(entry["runtime"])
+            + "\n  "
+            + _placement_text(entry["placement"])
             for entry in report["sweep"]
         ),
         _goodput_text(report["goodput"]),
@@ -231,7 +250,32 @@ def _latency_text(phase: Report) -> str:
     def milliseconds(latency: Mapping[str, float]) -> str:
         return "/".join(f"{latency[p]:.1f}" for p in ("p50", "p95", "p99"))
 
+    bound = phase.get("queueing_bound_ms")
     return (
         f"latency p50/p95/p99 {milliseconds(phase['latency_ms'])} ms "
-        f"(in the worker {milliseconds(phase['worker_latency_ms'])})"
+        f"(in the worker {milliseconds(phase['worker_latency_ms'])}"
+        + ("" if bound is None else f"; queueing alone allows {milliseconds(bound)}")
+        + ")"
+    )
+
+
+def _placement_text(placement: Report) -> str:
+    """The parts of the slowest answers' latency that stand furthest above their median."""
+    slowest, median = placement["slowest_mean_ms"], placement["median_ms"]
+    excess = sorted(slowest, key=lambda name: slowest[name] - median[name], reverse=True)
+    parts = ", ".join(f"{name} {slowest[name]:.1f} (median {median[name]:.1f})" for name in excess)
+    return (
+        f"slowest {placement['slowest_events']}, {placement['slowest_latency_ms']:.1f} ms on "
+        f"average, by part in ms: {parts}"
+    )
+
+
+def _runtime_text(runtime: Report) -> str:
+    pauses = ", ".join(
+        f"gen {generation} {gc['count']:.0f} ({gc['total_ms']:.1f} ms)"
+        for generation, gc in runtime["gc_pauses"].items()
+    )
+    return (
+        f"event-loop lag p99 <= {_optional(runtime['loop_lag_p99_at_most_ms'], '{:g}')} ms, mean "
+        f"{_optional(runtime['loop_lag_mean_ms'], '{:.2f}')} ms; GC pauses {pauses}"
     )

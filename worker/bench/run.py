@@ -7,19 +7,20 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 
-from ..backends.onnx import OnnxBackend, available_cores, stream_layout
+from ..backends.onnx import OnnxBackend, available_cores, batch_limits, stream_layout
 from ..config import Settings
 from ..errors import BenchError, ConfigError
 from ..model.loading import load_engine
-from ..qa import BatchLimits, QAEngine, QAOptions
+from ..qa import QAEngine, QAOptions
 from ..squad import read_questions
 from .ceiling import Layout, ceiling_batch_sizes, ceiling_layouts, measure_layouts
 from .end_to_end import measure_streaming
 from .flops import model_gflop_per_window
 from .machine import measure_gemm, measure_int8_gemm
 from .model_gemm import measure_model_gemm
-from .offline import measure_engine, measure_window
+from .offline import WindowTimer, measure_engine, measure_window
 from .options import BenchOptions
+from .queueing import QueueingModel, measure_window_times
 from .reference import pipeline_options, run_reference
 from .report import Report, add_derived, note, significant
 from .workload import Workload
@@ -52,7 +53,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
         f"threads) {[layout.name for layout in layouts]}"
     )
     report.update(
-        measure_layouts(model_path, workload, layouts, sizes, settings.subset(BatchLimits), pad_id)
+        measure_layouts(model_path, workload, layouts, sizes, batch_limits(settings), pad_id)
     )
     ceiling = report["ceiling"]
     note("GEMM at the model's own shapes")
@@ -61,18 +62,23 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
         round(ceiling["mean_batch_tokens"]),
         Layout(ceiling["streams"], ceiling["threads"]),
     )
-    # On one session with all cores, as the baseline: the fastest a lone window is answered
-    # here, so the latency ratios do not loosen when the worker's layout changes.
-    report["window_inference_ms"] = measure_window(
+    # On one session with all cores, as the baseline: beside the denominator for comparison.
+    report["window_inference_all_cores_ms"] = measure_window(
         OnnxBackend(model_path, available_cores(), 1), workload, pad_id
     )
+    threads, streams = stream_layout(settings.inference_streams, settings.threads)
+    stream_backend = OnnxBackend(model_path, threads, 1)
+    window = WindowTimer(stream_backend, workload, pad_id)
+    note("window run times by length, for what queueing alone allows")
+    queueing = QueueingModel(measure_window_times(stream_backend, workload, pad_id), streams)
     note("engine: answer_many")
     report["engine"] = measure_engine(engine, workload, settings)
     # The worker process is measured next: this engine's memory and threads are done with.
     del engine
-    report.update(
-        asyncio.run(measure_streaming(settings, options, records, report["window_inference_ms"]))
-    )
+    report.update(asyncio.run(measure_streaming(settings, options, records, window, queueing)))
+    report["window_inference_ms"] = window.median_ms
+    report["window_inference_samples_ms"] = window.samples_ms
+    report["window_inference_threads"] = threads
     if options.reference_python is not None:
         model = options.reference_model or report["source"]
         note(f"reference: transformers pipeline on {model}")
@@ -97,7 +103,7 @@ def describe_run(settings: Settings, engine: QAEngine, workload: Workload) -> Re
         "mean_window_tokens": workload.mean_tokens,
         "typical_window_tokens": len(workload.typical_window),
         "settings": {
-            "batch_size": settings.batch_size,
+            "batch_size": batch_limits(settings).batch_size,
             "max_batch_tokens": settings.max_batch_tokens,
             "max_wait_ms": settings.max_wait_ms,
             "max_padding": settings.max_padding,

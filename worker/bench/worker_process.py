@@ -95,15 +95,10 @@ class WorkerProcess(AsyncLifecycle):
         return file_tail(self._log, LOG_TAIL_LINES) or "(empty log)"
 
     async def counters(self) -> dict[str, float]:
-        """The worker's metric samples by name, summed over labels."""
+        """The worker's metric samples, as `metric_totals` reads them."""
         assert self._session is not None
         async with self._session.get(self._url("/metrics")) as response:
-            text = await response.text()
-        totals: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-        return totals
+            return metric_totals(await response.text())
 
     @property
     def pid(self) -> int | None:
@@ -144,3 +139,16 @@ class WorkerProcess(AsyncLifecycle):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def metric_totals(exposition: str) -> dict[str, float]:
+    """Prometheus text's samples by name, summed over labels, and each labelled sample also
+    under `name{label=value,...}` (labels sorted), which keeps a histogram's buckets apart."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if sample.labels:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                totals[f"{sample.name}{{{labels}}}"] = sample.value
+    return totals

@@ -8,10 +8,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ..backends.onnx import batch_limits
 from ..config import Settings
 from ..errors import EventError
 from ..observability.progress import progress_bar, progress_wanted
-from ..qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
+from ..qa import QAEngine, QAOptions, QAResult, Question
 from ..squad import QuestionRecord
 
 # Questions are answered in chunks so output streams and memory stays flat on large files.
@@ -27,7 +28,7 @@ def answer_records(
             chunk = records[offset : offset + CHUNK_QUESTIONS]
             results = engine.answer_many(
                 [Question(record.question, record.context, options) for record in chunk],
-                settings.subset(BatchLimits),
+                batch_limits(settings),
             )
             yield from zip(chunk, results, strict=True)
             bar.update(len(chunk))

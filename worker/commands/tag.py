@@ -7,11 +7,12 @@ import json
 import time
 
 from .. import __version__
+from ..backends.onnx import batch_limits
 from ..config import Settings
 from ..errors import EventError
 from ..events import DocumentEvent, InputLimits, parse_document, tags_event
 from ..model.loading import load_engine
-from ..qa import BatchLimits, QAOptions
+from ..qa import QAOptions
 from ..tagging import TaggedDocument, load_question_sets, tag_documents
 from .offline import open_output
 
@@ -37,7 +38,7 @@ def command_tag(args: argparse.Namespace) -> int:
             question_sets,
             documents,
             args.question_set or next(iter(question_sets)),
-            settings.subset(BatchLimits),
+            batch_limits(settings),
         )
     )
     with open_output(args.output) as output:

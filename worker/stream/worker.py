@@ -34,6 +34,7 @@ from faust.types import TP
 from mode.types.signals import SignalHandlerT
 
 from .. import __version__
+from ..backends.onnx import batch_limits
 from ..batcher import MicroBatcher
 from ..config import Settings, describe
 from ..errors import InputLostError, WorkerError
@@ -42,7 +43,7 @@ from ..observability.metrics import WorkerMetrics
 from ..observability.runtime import RuntimeMonitor
 from ..observability.tracing import build_tracing
 from ..observability.tracing_interface import Tracing
-from ..qa import BatchLimits, QAEngine, QAOptions
+from ..qa import QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app, check_topic_roles
 from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
@@ -95,7 +96,7 @@ class QAWorker(AsyncLifecycle):
             worker_version=__version__,
         )
         self.batcher = MicroBatcher(
-            engine, settings.subset(BatchLimits), observer=metrics, tracing=self.tracing
+            engine, batch_limits(settings), observer=metrics, tracing=self.tracing
         )
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
