@@ -1,13 +1,15 @@
 """Drives a `QAWorker` in this process through the embedded broker and reports where time goes.
 
     python -m benchmarks.worker_probe --model models/mobilebert \\
-        --squad ../shared/data/squad-v2-dev-half.json [--events N] [--rate R] [--max-padding P]
+        --squad ../shared/data/squad-v2-dev-half.json [--events N] [--rate R] [--max-padding P] \\
+        [--batch-size B] [--slowest N] [--freeze]
 
 With `--rate 0` (the default) every event is produced at once (a burst); otherwise events arrive
 as a Poisson stream of R per second. Printed: throughput, the share of the time the inference
 thread was busy, the padding ratio and the worst batches, latency percentiles split by the
 answers' own timings (queue, inference, the rest of the worker, the broker hops, and the gaps
-between the stages of `timings.stages_ms`), the event-loop lag and GC pauses seen during the
+between the stages of `timings.stages_ms`), the slowest events with their windows' lengths and
+their two largest stage gaps, the event-loop lag and GC pauses seen during the
 load (`--freeze`: after `gc.freeze()`, as `qa-worker run` does), and the CPU each thread of
 this process and the broker used, also per event. Unlike `qa-worker bench`, the load generator
 shares this process with the worker (on its own thread and event loop, named
@@ -150,7 +152,9 @@ def generate_in_thread(bootstrap_servers: str, records: list, rate: float) -> Lo
     return asyncio.run(generate(bootstrap_servers, records, rate))
 
 
-async def probe(settings: Settings, squad: Path, events: int, rate: float, freeze: bool) -> None:
+async def probe(
+    settings: Settings, squad: Path, events: int, rate: float, freeze: bool, slowest: int
+) -> None:
     records = read_questions(squad)[:events]
     async with EmbeddedBroker() as broker:
         for topic in TOPICS:
@@ -163,7 +167,8 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float, freez
             http_port=0,
         )
         metrics = BatchLog()
-        worker = QAWorker(settings, load_engine(settings), metrics)
+        engine = load_engine(settings)
+        worker = QAWorker(settings, engine, metrics)
         await worker.start()
         if freeze:
             freeze_long_lived_objects()
@@ -212,13 +217,21 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float, freez
         "  the rest of the worker: "
         + p50_p95([t["total_ms"] - t["queue_ms"] - t["inference_ms"] for t in timings if t])
     )
-    stages = [t["stages_ms"] for t in timings if t and "stages_ms" in t]
+    stages = [stage_gaps(t["stages_ms"]) for t in timings if t and "stages_ms" in t]
     if stages:
-        names_in_order = ["read", *stages[0]]
         print("  stage gaps, ms after the previous (read: from the read):")
-        for before, after in itertools.pairwise(names_in_order):
-            gaps = [item[after] - item.get(before, 0.0) for item in stages]
-            print(f"    {after}: {p50_p95_p99_max(gaps)}")
+        for name in stages[0]:
+            print(f"    {name}: {p50_p95_p99_max([item[name] for item in stages])}")
+    print(f"the {slowest} slowest events (e<index into the questions>):")
+    for key in sorted(sent, key=lambda key: arrived[key][0] - sent[key])[-slowest:]:
+        record = records[int(key[1:])]
+        windows = [len(window) for window in engine.encode(record.question, record.context).windows]
+        gaps = stage_gaps(arrived[key][1].get("timings", {}).get("stages_ms", {}))
+        largest = sorted(gaps.items(), key=lambda item: -item[1])[:2]
+        print(
+            f"  {key}: {(arrived[key][0] - sent[key]) * 1000:.0f} ms, windows of {windows} "
+            "tokens, largest gaps: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in largest)
+        )
     print(
         f"event-loop lag ms ({len(metrics.lags)} samples): "
         + p50_p95_p99_max([lag * 1000 for lag in metrics.lags])
@@ -247,6 +260,13 @@ async def probe(settings: Settings, squad: Path, events: int, rate: float, freez
     )
 
 
+def stage_gaps(stages_ms: dict[str, float]) -> dict[str, float]:
+    """Each stage's gap after the one before it (the first: after the read), in ms."""
+    names = ["read", *stages_ms]
+    at = {"read": 0.0, **stages_ms}
+    return {after: at[after] - at[before] for before, after in itertools.pairwise(names)}
+
+
 def p50_p95_p99_max(values: list[float]) -> str:
     ordered = sorted(values)
     if not ordered:
@@ -268,9 +288,11 @@ def main() -> None:
     parser.add_argument(
         "--freeze", action="store_true", help="gc.freeze() after start-up, as `qa-worker run` does"
     )
+    parser.add_argument("--slowest", type=int, default=10, help="events to list, slowest last")
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     args = parser.parse_args()
-    settings = Settings(model=args.model, max_padding=args.max_padding)
-    asyncio.run(probe(settings, args.squad, args.events, args.rate, args.freeze))
+    settings = Settings(model=args.model, max_padding=args.max_padding, batch_size=args.batch_size)
+    asyncio.run(probe(settings, args.squad, args.events, args.rate, args.freeze, args.slowest))
 
 
 if __name__ == "__main__":

@@ -475,7 +475,7 @@ async def test_a_deadline_the_batch_could_not_make_fails_before_inference(
         if runs:
             assert (await bounded(task)).result.answer == "A"
         else:
-            with pytest.raises(DeadlineExceeded, match="before its next batch could finish"):
+            with pytest.raises(DeadlineExceeded, match="before its window could finish"):
                 await bounded(task)
         # The questions around it are answered either way.
         assert (await bounded(ask(batcher, "B", 10))).result.answer == "B"
@@ -491,7 +491,7 @@ async def test_a_doomed_question_leaves_the_batch_to_the_others() -> None:
         tasks = [ask(batcher, "A", 10)]
         await wait_until(lambda: batcher.pending_windows == 1)
         # B fails as soon as it is planned into the batch that waits to fill, before it runs.
-        with pytest.raises(DeadlineExceeded, match="before its next batch could finish"):
+        with pytest.raises(DeadlineExceeded, match="before its window could finish"):
             await bounded(ask(batcher, "B", 10, deadline=time.monotonic() + 5))
         assert batcher.pending_windows == 1
         tasks += [ask(batcher, "C", 10), ask(batcher, "D", 10)]

@@ -128,8 +128,8 @@ class Answered:
 
 
 class DeadlineExceeded(Exception):
-    """The deadline passed, or would pass before the batch about to run could finish, before all
-    of the question's windows started inference."""
+    """Before all of the question's windows started inference, its deadline passed, or would
+    have passed before even one of its windows alone could finish."""
 
 
 # Batches whose run times the estimate keeps: enough to have run on every stream lately.
@@ -388,8 +388,8 @@ class MicroBatcher(AsyncLifecycle):
                 return batch, jumped
             for request, least in doomed.items():
                 why = (
-                    f"the deadline would pass before its next batch could finish (at least "
-                    f"{least * 1000:.0f} ms), so that batch did not wait for it"
+                    f"the deadline would pass before its window could finish (it takes at least "
+                    f"{least * 1000:.0f} ms), so it was not run"
                 )
                 self._fail(request, DeadlineExceeded(why))
         return [], False
