@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from worker.backends.onnx import batch_limits
 from worker.cli import build_parser, main
 from worker.config import (
     Settings,
@@ -66,6 +67,7 @@ def test_boolean_flags_can_switch_off_an_environment_default() -> None:
         ({"QA_COMPRESSION_TYPE": "brotli"}, "expected one of none, gzip, snappy, lz4, zstd"),
         ({"QA_STALL_TIMEOUT_S": "0"}, "--stall-timeout-s / QA_STALL_TIMEOUT_S must be above 0"),
         ({"QA_STALL_TIMEOUT_S": "-5"}, "QA_STALL_TIMEOUT_S must be above 0, got -5.0"),
+        ({"QA_BATCH_SIZE": "-1"}, "--batch-size / QA_BATCH_SIZE must be 0 or more, got -1"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], fragment: str) -> None:
@@ -176,3 +178,22 @@ def test_run_with_an_invalid_answers_topic_exits_2_naming_the_setting(
 ) -> None:
     assert main(["run", "--answers-topic", "bad topic!"]) == 2
     assert "--answers-topic / QA_ANSWERS_TOPIC" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "streams", "threads", "expected"),
+    [
+        (0, 2, 1, 1),  # chosen: single-threaded streams run windows one at a time
+        (0, 1, 2, 16),  # chosen: threads of one stream share a batch's rows
+        (0, 2, 2, 16),
+        (1, 1, 2, 1),  # given: taken as it is, on any layout
+        (8, 2, 1, 8),
+    ],
+)
+def test_batch_size_zero_is_chosen_by_the_stream_layout(
+    batch_size: int, streams: int, threads: int, expected: int
+) -> None:
+    settings = Settings(batch_size=batch_size, inference_streams=streams, threads=threads)
+    limits = batch_limits(settings)
+    assert limits.batch_size == expected
+    assert limits.max_batch_tokens == settings.max_batch_tokens

@@ -115,8 +115,8 @@ class Settings:
     batch_size: int = setting(
         0,
         "Most windows in one inference batch; 0: chosen for the layout, 1 when each inference "
-        "stream has one thread (a batch runs no faster there than its windows one by one, and "
-        "holds up the windows behind it), 16 otherwise.",
+        "stream has one thread (a batch gains little there and holds up the windows behind "
+        "it), 16 otherwise.",
         "batching",
     )
     max_batch_tokens: int = setting(

@@ -56,18 +56,19 @@ def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple
     return threads or max(1, cores // streams), streams
 
 
-# With several threads per stream, a batch gives them more rows to split between them.
+# Streams of several threads batch up to this many windows: the default before layouts chose it.
 MULTI_THREAD_BATCH_SIZE = 16
 
 
 def layout_batch_size(batch_size: int, threads_per_stream: int) -> int:
     """The batch size for the settings, where 0 means chosen for the layout.
 
-    On one thread a window's products already have enough rows (about 150 tokens) to run at the
-    GEMM's rate: two single-threaded streams answered 88.4 events/s at batch 1 and 84.1 at batch
-    16 (MobileBERT int8, `qa-worker bench`'s ceiling), while a batch makes each of its windows
-    wait for the last and the windows behind it for all of them, which was most of the p99 at
-    75% load (docs/performance.md). Several threads per stream split a batch's rows better.
+    On one thread a window of typical length already runs its products at the kernel's rate: in
+    `qa-worker bench`'s ceiling, two single-threaded streams ran 0.86-0.98 of their best batch's
+    events/s at batch 1 (MobileBERT int8, six runs). A batch makes each of its windows wait for
+    the last and the windows behind it for all of them, which was most of the tail at every load
+    (docs/performance.md, "Tails inside the worker"). Several threads per stream need a batch's
+    rows to split between them.
     """
     if batch_size:
         return batch_size
