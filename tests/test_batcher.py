@@ -499,6 +499,40 @@ async def test_a_doomed_question_leaves_the_batch_to_the_others() -> None:
     assert engine.labels() == [["A#0", "C#0", "D#0"]]
 
 
+class FixedRate:
+    """A run estimate that learns nothing from the batches that run."""
+
+    def __init__(self, seconds_per_token: float) -> None:
+        self._rate = seconds_per_token
+
+    def ran(self, padded_tokens: int, seconds: float) -> None:
+        pass
+
+    def seconds(self, padded_tokens: int) -> float:
+        return self._rate * padded_tokens
+
+
+async def test_every_doomed_question_fails_at_once_before_the_next_batch() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        engine.gate.hold()
+        held = ask(batcher, "held", 10)
+        await engine.gate.next_batch()
+        # 1 s a token, whatever the held batch took: each 10-token window takes at least 10 s,
+        # past every deadline below.
+        batcher.run_estimate = FixedRate(1.0)  # type: ignore[assignment]
+        now = time.monotonic()
+        doomed = [ask(batcher, f"d{i}", 10, 10, deadline=now + 5) for i in range(50)]
+        kept = ask(batcher, "ok", 10)
+        await wait_until(lambda: batcher.pending_windows == 101)
+        engine.gate.open()
+        results = await bounded(asyncio.gather(*doomed, return_exceptions=True))
+        assert all(isinstance(result, DeadlineExceeded) for result in results)
+        assert (await bounded(kept)).result.answer == "ok"
+        await bounded(held)
+    assert engine.labels() == [["held#0"], ["ok#0"]]
+
+
 async def test_bad_input_fails_alone() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits()) as batcher:

@@ -27,8 +27,8 @@ Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token
 alone.
 
 Deadlines: a question whose deadline passes while it waits fails at once (`DeadlineExceeded`),
-and one whose deadline would pass before even a batch of its window alone could finish fails
-before the batch it was planned into runs, and that batch runs without it: the run is estimated
+and one whose deadline would pass before even its longest waiting window alone could finish
+fails whenever a batch is about to start, before that batch is planned: the run is estimated
 from the fastest rate per padded token of the recent batches (`RunEstimate`), a lower bound, so
 no question that could still make its deadline is failed for it.
 """
@@ -375,24 +375,34 @@ class MicroBatcher(AsyncLifecycle):
 
     def _plan_in_time(self, now: float) -> tuple[list[_Pending], bool]:
         """The next batch (empty when nothing is pending) and whether its seed went ahead of
-        the oldest candidate, after failing the questions in it whose deadline would pass before
-        even a batch of their window alone could finish."""
-        while self._pending:
-            batch, jumped = self._plan()
-            doomed = {
-                item.request: least
-                for item in batch
-                if _late(item.request, now + (least := self.run_estimate.seconds(len(item.window))))
-            }
-            if not doomed:
-                return batch, jumped
-            for request, least in doomed.items():
-                why = (
-                    f"the deadline would pass before its window could finish (it takes at least "
-                    f"{least * 1000:.0f} ms), so it was not run"
-                )
-                self._fail(request, DeadlineExceeded(why))
-        return [], False
+        the oldest candidate, after failing the questions whose deadline would pass before even
+        their longest waiting window alone could finish."""
+        self._fail_doomed(now)
+        if not self._pending:
+            return [], False
+        return self._plan()
+
+    def _fail_doomed(self, now: float) -> None:
+        """One pass over what is pending, so that many doomed questions cost the loop no more
+        than one plan."""
+        least: dict[_Request, float] = {}
+        for item in self._pending:
+            if item.request.deadline is not None:
+                alone = self.run_estimate.seconds(len(item.window))
+                least[item.request] = max(least.get(item.request, 0.0), alone)
+        doomed = {request for request, seconds in least.items() if _late(request, now + seconds)}
+        if not doomed:
+            return
+        self._pending = [item for item in self._pending if item.request not in doomed]
+        for request in doomed:
+            if request.expiry is not None:
+                request.expiry.cancel()
+            why = (
+                f"the deadline would pass before its window could finish (it takes at least "
+                f"{least[request] * 1000:.0f} ms), so it was not run"
+            )
+            if not request.future.done():
+                request.future.set_exception(DeadlineExceeded(why))
 
     def _plan(self) -> tuple[list[_Pending], bool]:
         """The next batch, its seed first, and whether the seed went ahead of the oldest
