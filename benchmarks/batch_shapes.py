@@ -21,9 +21,9 @@ import statistics
 import time
 from pathlib import Path
 
+from worker.batching.plan import BatchLimits, plan_batches
 from worker.config import Settings
 from worker.qa import QAEngine
-from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.windows import EncodedQuestion, Window
 from worker.squad import read_questions
 

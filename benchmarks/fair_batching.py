@@ -7,7 +7,7 @@
 One long question is submitted to a `MicroBatcher` with the worker's default batch limits, then
 `--normal` short ones at once; each short one's latency runs from its submission to its answer.
 `--oldest-seeds` seeds every batch with the oldest pending window, as the planner did before
-events took turns (`worker.qa.batching.seed_index`), for the comparison. Prints p50 / p99 in ms
+events took turns (`worker.batching.plan.seed_index`), for the comparison. Prints p50 / p99 in ms
 over all rounds.
 """
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from worker import batcher as batcher_module
-from worker.batcher import MicroBatcher
+from worker.batching.batcher import MicroBatcher
+from worker.batching.plan import BatchLimits
 from worker.config import Settings
 from worker.model.loading import load_engine
-from worker.qa.batching import BatchLimits
 from worker.qa.types import QAOptions
 
 LONG_CONTEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 1600)[:99_990]

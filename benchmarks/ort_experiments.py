@@ -36,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 
 from worker.backends.onnx import available_cores
+from worker.batching.plan import BatchLimits, plan_batches
 from worker.model.calibration import calibration_windows, quantize_static_int8
 from worker.model.export import logits_only, quantize_int8
 from worker.model.manifest import (
@@ -47,7 +48,6 @@ from worker.model.manifest import (
     manifest_checksum,
 )
 from worker.qa import QAOptions, QAResult
-from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.decode import WindowLogits, decode
 from worker.qa.engine import pad_windows
 from worker.qa.windows import EncodedQuestion, Window, WindowTokenizer

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from worker.batching.plan import BatchLimits, plan_batches
 from worker.model.manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, Manifest
-from worker.qa.batching import BatchLimits, plan_batches
 from worker.qa.engine import pad_windows
 from worker.qa.windows import EncodedQuestion, WindowTokenizer
 from worker.squad import read_questions

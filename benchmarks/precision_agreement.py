@@ -23,8 +23,9 @@ import statistics
 import time
 from pathlib import Path
 
+from worker.batching.plan import BatchLimits
 from worker.model.manifest import Manifest
-from worker.qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
+from worker.qa import QAEngine, QAOptions, QAResult, Question
 from worker.squad import read_questions
 
 LIMITS = BatchLimits(batch_size=16, max_batch_tokens=8192)

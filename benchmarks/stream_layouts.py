@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from worker.batching.plan import BatchLimits, plan_batches
 from worker.bench.workload import Workload
 from worker.config import Settings
 from worker.model.loading import load_engine
-from worker.qa import BatchLimits, QAOptions
-from worker.qa.batching import plan_batches
+from worker.qa import QAOptions
 from worker.qa.engine import pad_windows
 from worker.squad import read_questions
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from parity import texts
+from worker.batching.plan import BatchLimits
 from worker.errors import EventError
-from worker.qa import BatchLimits, QAEngine, QAOptions, Question
+from worker.qa import QAEngine, QAOptions, Question
 
 PAIRS_PER_MODEL = 220
 

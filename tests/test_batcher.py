@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 
 from parity import texts
-from worker.batcher import (
+from worker.batching.batcher import (
     RUN_ESTIMATE_BATCHES,
     Answered,
     DeadlineExceeded,
     MicroBatcher,
     RunEstimate,
 )
+from worker.batching.plan import BatchLimits
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
-from worker.qa.batching import BatchLimits
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.qa.batching import BatchLimits, next_batch, plan_batches, seed_index
+from worker.batching.plan import BatchLimits, next_batch, plan_batches, seed_index
 
 # The length-grouping tests below leave padding uncapped, to see grouping alone.
 UNCAPPED = math.inf

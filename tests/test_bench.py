@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 
 from parity import texts
 from parity.reference import reference_python
-from worker.batcher import Stages
+from worker.batching.batcher import Stages
 from worker.bench.ceiling import ceiling_layouts
 from worker.bench.clock import cpu_seconds
 from worker.bench.end_to_end import END_TO_END_ROUNDS, SWEEP_LOADS

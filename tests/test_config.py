@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from worker.backends.onnx import batch_limits
+from worker.batching.layout import batch_limits
 from worker.cli import build_parser, main
 from worker.config import (
     Settings,

@@ -17,9 +17,10 @@ import pytest
 from parity import texts
 from worker.backends import InferenceBackend
 from worker.backends.onnx import cgroup_cpu_limit
+from worker.batching.plan import BatchLimits
 from worker.errors import EventError, ModelFolderError
 from worker.model.manifest import Manifest
-from worker.qa import BatchLimits, QAEngine, QAOptions, Question
+from worker.qa import QAEngine, QAOptions, Question
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])

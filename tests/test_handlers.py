@@ -14,11 +14,12 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.batcher import Answered, DeadlineExceeded, MicroBatcher
+from worker.batching.batcher import Answered, DeadlineExceeded, MicroBatcher
+from worker.batching.plan import BatchLimits
 from worker.config import Settings
 from worker.errors import ErrorCode, EventError
 from worker.observability.tracing_otel import OtelTracing
-from worker.qa import BatchLimits, QAOptions, QAResult
+from worker.qa import QAOptions, QAResult
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room

@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
 from worker import events
-from worker.batcher import Answered
+from worker.batching.batcher import Answered
 from worker.config import Settings
 from worker.errors import ErrorCode
 from worker.events import encodable_text, load_schema

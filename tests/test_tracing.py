@@ -31,7 +31,8 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from tests.support.otlp import OtlpReceiver
 from tests.support.without_torch import REPO_ROOT
-from worker.batcher import MicroBatcher
+from worker.batching.batcher import MicroBatcher
+from worker.batching.plan import BatchLimits
 from worker.bench.tracing_overhead import OtlpSink
 from worker.config import Settings
 from worker.errors import ConfigError, ErrorCode
@@ -39,7 +40,6 @@ from worker.observability.logs import JsonFormatter, bind_event, configure_loggi
 from worker.observability.tracing import NO_TRACING, build_tracing, traceparent_ids
 from worker.observability.tracing_otel import ExportLedger, OtelTracing, otlp_tracing
 from worker.qa import QAOptions, QAResult
-from worker.qa.batching import BatchLimits
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 
@@ -369,7 +369,7 @@ class PathFinderWithoutOpenTelemetry(PathFinder):
 sys.meta_path[:] = [
     PathFinderWithoutOpenTelemetry if f is PathFinder else f for f in sys.meta_path
 ]
-import worker.cli, worker.stream, worker.batcher
+import worker.cli, worker.stream, worker.batching.batcher
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.observability.tracing import NO_TRACING, build_tracing

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from .batching.plan import BatchLimits
 from .errors import ErrorCode, EventError, QuestionSetError
 from .events import OPTION_TYPES, DocumentEvent
-from .qa import BatchLimits, QAEngine, QAOptions, QAResult, Question
+from .qa import QAEngine, QAOptions, QAResult, Question
 
 DEFAULT_SET = "default"
 

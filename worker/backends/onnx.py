@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -11,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..config import Settings
 from ..model.manifest import END_LOGITS, START_LOGITS
-from ..qa.batching import BatchLimits
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -54,32 +51,6 @@ def stream_layout(streams: int, threads: int, cores: int | None = None) -> tuple
     if not streams:
         streams = max(1, cores // threads) if threads else cores
     return threads or max(1, cores // streams), streams
-
-
-# Streams of several threads batch up to this many windows: the default before layouts chose it.
-MULTI_THREAD_BATCH_SIZE = 16
-
-
-def layout_batch_size(batch_size: int, threads_per_stream: int) -> int:
-    """The batch size for the settings, where 0 means chosen for the layout.
-
-    On one thread a window of typical length already runs its products at the kernel's rate: in
-    `qa-worker bench`'s ceiling, two single-threaded streams ran 0.86-0.98 of their best batch's
-    events/s at batch 1 (MobileBERT int8, six runs). A batch makes each of its windows wait for
-    the last and the windows behind it for all of them, which was most of the tail at every load
-    (docs/performance.md, "Tails inside the worker"). Several threads per stream need a batch's
-    rows to split between them.
-    """
-    if batch_size:
-        return batch_size
-    return 1 if threads_per_stream == 1 else MULTI_THREAD_BATCH_SIZE
-
-
-def batch_limits(settings: Settings) -> BatchLimits:
-    """The settings' batch limits, with the batch size chosen for their layout when it is 0."""
-    threads, _ = stream_layout(settings.inference_streams, settings.threads)
-    chosen = layout_batch_size(settings.batch_size, threads)
-    return dataclasses.replace(settings, batch_size=chosen).subset(BatchLimits)
 
 
 def open_session(model: Path | bytes, threads: int) -> ort.InferenceSession:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.onnx import OnnxBackend, batch_limits
-from ..backends.streams import each_stream_takes_next
+from ..backends.onnx import OnnxBackend
+from ..batching.layout import batch_limits
+from ..batching.plan import BatchLimits, plan_batches
+from ..batching.streams import each_stream_takes_next
 from ..config import Settings
-from ..qa.batching import BatchLimits, plan_batches
 from ..qa.engine import pad_windows
 from .report import Report
 from .workload import Workload

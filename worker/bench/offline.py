@@ -6,7 +6,7 @@ import statistics
 import time
 
 from ..backends import InferenceBackend
-from ..backends.onnx import batch_limits
+from ..batching.layout import batch_limits
 from ..config import Settings
 from ..qa import QAEngine
 from ..qa.engine import InferenceStats, pad_windows

@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 
-from ..backends.onnx import OnnxBackend, available_cores, batch_limits, stream_layout
+from ..backends.onnx import OnnxBackend, available_cores, stream_layout
+from ..batching.layout import batch_limits
 from ..config import Settings
 from ..errors import BenchError, ConfigError
 from ..model.loading import load_engine

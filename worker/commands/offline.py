@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..backends.onnx import batch_limits
+from ..batching.layout import batch_limits
 from ..config import Settings
 from ..errors import EventError
 from ..observability.progress import progress_bar, progress_wanted

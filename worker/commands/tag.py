@@ -7,7 +7,7 @@ import json
 import time
 
 from .. import __version__
-from ..backends.onnx import batch_limits
+from ..batching.layout import batch_limits
 from ..config import Settings
 from ..errors import EventError
 from ..events import DocumentEvent, InputLimits, parse_document, tags_event

@@ -1,7 +1,6 @@
-"""The extractive QA engine: windows, decoding and batching, with no broker involved."""
+"""The extractive QA engine: windows and decoding, with no broker involved."""
 
-from .batching import BatchLimits, plan_batches
 from .engine import QAEngine, Question
 from .types import QAOptions, QAResult, Span
 
-__all__ = ["BatchLimits", "QAEngine", "QAOptions", "QAResult", "Question", "Span", "plan_batches"]
+__all__ = ["QAEngine", "QAOptions", "QAResult", "Question", "Span"]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import InferenceBackend
-from ..backends.streams import each_stream_takes_next
+from ..batching.plan import BatchLimits, plan_batches
+from ..batching.streams import each_stream_takes_next
 from ..errors import EventError
 from ..model.manifest import (
     TOKENIZER_NAME,
@@ -25,7 +26,6 @@ from ..model.manifest import (
     manifest_checksum,
     verify_checksums,
 )
-from .batching import BatchLimits, plan_batches
 from .decode import WindowLogits, decode
 from .types import QAOptions, QAResult
 from .windows import EncodedQuestion, Window, WindowTokenizer

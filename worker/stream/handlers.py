@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
-from ..batcher import Answered, DeadlineExceeded, Stages
+from ..batching.batcher import Answered, DeadlineExceeded, Stages
 from ..config import Settings, describe, topic_name_problem
 from ..errors import DeliveryError, ErrorCode, EventError, OffsetOrderError
 from ..events import (

@@ -34,8 +34,8 @@ from faust.types import TP
 from mode.types.signals import SignalHandlerT
 
 from .. import __version__
-from ..backends.onnx import batch_limits
-from ..batcher import MicroBatcher
+from ..batching.batcher import MicroBatcher
+from ..batching.layout import batch_limits
 from ..config import Settings, describe
 from ..errors import InputLostError, WorkerError
 from ..lifecycle import AsyncLifecycle

@@ -44,13 +44,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
-from .lifecycle import AsyncLifecycle
-from .observability.tracing import NO_TRACING
-from .observability.tracing_interface import Tracing
-from .qa.batching import BatchLimits, next_batch, seed_index
-from .qa.decode import WindowLogits
-from .qa.types import QAOptions, QAResult
-from .qa.windows import EncodedQuestion, Window
+from ..lifecycle import AsyncLifecycle
+from ..observability.tracing import NO_TRACING
+from ..observability.tracing_interface import Tracing
+from ..qa.decode import WindowLogits
+from ..qa.types import QAOptions, QAResult
+from ..qa.windows import EncodedQuestion, Window
+from .plan import BatchLimits, next_batch, seed_index
 
 __all__ = [
     "Answered",
