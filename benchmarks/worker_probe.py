@@ -66,8 +66,10 @@ class BatchLog(WorkerMetrics):
         super().gc_paused(generation, seconds)
         self.pauses.append((generation, seconds))
 
-    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-        super().on_batch(windows, real_tokens, padded_tokens, seconds)
+    def on_batch(
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float, plan_s: float
+    ) -> None:
+        super().on_batch(windows, real_tokens, padded_tokens, seconds, plan_s)
         self.batches.append((windows, real_tokens, padded_tokens, seconds))
 
 

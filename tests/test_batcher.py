@@ -24,13 +24,14 @@ import numpy as np
 import pytest
 
 from parity import texts
+from tests.support.windows import token_window
 from worker.batching.batcher import (
-    RUN_ESTIMATE_BATCHES,
+    LONG_CONTEXT_CHARS,
     Answered,
     DeadlineExceeded,
     MicroBatcher,
-    RunEstimate,
 )
+from worker.batching.estimate import RUN_ESTIMATE_BATCHES, RunEstimate
 from worker.batching.plan import BatchLimits
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
@@ -98,18 +99,13 @@ class Gate:
             self._changed.notify_all()
 
 
-def label(window: Window) -> str:
-    return window.encoding  # type: ignore[return-value]
-
-
 class FakeEngine:
     """A deterministic engine without a model.
 
     `encode(question, context)` reads the context as window lengths ("5 12 3" gives three windows)
-    and labels window i "question#i", keeping the label where a real window keeps its tokenizer
-    Encoding; token ids are derived from the label. Logits are sin and cos of the token ids, so
-    each window's logits are its own whatever batch it runs in. A batch holding a window of a
-    question that starts with "boom" fails.
+    and labels window i "question#i"; token ids are derived from the label. Logits are sin and
+    cos of the token ids, so each window's logits are its own whatever batch it runs in. A batch
+    holding a window of a question that starts with "boom" fails.
     """
 
     def __init__(self, streams: int = 1) -> None:
@@ -117,6 +113,7 @@ class FakeEngine:
         self.streams = streams
         self.batches: list[list[Window]] = []
         self.streams_used: list[int] = []
+        self._labels: dict[int, str] = {}
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         if not context:
@@ -125,16 +122,16 @@ class FakeEngine:
         for index, length in enumerate(int(part) for part in context.split()):
             name = f"{question}#{index}"
             ids = (np.arange(length, dtype=np.int64) + zlib.crc32(name.encode())) % 30_000
-            windows.append(
-                Window(ids, np.zeros_like(ids), np.ones(length, dtype=bool), encoding=name)  # type: ignore[arg-type]
-            )
+            window = token_window(ids)
+            self._labels[id(window)] = name
+            windows.append(window)
         return EncodedQuestion(question, context, windows, context_sequence=1)
 
     def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
         self.batches.append(list(windows))
         self.streams_used.append(stream)
-        self.gate.enter([label(window) for window in windows])
-        if any(label(window).startswith("boom") for window in windows):
+        self.gate.enter([self.label(window) for window in windows])
+        if any(self.label(window).startswith("boom") for window in windows):
             raise RuntimeError("inference failed")
         return [
             WindowLogits(
@@ -160,8 +157,11 @@ class FakeEngine:
             null_score=float(sum(float(item.end.sum()) for item in logits)),
         )
 
+    def label(self, window: Window) -> str:
+        return self._labels[id(window)]
+
     def labels(self) -> list[list[str]]:
-        return [[label(window) for window in batch] for batch in self.batches]
+        return [[self.label(window) for window in batch] for batch in self.batches]
 
 
 def ask(
@@ -549,29 +549,31 @@ async def test_bad_input_fails_alone() -> None:
     assert [r.result.answer for r in (results[0], results[2])] == ["A", "C"]  # type: ignore[union-attr]
 
 
-async def test_an_inference_failure_fails_only_that_batch() -> None:
+async def test_one_window_that_fails_fails_only_its_question() -> None:
+    """A batch of several windows that raises runs again one window at a time: only the question
+    whose window fails alone fails, with the engine's error, and each window runs alone once."""
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=2)) as batcher:
+    async with MicroBatcher(engine, BatchLimits(batch_size=8, max_padding=math.inf)) as batcher:
         engine.gate.hold()
         tasks = [ask(batcher, "A", 5)]
         await engine.gate.next_batch()
-        tasks += [ask(batcher, name, 5) for name in ("boom", "X", "Y", "Z")]
-        await wait_until(lambda: batcher.pending_windows == 4)
+        names = ("X", "boom", "Y")
+        tasks += [ask(batcher, "X", 5, 6), ask(batcher, "boom", 5), ask(batcher, "Y", 7, 5, 6)]
+        await wait_until(lambda: batcher.pending_windows == 6)
         engine.gate.open()
         results = await bounded(asyncio.gather(*tasks, return_exceptions=True))
         after = await bounded(ask(batcher, "after", 5))
-    assert engine.labels()[:3] == [["A#0"], ["boom#0", "X#0"], ["Y#0", "Z#0"]]
-    failed = [
-        name
-        for name, r in zip("A boom X Y Z".split(), results, strict=True)
-        if not isinstance(r, Answered)
-    ]
-    assert failed == ["boom", "X"]
-    assert all(
-        isinstance(results[i], RuntimeError) and str(results[i]) == "inference failed"
-        for i in (1, 2)
-    )
+    many = engine.labels()[1]
+    assert sorted(many) == ["X#0", "X#1", "Y#0", "Y#1", "Y#2", "boom#0"]
+    alone = engine.labels()[2:8]
+    assert all(len(batch) == 1 for batch in alone)
+    assert sorted(batch[0] for batch in alone) == sorted(many)
+    failed = [n for n, r in zip(("A", *names), results, strict=True) if not isinstance(r, Answered)]
+    assert failed == ["boom"]
+    error = results[2]
+    assert isinstance(error, RuntimeError) and str(error) == "inference failed"
     assert after.result.answer == "after"
+    assert engine.labels()[8:] == [["after#0"]]
 
 
 async def test_stop_finishes_what_was_submitted() -> None:
@@ -637,7 +639,9 @@ class BatchSizes:
     def __init__(self) -> None:
         self.windows: list[int] = []
 
-    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+    def on_batch(
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float, plan_s: float
+    ) -> None:
         assert real_tokens <= padded_tokens
         self.windows.append(windows)
 
@@ -773,3 +777,33 @@ def test_inference_stats_add_up_across_concurrent_streams(
     assert engine.stats.batches == len(batches)
     assert engine.stats.windows == sum(len(batch) for batch in batches)
     assert engine.stats.real_tokens == sum(len(w) for batch in batches for w in batch)
+
+
+class SlowLongEngine(FakeEngine):
+    """Tokenizing a context over LONG_CONTEXT_CHARS blocks until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long_started = threading.Event()
+        self.release_long = threading.Event()
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        if len(context) > LONG_CONTEXT_CHARS:
+            self.long_started.set()
+            if not self.release_long.wait(TIMEOUT):
+                raise TimeoutError("the test never let the long context through")
+            context = "384 384"
+        return super().encode(question, context)
+
+
+async def test_a_long_context_being_tokenized_holds_up_no_short_question() -> None:
+    engine = SlowLongEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        long = asyncio.create_task(batcher.answer("long", "x" * (LONG_CONTEXT_CHARS + 1), OPTIONS))
+        await bounded(asyncio.to_thread(engine.long_started.wait, TIMEOUT))
+        # Tokenizing and decoding the short ones go on beside it, on the other thread.
+        short = await bounded(asyncio.gather(*(ask(batcher, f"s{i}", 10, 20) for i in range(3))))
+        assert [a.result.answer for a in short] == ["s0", "s1", "s2"]
+        assert not long.done()
+        engine.release_long.set()
+        assert (await bounded(long)).result.answer == "long"

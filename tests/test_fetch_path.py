@@ -312,6 +312,9 @@ class GatedEngine:
     def decode(self, encoded: object, logits: list, options: object) -> object:
         return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]
 
+    def warm_up(self, limits: object) -> object:
+        return self._engine.warm_up(limits)  # type: ignore[attr-defined]
+
 
 async def test_a_partition_that_stops_moving_is_named_until_it_moves_again(
     exported_models: dict[str, Path],

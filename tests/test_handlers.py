@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.support.windows import token_window
 from worker.batching.batcher import Answered, DeadlineExceeded, MicroBatcher
 from worker.batching.plan import BatchLimits
 from worker.config import Settings
@@ -44,11 +45,19 @@ class FakeBatcher:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.asked: list[tuple[str, str, QAOptions]] = []
+        self.turns: list[tuple[Hashable, Hashable]] = []
 
     async def answer(
-        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None = None,
+        lane: Hashable = None,
+        event: Hashable = None,
     ) -> Answered:
         self.asked.append((question, context, options))
+        self.turns.append((lane, event))
         if self.error is not None:
             raise self.error
         word = context.split()[0]
@@ -101,7 +110,7 @@ class WordEngine:
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
         windows = [
-            Window(ids, ids, np.ones(len(ids), dtype=bool), encoding=None)  # type: ignore[arg-type]
+            token_window(ids)
             for ids in (np.arange(len(word) + 2, dtype=np.int64) for word in context.split())
         ]
         return EncodedQuestion(question, context, windows, context_sequence=1)
@@ -207,6 +216,19 @@ async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
     tags = json.loads(outgoing.value)
     assert tags["question_set"] == "deals" and set(tags["tags"]) == {"buyer", "price"}
     assert [asked[0] for asked in batcher.asked] == ["Who bought?", "How much?"]
+    # The set's questions take their partition's turns as one event.
+    (lane, event), (other_lane, other_event) = batcher.turns
+    assert lane == other_lane == ("deals-in", 1)
+    assert event is other_event is not None
+
+
+async def test_questions_take_the_turns_of_their_partition_each_as_an_event_of_its_own() -> None:
+    batcher = FakeBatcher()
+    for partition in (0, 3, 3):
+        message = FakeMessage(question(), topic="qa-questions", partition=partition)
+        outgoing = await handlers(batcher).answer_question(message, 0.0)
+        assert outgoing.topic == "qa-answers"
+    assert batcher.turns == [(("qa-questions", 0), None), *[(("qa-questions", 3), None)] * 2]
 
 
 @pytest.mark.parametrize(

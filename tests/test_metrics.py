@@ -111,8 +111,8 @@ def simulate(metrics: WorkerMetrics) -> None:
     metrics.event_dead_lettered(ErrorCode.EMPTY_CONTEXT)
     metrics.event_dead_lettered(ErrorCode.EMPTY_CONTEXT)
     metrics.event_dead_lettered(ErrorCode.INVALID_JSON)
-    metrics.on_batch(windows=3, real_tokens=300, padded_tokens=384, seconds=0.04)
-    metrics.on_batch(windows=16, real_tokens=4000, padded_tokens=6144, seconds=0.7)
+    metrics.on_batch(windows=3, real_tokens=300, padded_tokens=384, seconds=0.04, plan_s=1e-5)
+    metrics.on_batch(windows=16, real_tokens=4000, padded_tokens=6144, seconds=0.7, plan_s=2e-4)
     metrics.set_in_flight(5)
     metrics.set_lags({("questions", 0): 7, ("questions", 1): 0})
     metrics.set_model_info(
@@ -246,11 +246,11 @@ async def test_padding_ratio_follows_recent_batches(
 ) -> None:
     assert math.isnan((await scrape(http, server)).value("qa_worker_padding_ratio"))
 
-    metrics.on_batch(windows=2, real_tokens=100, padded_tokens=300, seconds=0.01)
+    metrics.on_batch(windows=2, real_tokens=100, padded_tokens=300, seconds=0.01, plan_s=0.0)
     assert (await scrape(http, server)).value("qa_worker_padding_ratio") == pytest.approx(3.0)
 
     clock.advance(PADDING_HALF_LIFE_SECONDS)
-    metrics.on_batch(windows=2, real_tokens=100, padded_tokens=100, seconds=0.01)
+    metrics.on_batch(windows=2, real_tokens=100, padded_tokens=100, seconds=0.01, plan_s=0.0)
     # The first batch now weighs half: (150 + 100) / (50 + 100).
     scraped = await scrape(http, server)
     assert scraped.value("qa_worker_padding_ratio") == pytest.approx(250 / 150)

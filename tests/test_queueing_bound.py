@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.windows import token_window
 from worker.bench.queueing import (
     WINDOW_TIME_REPEATS,
     QueueingModel,
@@ -103,8 +104,7 @@ class CountingBackend:
 
 
 def window(length: int) -> Window:
-    ids = np.arange(length, dtype=np.int64)
-    return Window(ids, np.zeros_like(ids), np.ones(length, dtype=bool), encoding=None)  # type: ignore[arg-type]
+    return token_window(np.arange(length, dtype=np.int64))
 
 
 def test_each_length_is_timed_once_and_each_question_gets_its_windows_times() -> None:

@@ -295,6 +295,9 @@ class SlowEngine:
     def decode(self, encoded: object, logits: list, options: object) -> object:
         return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]
 
+    def warm_up(self, limits: object) -> object:
+        return self._engine.warm_up(limits)  # type: ignore[attr-defined]
+
 
 async def test_backpressure_bounds_memory_and_in_flight_events(
     exported_models: dict[str, Path], tmp_path: Path

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,7 +99,13 @@ class FakeBatcher:
     """Answers with the context's first word, as the model would shape it."""
 
     async def answer(
-        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None = None,
+        lane: Hashable = None,
+        event: Hashable = None,
     ) -> Answered:
         word = context.split()[0] if context.split() else context[:1]
         return Answered(QAResult(word, 0.5, 0, len(word), False, 0.1), 0.001, 0.002)

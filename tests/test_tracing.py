@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from tests.support.otlp import OtlpReceiver
+from tests.support.windows import token_window
 from tests.support.without_torch import REPO_ROOT
 from worker.batching.batcher import MicroBatcher
 from worker.batching.plan import BatchLimits
@@ -63,10 +64,7 @@ class LengthEngine:
     streams = 1
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
-        windows = [
-            Window(np.ones(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool), encoding=None)  # type: ignore[arg-type]
-            for n in map(int, context.split())
-        ]
+        windows = [token_window(np.ones(n, np.int64)) for n in map(int, context.split())]
         return EncodedQuestion(question, context, windows, context_sequence=1)
 
     def infer(self, windows: Sequence[Window], stream: int) -> list[WindowLogits]:

@@ -133,6 +133,14 @@ class Settings:
         "How long an idle engine waits for a fuller batch; 0 dispatches at once.",
         "batching",
     )
+    max_pending_windows: int = setting(
+        4096,
+        "Work budget: most windows the questions being answered may hold at once (waiting, "
+        "running or being decoded); beyond it no more questions are tokenized, and fetching "
+        "pauses once max_in_flight events wait. Memory grows by about 11 KB per window "
+        "(docs/batching.md); a question larger than the budget still runs, alone.",
+        "batching",
+    )
     # kafka
     broker: str = setting(
         "localhost:9092", "Kafka bootstrap servers, comma-separated host:port.", "kafka"
@@ -271,6 +279,7 @@ class Settings:
             "top_k",
             "max_answer_len",
             "max_batch_tokens",
+            "max_pending_windows",
             "max_in_flight",
             "max_question_chars",
             "max_context_chars",

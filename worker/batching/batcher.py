@@ -4,41 +4,41 @@ The transport awaits `MicroBatcher.answer` once per event; the batcher pools the
 concurrent questions and runs them through the engine in padded batches:
 
     async with MicroBatcher(engine, BatchLimits(batch_size=16)) as batcher:
-        answered = await batcher.answer(question, context, QAOptions(), deadline=deadline)
+        answered = await batcher.answer(question, context, QAOptions(), deadline=deadline,
+                                        lane=partition)
 
 Threads: inference runs in one thread per inference stream of the engine (`engine.streams`), each
-running one batch at a time on its stream; tokenizing and decoding run in one other thread so
-they overlap with inference. The event loop only does the bookkeeping below, so it never blocks.
-(Tokenizing the questions that queued for that thread in one `encode_many` call halved its CPU
-but answered no more events/s in worker_probe A/B runs, so each question is still one call.)
+running one batch at a time on its stream; tokenizing and decoding run in two other threads, so
+they overlap with inference: one for long contexts (over `LONG_CONTEXT_CHARS`) and questions of
+many windows, one for the rest, so that a 100,000-character context does not hold up the short
+questions' tokenizing and decoding. The event loop only does the bookkeeping below.
 
-Scheduling: whenever a stream is free and windows are pending, the next batch is formed from
-what is pending (by `worker.qa.batching.next_batch`, the planner offline commands use too) and
-started at once on that stream; while the streams are busy, new windows accumulate for the
-batches after. A batch is seeded by `seed_index`: a window of an event other than the one that
-seeded the last batch (events take turns, so one event with hundreds of windows cannot hold
-every batch while the events behind it wait), the one with the earliest deadline, or the oldest
-when none has one; after a seed that went ahead of the oldest candidate the oldest seeds next,
-so the oldest pending window seeds at least every second batch, whatever the deadlines. The
-batch is filled with the pending windows closest to the seed in length (earlier deadlines first
-among equals), within `batch_size` windows, `max_batch_tokens` padded tokens and `max_padding`.
-Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token window among
-100-token ones) from making a whole batch compute on padding, which costs more than running it
-alone.
+Admission (`budget.WorkBudget`): a question is tokenized only once the windows the batcher holds
+are under its work budget, so memory follows the work in hand, not the number of questions.
+
+Scheduling (`queue.PendingQueue`): whenever a stream is free and windows wait, the next batch is
+chosen and started at once on that stream; while the streams are busy, new windows accumulate
+for the batches after. Lanes (the worker's partitions) take turns, then events within a lane;
+the earliest deadline goes first within the turns; a batch grows around its seed with the windows
+nearest in length, within `batch_size` windows, `max_batch_tokens` padded tokens and
+`max_padding`. Length grouping keeps padding low; the padding cap keeps an outlier (a 384-token
+window among 100-token ones) from making a whole batch compute on padding.
+
+Failures: when a batch of several windows fails, each of its windows runs again alone, so only
+an event whose window fails alone fails, with the engine's error.
 
 Deadlines: a question whose deadline passes while it waits fails at once (`DeadlineExceeded`),
-and one whose deadline would pass before even its longest waiting window alone could finish
-fails whenever a batch is about to start, before that batch is planned: the run is estimated
-from the fastest rate per padded token of the recent batches (`RunEstimate`), a lower bound, so
-no question that could still make its deadline is failed for it.
+and one whose deadline would pass before even one of its waiting windows alone could finish
+fails when that window comes up to be planned: the run is estimated from the fastest rate per
+padded token of the recent batches (`estimate.RunEstimate`), a lower bound, so no question that
+could still make its deadline is failed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,7 +50,10 @@ from ..observability.tracing_interface import Tracing
 from ..qa.decode import WindowLogits
 from ..qa.types import QAOptions, QAResult
 from ..qa.windows import EncodedQuestion, Window
-from .plan import BatchLimits, next_batch, seed_index
+from .budget import Admission, WorkBudget
+from .estimate import RunEstimate
+from .plan import BatchLimits
+from .queue import Entry, PendingQueue
 
 __all__ = [
     "Answered",
@@ -58,16 +61,24 @@ __all__ = [
     "DeadlineExceeded",
     "Engine",
     "MicroBatcher",
-    "RunEstimate",
     "Stages",
 ]
 
+# The windows questions may hold by default: about 11 KB each with a 384-token window (its tokens
+# and offsets, then its logits until decoding), so some 45 MB, beyond which tokenizing waits.
+DEFAULT_WORK_BUDGET = 4096
+# Contexts longer than this are tokenized, and questions of more windows than this decoded, on a
+# thread of their own, so that they do not hold up the short questions' turns on the other.
+LONG_CONTEXT_CHARS = 10_000
+LONG_DECODE_WINDOWS = 8
+
 
 class BatchObserver(Protocol):
-    """Told about every batch that ran, on the event loop (metrics plug in here)."""
+    """Told about every batch that ran, on the event loop (metrics plug in here): its windows,
+    tokens and run time, and how long choosing it took the loop."""
 
     def on_batch(
-        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float, plan_s: float
     ) -> None: ...
 
 
@@ -132,36 +143,18 @@ class DeadlineExceeded(Exception):
     have passed before even one of its windows alone could finish."""
 
 
-# Batches whose run times the estimate keeps: enough to have run on every stream lately.
-RUN_ESTIMATE_BATCHES = 32
-
-
-class RunEstimate:
-    """The least a batch of some padded size can take, from the batches that ran lately.
-
-    Keeps the seconds per padded token of the last `RUN_ESTIMATE_BATCHES` batches and answers
-    with the fastest of them: a batch has never run faster per token lately, so a deadline
-    before `seconds(padded)` from now cannot be met. Knows nothing until a batch has run.
-    """
-
-    def __init__(self) -> None:
-        self._rates: deque[float] = deque(maxlen=RUN_ESTIMATE_BATCHES)
-
-    def ran(self, padded_tokens: int, seconds: float) -> None:
-        if padded_tokens > 0:
-            self._rates.append(seconds / padded_tokens)
-
-    def seconds(self, padded_tokens: int) -> float:
-        return min(self._rates) * padded_tokens if self._rates else 0.0
-
-
 @dataclass(eq=False)
 class _Request:
-    size: int
-    submitted: float
+    """One call to `answer` with its windows in the queue: the queue's `Owner`."""
+
+    lane: Hashable
+    event: Hashable
     deadline: float | None
+    windows: list[Window]
+    submitted: float
     future: asyncio.Future[list[WindowLogits]]
     unstarted: int
+    entries: list[Entry[_Request]] = field(default_factory=list)
     logits: dict[int, WindowLogits] = field(default_factory=dict)
     queue_s: float = 0.0
     inference_s: float = 0.0
@@ -171,14 +164,6 @@ class _Request:
     trace: object | None = None
 
 
-@dataclass(eq=False)
-class _Pending:
-    request: _Request
-    index: int
-    window: Window
-    arrived: float
-
-
 class MicroBatcher(AsyncLifecycle):
     def __init__(
         self,
@@ -186,25 +171,25 @@ class MicroBatcher(AsyncLifecycle):
         limits: BatchLimits,
         observer: BatchObserver | None = None,
         tracing: Tracing = NO_TRACING,
+        work_budget: int = DEFAULT_WORK_BUDGET,
     ) -> None:
+        """`work_budget` is how many windows the questions admitted may hold at once."""
         if engine.streams < 1:
             raise ValueError(f"the engine must have 1 or more streams, got {engine.streams}")
         self._engine = engine
         self._limits = limits
         self._observer = observer
         self._tracing = tracing
+        self.budget = WorkBudget(work_budget)
         # Executors start their threads on first use, so building them here costs nothing. No
         # more batches than streams are ever submitted, so each runs on a thread of its own.
         self._inference = ThreadPoolExecutor(engine.streams, thread_name_prefix="qa-inference")
-        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
+        self._short_cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
+        self._long_cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize-long")
         self._started = False
         self._accepting = False
-        # Oldest first; everything here is touched on the event loop only, so needs no lock.
-        self._pending: list[_Pending] = []
-        # The event whose window seeded the batch last started, for taking turns, and whether
-        # that seed went ahead of an older window (then the oldest seeds next).
-        self._last_seed: _Request | None = None
-        self._oldest_due = False
+        # Everything below is touched on the event loop only, so needs no lock.
+        self._queue: PendingQueue[_Request] = PendingQueue()
         self.run_estimate = RunEstimate()
         # Streams with no batch running, the lowest first so that a short queue reuses one.
         self._free_streams = list(range(engine.streams))
@@ -216,7 +201,12 @@ class MicroBatcher(AsyncLifecycle):
     @property
     def pending_windows(self) -> int:
         """Windows waiting for a batch (not counting those running)."""
-        return len(self._pending)
+        return len(self._queue)
+
+    @property
+    def held_windows(self) -> int:
+        """Windows of the questions admitted: waiting, running or waiting to be decoded."""
+        return self.budget.held
 
     @property
     def in_flight_requests(self) -> int:
@@ -239,54 +229,87 @@ class MicroBatcher(AsyncLifecycle):
         await asyncio.to_thread(self._shutdown_threads)
 
     async def answer(
-        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None = None,
+        lane: Hashable = None,
+        event: Hashable = None,
     ) -> Answered:
         """Answers one question; `deadline` is a `time.monotonic()` instant.
 
+        `lane` is what takes turns with other lanes (the worker passes the partition), and
+        `event` groups the questions of one event within its lane (a document's question set);
+        by default each question is an event of its own.
+
         Raises `EventError` when the engine cannot take the input, `DeadlineExceeded` when the
         deadline passes before its windows start inference (those not started never run), and
-        whatever `infer` raised for a batch holding one of its windows. Cancelling the caller
-        withdraws its pending windows.
+        whatever `infer` raised for its window run alone. Cancelling the caller withdraws its
+        windows.
         """
         if not self._accepting:
             raise RuntimeError("the batcher is not accepting questions (not started, or stopping)")
         submitted = time.monotonic()
         self._in_flight += 1
         self._idle.clear()
+        long = len(context) > LONG_CONTEXT_CHARS
         try:
-            loop = asyncio.get_running_loop()
-            with self._tracing.stage("tokenize"):
-                encoded, tokenize_started, tokenized = await loop.run_in_executor(
-                    self._cpu, self._encode, question, context, deadline
-                )
-            request = self._enqueue(encoded, submitted, deadline)
-            enqueued_ns = time.time_ns()
+            admission = await self.budget.admit(lane, kind=long)
             try:
-                logits = await request.future
-            except asyncio.CancelledError:
-                self._withdraw(request)
-                raise
-            waited_ns = int((request.queue_s - (time.monotonic() - submitted)) * 1e9)
-            self._tracing.interval("queue wait", enqueued_ns, time.time_ns() + waited_ns)
-            with self._tracing.stage("decode"):
-                result, decode_started, decoded = await loop.run_in_executor(
-                    self._cpu, self._decode, encoded, logits, options
+                return await self._answer_admitted(
+                    question, context, options, deadline, lane, event, submitted, admission
                 )
-            stages = Stages(
-                submitted,
-                tokenize_started,
-                tokenized,
-                request.queued,
-                submitted + request.queue_s,
-                request.inferred,
-                decode_started,
-                decoded,
-            )
-            return Answered(result, request.queue_s, request.inference_s, stages)
+            finally:
+                admission.release()
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    async def _answer_admitted(
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None,
+        lane: Hashable,
+        event: Hashable,
+        submitted: float,
+        admission: Admission,
+    ) -> Answered:
+        loop = asyncio.get_running_loop()
+        tokenizer = self._long_cpu if len(context) > LONG_CONTEXT_CHARS else self._short_cpu
+        with self._tracing.stage("tokenize"):
+            encoded, tokenize_started, tokenized = await loop.run_in_executor(
+                tokenizer, self._encode, question, context, deadline
+            )
+        admission.size(len(encoded.windows))
+        request = self._enqueue(encoded, submitted, deadline, lane, event)
+        enqueued_ns = time.time_ns()
+        try:
+            logits = await request.future
+        except asyncio.CancelledError:
+            self._withdraw(request)
+            raise
+        waited_ns = int((request.queue_s - (time.monotonic() - submitted)) * 1e9)
+        self._tracing.interval("queue wait", enqueued_ns, time.time_ns() + waited_ns)
+        decoder = self._long_cpu if len(encoded.windows) > LONG_DECODE_WINDOWS else self._short_cpu
+        with self._tracing.stage("decode"):
+            result, decode_started, decoded = await loop.run_in_executor(
+                decoder, self._decode, encoded, logits, options
+            )
+        stages = Stages(
+            submitted,
+            tokenize_started,
+            tokenized,
+            request.queued,
+            submitted + request.queue_s,
+            request.inferred,
+            decode_started,
+            decoded,
+        )
+        return Answered(result, request.queue_s, request.inference_s, stages)
 
     def _encode(
         self, question: str, context: str, deadline: float | None
@@ -308,22 +331,29 @@ class MicroBatcher(AsyncLifecycle):
         return result, began, time.monotonic()
 
     def _enqueue(
-        self, encoded: EncodedQuestion, submitted: float, deadline: float | None
+        self,
+        encoded: EncodedQuestion,
+        submitted: float,
+        deadline: float | None,
+        lane: Hashable,
+        event: Hashable,
     ) -> _Request:
         loop = asyncio.get_running_loop()
         size = len(encoded.windows)
         request = _Request(
-            size,
-            submitted,
+            lane,
+            event,
             deadline,
+            encoded.windows,
+            submitted,
             loop.create_future(),
             unstarted=size,
             trace=self._tracing.link(),
         )
+        if event is None:
+            request.event = request
         now = request.queued = time.monotonic()
-        self._pending.extend(
-            _Pending(request, index, window, now) for index, window in enumerate(encoded.windows)
-        )
+        request.entries = self._queue.add(request, [len(window) for window in encoded.windows], now)
         if deadline is not None:
             # Fails the caller on time even while a long batch keeps the engine busy.
             request.expiry = loop.call_later(deadline - now, self._expire, request)
@@ -341,79 +371,57 @@ class MicroBatcher(AsyncLifecycle):
     def _start_batch(self) -> bool:
         """Starts the next batch on a free stream; False when there is none to start yet."""
         now = time.monotonic()
-        # The expiry timers may lag the clock a little; an expired window must never run.
-        for request in {p.request for p in self._pending if _overdue(p.request, now)}:
-            self._expire(request)
-        batch, jumped = self._plan_in_time(now)
-        if not batch:
+        refuse = partial(self._refuse, now)
+        # Questions that can no longer make their deadline fail now, not after a wait.
+        self._queue.refuse_urgent(refuse)
+        oldest = self._queue.oldest_arrival()
+        if oldest is None:
             return False
-        wait_until = self._pending[0].arrived + self._limits.max_wait_ms / 1000
-        more_fit = len(batch) == len(self._pending) < self._limits.batch_size
-        if self._accepting and more_fit and now < wait_until:
+        wait_until = oldest + self._limits.max_wait_ms / 1000
+        fills_later = len(self._queue) < self._limits.batch_size
+        if self._accepting and fills_later and now < wait_until:
             self._wait_timer = asyncio.get_running_loop().call_later(
                 wait_until - now, self._dispatch
             )
             return False
-        self._last_seed = batch[0].request
-        self._oldest_due = jumped
-        chosen = set(batch)
-        self._pending = [item for item in self._pending if item not in chosen]
-        for item in batch:
-            request = item.request
+        batch = self._queue.next_batch(self._limits, refuse)
+        if not batch:
+            return False
+        plan_s = time.monotonic() - now
+        for entry in batch:
+            request = entry.owner
             request.unstarted -= 1
             if not request.unstarted:
                 request.queue_s = now - request.submitted
                 if request.expiry is not None:
                     request.expiry.cancel()
-        windows = [item.window for item in batch]
+        windows = [entry.owner.windows[entry.index] for entry in batch]
         stream = self._free_streams.pop(0)
         running = asyncio.get_running_loop().run_in_executor(
             self._inference, self._infer, windows, stream
         )
-        running.add_done_callback(partial(self._finished, batch, stream, time.time_ns()))
+        running.add_done_callback(partial(self._finished, batch, stream, time.time_ns(), plan_s))
         return True
 
-    def _plan_in_time(self, now: float) -> tuple[list[_Pending], bool]:
-        """The next batch (empty when nothing is pending) and whether its seed went ahead of
-        the oldest candidate, after failing the questions whose deadline would pass before even
-        their longest waiting window alone could finish."""
-        self._fail_doomed(now)
-        if not self._pending:
-            return [], False
-        return self._plan()
-
-    def _fail_doomed(self, now: float) -> None:
-        """One pass over what is pending, so that many doomed questions cost the loop no more
-        than one plan."""
-        least: dict[_Request, float] = {}
-        for item in self._pending:
-            if item.request.deadline is not None:
-                alone = self.run_estimate.seconds(len(item.window))
-                least[item.request] = max(least.get(item.request, 0.0), alone)
-        doomed = {request for request, seconds in least.items() if _late(request, now + seconds)}
-        if not doomed:
-            return
-        self._pending = [item for item in self._pending if item.request not in doomed]
-        for request in doomed:
-            if request.expiry is not None:
-                request.expiry.cancel()
-            why = (
-                f"the deadline would pass before its window could finish (it takes at least "
-                f"{least[request] * 1000:.0f} ms), so it was not run"
-            )
-            if not request.future.done():
-                request.future.set_exception(DeadlineExceeded(why))
-
-    def _plan(self) -> tuple[list[_Pending], bool]:
-        """The next batch, its seed first, and whether the seed went ahead of the oldest
-        candidate."""
-        pending = self._pending
-        owners = [item.request for item in pending]
-        deadlines = [item.request.deadline for item in pending]
-        seed = seed_index(owners, self._last_seed, deadlines, self._oldest_due)
-        oldest = seed_index(owners, self._last_seed)
-        chosen = next_batch([len(item.window) for item in pending], self._limits, seed, deadlines)
-        return [pending[index] for index in chosen], seed != oldest
+    def _refuse(self, now: float, entry: Entry[_Request]) -> bool:
+        """Fails the question of a window about to be planned when its deadline has passed or
+        would pass before even that window alone could finish."""
+        request = entry.owner
+        if request.deadline is None:
+            return False
+        if request.deadline <= now:
+            # The expiry timer may lag the clock a little; an expired window must never run.
+            self._expire(request)
+            return True
+        alone = self.run_estimate.seconds(entry.length)
+        if request.deadline >= now + alone:
+            return False
+        why = (
+            f"the deadline would pass before its window could finish (it takes at least "
+            f"{alone * 1000:.0f} ms), so it was not run"
+        )
+        self._fail(request, DeadlineExceeded(why))
+        return True
 
     def _infer(self, windows: list[Window], stream: int) -> tuple[list[WindowLogits], float, float]:
         """The batch's logits, its run time and the `time.monotonic()` instant it ended."""
@@ -426,30 +434,30 @@ class MicroBatcher(AsyncLifecycle):
 
     def _finished(
         self,
-        batch: list[_Pending],
+        batch: list[Entry[_Request]],
         stream: int,
         started_ns: int,
+        plan_s: float,
         done: asyncio.Future[tuple[list[WindowLogits], float, float]],
     ) -> None:
         self._free_streams.append(stream)
         self._free_streams.sort()
-        requests = list(dict.fromkeys(item.request for item in batch))
+        requests = list(dict.fromkeys(entry.owner for entry in batch))
         error = done.exception()
         if error is not None:
-            for request in requests:
-                self._fail(request, error)
+            self._failed(batch, error)
             self._dispatch()
             return
         logits, seconds, ended = done.result()
-        lengths = [len(item.window) for item in batch]
+        lengths = [entry.length for entry in batch]
         self.run_estimate.ran(len(batch) * max(lengths), seconds)
-        for item, window_logits in zip(batch, logits, strict=True):
-            item.request.logits[item.index] = window_logits
+        for entry, window_logits in zip(batch, logits, strict=True):
+            entry.owner.logits[entry.index] = window_logits
         for request in requests:
             request.inference_s += seconds
             request.inferred = max(request.inferred, ended)
-            if len(request.logits) == request.size and not request.future.done():
-                request.future.set_result([request.logits[i] for i in range(request.size)])
+            if len(request.logits) == len(request.windows) and not request.future.done():
+                request.future.set_result([request.logits[i] for i in range(len(request.windows))])
         self._dispatch()
         # Last, so that an observer that raises cannot hold up answers or the next batch.
         links = [request.trace for request in requests if request.trace is not None]
@@ -457,7 +465,19 @@ class MicroBatcher(AsyncLifecycle):
             links, len(batch), len(batch) * max(lengths), started_ns, time.time_ns()
         )
         if self._observer is not None:
-            self._observer.on_batch(len(batch), sum(lengths), len(batch) * max(lengths), seconds)
+            padded = len(batch) * max(lengths)
+            self._observer.on_batch(len(batch), sum(lengths), padded, seconds, plan_s)
+
+    def _failed(self, batch: list[Entry[_Request]], error: BaseException) -> None:
+        """A batch raised: a window that ran alone fails its question; a batch of several runs
+        again one window at a time, so the one that cannot run fails alone."""
+        if len(batch) == 1:
+            self._fail(batch[0].owner, error)
+            return
+        retried = [entry for entry in batch if not entry.owner.future.done()]
+        for entry in self._queue.retry_alone(retried):
+            entry.owner.entries.append(entry)
+            entry.owner.unstarted += 1
 
     def _expire(self, request: _Request) -> None:
         self._fail(request, DeadlineExceeded("the deadline passed before inference started"))
@@ -470,17 +490,9 @@ class MicroBatcher(AsyncLifecycle):
     def _withdraw(self, request: _Request) -> None:
         if request.expiry is not None:
             request.expiry.cancel()
-        self._pending = [item for item in self._pending if item.request is not request]
+        self._queue.withdraw(request.entries)
 
     def _shutdown_threads(self) -> None:
-        self._cpu.shutdown()
+        self._short_cpu.shutdown()
+        self._long_cpu.shutdown()
         self._inference.shutdown()
-
-
-def _overdue(request: _Request, now: float) -> bool:
-    return request.deadline is not None and request.deadline <= now
-
-
-def _late(request: _Request, finish: float) -> bool:
-    """Whether an answer ready at `finish` would come after the request's deadline."""
-    return request.deadline is not None and request.deadline < finish

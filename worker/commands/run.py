@@ -50,7 +50,7 @@ async def run_worker(settings: Settings) -> int:
         signalled_by.append(signum)
         stop.set()
 
-    entering(f"connecting to {settings.broker}")
+    entering(f"warming up the model, then connecting to {settings.broker}")
     worker = QAWorker(settings, engine, metrics, on_fatal=fail)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -196,6 +196,17 @@ class WorkerMetrics:
         self._batch_windows = histogram(
             "batch_size_windows", "Windows per inference batch.", BATCH_SIZE_BUCKETS
         )
+        self._plan = histogram(
+            "batch_plan_seconds",
+            "Event-loop time spent choosing each inference batch.",
+            GC_PAUSE_BUCKETS,
+        )
+        self._held_windows = gauge(
+            "held_windows",
+            "Windows of the questions being answered (waiting, running or being decoded), "
+            "against the work budget.",
+        )
+        self._pending_windows = gauge("pending_windows", "Windows waiting for a batch.")
         self._batch_tokens = histogram(
             "batch_tokens",
             "Padded tokens (windows x longest window) per inference batch.",
@@ -287,9 +298,12 @@ class WorkerMetrics:
         # Converted, not trusted: a free-form label value would make series without bound.
         self._dead_lettered.labels(ErrorCode(reason).value).inc()
 
-    def on_batch(self, windows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-        """The batcher's observer: one inference batch ran."""
+    def on_batch(
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float, plan_s: float
+    ) -> None:
+        """The batcher's observer: one inference batch ran, `plan_s` after choosing it took."""
         self._inference.observe(seconds)
+        self._plan.observe(plan_s)
         self._batch_windows.observe(windows)
         self._batch_tokens.observe(padded_tokens)
         self._tokens_real.inc(real_tokens)
@@ -313,6 +327,13 @@ class WorkerMetrics:
         self._answer_score.labels(topic, question_set).observe(result.score)
         if result.is_impossible:
             self._abstentions.labels(topic, question_set).inc()
+
+    def watch_work(
+        self, held_windows: Callable[[], int], pending_windows: Callable[[], int]
+    ) -> None:
+        """Reads the batcher's windows held and waiting at each scrape."""
+        self._held_windows.set_function(held_windows)
+        self._pending_windows.set_function(pending_windows)
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)

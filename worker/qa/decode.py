@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from tokenizers import Encoding
 
 from .types import QAOptions, QAResult, Span
 from .windows import EncodedQuestion, Window
@@ -107,19 +106,74 @@ def reference_spans(
     ]
 
 
-def char_range(
-    encoding: Encoding, start: int, end: int, sequence: int, align_to_words: bool
-) -> tuple[int, int]:
+def char_ranges(
+    window: Window, starts: np.ndarray, ends: np.ndarray, sequence: int, align_to_words: bool
+) -> np.ndarray:
+    """The character range, shape (k, 2), of each span of tokens `starts[i]..ends[i]` (inclusive).
+
+    When aligning to words, a span runs from the first character of its start token's word to the
+    last of its end token's word, both words looked up in `sequence` (the context).
+    """
+    ranges = np.stack([window.offsets[starts, 0], window.offsets[ends, 1]], axis=1)
     if align_to_words:
-        start_word = encoding.token_to_word(start)
-        end_word = encoding.token_to_word(end)
-        if start_word is not None and end_word is not None:
-            start_chars = encoding.word_to_chars(start_word, sequence)
-            end_chars = encoding.word_to_chars(end_word, sequence)
-            if start_chars is not None and end_chars is not None:
-                return start_chars[0], end_chars[1]
-    # Tokens without words (special tokens, some tokenizers): keep to the token offsets.
-    return encoding.offsets[start][0], encoding.offsets[end][1]
+        words = tokens_to_words(
+            window.word_ids, window.sequence_ids, np.concatenate([starts, ends])
+        )
+        chars, found = words_to_chars(
+            window.word_ids, window.sequence_ids, window.offsets, words, sequence
+        )
+        count = len(starts)
+        # Tokens without words (special tokens, some tokenizers) keep to the token offsets.
+        aligned = found[:count] & found[count:]
+        ranges[aligned, 0] = chars[:count][aligned, 0]
+        ranges[aligned, 1] = chars[count:][aligned, 1]
+    return ranges
+
+
+def tokens_to_words(
+    word_ids: np.ndarray, sequence_ids: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """tokenizers' `Encoding.token_to_word` for each of `tokens`, -1 for None.
+
+    A token outside every sequence (a special token) has no word, whatever its word index.
+    """
+    return np.where(sequence_ids[tokens] >= 0, word_ids[tokens], -1)
+
+
+def words_to_chars(
+    word_ids: np.ndarray,
+    sequence_ids: np.ndarray,
+    offsets: np.ndarray,
+    words: np.ndarray,
+    sequence: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """tokenizers' `Encoding.word_to_chars(word, sequence)` for each of `words`: their character
+    ranges, shape (k, 2), and whether each was found (where not, its range is meaningless).
+
+    tokenizers scans the sequence's tokens in order and stops at the first token of a larger
+    word, passing over tokens without one; the range runs from the first token of `word` it saw
+    to the last. So it sees exactly the tokens whose word is the largest up to them. A sequence
+    is the tokens with its index in `sequence_ids`: exact whenever every sequence of the encoding
+    has its range, as both of a pair do after any tokenizers post-processor (the range of a
+    sequence with none of its own would be the whole encoding).
+    """
+    members = np.flatnonzero(sequence_ids == sequence)
+    begin, stop = (members[0], members[-1] + 1) if members.size else (0, 0)
+    in_range = word_ids[begin:stop]
+    seen = (in_range >= 0) & (in_range == np.maximum.accumulate(in_range))
+    seen_tokens = begin + np.flatnonzero(seen)
+    if seen_tokens.size == 0:
+        return np.zeros((len(words), 2), dtype=offsets.dtype), np.zeros(len(words), dtype=bool)
+    # Non-decreasing, since each seen word is the largest so far.
+    seen_words = word_ids[seen_tokens]
+    firsts = np.searchsorted(seen_words, words, side="left")
+    ends = np.searchsorted(seen_words, words, side="right")
+    found = ends > firsts
+    # Clipped so that words not found index some seen token too; their ranges are not used.
+    first_tokens = seen_tokens[np.minimum(firsts, len(seen_tokens) - 1)]
+    last_tokens = seen_tokens[np.maximum(ends - 1, 0)]
+    chars = np.stack([offsets[first_tokens, 0], offsets[last_tokens, 1]], axis=1)
+    return chars, found
 
 
 def decode(
@@ -135,14 +189,14 @@ def decode(
     for window, window_logits in zip(encoded.windows, logits, strict=True):
         spans, window_null = window_spans(window, window_logits, per_window, options)
         null_score = min(null_score, window_null)
-        for span in spans:
-            start, end = char_range(
-                window.encoding,
-                span.start,
-                span.end,
-                encoded.context_sequence,
-                options.align_to_words,
-            )
+        ranges = char_ranges(
+            window,
+            np.array([span.start for span in spans], dtype=np.intp),
+            np.array([span.end for span in spans], dtype=np.intp),
+            encoded.context_sequence,
+            options.align_to_words,
+        )
+        for span, (start, end) in zip(spans, ranges.tolist(), strict=True):
             text = encoded.context[start:end]
             # Same text, any case: one answer with the summed score, first position kept.
             key = text.lower()

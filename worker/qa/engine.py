@@ -18,7 +18,7 @@ import numpy as np
 from ..backends import InferenceBackend
 from ..batching.plan import BatchLimits, plan_batches
 from ..batching.streams import each_stream_takes_next
-from ..errors import EventError
+from ..errors import EventError, SetupError
 from ..model.manifest import (
     TOKENIZER_NAME,
     Manifest,
@@ -155,6 +155,69 @@ class QAEngine:
             # list(): a stream that raised re-raises here, after the others have finished.
             list(pool.map(stream_loop, range(self.streams)))
         return [logits for logits in results if logits is not None]
+
+    def warm_up(
+        self, limits: BatchLimits, lengths: Sequence[int] = (64, 128, 256)
+    ) -> list[tuple[int, int]]:
+        """Runs each step of answering once on representative input, so that the first events
+        do not pay the first runs' costs; returns the (windows, tokens) batch shapes each stream
+        ran.
+
+        ONNX Runtime grows its memory arenas to the largest batch it has met, touching memory
+        for the first time, and the tokenizer and the decoding are slower on their first calls
+        too. Every stream, all at once as under load, runs a batch of windows of each of
+        `lengths` shorter than `max_seq_len` and of `max_seq_len` itself, as many windows as
+        `limits` let the batcher put together at that length, so that no warm-up batch takes
+        longer than the longest batch the worker will run. The windows come from the tokenizer,
+        and one of the questions is then decoded.
+
+        Raises SetupError naming the step that failed: a worker must not start with a model
+        that cannot run the batches it will be given.
+        """
+        question = "What?"
+
+        def encoded_of_length(length: int) -> EncodedQuestion:
+            # Each more repeat of one word adds the same tokens, so two encodings tell how many
+            # repeats fill `length`; the words fit in one window of at most that length. A
+            # space before the first word too, or byte-level BPE would split it differently.
+            def with_words(count: int) -> EncodedQuestion:
+                return self.encode(question, " river" * count)
+
+            one, two = len(with_words(1).windows[0]), len(with_words(2).windows[0])
+            return with_words(max(1, 1 + (length - one) // max(1, two - one)))
+
+        max_seq_len = self.tokenizer.max_seq_len
+        wanted = sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
+        try:
+            questions = [encoded_of_length(length) for length in wanted]
+        except Exception as error:
+            raise SetupError(f"tokenizing the warm-up questions failed: {error}") from error
+        batches = []
+        for encoded in questions:
+            window = encoded.windows[0]
+            fitting = max(1, limits.max_batch_tokens // len(window))
+            batches.append([window] * min(limits.batch_size, fitting))
+        shapes = [(len(batch), len(batch[0])) for batch in batches]
+
+        def run_every_batch(stream: int) -> None:
+            for batch, (windows, tokens) in zip(batches, shapes, strict=True):
+                try:
+                    self.infer(batch, stream)
+                except Exception as error:
+                    raise SetupError(
+                        f"the model failed to run a {windows}x{tokens} batch (windows x tokens) "
+                        f"on inference stream {stream} while warming up: {error!r}"
+                    ) from error
+
+        with ThreadPoolExecutor(self.streams, thread_name_prefix="qa-warm-up") as pool:
+            # list(): a stream that raised re-raises here, after the others have finished.
+            list(pool.map(run_every_batch, range(self.streams)))
+        shortest = questions[0]
+        try:
+            self.decode(shortest, self.infer(shortest.windows), QAOptions())
+        except Exception as error:
+            raise SetupError(f"answering the warm-up question failed: {error!r}") from error
+        return shapes
 
     def decode(
         self, encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions

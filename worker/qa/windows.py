@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,21 @@ REFERENCE_MAX_STRIDE = 128
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One model input: an unpadded token sequence and the positions that may hold an answer."""
+    """One model input: an unpadded token sequence and the positions that may hold an answer.
+
+    Per token it also keeps what decoding maps answers back to the context with, copied out of
+    the tokenizer's Encoding: the character range (`offsets`, shape (n, 2)), the word index and
+    the sequence index, -1 where the tokenizer has none. Not the Encoding itself: that also holds
+    every token's text, and the first window's holds every other window again, so a question in
+    flight kept about ten times the memory these arrays take.
+    """
 
     input_ids: np.ndarray
     type_ids: np.ndarray
     candidates: np.ndarray
-    encoding: Encoding
+    offsets: np.ndarray
+    word_ids: np.ndarray
+    sequence_ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -95,7 +105,9 @@ class WindowTokenizer:
     def encode(self, question: str, context: str) -> EncodedQuestion:
         self.check(question, context)
         try:
-            encoding = self._tokenizer.encode(*self._ordered(question, context))
+            # A batch of one: `encode_batch` releases the GIL while it tokenizes and `encode` does
+            # not, so a long context would stall every other thread, the event loop's too.
+            (encoding,) = self._tokenizer.encode_batch([self._ordered(question, context)])
         except Exception as error:
             raise self._tokenization_error(error) from None
         return self._windows(question, context, encoding)
@@ -133,11 +145,11 @@ class WindowTokenizer:
         check_texts(question, context)
         if not self.question_first:
             return
-        question_tokens = len(self._counter.encode(question, add_special_tokens=False))
+        question_tokens = self._count_tokens(question)
         room = self.max_seq_len - question_tokens - self._pair_special_tokens
         if room > self.doc_stride:
             return
-        context_tokens = len(self._counter.encode(context, add_special_tokens=False))
+        context_tokens = self._count_tokens(context)
         if context_tokens > room:
             raise EventError(
                 ErrorCode.QUESTION_TOO_LONG,
@@ -145,6 +157,11 @@ class WindowTokenizer:
                 f"window, leaving {max(room, 0)} for the context, not more than the stride of "
                 f"{self.doc_stride}; shorten the question or raise max_seq_len",
             )
+
+    def _count_tokens(self, text: str) -> int:
+        # `encode_batch` for the GIL, as in `encode`: the text may be a whole long context.
+        (encoding,) = self._counter.encode_batch([text], add_special_tokens=False)
+        return len(encoding)
 
     def _ordered(self, question: str, context: str) -> tuple[str, str]:
         return (question, context) if self.question_first else (context, question)
@@ -157,14 +174,10 @@ class WindowTokenizer:
         return EncodedQuestion(question, context, windows, context_sequence)
 
     def _window(self, encoding: Encoding, context_sequence: int) -> Window:
-        input_ids = np.asarray(encoding.ids, dtype=np.int64)
+        input_ids = np.array(encoding.ids, dtype=np.int32)
+        sequence_ids = optional_ids(encoding.sequence_ids, np.int8)
         if self.question_first:
-            sequence_ids = encoding.sequence_ids
-            candidates = np.fromiter(
-                (sequence == context_sequence for sequence in sequence_ids),
-                dtype=bool,
-                count=len(sequence_ids),
-            )
+            candidates = sequence_ids == context_sequence
         else:
             # The reference masks nothing when the context comes first.
             candidates = np.ones(len(input_ids), dtype=bool)
@@ -172,9 +185,11 @@ class WindowTokenizer:
             candidates |= input_ids == self.info.cls_token_id
         return Window(
             input_ids=input_ids,
-            type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+            type_ids=np.array(encoding.type_ids, dtype=np.int8),
             candidates=candidates,
-            encoding=encoding,
+            offsets=offsets_array(encoding.offsets),
+            word_ids=optional_ids(encoding.word_ids, np.int32),
+            sequence_ids=sequence_ids,
         )
 
     def _tokenization_error(self, error: Exception) -> EventError:
@@ -189,6 +204,26 @@ class WindowTokenizer:
         return EventError(
             ErrorCode.TOKENIZATION_FAILED, f"the tokenizer rejected the input: {message}"
         )
+
+
+def optional_ids(values: Sequence[int | None], dtype: type[np.integer]) -> np.ndarray:
+    """`values` as an array of `dtype`, -1 for None.
+
+    numpy reads None as NaN when it makes floats, so the list is converted in C, without a
+    Python loop over its items; word and sequence indices are far below float64's exact range.
+    """
+    as_floats = np.array(values, dtype=np.float64)
+    return np.where(np.isnan(as_floats), -1, as_floats).astype(dtype)
+
+
+def offsets_array(offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Character ranges as an int32 array of shape (n, 2).
+
+    Read as one flat stream: numpy is several times slower when it has to discover the shape
+    of a list of tuples.
+    """
+    flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int32, count=2 * len(offsets))
+    return flat.reshape(len(offsets), 2)
 
 
 def check_texts(question: object, context: object) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .. import __version__
@@ -90,7 +90,13 @@ class Answerer(Protocol):
     """What the handlers need of `MicroBatcher`."""
 
     async def answer(
-        self, question: str, context: str, options: QAOptions, deadline: float | None = None
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None = None,
+        lane: Hashable = None,
+        event: Hashable = None,
     ) -> Answered: ...
 
 
@@ -212,7 +218,11 @@ class EventHandlers:
         deadline = _deadline(question)
         try:
             answered = await self.batcher.answer(
-                question.question, question.context, question.options, deadline
+                question.question,
+                question.context,
+                question.options,
+                deadline,
+                lane=_lane(message),
             )
         except DeadlineExceeded as error:
             late = f"not answered within {allowed_ms} ms: {error}"
@@ -259,10 +269,14 @@ class EventHandlers:
             known = ", ".join(sorted(self._question_sets)) or "none"
             reason = f"no question set named {set_name!r} (known: {known})"
             return self.dead_letter(message, event_time, ErrorCode.UNKNOWN_QUESTION_SET, reason)
+        # The set's questions are one event: they take one turn among their partition's events.
+        lane, event = _lane(message), object()
         try:
             answered = await asyncio.gather(
                 *(
-                    self.batcher.answer(field.question, document.text, field.options)
+                    self.batcher.answer(
+                        field.question, document.text, field.options, lane=lane, event=event
+                    )
                     for field in question_set.fields
                 )
             )
@@ -463,6 +477,12 @@ def _stages_ms(read_at: float, parsed: float, stages: Stages | None) -> dict[str
     if stages is not None:
         instants.update((name, getattr(stages, name)) for name in _BATCHER_STAGES)
     return {name: (instant - read_at) * 1000 for name, instant in instants.items()}
+
+
+def _lane(message: IncomingMessage) -> Hashable:
+    """What the batcher's turns go by: the partition, so a partition of long inputs cannot hold
+    up the others."""
+    return (message.topic, message.partition)
 
 
 def _deadline(question: QuestionEvent) -> float | None:

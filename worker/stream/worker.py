@@ -96,7 +96,11 @@ class QAWorker(AsyncLifecycle):
             worker_version=__version__,
         )
         self.batcher = MicroBatcher(
-            engine, batch_limits(settings), observer=metrics, tracing=self.tracing
+            engine,
+            batch_limits(settings),
+            observer=metrics,
+            tracing=self.tracing,
+            work_budget=settings.max_pending_windows,
         )
         self._topic_sets = parse_topic_sets(settings.documents_topics)
         question_sets = (
@@ -147,6 +151,7 @@ class QAWorker(AsyncLifecycle):
             tracing=self.tracing,
         )
         metrics.watch_oldest_in_flight(self.oldest_in_flight_s)
+        metrics.watch_work(lambda: self.batcher.held_windows, lambda: self.batcher.pending_windows)
 
     def _build_app(self) -> faust.App:
         settings = self.settings
@@ -171,8 +176,13 @@ class QAWorker(AsyncLifecycle):
     # lifecycle
 
     async def start(self) -> None:
-        """Starts the batcher, the consumer, the lag refresh and the runtime monitor (event-loop
-        lag, GC pauses); a second call does nothing.
+        """Warms the engine up, then starts the batcher, the consumer, the lag refresh and the
+        runtime monitor (event-loop lag, GC pauses); a second call does nothing.
+
+        The warm-up (`QAEngine.warm_up`, on the batcher's batch shapes) comes first: readiness
+        needs the consumer started, so the worker is not ready, and takes no partition, before
+        the first runs' costs are paid. It runs off the event loop, which keeps `/healthz`
+        answering. Raises SetupError when the model fails it.
 
         Raises ConfigError, naming the settings, when the broker cannot be reached within the
         longer of CONNECT_WITHIN_S and the session timeout (a wrong address, or TLS or SASL
@@ -181,6 +191,15 @@ class QAWorker(AsyncLifecycle):
         if self._started:
             return
         self._started = True
+        warm_up_began = time.perf_counter()
+        shapes = await asyncio.to_thread(self.engine.warm_up, batch_limits(self.settings))
+        log.info(
+            "warmed up the model in %.2f s: batches of %s windows x tokens on each of %d "
+            "inference streams",
+            time.perf_counter() - warm_up_began,
+            ", ".join(f"{windows}x{tokens}" for windows, tokens in shapes),
+            self.engine.streams,
+        )
         await self.broker_watch.connect(max(CONNECT_WITHIN_S, self.settings.session_timeout_s))
         self.broker_watch.start()
         await self.batcher.start()
