@@ -18,9 +18,10 @@ from parity import texts
 from worker.backends import InferenceBackend
 from worker.backends.onnx import cgroup_cpu_limit
 from worker.batching.plan import BatchLimits
-from worker.errors import EventError, ModelFolderError
-from worker.model.manifest import Manifest
+from worker.errors import ErrorCode, EventError, ModelFolderError
+from worker.model.manifest import TOKENIZER_NAME, Manifest
 from worker.qa import QAEngine, QAOptions, Question
+from worker.qa.windows import WindowTokenizer
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])
@@ -220,3 +221,25 @@ def test_answer_many_runs_batches_on_every_stream_with_the_same_answers(
     assert two.stats.batches == len(recorder.used) > 2
     for alone, both in zip(one.answer_many(questions, limits), together, strict=True):
         assert spans(alone) == spans(both)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("question_first", [True, False])
+def test_a_question_leaving_no_room_beyond_the_stride_is_an_event_error_never_a_panic(
+    exported_models: dict[str, Path], kind: str, question_first: bool
+) -> None:
+    """Every question length against a context of many windows, with either text first: the
+    tokenizer's panic over a stride it cannot keep becomes `question_too_long`."""
+    folder = exported_models[kind]
+    info = Manifest.read(folder).tokenizer
+    info = replace(info, padding_side="right" if question_first else "left")
+    tokenizer = WindowTokenizer(folder / TOKENIZER_NAME, info, max_seq_len=64, doc_stride=32)
+    codes = set()
+    for words in range(1, 64):
+        try:
+            encoded = tokenizer.encode("word " * words, "context text " * 200)
+        except EventError as error:
+            codes.add(error.code)
+        else:
+            assert len(encoded.windows) > 1
+    assert codes == {ErrorCode.QUESTION_TOO_LONG}

@@ -110,6 +110,12 @@ class WindowTokenizer:
             (encoding,) = self._tokenizer.encode_batch([self._ordered(question, context)])
         except Exception as error:
             raise self._tokenization_error(error) from None
+        except BaseException as error:
+            # A Rust panic arrives as pyo3's PanicException, which is no Exception: it would
+            # pass every handler's catch-all and stop the worker over one event's input.
+            if type(error).__name__ != "PanicException":
+                raise
+            raise self._tokenization_error(error) from None
         return self._windows(question, context, encoding)
 
     def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedQuestion | EventError]:
@@ -140,11 +146,10 @@ class WindowTokenizer:
         """Rejects what the tokenizer cannot window, before it gets to panic over it.
 
         When the question leaves no more room for context than the stride, tokenizers cannot
-        make overlapping windows and aborts with a Rust panic; the reference fails there too.
+        make overlapping windows and aborts with a Rust panic, whichever text comes first; the
+        reference fails there too.
         """
         check_texts(question, context)
-        if not self.question_first:
-            return
         question_tokens = self._count_tokens(question)
         room = self.max_seq_len - question_tokens - self._pair_special_tokens
         if room > self.doc_stride:
