@@ -197,7 +197,7 @@ class WindowTokenizer:
             sequence_ids=sequence_ids,
         )
 
-    def _tokenization_error(self, error: Exception) -> EventError:
+    def _tokenization_error(self, error: BaseException) -> EventError:
         message = str(error)
         if "truncat" in message.lower() or "stride" in message.lower():
             return EventError(
