@@ -137,8 +137,8 @@ class Settings:
         4096,
         "Work budget: most windows the questions being answered may hold at once (waiting, "
         "running or being decoded); beyond it no more questions are tokenized, and fetching "
-        "pauses once max_in_flight events wait. Memory grows by about 11 KB per window "
-        "(docs/batching.md); a question larger than the budget still runs, alone.",
+        "pauses once max_in_flight events wait. Memory grows by about 14 KB per window "
+        "(docs/batching.md); a question larger than the budget still runs.",
         "batching",
     )
     # kafka

@@ -64,8 +64,8 @@ __all__ = [
     "Stages",
 ]
 
-# The windows questions may hold by default: about 11 KB each with a 384-token window (its tokens
-# and offsets, then its logits until decoding), so some 45 MB, beyond which tokenizing waits.
+# The windows questions may hold by default: about 14 KB each with a 384-token window (its tokens
+# and offsets, then its logits until decoding), so some 57 MB, beyond which tokenizing waits.
 DEFAULT_WORK_BUDGET = 4096
 # Contexts longer than this are tokenized, and questions of more windows than this decoded, on a
 # thread of their own, so that they do not hold up the short questions' turns on the other.
