@@ -210,3 +210,52 @@ async def test_every_partition_heavy_at_once_still_answers_everything_in_turns()
     start = lanes.index("p3")
     turns = range(start, start + 40, 4)
     assert all(sorted(lanes[i : i + 4]) == ["p0", "p1", "p2", "p3"] for i in turns)
+
+
+class HeldWindows:
+    """An observer that reads the batcher's windows held after every batch."""
+
+    def __init__(self) -> None:
+        self.batcher: MicroBatcher | None = None
+        self.most = 0
+
+    def on_batch(
+        self, windows: int, real_tokens: int, padded_tokens: int, seconds: float, plan_s: float
+    ) -> None:
+        assert self.batcher is not None
+        self.most = max(self.most, self.batcher.held_windows)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(1, 30)), min_size=1, max_size=25),
+    st.integers(1, 40),
+    st.integers(1, 4),
+)
+@settings(max_examples=40, deadline=None)
+def test_every_question_is_answered_once_within_the_budget_whatever_the_mix(
+    questions: list[tuple[int, int]], budget: int, batch_size: int
+) -> None:
+    """Questions of random sizes on random partitions, all at once, through a real batcher: each
+    is answered exactly once with its own answer, every window runs once, and the windows held
+    stay within the documented bound."""
+
+    async def run() -> None:
+        engine = FakeEngine()
+        observer = HeldWindows()
+        limits = BatchLimits(batch_size=batch_size, max_padding=1.0)
+        async with MicroBatcher(engine, limits, observer, work_budget=budget) as batcher:
+            observer.batcher = batcher
+            tasks = [
+                ask(batcher, f"q{index}", *([50] * windows), lane=lane)
+                for index, (lane, windows) in enumerate(questions)
+            ]
+            answers = await bounded(asyncio.gather(*tasks))
+            assert batcher.held_windows == 0
+        assert [a.result.answer for a in answers] == [f"q{i}" for i in range(len(questions))]
+        ran = sorted(label for batch in engine.labels() for label in batch)
+        assert ran == sorted(f"q{i}#{w}" for i, (_, n) in enumerate(questions) for w in range(n))
+        largest = max(windows for _, windows in questions)
+        lanes = len({lane for lane, _ in questions})
+        assert observer.most <= budget - 1 + (lanes + 2 * MAX_UNSIZED) * largest
+
+    asyncio.run(run())
