@@ -4,12 +4,14 @@ and through a real MicroBatcher, a heavy partition beside light ones."""
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_batcher import FakeEngine, ask, bounded, wait_until
-from worker.batching.batcher import MicroBatcher
+from worker.batching.batcher import DeadlineExceeded, MicroBatcher
 from worker.batching.budget import MAX_UNSIZED, Admission, WorkBudget
 from worker.batching.plan import BatchLimits
 
@@ -148,8 +150,8 @@ def test_every_question_is_admitted_and_the_budget_is_exceeded_only_by_unsized_o
             admission = await budget.admit(lane, kind=long)
             await asyncio.sleep(0)
             admission.size(size)
-            # One question of each lane (four) may go over, and MAX_UNSIZED of each kind.
-            assert budget.held <= windows - 1 + (4 + 2 * MAX_UNSIZED) * largest
+            # Each kind: its budget, one question of each lane (four) and MAX_UNSIZED more.
+            assert budget.held <= 2 * (windows - 1 + (4 + MAX_UNSIZED) * largest)
             admitted.append(index)
             await asyncio.sleep(0)
             admission.release()
@@ -259,3 +261,35 @@ def test_every_question_is_answered_once_within_the_budget_whatever_the_mix(
         assert observer.most <= budget - 1 + (lanes + 2 * MAX_UNSIZED) * largest
 
     asyncio.run(run())
+
+
+async def test_a_deadline_that_passes_while_waiting_for_admission_fails_the_question() -> None:
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1), work_budget=1) as batcher:
+        engine.gate.hold()
+        held = ask(batcher, "held", 5, lane=0)
+        await engine.gate.next_batch()
+        late = ask(batcher, "late", 5, lane=0, deadline=time.monotonic() + 0.2)
+        with pytest.raises(DeadlineExceeded, match="waited for the work budget"):
+            await bounded(late)
+        assert batcher.budget.waiting == 0
+        engine.gate.open()
+        await bounded(held)
+        assert (await bounded(ask(batcher, "after", 5, lane=0))).result.answer == "after"
+    assert engine.labels() == [["held#0"], ["after#0"]]
+
+
+async def test_long_questions_that_fill_the_budget_keep_no_short_one_waiting() -> None:
+    """Every partition holds a long question and has more waiting: a short question on any of
+    them is still admitted, since each kind has the budget to itself."""
+    budget = WorkBudget(10)
+    longs = []
+    for lane in range(4):
+        admission = await budget.admit(lane, kind=True)
+        admission.size(400)
+        longs.append(admission)
+    assert not await admitted_now(budget, lane=0, kind=True)
+    for lane in range(4):
+        assert await admitted_now(budget, lane=lane, kind=False)
+    for admission in longs:
+        admission.release()

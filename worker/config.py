@@ -136,9 +136,10 @@ class Settings:
     max_pending_windows: int = setting(
         4096,
         "Work budget: most windows the questions being answered may hold at once (waiting, "
-        "running or being decoded); beyond it no more questions are tokenized, and fetching "
-        "pauses once max_in_flight events wait. Memory grows by about 14 KB per window "
-        "(docs/batching.md); a question larger than the budget still runs.",
+        "running or being decoded), for long contexts and for the rest each; beyond it no more "
+        "questions are tokenized, and fetching pauses once max_in_flight events wait. Memory "
+        "grows by about 14 KB per window (docs/batching.md); a question larger than the budget "
+        "still runs.",
         "batching",
     )
     # kafka

@@ -253,9 +253,8 @@ class MicroBatcher(AsyncLifecycle):
         submitted = time.monotonic()
         self._in_flight += 1
         self._idle.clear()
-        long = len(context) > LONG_CONTEXT_CHARS
         try:
-            admission = await self.budget.admit(lane, kind=long)
+            admission = await self._admit(lane, len(context) > LONG_CONTEXT_CHARS, deadline)
             try:
                 return await self._answer_admitted(
                     question, context, options, deadline, lane, event, submitted, admission
@@ -266,6 +265,19 @@ class MicroBatcher(AsyncLifecycle):
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    async def _admit(self, lane: Hashable, long: bool, deadline: float | None) -> Admission:
+        """The question's admission to the work budget, within its deadline."""
+        if deadline is None:
+            return await self.budget.admit(lane, kind=long)
+        try:
+            return await asyncio.wait_for(
+                self.budget.admit(lane, kind=long), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the deadline passed while the question waited for the work budget"
+            ) from None
 
     async def _answer_admitted(
         self,

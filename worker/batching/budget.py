@@ -6,15 +6,18 @@ the number of questions, since one question of 100,000 characters makes hundreds
 How many windows a question makes is known only once it is tokenized, so admission looks at
 what is held when a question is about to be tokenized:
 
-- A question is admitted while the windows held are under the budget, or when its lane (the
-  worker's partition) holds nothing at all: a lane of long questions that fills the budget
-  cannot keep another lane's next question waiting for one of them to finish.
-- At most `MAX_UNSIZED` questions of each kind (the batcher tokenizes long contexts on a thread
-  of their own) are admitted and not tokenized yet.
+- Questions come in two kinds, long contexts and the rest (the batcher tokenizes long ones on a
+  thread of their own), and each kind has the budget to itself: long questions that fill theirs
+  never keep a short one waiting for one of them to finish.
+- A question is admitted while the windows its kind holds are under the budget, or when its lane
+  (the worker's partition) holds nothing of its kind: a lane of long questions that fills the
+  budget cannot keep another lane's next long question waiting for one of them to finish.
+- At most `MAX_UNSIZED` questions of each kind are admitted and not tokenized yet.
 
-So the windows held stay under the budget plus, at most, one question of each lane and
-`MAX_UNSIZED` questions of each kind: `budget + (lanes + 2 x MAX_UNSIZED) x the windows of the
-longest context allowed`. A question larger than the whole budget is still admitted, and runs.
+So the windows each kind holds stay under the budget plus, at most, one question of that kind
+per lane and `MAX_UNSIZED` more: `budget + (lanes + MAX_UNSIZED) x W` for each kind, W the most
+windows a question of that kind can make. A question larger than the whole budget is still
+admitted, and runs.
 Lanes take turns at admission (each kind in a lane waits apart, so short questions do not queue
 behind a long one waiting for the long ones' tokenizer).
 """
@@ -74,17 +77,25 @@ class WorkBudget:
         if windows < 1:
             raise ValueError(f"the work budget must be 1 window or more, got {windows}")
         self.windows = windows
-        self.held = 0
+        self._held: dict[Hashable, int] = {}
         self._unsized: dict[Hashable, int] = {}
-        # Questions admitted and not released, by lane; a lane with none is in no dict.
-        self._admitted_in: dict[Hashable, int] = {}
+        # Questions admitted and not released, by (lane, kind); a pair with none is not here.
+        self._admitted_in: dict[tuple[Hashable, Hashable], int] = {}
         self._waiters: dict[tuple[Hashable, Hashable], deque[_Waiter]] = {}
         # The (lane, kind) pairs with a question waiting, in the order they take turns.
         self._turns: deque[tuple[Hashable, Hashable]] = deque()
 
     @property
     def waiting(self) -> int:
-        return sum(len(waiters) for waiters in self._waiters.values())
+        """Questions waiting for admission (those withdrawn meanwhile are dropped lazily)."""
+        return sum(
+            not waiter.future.done() for waiters in self._waiters.values() for waiter in waiters
+        )
+
+    @property
+    def held(self) -> int:
+        """Windows held by the questions admitted, of every kind."""
+        return sum(self._held.values())
 
     @property
     def unsized(self) -> int:
@@ -112,7 +123,7 @@ class WorkBudget:
     def _has_room(self, lane: Hashable, kind: Hashable) -> bool:
         if self._unsized.get(kind, 0) >= MAX_UNSIZED:
             return False
-        return self.held < self.windows or lane not in self._admitted_in
+        return self._held.get(kind, 0) < self.windows or (lane, kind) not in self._admitted_in
 
     def _admit_waiters(self) -> None:
         """Gives each (lane, kind) in turn its next question while there is room for it, until
@@ -136,20 +147,21 @@ class WorkBudget:
 
     def _admitted(self, lane: Hashable, kind: Hashable) -> Admission:
         self._unsized[kind] = self._unsized.get(kind, 0) + 1
-        self._admitted_in[lane] = self._admitted_in.get(lane, 0) + 1
+        self._admitted_in[lane, kind] = self._admitted_in.get((lane, kind), 0) + 1
         return Admission(self, lane, kind)
 
     def _sized(self, admission: Admission) -> None:
         self._unsized[admission.kind] -= 1
-        self.held += admission.windows or 0
+        self._held[admission.kind] = self._held.get(admission.kind, 0) + (admission.windows or 0)
         self._admit_waiters()
 
     def _released(self, admission: Admission) -> None:
         if admission.windows is None:
             self._unsized[admission.kind] -= 1
         else:
-            self.held -= admission.windows
-        self._admitted_in[admission.lane] -= 1
-        if not self._admitted_in[admission.lane]:
-            del self._admitted_in[admission.lane]
+            self._held[admission.kind] -= admission.windows
+        line = (admission.lane, admission.kind)
+        self._admitted_in[line] -= 1
+        if not self._admitted_in[line]:
+            del self._admitted_in[line]
         self._admit_waiters()
