@@ -133,3 +133,17 @@ def test_graph_counts_relative_lazy_and_type_only_imports(tmp_path: Path) -> Non
     assert graph["pkg.low"] == {"pkg.sub", "pkg.sub.high"}
     assert graph["pkg.sub.high"] == {"pkg.low"}
     assert find_cycles(graph) == [["pkg.low", "pkg.sub.high"], ["pkg.other", "pkg.typed"]]
+
+
+def test_every_package_of_worker_is_shipped() -> None:
+    """pyproject.toml lists the packages a wheel carries; one left out installs from a checkout
+    (editable) and fails to import from the wheel and the image."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {
+        name for name, (_, is_package) in module_names(ROOT / "worker").items() if is_package
+    }
+    assert packages <= listed
