@@ -3,10 +3,11 @@
 Who seeds the next batch:
 - **Lanes take turns, then events within a lane.** Every window belongs to a lane (the worker
   gives each partition its own) and to an event. Lanes with windows waiting take one seed each in
-  turn, and within a lane its events do likewise, each event's windows in order. A one-window
-  question on one partition waits for at most one window of each other busy lane, whatever those
-  lanes hold; a short event behind a long one of its own lane waits for one window of each event
-  ahead of it, not for all of their windows.
+  turn, whatever they hold. Within a lane, its oldest event seeds every other time and the other
+  events take the rest in turn, each event's windows in order: the oldest is the one the
+  partition's commits wait for, so it finishes at half its lane's pace at least, while a short
+  event behind long ones waits for about two windows of its lane per event ahead of it, not for
+  all of their windows.
 - **Earliest deadline first, within the turns.** The window with the earliest deadline seeds
   unless the last seed went ahead of the turns that way; then the turns' next window seeds. So
   the turns go on at every second batch at least, however many urgent events come.
@@ -88,8 +89,11 @@ class _Turn(Generic[OwnerT]):
 @dataclass(eq=False, slots=True)
 class _Lane(Generic[OwnerT]):
     key: Hashable
+    # Its events in the order they take turns, and in the order they arrived.
     turns: deque[_Turn[OwnerT]] = field(default_factory=deque)
+    arrivals: deque[_Turn[OwnerT]] = field(default_factory=deque)
     turn_of: dict[Hashable, _Turn[OwnerT]] = field(default_factory=dict)
+    oldest_due: bool = True
 
 
 @dataclass(eq=False, slots=True)
@@ -202,6 +206,7 @@ class PendingQueue(Generic[OwnerT]):
         if turn is None:
             turn = lane.turn_of[owner.event] = _Turn(owner.event)
             lane.turns.append(turn)
+            lane.arrivals.append(turn)
         turn.entries.append(entry)
         bucket = self._buckets.get(entry.length)
         if bucket is None:
@@ -233,6 +238,9 @@ class PendingQueue(Generic[OwnerT]):
         for lane in self._lanes:
             for turn in lane.turns:
                 turn.entries = deque(entry for entry in turn.entries if entry.waiting)
+            lane.turns = deque(turn for turn in lane.turns if turn.entries)
+            lane.arrivals = deque(turn for turn in lane.arrivals if turn.entries)
+            lane.turn_of = {turn.event: turn for turn in lane.turns}
         for bucket in self._buckets.values():
             bucket.entries = deque(entry for entry in bucket.entries if entry.waiting)
         self._deadlines = [item for item in self._deadlines if item[2].waiting]
@@ -263,22 +271,24 @@ class PendingQueue(Generic[OwnerT]):
         """The next window of the lane and event whose turn it is, dropping those emptied."""
         while self._lanes:
             lane = self._lanes[0]
-            while lane.turns:
-                turn = lane.turns[0]
-                while turn.entries and not turn.entries[0].waiting:
-                    turn.entries.popleft()
-                if turn.entries:
-                    return turn.entries[0]
-                lane.turns.popleft()
-                del lane.turn_of[turn.event]
-            self._lanes.popleft()
-            del self._lane_of[lane.key]
+            turn = _front(lane.turns, lane)
+            if turn is None:
+                self._lanes.popleft()
+                del self._lane_of[lane.key]
+                continue
+            if lane.oldest_due:
+                turn = _front(lane.arrivals, lane) or turn
+            return turn.entries[0]
         return None
 
     def _pass_turn(self) -> None:
-        """The event at the front of the front lane has seeded: both go to the back."""
+        """The front lane has seeded: it goes to the back, and within it the oldest event or
+        the other whose turn it was has had its turn."""
         lane = self._lanes[0]
-        lane.turns.rotate(-1)
+        oldest = _front(lane.arrivals, lane)
+        if not lane.oldest_due or (lane.turns and lane.turns[0] is oldest):
+            lane.turns.rotate(-1)
+        lane.oldest_due = not lane.oldest_due
         self._lanes.rotate(-1)
 
     def _earliest_deadline(self) -> Entry[OwnerT] | None:
@@ -348,3 +358,17 @@ class PendingQueue(Generic[OwnerT]):
         while bucket.entries and not bucket.entries[0].waiting:
             bucket.entries.popleft()
         return list(itertools.islice((e for e in bucket.entries if e.waiting), count))
+
+
+def _front(turns: deque[_Turn[OwnerT]], lane: _Lane[OwnerT]) -> _Turn[OwnerT] | None:
+    """The first of `turns` with a window waiting, dropping emptied ones from the front."""
+    while turns:
+        turn = turns[0]
+        while turn.entries and not turn.entries[0].waiting:
+            turn.entries.popleft()
+        if turn.entries:
+            return turn
+        turns.popleft()
+        if lane.turn_of.get(turn.event) is turn:
+            del lane.turn_of[turn.event]
+    return None
