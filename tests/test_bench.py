@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,28 @@ from worker.bench.clock import cpu_seconds
 from worker.bench.end_to_end import END_TO_END_ROUNDS, SWEEP_LOADS
 from worker.bench.flops import model_gflop_per_window
 from worker.bench.goodput import GOODPUT_STEPS, SLO_WINDOWS
+from worker.bench.heavy_mix import (
+    HeavyMix,
+    long_contexts,
+    measure_heavy_mix,
+    one_window_records,
+)
 from worker.bench.machine import measure_int8_gemm
 from worker.bench.model_gemm import matmul_integer_shapes
 from worker.bench.placement import SLOWEST_SHARE, AnswerTimes, place_latencies
-from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS
+from worker.bench.report import TARGETS, THROUGHPUT_SECTIONS, compare_heavy_mix
 from worker.bench.runtime_stats import bucket_quantile, runtime_statistics
-from worker.bench.topics import bench_worker_settings
+from worker.bench.topics import PARTITIONS, bench_worker_settings
 from worker.bench.worker_process import WorkerProcess, metric_totals
+from worker.bench.workload import Workload
 from worker.cli import build_parser
 from worker.config import Settings, settings_environment
 from worker.embedded.broker import EmbeddedBroker
 from worker.errors import BenchError
+from worker.model.loading import load_engine
 from worker.observability.metrics import LOOP_LAG_BUCKETS, WorkerMetrics
+from worker.qa import QAOptions
+from worker.squad import read_questions
 
 pytestmark = pytest.mark.broker
 
@@ -605,3 +616,99 @@ def test_loop_lag_quantile_is_the_bound_of_the_bucket_it_falls_in(lag_s: float) 
     assert bucket_quantile(buckets, 100, 1.0) == expected
     assert stats["gc_pauses"]["2"] == {"count": 1.0, "total_ms": pytest.approx(50.0)}
     assert stats["gc_pauses"]["0"]["count"] == 0
+
+
+def test_long_contexts_are_the_files_contexts_in_turn_up_to_the_limit(tmp_path: Path) -> None:
+    corpus = read_questions(write_squad(tmp_path / "squad.json", count=30, seed=8))
+    contexts = list(dict.fromkeys(record.context for record in corpus))
+    longest_word = max(len(word) for context in contexts for word in context.split())
+    # Longer than all the contexts together: the file is gone round again.
+    chars = sum(map(len, contexts)) + 500
+    pairs = long_contexts(corpus, 3, chars)
+    assert len({text for _, text in pairs}) == 3
+    for start, (question, text) in enumerate(pairs):
+        assert chars - longest_word - 1 <= len(text) <= chars
+        assert not text.endswith(" ")
+        # Each begins with a context of its own and asks a question about that one.
+        assert text.startswith(contexts[start] + " " + contexts[start + 1])
+        assert question in {r.question for r in corpus if r.context == contexts[start]}
+
+
+def test_heavy_mix_is_a_bench_flag() -> None:
+    assert build_parser().parse_args(["bench", "--squad", "q.json", "--heavy-mix"]).heavy_mix
+    assert not build_parser().parse_args(["bench", "--squad", "q.json"]).heavy_mix
+
+
+async def test_heavy_mix_phase_at_a_tiny_scale(
+    export_factory: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Long contexts on one partition and light questions on the others, then tagged documents,
+    each case on a worker of its own: every event answered, and the figures agree with what the
+    engine makes of the same inputs."""
+    settings = Settings(model=export_factory("bert"), max_context_chars=4_000)
+    corpus = read_questions(write_squad(tmp_path / "squad.json", count=40, seed=12))
+    engine = load_engine(settings)
+    light = one_window_records(corpus, Workload.encode(engine, corpus, settings.subset(QAOptions)))
+    sizes = HeavyMix(
+        long_counts=(2,), light_events_per_s=10.0, min_light_events=6, documents=2, fields=12
+    )
+    window_ms = 2.0
+    report = await measure_heavy_mix(settings, None, corpus, light, window_ms, sizes)
+
+    assert report["context_chars"] == settings.max_context_chars
+    (case,) = report["long_contexts"]
+    long, light_report = case["long"], case["light"]
+    assert (long["events"], long["dead_lettered"]) == (2, 0)
+    expected_windows = [
+        len(engine.encode(question, context).windows)
+        for question, context in long_contexts(corpus, 2, settings.max_context_chars)
+    ]
+    assert min(expected_windows) > 1
+    assert long["windows_per_context"] == pytest.approx(statistics.fmean(expected_windows))
+    assert long["all_answered_s"] > 0
+    assert light_report["events"] >= sizes.min_light_events
+    assert light_report["dead_lettered"] == 0
+    assert 0 <= light_report["sent_while_long_pending"] <= light_report["events"]
+    # The long contexts had a partition to themselves, the light questions the others.
+    assert long["partitions"] == [0]
+    assert set(light_report["partitions"]) <= set(range(1, PARTITIONS))
+    assert light_report["partitions"]
+    latency = light_report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"]
+    for name, ms in latency.items():
+        assert light_report["latency_windows"][name] == pytest.approx(ms / window_ms)
+    assert case["runtime"]["loop_lag_samples"] > 0
+
+    tagging = report["tagging"]
+    assert tagging["dead_lettered"] == 0
+    assert tagging["tags_fields"] == [sizes.fields] * sizes.documents
+    assert all(seconds > 0 for seconds in tagging["time_to_tags_s"])
+    texts = [text for _, text in long_contexts(corpus, sizes.documents, 4_000)]
+    questions = list(dict.fromkeys(record.question for record in corpus))[: sizes.fields]
+    assert tagging["windows"] == sum(
+        len(engine.encode(question, text).windows) for text in texts for question in questions
+    )
+
+    for measured in (case, tagging):
+        rss = measured["rss_mb"]
+        assert 0 < rss["idle"] <= rss["peak"]
+        assert 0 < rss["after"] <= rss["peak"]
+        assert rss["growth"] == pytest.approx(rss["peak"] - rss["idle"])
+        assert measured["windows_per_s"] > 0
+        assert measured["real_tokens_per_s"] > measured["windows_per_s"]
+        plan = measured["batch_plan"]
+        assert plan["batches"] > 0
+        assert 0 < plan["mean_ms"] <= plan["max_at_most_ms"]
+        assert measured["held_windows_max"] is not None
+        assert measured["metrics_scrapes_failed"] == 0
+        for probe in measured["probes"].values():
+            assert probe["samples"] >= 1
+            assert (probe["not_ok"], probe["no_answer"]) == (0, 0)
+            assert probe["first_not_ok"] is None
+            assert 0 < probe["p50_ms"] <= probe["max_ms"]
+
+    compare_heavy_mix(report, {"windows_per_s": 10.0}, ceiling_window_tokens=100.0)
+    assert case["windows_per_s_vs_ceiling"] == pytest.approx(case["windows_per_s"] / 10.0)
+    assert tagging["real_tokens_per_s_vs_ceiling"] == pytest.approx(
+        tagging["real_tokens_per_s"] / 1000.0
+    )

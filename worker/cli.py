@@ -181,6 +181,13 @@ def add_bench_parser(
         help="also run a worker with --tracing otlp at 100%% sampling, rounds alternating with "
         "the untraced one, and report the events/s ratio",
     )
+    bench.add_argument(
+        "--heavy-mix",
+        action="store_true",
+        help="also send 40, then 200 contexts of --max-context-chars to one partition with "
+        "one-window questions on the others, and tag 2 such documents with 12 fields: memory, "
+        "light latency, event-loop lag and probe latency (tens of minutes)",
+    )
     bench.set_defaults(handler=Command("worker.bench.command", "command_bench"))
     return bench
 

@@ -28,6 +28,12 @@ On the first N questions of the file, in this order:
 - `tracing_overhead` (with `--tracing-overhead`): a second worker with tracing on at 100%
   sampling, exporting over OTLP/HTTP to loopback, in rounds alternating with the first; the
   events/s ratio (`tracing_overhead.py`).
+- `heavy_mix` (with `--heavy-mix`): 40, then 200 contexts of `--max-context-chars` (SQuAD
+  contexts of the file, one after another) at once on one partition, one-window questions of the
+  workload open-loop on the others while they wait; then 2 documents of that length tagged with
+  a 12-field question set. Per case, on a worker of its own: RSS growth, the light questions'
+  latency (ms and windows), windows/s against the ceiling's, event-loop lag, batch-plan time and
+  /healthz and /readyz latency (`heavy_mix.py`).
 
 Beside them: the machine's float32 and int8 GEMM rates and the model's FLOPs per window (so the
 share of the CPU's peak the model reaches), the batch-1 inference time of a typical window (on

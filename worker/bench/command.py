@@ -26,6 +26,7 @@ def command_bench(args: argparse.Namespace) -> int:
         reference_python=args.reference_python,
         reference_model=args.reference_model,
         tracing_overhead=args.tracing_overhead,
+        heavy_mix=args.heavy_mix,
         idle_seconds=args.idle_seconds,
     )
     try:

@@ -19,5 +19,7 @@ class BenchOptions:
     reference_model: str | None
     # Also measure a traced worker against the untraced one (tracing_overhead.py).
     tracing_overhead: bool
+    # Also run contexts at the limit beside one-window questions (heavy_mix.py).
+    heavy_mix: bool = False
     # How long the worker is watched with nothing to do, for its idle CPU.
     idle_seconds: float = 30.0

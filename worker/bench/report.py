@@ -66,7 +66,19 @@ def add_derived(report: Report) -> None:
     end_to_end["events_per_core_s"] = (
         end_to_end["events_per_s"] / worker_cores if worker_cores else None
     )
+    if "heavy_mix" in report:
+        compare_heavy_mix(report["heavy_mix"], ceiling, report["mean_window_tokens"])
     report["targets"] = target_checks(report)
+
+
+def compare_heavy_mix(heavy_mix: Report, ceiling: Report, ceiling_window_tokens: float) -> None:
+    """Each heavy-mix case's windows/s against the ceiling's, and its real tokens/s too: the
+    ceiling's windows are the workload's (of `ceiling_window_tokens` on average), a long
+    context's are full ones, so tokens are the fairer measure of the work done."""
+    ceiling_tokens_per_s = ceiling["windows_per_s"] * ceiling_window_tokens
+    for case in (*heavy_mix["long_contexts"], heavy_mix["tagging"]):
+        case["windows_per_s_vs_ceiling"] = case["windows_per_s"] / ceiling["windows_per_s"]
+        case["real_tokens_per_s_vs_ceiling"] = case["real_tokens_per_s"] / ceiling_tokens_per_s
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -181,6 +193,8 @@ def print_summary(report: Report) -> None:
         + f", padding ratio {report['padding_ratio']:.3f}, idle "
         + _optional(report["idle_cpu_cores"], "{:.4f} cores")
     )
+    if "heavy_mix" in report:
+        lines += _heavy_mix_lines(report["heavy_mix"])
     memory = report["memory"]
     memory_text = (
         f"memory: {memory['streams']} streams of {memory['threads']} threads, peak RSS "
@@ -268,6 +282,52 @@ def _placement_text(placement: Report) -> str:
     return (
         f"slowest {placement['slowest_events']}, {placement['slowest_latency_ms']:.1f} ms on "
         f"average, by part in ms: {parts}"
+    )
+
+
+def _heavy_mix_lines(heavy_mix: Report) -> list[str]:
+    lines = []
+    for case in heavy_mix["long_contexts"]:
+        long, light = case["long"], case["light"]
+        lines.append(
+            f"heavy mix, {case['long_contexts']} contexts of {heavy_mix['context_chars']:,} "
+            f"characters ({long['windows_per_context']:.0f} windows each) on partition "
+            f"{long['partitions']}, all answered in {long['all_answered_s']:.1f} s; "
+            f"{light['events']} one-window questions on partitions {light['partitions']}: "
+            f"p50/p99 {light['latency_ms']['p50']:.1f}/{light['latency_ms']['p99']:.1f} ms, "
+            f"{light['latency_windows']['p50']:.1f}/{light['latency_windows']['p99']:.1f} windows"
+            "\n  " + _heavy_case_text(case)
+        )
+    tagging = heavy_mix["tagging"]
+    times = ", ".join(_optional(seconds, "{:.1f}") for seconds in tagging["time_to_tags_s"])
+    lines.append(
+        f"heavy mix, {tagging['documents']} documents tagged with {tagging['fields']} fields: "
+        f"tags events after {times} s\n  " + _heavy_case_text(tagging)
+    )
+    return lines
+
+
+def _heavy_case_text(case: Report) -> str:
+    rss, plan, probes = case["rss_mb"], case["batch_plan"], case["probes"]
+    return (
+        f"RSS growth {_optional(rss['growth'], '{:.0f} MB')} (idle "
+        f"{_optional(rss['idle'], '{:.0f}')}, peak {_optional(rss['peak'], '{:.0f}')}, after "
+        f"{_optional(rss['after'], '{:.0f}')}); "
+        f"{case['windows_per_s']:.1f} windows/s ({case['windows_per_s_vs_ceiling']:.2f} of the "
+        f"ceiling's, tokens {case['real_tokens_per_s_vs_ceiling']:.2f}); event-loop lag p99 <= "
+        f"{_optional(case['runtime']['loop_lag_p99_at_most_ms'], '{:g}')} ms; batch plan mean "
+        f"{_optional(plan['mean_ms'], '{:.3f}')} ms, max <= "
+        f"{_optional(plan['max_at_most_ms'], '{:g}')} ms; probes max "
+        + ", ".join(
+            f"{name} {_optional(probe['max_ms'], '{:.0f}')} ms ({probe['not_ok']} not 200, "
+            f"{probe['no_answer']} unanswered)"
+            for name, probe in probes.items()
+        )
+        + "".join(
+            f"\n  first {name} not 200: {probe['first_not_ok']}"
+            for name, probe in probes.items()
+            if probe["first_not_ok"] is not None
+        )
     )
 
 

@@ -17,6 +17,7 @@ from ..squad import read_questions
 from .ceiling import Layout, ceiling_batch_sizes, ceiling_layouts, measure_layouts
 from .end_to_end import measure_streaming
 from .flops import model_gflop_per_window
+from .heavy_mix import HeavyMix, measure_heavy_mix, one_window_records
 from .machine import measure_gemm, measure_int8_gemm
 from .model_gemm import measure_model_gemm
 from .offline import WindowTimer, measure_engine, measure_window
@@ -30,7 +31,8 @@ from .workload import Workload
 def run_bench(settings: Settings, options: BenchOptions) -> Report:
     if not options.squad.is_file():
         raise ConfigError(f"--squad {options.squad} is not a file")
-    records = read_questions(options.squad)[: options.events]
+    corpus = read_questions(options.squad)
+    records = corpus[: options.events]
     if not records:
         raise BenchError(f"{options.squad} holds no questions")
     if len(records) < options.events:
@@ -80,6 +82,17 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
     report["window_inference_ms"] = window.median_ms
     report["window_inference_samples_ms"] = window.samples_ms
     report["window_inference_threads"] = threads
+    if options.heavy_mix:
+        report["heavy_mix"] = asyncio.run(
+            measure_heavy_mix(
+                settings,
+                options.broker,
+                corpus,
+                one_window_records(records, workload),
+                window.median_ms,
+                HeavyMix(),
+            )
+        )
     if options.reference_python is not None:
         model = options.reference_model or report["source"]
         note(f"reference: transformers pipeline on {model}")
