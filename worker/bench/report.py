@@ -292,7 +292,8 @@ def _heavy_mix_lines(heavy_mix: Report) -> list[str]:
         lines.append(
             f"heavy mix, {case['long_contexts']} contexts of {heavy_mix['context_chars']:,} "
             f"characters ({long['windows_per_context']:.0f} windows each) on partition "
-            f"{long['partitions']}, all answered in {long['all_answered_s']:.1f} s; "
+            f"{long['partitions']}, the first answered in {long['first_answered_s']:.1f} s, all "
+            f"in {long['all_answered_s']:.1f} s; "
             f"{light['events']} one-window questions on partitions {light['partitions']}: "
             f"p50/p99 {light['latency_ms']['p50']:.1f}/{light['latency_ms']['p99']:.1f} ms, "
             f"{light['latency_windows']['p50']:.1f}/{light['latency_windows']['p99']:.1f} windows"
