@@ -62,6 +62,7 @@ def test_boolean_flags_can_switch_off_an_environment_default() -> None:
         ({"QA_TOP_K": "0"}, "--top-k / QA_TOP_K must be at least 1"),
         ({"QA_MAX_JSON_DEPTH": "0"}, "--max-json-depth / QA_MAX_JSON_DEPTH must be at least 1"),
         ({"QA_MAX_JSON_DEPTH": "501"}, "QA_MAX_JSON_DEPTH must be at most 500, got 501"),
+        ({"QA_MAX_JSON_VALUES": "0"}, "--max-json-values / QA_MAX_JSON_VALUES must be at least 1"),
         ({"QA_PRECISION": "fp16"}, "expected one of fp32, int8"),
         ({"QA_HANDLE_IMPOSSIBLE_ANSWER": "maybe"}, "expected true or false"),
         ({"QA_COMPRESSION_TYPE": "brotli"}, "expected one of none, gzip, snappy, lz4, zstd"),

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import tomllib
+import tracemalloc
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -251,7 +252,8 @@ def test_no_deadline_without_event_or_default() -> None:
         (b'{"id":"q","question":"?","context":"c","x":-Infinity}', "invalid_json", "-Infinity"),
         (b'{"id":"q","question":"?","context":"c","x":[1e400]}', "invalid_json", "1e400"),
         (b'{"id":"q","x":' + b"9" * 5000 + b"}", "invalid_json", "digits"),
-        (b"[" * 100_000, "invalid_event", "more than 64 levels deep"),
+        (b"[" * 5_000, "invalid_event", "more than 64 levels deep"),
+        (b"[" * 100_000, "invalid_event", "holds 100001 JSON values"),
         (b'{"id":"q","question":"?\\ud800","context":"c"}', "invalid_json", "surrogate"),
         (b'{"id":"q","question":"?","context":"c","m":{"\\udc00":1}}', "invalid_json", "surrogate"),
     ],
@@ -991,6 +993,189 @@ def test_deep_values_never_reach_a_recursive_decoder(value: bytes) -> None:
 def test_the_bracket_scan_agrees_with_a_decoder_on_depth(depth: int, opener: str) -> None:
     text = ("[" * depth + "]" * depth) if opener == "[" else ('{"a":' * depth + "1" + "}" * depth)
     assert events.nesting_exceeds(text.encode(), 64) == (depth > 64)
+
+
+def values_in(document: Any) -> int:
+    """The values of a decoded document, counted by walking it: what the byte count must say."""
+    count = 0
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        count += 1
+        if isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return count
+
+
+# Metadata each test event holds, padded with zeros to the number of values wanted.
+VALUE_SHAPES: dict[str, Any] = {
+    "array": [0, 1.5, -2e30, "x", True, False, None],
+    "object": {"a": 0, "b": "x", "c": None, "d": True},
+    "nested": {"a": [{"b": [1, [2, {"c": None}]]}], "d": {"e": {"f": [True, False]}}},
+    "empty-containers": [[], {}, [[]], {"a": {}}, [{}], {"b": []}, [[], {}]],
+    "strings-like-json": [
+        "a,b",
+        "[1, 2]",
+        '{"x": [1, {}]}',
+        'a "quote", ] [',
+        "\\",
+        '\\"[,',
+        "}{,][",
+    ],
+    "keys-like-json": {"a,b": 1, "[{": 2, '"x,"': 3, "\\": {"[]": [], "{}": {}}},
+    # Many more commas and brackets in a string than the limit: only the exact count passes it.
+    "commas-in-a-long-string": {"csv": "a,b,[c]{d}" * 5_000},
+}
+
+
+def event_holding(values: int, shape: Any, indent: int | None) -> bytes:
+    """A question event of exactly `values` values: `shape` in its metadata, padded with 0s."""
+    document: dict[str, Any] = {"id": "q", "question": "?", "context": "c"}
+    document["metadata"] = {"shape": shape, "pad": []}
+    document["metadata"]["pad"] = [0] * (values - values_in(document))
+    assert values_in(document) == values
+    return json.dumps(document, indent=indent).encode()
+
+
+def refused_for_values(decode: Any, value: bytes) -> EventError:
+    """The INVALID_EVENT error `decode(value)` raises."""
+    with pytest.raises(EventError) as caught:
+        decode(value)
+    assert caught.value.code is ErrorCode.INVALID_EVENT
+    return caught.value
+
+
+@pytest.mark.parametrize("indent", [None, 2], ids=["compact", "indented"])
+@pytest.mark.parametrize("shape", VALUE_SHAPES.values(), ids=list(VALUE_SHAPES))
+@pytest.mark.parametrize("limit", [40, 10_000])
+def test_values_are_read_up_to_the_value_limit_and_refused_past_it(
+    limit: int, shape: Any, indent: int | None
+) -> None:
+    limits = InputLimits(100, 1000, max_json_values=limit)
+    for values in (limit - 1, limit):
+        value = event_holding(values, shape, indent)
+        assert (
+            parse_question(value, 0, QAOptions(), limits).metadata == json.loads(value)["metadata"]
+        )
+        assert events._decode_exactly(value, max_values=limit) == json.loads(value)
+    over = event_holding(limit + 1, shape, indent)
+    # Both decoding paths and the question parser refuse it alike, naming count, limit, setting.
+    refusals = [
+        refused_for_values(lambda value: parse_question(value, 0, QAOptions(), limits), over),
+        refused_for_values(lambda value: decode_json(value, max_values=limit), over),
+        refused_for_values(lambda value: events._decode_exactly(value, max_values=limit), over),
+    ]
+    assert {error.message for error in refusals} == {
+        f"the value holds {limit + 1} JSON values, over the limit of {limit} "
+        "(--max-json-values / QA_MAX_JSON_VALUES); send fewer (a smaller metadata, say), or "
+        "raise the limit"
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("1", 1),
+        ('""', 1),
+        ("[]", 1),
+        ("{}", 1),
+        ("[[]]", 2),
+        ("[{}, []]", 3),
+        (" [ 1 , [ ] , { \n } ] ", 4),
+        ('{"a": {}}', 2),
+        ('{"a": [1, {"b": null}], "c": "d"}', 6),
+        ('["a,b", "[", "{", "\\"", "\\\\", "\\\\\\"[,"]', 7),
+        ('{"[,{": "\\"[,{\\\\", "k\\\\": ["\\\\"]}', 4),
+        ("[true, false, null, -1.5e3, 0]", 6),
+    ],
+)
+def test_values_count_every_value_but_no_key_nor_byte_within_a_string(
+    text: str, values: int
+) -> None:
+    value = text.encode()
+    assert values_in(json.loads(value)) == values
+    assert events.count_json_values(value) == values
+    assert decode_json(value, max_values=values) == json.loads(value)
+    if values > 1:
+        error = refused_for_values(lambda v: decode_json(v, max_values=values - 1), value)
+        assert f"holds {values} JSON values, over the limit of {values - 1} " in error.message
+
+
+json_keys_and_strings = st.text(
+    st.sampled_from('",[]{}\\:/ \t\n') | st.characters(blacklist_categories=("Cs",)), max_size=8
+)
+json_documents = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | json_keys_and_strings,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(json_keys_and_strings, inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+def loosely(document: Any) -> str:
+    """`document` as JSON with whitespace around every token, inside empty containers too
+    (which json.dumps never writes)."""
+    if isinstance(document, list):
+        return "[ " + " , ".join(loosely(item) for item in document) + "\n]"
+    if isinstance(document, dict):
+        members = (f"{json.dumps(key)} : {loosely(item)}" for key, item in document.items())
+        return "{\t" + " ,\r\n".join(members) + " }"
+    return json.dumps(document)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    document=json_documents,
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+    ascii_only=st.booleans(),
+)
+def test_the_byte_count_of_any_document_is_the_number_of_its_values(
+    document: Any, indent: int | str | None, ascii_only: bool
+) -> None:
+    expected = values_in(document)
+    spaced = json.dumps(document, indent=indent, ensure_ascii=ascii_only).encode()
+    compact = json.dumps(document, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+    for value in (spaced, compact, loosely(document).encode()):
+        assert events.count_json_values(value) == expected
+        # The quick bound never says less, so an event it passes is within the limit.
+        assert value.count(b",") + value.count(b"[") + value.count(b"{") + 1 >= expected
+        assert events.json_values_over(value, expected) is None
+        assert events.json_values_over(value, expected - 1) == expected
+
+
+def test_refusing_an_event_of_too_many_values_builds_none_of_them() -> None:
+    # 870 kB of empty objects in metadata: 290,006 values, each a Python object once decoded.
+    value = (
+        b'{"id":"q","question":"q","context":"c","metadata":{"a":['
+        + b",".join([b"{}"] * 290_000)
+        + b"]}}"
+    )
+    tracemalloc.start()
+    try:
+        document = decode_json(value, max_values=1_000_000)
+        decoding = tracemalloc.get_traced_memory()[1]
+        del document
+        tracemalloc.reset_peak()
+        error = refused_for_values(decode_json, value)
+        refusing = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        dead_letter = dead_letter_event(value, "q", 0, 0, error.code, error.message, "0.1.0", NOW)
+        dead_lettering = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "holds 290006 JSON values, over the limit of 10000" in error.message
+    # Decoding takes some 30 MB; counting, a few copies of the 870 kB, and the dead letter the
+    # payload's text besides (its id is not read: that would decode it).
+    assert refusing < decoding / 10, (refusing, decoding)
+    assert dead_lettering < decoding / 8, (dead_lettering, decoding)
+    assert "id" not in dead_letter
 
 
 LARGEST_EXACT_JSON_INTEGER = 2**53 - 1

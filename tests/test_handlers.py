@@ -294,6 +294,38 @@ async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
     assert letter["payload_truncated"] is True
 
 
+@pytest.mark.parametrize(
+    ("settings", "metadata", "held"),
+    [
+        ({}, {"a": [{}] * 290_000}, 290_006),
+        ({"max_json_values": 25}, {"a": [0] * 20}, 26),
+    ],
+    ids=["880kB-of-empty-objects", "configured-limit"],
+)
+async def test_an_event_of_too_many_values_is_an_invalid_event_dead_letter(
+    settings: dict[str, Any], metadata: dict[str, Any], held: int
+) -> None:
+    batcher = FakeBatcher()
+    outgoing = await handlers(batcher, **settings).answer_question(
+        FakeMessage(question(metadata=metadata)), 0.0
+    )
+    assert outgoing.dead_letter_reason is ErrorCode.INVALID_EVENT
+    assert outgoing.topic == "qa-dead-letters" and batcher.asked == []
+    letter = json.loads(outgoing.value)
+    limit = settings.get("max_json_values", Settings().max_json_values)
+    assert letter["error"]["message"].startswith(
+        f"the value holds {held} JSON values, over the limit of {limit} (--max-json-values"
+    )
+    # Its id would take decoding the event the limit refuses.
+    assert "id" not in letter
+
+
+async def test_an_event_at_the_configured_value_limit_is_answered() -> None:
+    message = FakeMessage(question(metadata={"a": [0] * 19}))  # 25 values
+    outgoing = await handlers(FakeBatcher(), max_json_values=25).answer_question(message, 0.0)
+    assert outgoing.dead_letter_reason is None and outgoing.topic == "qa-answers"
+
+
 TRACESTATE = ("tracestate", b"vendor=" + b"v" * 200)
 # Incoming trace headers, and the bytes records are then sized under what they could be: a
 # tracestate with no traceparent is counted, though it is dropped on the way out.

@@ -1,4 +1,5 @@
-"""OffsetTracker: acknowledgements in offset order, the in-flight limit, no offset going back."""
+"""OffsetTracker: acknowledgements in offset order, the limits on events held, no offset going
+back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.errors import OffsetOrderError, WorkerError
 from worker.stream.offsets import OffsetTracker
@@ -52,19 +55,124 @@ async def test_acknowledges_each_partition_in_offset_order() -> None:
     assert tracker.count == 0
 
 
-async def test_in_flight_limit_waits_until_an_event_is_acknowledged() -> None:
+async def test_in_flight_limit_waits_until_an_event_is_answered() -> None:
     acks: list[tuple[tuple[str, int], int]] = []
     tracker = OffsetTracker(limit=2)
     first, second = (tracker.track(event) for event in events(acks, A, 0, 1))
     waiting = asyncio.ensure_future(tracker.wait_for_room())
     await asyncio.sleep(0)
-    # The second delivered first acknowledges nothing: the first still holds the partition.
-    await tracker.complete(second)
-    await asyncio.sleep(0)
     assert not waiting.done()
-    await tracker.complete(first)
+    # The second answered first acknowledges nothing (the first still holds the partition), but
+    # it is no longer being answered: there is room to read another.
+    await tracker.complete(second)
     await asyncio.wait_for(waiting, 1.0)
-    assert tracker.count == 0
+    assert acks == [] and tracker.count == 2 and tracker.answering == 1
+    await tracker.complete(first)
+    assert acks == [(A, 0), (A, 1)] and tracker.count == 0
+
+
+class Switches:
+    """Records the tracker's pauses and resumes, and checks they alternate per partition."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, int]]] = []
+        self.paused: set[tuple[str, int]] = set()
+
+    def pause(self, tp: object) -> None:
+        assert tp not in self.paused
+        self.paused.add(tp)  # type: ignore[arg-type]
+        self.calls.append(("pause", tp))  # type: ignore[arg-type]
+
+    def resume(self, tp: object) -> None:
+        self.paused.remove(tp)  # type: ignore[arg-type]
+        self.calls.append(("resume", tp))  # type: ignore[arg-type]
+
+
+async def test_a_partition_holding_the_limit_is_paused_alone_until_its_oldest_is_answered() -> None:
+    acks: list[tuple[tuple[str, int], int]] = []
+    switches = Switches()
+    tracker = OffsetTracker(limit=3, pause=switches.pause, resume=switches.resume)
+    head, *behind = (tracker.track(event) for event in events(acks, A, 0, 1))
+    other = tracker.track(events(acks, B, 0)[0])
+    # Just under the limit: nothing paused.
+    for tracked in behind:
+        await tracker.complete(tracked)
+    assert switches.calls == [] and tracker.paused == frozenset()
+    # At the limit: that partition alone, though only its head is still being answered.
+    behind.append(tracker.track(events(acks, A, 2)[0]))
+    assert switches.calls == [("pause", A)] and tracker.paused == {A}
+    await tracker.complete(behind[-1])
+    await tracker.complete(other)
+    assert switches.paused == {A} and acks == [(B, 0)]
+    await asyncio.wait_for(tracker.wait_for_room(), 1.0)
+    await tracker.complete(head)
+    assert switches.calls == [("pause", A), ("resume", A)] and tracker.paused == frozenset()
+    assert acks == [(B, 0), (A, 0), (A, 1), (A, 2)]
+
+
+async def test_a_revoked_partition_forgets_its_pause() -> None:
+    switches = Switches()
+    tracker = OffsetTracker(limit=1, pause=switches.pause, resume=switches.resume)
+    tracker.track(events([], A, 0)[0])
+    assert tracker.paused == {A}
+    tracker.forget([A])
+    assert tracker.paused == frozenset()
+
+
+async def test_an_event_completed_twice_is_refused() -> None:
+    tracker = OffsetTracker(limit=2)
+    tracked = tracker.track(events([], A, 0)[0])
+    await tracker.complete(tracked)
+    with pytest.raises(OffsetOrderError, match="completed twice"):
+        await tracker.complete(tracked)
+    assert tracker.answering == 0 and tracker.count == 0
+
+
+@given(
+    st.integers(1, 6),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 10**6)), max_size=80),
+)
+@settings(max_examples=200, deadline=None)
+def test_holds_and_pauses_follow_the_limits_in_any_order(
+    limit: int, steps: list[tuple[bool, int, int]]
+) -> None:
+    """Any interleaving of reads and answers on three partitions: acknowledgements go out in
+    offset order, a partition is paused exactly while it holds `limit` or more, and once
+    everything is answered all is acknowledged and nothing stays paused."""
+
+    async def run() -> None:
+        acks: list[tuple[tuple[str, int], int]] = []
+        switches = Switches()
+        tracker = OffsetTracker(limit=limit, pause=switches.pause, resume=switches.resume)
+        held: dict[tuple[str, int], list] = {}
+        next_offset: dict[tuple[str, int], int] = {}
+        for read, partition, pick in steps:
+            tp = ("questions", partition)
+            open_ = [t for t in held.get(tp, []) if not t.done]
+            if read or not open_:
+                offset = next_offset.get(tp, 0)
+                next_offset[tp] = offset + 1
+                held.setdefault(tp, []).append(tracker.track(events(acks, tp, offset)[0]))
+            else:
+                await tracker.complete(open_[pick % len(open_)])
+            unacked = {
+                tp: [t for t in tracked if (tp, t.event.message.offset) not in acks]
+                for tp, tracked in held.items()
+            }
+            assert tracker.count == sum(map(len, unacked.values()))
+            assert tracker.answering == sum(not t.done for ts in held.values() for t in ts)
+            assert switches.paused == set(tracker.paused)
+            for tp, tracked in unacked.items():
+                assert (tp in tracker.paused) == (len(tracked) >= limit)
+                if tp in tracker.paused:
+                    assert not tracked[0].done
+        for tracked in [t for ts in held.values() for t in ts if not t.done]:
+            await tracker.complete(tracked)
+        assert tracker.count == 0 and tracker.paused == frozenset()
+        for tp, count in next_offset.items():
+            assert [offset for ack_tp, offset in acks if ack_tp == tp] == list(range(count))
+
+    asyncio.run(run())
 
 
 async def test_room_is_immediate_under_the_limit() -> None:

@@ -215,7 +215,11 @@ class Settings:
     )
     # worker
     max_in_flight: int = setting(
-        256, "Most events read but not yet answered; fetching pauses beyond it.", "worker"
+        256,
+        "Most events read and not yet answered; reading pauses beyond it. A partition holding "
+        "this many events not yet acknowledged (answered ones wait for the earliest of their "
+        "partition) is paused alone until its earliest is answered.",
+        "worker",
     )
     deadline_ms: int | None = setting(
         None,
@@ -233,6 +237,12 @@ class Settings:
         64,
         "Most levels of nested arrays and objects an event may have; deeper events go to the "
         "dead-letter topic.",
+        "worker",
+    )
+    max_json_values: int = setting(
+        10_000,
+        "Most JSON values an event may hold (each object, array, string, number, true, false "
+        "and null counts one; object keys do not); events with more go to the dead-letter topic.",
         "worker",
     )
     http_host: str = setting(
@@ -285,6 +295,7 @@ class Settings:
             "max_question_chars",
             "max_context_chars",
             "max_json_depth",
+            "max_json_values",
             "fetch_max_wait_ms",
         )
         for name in positive:

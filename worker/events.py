@@ -4,8 +4,14 @@ The JSON Schemas in `worker.schemas` (the repository's schemas/ folder) are the 
 required fields and ranges of a question are checked by the schema alone, so code and schema
 cannot drift; the code adds only what a schema cannot say: a question and a context with a
 visible character, the worker's character limits, a `created_at` that is a real instant, JSON
-nested no deeper than `max_json_depth`, and JSON that every consumer reads alike (finite numbers,
-no unpaired surrogates).
+nested no deeper than `max_json_depth` and holding at most `max_json_values` values, and JSON
+that every consumer reads alike (finite numbers, no unpaired surrogates).
+
+The number of values is checked on the bytes before any decoder runs (a count of commas and
+brackets, and when that bound is over the limit an exact count that tells strings apart by the
+parity of their quotes), in a few passes in C whatever the number of values: an event refused for
+holding too many costs no Python object per value, and every walk over a decoded value is bounded
+by the limit.
 
 Nothing here recurses on an event's structure: the depth limit is checked before any recursive
 decoder sees a value (a bracket scan that skips strings, or an iterative walk of what orjson,
@@ -142,6 +148,7 @@ _RFC3339 = re.compile(
 )
 _SHOWN_CHARS = 40
 DEFAULT_MAX_JSON_DEPTH: int = Settings.max_json_depth
+DEFAULT_MAX_JSON_VALUES: int = Settings.max_json_values
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ class InputLimits:
     max_question_chars: int
     max_context_chars: int
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_json_values: int = DEFAULT_MAX_JSON_VALUES
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ def parse_question(
     `kafka_timestamp_ms` is the event time when the event has no `created_at`;
     `default_deadline_ms` (relative to the event time) applies when it has no `deadline_ms`.
     """
-    document = decode_json(value, limits.max_json_depth)
+    document = decode_json(value, limits.max_json_depth, limits.max_json_values)
     QUESTION.validate(document)
     question: str = document["question"]
     _check_visible("question", question, ErrorCode.EMPTY_QUESTION)
@@ -233,7 +241,7 @@ def parse_document(
     value: bytes | None, kafka_timestamp_ms: int, limits: InputLimits
 ) -> DocumentEvent:
     """Reads one documents-topic message, or raises EventError saying what to fix."""
-    document = decode_json(value, limits.max_json_depth)
+    document = decode_json(value, limits.max_json_depth, limits.max_json_values)
     DOCUMENT.validate(document)
     _check_size(
         "text",
@@ -331,8 +339,13 @@ def dead_letter_event(
     message: str,
     worker_version: str,
     now_ms: int,
+    max_json_values: int = DEFAULT_MAX_JSON_VALUES,
 ) -> dict[str, Any]:
-    """The dead-letter event (dead-letter.schema.json) for the message `value` that failed."""
+    """The dead-letter event (dead-letter.schema.json) for the message `value` that failed.
+
+    Its `id` is read from `value` only when that holds at most `max_json_values` values: one
+    refused for holding more is not decoded to build its dead letter either.
+    """
     raw = value or b""
     text: str | None
     try:
@@ -346,9 +359,10 @@ def dead_letter_event(
         # A message quoting input (an exception's, say) may hold an unpaired surrogate.
         "error": {"code": code, "message": encodable_text(message)},
     }
-    event_id = None if text is None else _readable_id(text)
-    if event_id is not None:
-        dead_letter["id"] = event_id
+    if text is not None and json_values_over(raw, max_json_values) is None:
+        event_id = _readable_id(text)
+        if event_id is not None:
+            dead_letter["id"] = event_id
     dead_letter["failed_at"] = timestamp(now_ms)
     dead_letter["worker_version"] = worker_version
     return dead_letter
@@ -459,25 +473,31 @@ _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_co
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
-def decode_json(value: bytes | None, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+def decode_json(
+    value: bytes | None,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    max_values: int = DEFAULT_MAX_JSON_VALUES,
+) -> Any:
     """The JSON document in a message value, or EventError saying why it is none.
 
-    A document nesting arrays and objects more than `max_depth` levels deep is refused with
-    INVALID_EVENT (`{}` is one level, `{"a": []}` two).
+    A document nesting arrays and objects more than `max_depth` levels deep (`{}` is one level,
+    `{"a": []}` two), or holding more than `max_values` values (`count_json_values`), is refused
+    with INVALID_EVENT; the number of values before anything is decoded.
     """
     if value:
+        _check_value_count(value, max_values)
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError:
             pass
         else:
-            depth, has_float = _depth_and_floats(document, max_depth)
+            depth, has_float = _depth_and_floats(document, max_depth, max_values)
             if depth > max_depth:
                 raise _too_deep(max_depth)
             # Searching the value costs more than the decoding: only when a float came out.
             if not has_float or _LONG_DIGITS.search(value) is None:
                 return document
-    return _decode_exactly(value, max_depth)
+    return _decode_with_standard_library(value, max_depth)
 
 
 def _too_deep(max_depth: int) -> EventError:
@@ -488,11 +508,22 @@ def _too_deep(max_depth: int) -> EventError:
     )
 
 
-def _depth_and_floats(document: Any, max_depth: int) -> tuple[int, bool]:
+def _too_many_values(max_values: int, count: int | None = None) -> EventError:
+    held = f"more than {max_values}" if count is None else str(count)
+    return EventError(
+        ErrorCode.INVALID_EVENT,
+        f"the value holds {held} JSON values, over the limit of {max_values} "
+        f"({describe_setting('max_json_values')}); send fewer (a smaller metadata, say), or "
+        "raise the limit",
+    )
+
+
+def _depth_and_floats(document: Any, max_depth: int, max_values: int) -> tuple[int, bool]:
     """How deep `document` nests (stopping once past `max_depth`) and whether it holds a float;
     a loop with its own stack, so no depth can exhaust Python's."""
     deepest = 0
     has_float = False
+    values = 1
     pending: list[tuple[Any, int]] = [(document, 1)]
     while pending:
         node, depth = pending.pop()
@@ -503,9 +534,78 @@ def _depth_and_floats(document: Any, max_depth: int) -> tuple[int, bool]:
             deepest = max(deepest, depth)
             if depth > max_depth:
                 return deepest, has_float
+            # The bytes were counted before decoding, exactly for all orjson reads, so this never
+            # trips; it bounds the walk by the limit all the same, counting before visiting.
+            values += len(node)
+            if values > max_values:
+                raise _too_many_values(max_values)
             items = node.values() if kind is dict else node
             pending.extend((item, depth + 1) for item in items)
     return deepest, has_float
+
+
+def _bit_table(members: bytes) -> bytes:
+    """A `bytes.translate` table writing b"1" for each byte in `members`, b"0" for the rest."""
+    return bytes(0x31 if byte in members else 0x30 for byte in range(256))
+
+
+_QUOTE_BITS = _bit_table(b'"')
+_COMMA_OR_OPENING_BITS = _bit_table(b",[{")
+_JSON_WHITESPACE = b" \t\n\r"
+
+
+def _bits(text: bytes, table: bytes) -> int:
+    """An integer with one bit per byte of `text`, set where `table` writes b"1"; the first
+    byte is the highest bit."""
+    return int(text.translate(table), 2) if text else 0
+
+
+def count_json_values(value: bytes) -> int:
+    """How many values the JSON text `value` holds: each object, array, string, number, true,
+    false and null counts one, object keys do not. Exact for valid JSON, and some number for
+    anything else.
+
+    Read from the bytes alone, in passes that run in C: a fixed number of them over the bytes,
+    and one per doubling of their length over an integer of a bit per byte. Neither the time nor
+    the memory (about twice the bytes) grows with the number of values, so counting an event
+    that would decode to millions of objects builds none of them.
+    """
+    # Every value but the outermost is an array's element or an object member's value, and each
+    # past a container's first follows a comma: the values are 1, plus the commas, plus the arrays
+    # and objects that are not empty, counting only bytes outside strings.
+    #
+    # A backslash in a string escapes the byte after it: dropping escaped backslashes, then
+    # escaped quotes, leaves only the quotes that open and close strings. Outside strings, an
+    # empty array or object is two adjacent bytes once whitespace is gone, and writing it as a
+    # number drops it from the containers counted. (Inside strings all this changes only bytes
+    # that are not quotes, and no byte inside a string is counted.)
+    text = value.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = text.translate(None, _JSON_WHITESPACE).replace(b"[]", b"0").replace(b"{}", b"0")
+    # The parity of the quotes up to each byte, a doubling shift at a time: 1 from a string's
+    # opening quote to the byte before its closing one, 0 outside strings.
+    inside = _bits(text, _QUOTE_BITS)
+    shift = 1
+    while shift < len(text):
+        inside ^= inside >> shift
+        shift *= 2
+    return 1 + (_bits(text, _COMMA_OR_OPENING_BITS) & ~inside).bit_count()
+
+
+def json_values_over(value: bytes, max_values: int) -> int | None:
+    """How many values the JSON text `value` holds (`count_json_values`) when that is more than
+    `max_values`; None when it is not."""
+    # 1 plus every comma and opening bracket, in strings or not, bounds the count from above;
+    # counting three bytes settles nearly every event without the exact count.
+    if value.count(b",") + value.count(b"[") + value.count(b"{") < max_values:
+        return None
+    count = count_json_values(value)
+    return count if count > max_values else None
+
+
+def _check_value_count(value: bytes, max_values: int) -> None:
+    count = json_values_over(value, max_values)
+    if count is not None:
+        raise _too_many_values(max_values, count)
 
 
 # A JSON string (escapes skipped whole) or one bracket: what the nesting scan looks at.
@@ -527,7 +627,19 @@ def nesting_exceeds(value: bytes, max_depth: int) -> bool:
     return False
 
 
-def _decode_exactly(value: bytes | None, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
+def _decode_exactly(
+    value: bytes | None,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    max_values: int = DEFAULT_MAX_JSON_VALUES,
+) -> Any:
+    """`decode_json` by the standard library alone: the same document, or the same refusal."""
+    if value:
+        _check_value_count(value, max_values)
+    return _decode_with_standard_library(value, max_depth)
+
+
+def _decode_with_standard_library(value: bytes | None, max_depth: int) -> Any:
+    """`_decode_exactly` once the value's values are counted and within the limit."""
     if not value:
         raise EventError(
             ErrorCode.INVALID_JSON,

@@ -22,7 +22,10 @@ def command_tag(args: argparse.Namespace) -> int:
     question_sets = load_question_sets(args.questions, settings.subset(QAOptions))
     engine = load_engine(settings)
     limits = InputLimits(
-        settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
+        settings.max_question_chars,
+        settings.max_context_chars,
+        settings.max_json_depth,
+        settings.max_json_values,
     )
     parsed: list[DocumentEvent | EventError] = []
     for line in args.input.read_bytes().splitlines():

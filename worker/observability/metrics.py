@@ -23,7 +23,7 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_tokens_real_total          | counter   |                  | tokens of the windows    |
 | qa_worker_tokens_padded_total        | counter   |                  | tokens run, with padding |
 | qa_worker_padding_ratio              | gauge     |                  | padded / real, recent    |
-| qa_worker_in_flight_events           | gauge     |                  | events being worked on   |
+| qa_worker_in_flight_events           | gauge     |                  | read, not acknowledged   |
 | qa_worker_oldest_in_flight_seconds   | gauge     |                  | age of the oldest held   |
 | qa_worker_delivery_retries_total     | counter   | topic            | sends retried            |
 | qa_worker_consumer_lag_messages      | gauge     | topic, partition | lag per partition        |
@@ -44,8 +44,9 @@ Details:
 - Queue wait runs from consuming the event to the start of the batch that holds its windows.
 - Padded tokens are windows x longest window of a batch, as ONNX Runtime runs them; real tokens
   are the windows' own lengths.
-- In-flight events are consumed and neither answered nor dead-lettered yet; the oldest one's
-  age (0 when none) is what holds its partition's commits back, as a delivery retrying does.
+- In-flight events are consumed and not acknowledged yet: being answered, or answered and
+  waiting for an earlier event of their partition; the oldest one's age (0 when none) is what
+  holds its partition's commits back, as a delivery retrying does.
 - Delivery retries count sends that failed with an error worth retrying, by the topic sent to.
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
@@ -223,7 +224,9 @@ class WorkerMetrics:
         )
         self._padding_ratio.set(math.nan)
         self._in_flight = gauge(
-            "in_flight_events", "Events consumed and not yet answered or dead-lettered."
+            "in_flight_events",
+            "Events consumed and not yet acknowledged: being answered, or answered and waiting "
+            "for an earlier event of their partition.",
         )
         self._oldest_in_flight = gauge(
             "oldest_in_flight_seconds",

@@ -139,7 +139,10 @@ class EventHandlers:
         )
         self._defaults = settings.subset(QAOptions)
         self._limits = InputLimits(
-            settings.max_question_chars, settings.max_context_chars, settings.max_json_depth
+            settings.max_question_chars,
+            settings.max_context_chars,
+            settings.max_json_depth,
+            settings.max_json_values,
         )
         self._question_sets = question_sets
         self._topic_sets = topic_sets
@@ -332,6 +335,7 @@ class EventHandlers:
             reason,
             worker_version=__version__,
             now_ms=int(time.time() * 1000),
+            max_json_values=self._limits.max_json_values,
         )
         shortest = len(to_bytes(shortest_dead_letter(record)))
         envelope = fit_envelope(

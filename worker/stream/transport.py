@@ -1,8 +1,9 @@
 """Connection settings for Kafka clients: the worker's faust app and the plain aiokafka tools.
 
-Also faust's aiokafka transport as the worker runs it: the fetch wait from the settings, and a
-fetch loop and consumer thread that report the error they stop on
-(`FetchWaitTransport.on_fetch_failure`).
+Also faust's aiokafka transport as the worker runs it: the fetch wait from the settings, a fetch
+loop and consumer thread that report the error they stop on
+(`FetchWaitTransport.on_fetch_failure`), and partitions that may be paused while their records
+are handed out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from ..config import Settings, describe
 from ..errors import ConfigError
@@ -112,8 +114,31 @@ class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _FetchWaitConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetched_from: set[TP] = set()
+
     def _new_consumer_thread(self) -> _FetchWaitConsumerThread:
         return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        # faust hands a fetched batch out record by record, keeping only the records of the
+        # partitions in the set returned here, and it returns its live set of active partitions:
+        # a partition paused while the batch is handed out (the worker pauses one from the agent
+        # that takes its records) lost the rest of its records in the batch, with the fetch
+        # position already past them. The partitions fetched from, as they were when fetched,
+        # keep every record fetched; a pause stops the next fetch.
+        records, active = await super()._wait_next_records(timeout)
+        if active is None:
+            return records, None
+        self._fetched_from = set(active)
+        return records, self._fetched_from
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # What faust's live set did on its own: a revoked partition's fetched records are not
+        # handed out.
+        self._fetched_from.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # faust's fetch loop logs the error that ends it ("Drain messages raised") and crashes

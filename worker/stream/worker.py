@@ -5,7 +5,9 @@ dead-letter record) is acknowledged by the broker, and acknowledgements go out i
 per partition (`offsets.OffsetTracker`), so a commit never passes an event still in flight.
 faust commits acknowledged offsets every `commit_interval_s`, on rebalance and on stop; in both
 of the latter it first waits until every event the agent has taken is acknowledged, which is how
-SIGTERM drains and why a rebalance neither loses nor double-commits.
+SIGTERM drains and why a rebalance neither loses nor double-commits. An event answered before
+an earlier one of its partition waits for it with its payload dropped; `--max-in-flight` bounds
+the events being answered, and pauses a partition alone once it holds that many unacknowledged.
 
 Each event ends in exactly one record: whatever one event's handling raises (its tracing hooks
 and metrics included) before its record is acknowledged becomes its `internal_error` dead
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable, Hashable, Set
 from typing import Any, cast
 
 import faust
@@ -62,6 +64,22 @@ LAG_REFRESH_S = 1.0
 # least this long, so a drain that used all of its time still sends its spans: a stop then takes
 # at most the drain timeout plus this (the Helm chart's grace period leaves more).
 MIN_TRACING_FLUSH_S = 1.0
+
+
+def _as_tp(tp: Hashable) -> TP:
+    """faust's own TP for a message's partition (aiokafka's TopicPartition), which faust's
+    consumer requires of the partitions it resumes."""
+    topic, partition = cast(tuple[str, int], tp)
+    return TP(topic, partition)
+
+
+def release_payload(event: faust.types.EventT) -> None:
+    """Drops an answered event's key, value and headers: it may wait a long time, behind an
+    earlier event of its partition, to be acknowledged, which needs only where it was read."""
+    message = event.message
+    event.key = event.value = message.key = message.value = None
+    event.headers = {}
+    message.headers = []
 
 
 class QAWorker(AsyncLifecycle):
@@ -119,7 +137,9 @@ class QAWorker(AsyncLifecycle):
             quality=metrics,
             tracing=self.tracing,
         )
-        self.tracker = OffsetTracker(settings.max_in_flight)
+        self.tracker = OffsetTracker(
+            settings.max_in_flight, pause=self._pause_partition, resume=self._resume_partition
+        )
         # Event-loop lag and GC pauses, from the consumer's start to the end of the drain.
         self.runtime = RuntimeMonitor(metrics)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -306,6 +326,23 @@ class QAWorker(AsyncLifecycle):
 
         return consume
 
+    def _pause_partition(self, tp: Hashable) -> None:
+        partition = _as_tp(tp)
+        self.app.consumer.pause_partitions([partition])
+        log.info(
+            "paused reading partition %d of %r: %d events read from it are not acknowledged "
+            "yet (%s), most of them answered and waiting for an earlier one",
+            partition.partition,
+            partition.topic,
+            self.settings.max_in_flight,
+            describe("max_in_flight"),
+        )
+
+    def _resume_partition(self, tp: Hashable) -> None:
+        partition = _as_tp(tp)
+        self.app.consumer.resume_partitions([partition])
+        log.info("resumed reading partition %d of %r", partition.partition, partition.topic)
+
     def _revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """faust's on_partitions_revoked receiver: sent (app, revoked) once they are drained."""
         revoked: Set[TP] = args[0]
@@ -378,6 +415,7 @@ class QAWorker(AsyncLifecycle):
             outgoing = await self._answer(message, received, respond)
         finally:
             self._read_at.pop(tracked, None)
+        release_payload(event)
         try:
             if outgoing.dead_letter_reason is None:
                 self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
