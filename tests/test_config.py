@@ -181,6 +181,23 @@ def test_run_with_an_invalid_answers_topic_exits_2_naming_the_setting(
     assert "--answers-topic / QA_ANSWERS_TOPIC" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+def test_a_tls_file_without_tls_is_refused_naming_both_settings(name: str, protocol: str) -> None:
+    # It would be ignored: the worker would connect without the TLS it names.
+    with pytest.raises(ConfigError, match="uses no TLS") as caught:
+        Settings(security_protocol=protocol, **{name: Path("file.pem")})
+    assert flag_name(name) in str(caught.value) and "--security-protocol" in str(caught.value)
+    certificate = {"ssl_certfile": Path("cert.pem")} if name == "ssl_keyfile" else {}
+    for tls in ("SSL", "SASL_SSL"):
+        assert Settings(security_protocol=tls, **{name: Path("file.pem")}, **certificate)
+
+
+def test_a_key_without_its_certificate_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--ssl-keyfile / QA_SSL_KEYFILE needs --ssl-certfile"):
+        Settings(security_protocol="SSL", ssl_keyfile=Path("key.pem"))
+
+
 @pytest.mark.parametrize(
     ("batch_size", "streams", "threads", "expected"),
     [

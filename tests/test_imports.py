@@ -84,7 +84,10 @@ def test_other_entries_load_no_bench(argv: tuple[str, ...]) -> None:
 
 def test_bench_loads_the_bench_when_it_runs(tmp_path: Path) -> None:
     """The probe sees a lazy import: running `bench` does load its package."""
-    code, loaded = run_cli("bench", "--model", str(tmp_path), "--squad", str(tmp_path / "none"))
+    # A Hub id passes the settings' check (worker.preflight), which a folder with no model in it
+    # would not, so that the command's body runs.
+    model = ("--model", "org/name", "--model-cache", str(tmp_path / "cache"))
+    code, loaded = run_cli("bench", *model, "--squad", str(tmp_path / "none"))
     # No such file: the bench refuses it as a configuration error before measuring anything.
     assert code == 2
     assert "worker.bench.command" in loaded

@@ -108,7 +108,7 @@ def test_plain_sasl_without_password_says_what_is_missing() -> None:
 
 def test_tls_without_sasl_uses_the_given_ca(tmp_path: Path) -> None:
     missing_ca = tmp_path / "ca.pem"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match=r"QA_SSL_CAFILE: .* does not exist"):
         aiokafka_options(Settings(security_protocol="SSL", ssl_cafile=missing_ca))
     credentials = faust_credentials(Settings(security_protocol="SSL"))
     assert isinstance(credentials, faust.SSLCredentials)

@@ -1,6 +1,8 @@
-"""kafka-qa-worker: extractive question answering over Kafka on ONNX Runtime."""
+"""kafka-qa-worker: extractive question answering over Kafka on ONNX Runtime.
 
-from __future__ import annotations
+Imports nothing: every entry point (`python -m worker`, the `qa-worker` script) runs this first,
+before its own first line can hold the stop signals (see worker.__main__).
+"""
 
 
 def __getattr__(name: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import add_arguments
+from .config import Settings, add_arguments
 from .errors import WorkerError
 from .interrupts import release_stop_signals
 
@@ -36,6 +36,12 @@ class Command:
 
     def __call__(self, args: argparse.Namespace) -> int:
         return int(getattr(importlib.import_module(self.module), self.function)(args))
+
+
+def add_settings(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:
+    """Adds the flags of these setting groups, and notes the groups for `main` to check."""
+    add_arguments(parser, groups)
+    parser.set_defaults(setting_groups=tuple(groups))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=Command("worker.commands.export", "command_export"))
 
     answer = commands.add_parser("answer", help="answer one question, or a JSONL/SQuAD file")
-    add_arguments(answer, ("model", "qa", "batching"))
+    add_settings(answer, ("model", "qa", "batching"))
     answer.add_argument("--question")
     answer.add_argument("--context")
     answer.add_argument("--id", default="0", help="id echoed for --question/--context")
@@ -82,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     answer.set_defaults(handler=Command("worker.commands.answer", "command_answer"))
 
     evaluation = commands.add_parser("eval", help="SQuAD 2.0 exact match and F1")
-    add_arguments(evaluation, ("model", "qa", "batching"))
+    add_settings(evaluation, ("model", "qa", "batching"))
     evaluation.add_argument("--squad", required=True, type=Path, help="SQuAD-format JSON file")
     evaluation.set_defaults(handler=Command("worker.commands.evaluate", "command_eval"))
 
     tag = commands.add_parser("tag", help="tag JSONL documents with a question set, offline")
-    add_arguments(tag, ("model", "qa", "batching"))
+    add_settings(tag, ("model", "qa", "batching"))
     tag.add_argument("--questions", required=True, type=Path, help="question-set file")
     tag.add_argument("--input", required=True, type=Path, help="JSONL of {id, text, ...}")
     tag.add_argument("--question-set", help="set for documents that name none; default: first")
@@ -95,13 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(handler=Command("worker.commands.tag", "command_tag"))
 
     run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
-    add_arguments(run, ("model", "qa", "batching", "kafka", "tagging", "worker"))
+    add_settings(run, ("model", "qa", "batching", "kafka", "tagging", "worker"))
     run.set_defaults(handler=Command("worker.commands.run", "command_run"))
 
     demo = commands.add_parser(
         "demo", help="embedded broker + worker: send questions, print answers, shut down"
     )
-    add_arguments(demo, ("model", "qa", "batching", "worker"))
+    add_settings(demo, ("model", "qa", "batching", "worker"))
     demo.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
     demo.add_argument("--count", type=int, help="send this many questions (cycling the input)")
     demo.add_argument(
@@ -110,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=Command("worker.commands.demo", "command_demo"))
 
     produce = commands.add_parser("produce", help="send JSONL or SQuAD questions to a topic")
-    add_arguments(produce, ("kafka",))
+    add_settings(produce, ("kafka",))
     produce.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
     produce.add_argument("--count", type=int, help="send this many (cycling the input)")
     produce.add_argument("--topic", help="default: the questions topic")
     produce.set_defaults(handler=Command("worker.commands.clients", "command_produce"))
 
     consume = commands.add_parser("consume", help="print answers (or any JSON topic) as JSONL")
-    add_arguments(consume, ("kafka",))
+    add_settings(consume, ("kafka",))
     consume.add_argument("--topic", action="append", help="default: the answers topic")
     consume.add_argument("--count", type=int, help="stop after this many events")
     consume.add_argument("--timeout", type=float, default=10.0, help="stop after idle seconds")
@@ -139,7 +145,7 @@ def add_bench_parser(
         "Worker settings without a flag here (QA_MAX_IN_FLIGHT, QA_DRAIN_TIMEOUT_S, ...) come "
         "from the environment.",
     )
-    add_arguments(bench, ("model", "qa", "batching"))
+    add_settings(bench, ("model", "qa", "batching"))
     bench.add_argument("--squad", required=True, type=Path, help="SQuAD or JSONL questions")
     bench.add_argument(
         "--events",
@@ -206,7 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # need Python's own handling, KeyboardInterrupt included, for their cleanups.
         release_stop_signals()
     try:
+        groups = getattr(args, "setting_groups", ())
+        if groups:
+            # Before the command's body imports, loads or connects anything: a setting that
+            # cannot work fails here in one line (worker.preflight).
+            from .preflight import check_settings
+
+            check_settings(Settings.from_sources(args), groups)
         return int(args.handler(args))
     except WorkerError as error:
-        print(f"qa-worker {args.command}: {error}", file=sys.stderr)
+        from .observability.logs import escape
+
+        # One line whatever the message holds (a path, a parser's error quoting a file).
+        print(f"qa-worker {args.command}: {escape(str(error))}", file=sys.stderr)
         return 2

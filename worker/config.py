@@ -324,6 +324,15 @@ class Settings:
             raise ConfigError(f"{describe('deadline_ms')} must be at least 1")
         if self.documents_topics and self.question_sets is None:
             raise ConfigError(f"{describe('documents_topics')} needs {describe('question_sets')}")
+        tls_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        for name in tls_files:
+            if getattr(self, name) is not None and "SSL" not in self.security_protocol:
+                raise ConfigError(
+                    f"{describe(name)} is set but {describe('security_protocol')} is "
+                    f"{self.security_protocol}, which uses no TLS; use SSL or SASL_SSL"
+                )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError(f"{describe('ssl_keyfile')} needs {describe('ssl_certfile')} too")
         if self.sasl_username is not None and "SASL" not in self.security_protocol:
             raise ConfigError(
                 f"{describe('sasl_username')} is set but {describe('security_protocol')} is "

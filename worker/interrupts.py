@@ -1,13 +1,20 @@
 """SIGTERM and SIGINT in every phase of start-up: one log line and a non-zero exit, no traceback.
 
-The entry point (`worker.__main__`) calls `catch_stop_signals()` before it imports anything else.
-From then on, until the worker's event loop takes the signals over, either signal ends the
-process at once: one line naming the signal and what it was doing (`entering`), then exit code
-128 + the signal's number (143 for SIGTERM, 130 for SIGINT). Nothing has been consumed by then,
-so there is nothing to finish or commit, and exiting from the handler itself means no code is
-interrupted half-way (an import, a model load, an event loop being built) to unwind with a
-traceback. While the loop runs it handles both signals (it stops fetching and drains); once it
-is closed the process is only exiting, and they are ignored.
+The entry point (`worker.__main__`) blocks both signals on its first line, before it imports
+anything but `signal`, and calls `catch_stop_signals()`, which installs the handler and unblocks
+them: a signal sent meanwhile was held pending and reaches the handler then. From then on, until
+the worker's event loop takes the signals over, either signal ends the process at once: one line
+naming the signal and what it was doing (`entering`), then exit code 128 + the signal's number
+(143 for SIGTERM, 130 for SIGINT). Nothing has been consumed by then, so there is nothing to
+finish or commit, and exiting from the handler itself means no code is interrupted half-way (an
+import, a model load, an event loop being built) to unwind with a traceback. While the loop runs
+it handles both signals (it stops fetching and drains); once it is closed the process is only
+exiting, and they are ignored.
+
+What no code of the package can cover is the interpreter's own start-up before that first line
+(some 10 to 40 ms: `site` and the installed packages' `.pth` files, the script's `import re`): a
+SIGTERM there ends the process by the signal with no line (status 143 all the same to a shell or
+Kubernetes), a SIGINT with Python's `KeyboardInterrupt` traceback.
 
 Only `run` keeps these handlers: every other command gets Python's usual handling back
 (`release_stop_signals`), since their cleanups (stopping a child broker or worker) need it.
@@ -48,9 +55,11 @@ def _stop_now(signum: int, frame: FrameType | None) -> None:
 
 
 def catch_stop_signals() -> None:
-    """Makes SIGTERM and SIGINT end the process at once with one line (see the module)."""
+    """Makes SIGTERM and SIGINT end the process at once with one line (see the module), then
+    unblocks them: one the entry point held while this module was imported arrives now."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_now)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def release_stop_signals() -> None:

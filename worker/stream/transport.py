@@ -19,21 +19,14 @@ from aiokafka.errors import for_code
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from ..config import Settings, describe
-from ..errors import ConfigError
+from ..client_security import client_ssl_context, sasl_login
+from ..config import Settings
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if "SSL" not in settings.security_protocol:
-        return None
-    cafile = str(settings.ssl_cafile) if settings.ssl_cafile else None
-    context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=cafile)
-    if settings.ssl_certfile:
-        keyfile = str(settings.ssl_keyfile) if settings.ssl_keyfile else None
-        context.load_cert_chain(str(settings.ssl_certfile), keyfile)
-    elif settings.ssl_keyfile:
-        raise ConfigError(f"{describe('ssl_keyfile')} needs {describe('ssl_certfile')} too")
-    return context
+    """The clients' TLS context (`worker.client_security`): a one-line ConfigError for any
+    file it names that cannot serve."""
+    return client_ssl_context(settings)
 
 
 async def create_topics(
@@ -53,19 +46,10 @@ async def create_topics(
             raise for_code(code)(f"creating topic {topic!r}: {' '.join(map(str, message))}")
 
 
-def _require_sasl_login(settings: Settings) -> tuple[str, str]:
-    if settings.sasl_username is None or settings.sasl_password is None:
-        raise ConfigError(
-            f"{settings.security_protocol} needs {describe('sasl_username')} and "
-            f"{describe('sasl_password')}"
-        )
-    return settings.sasl_username, settings.sasl_password
-
-
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     context = ssl_context(settings)
     if "SASL" in settings.security_protocol:
-        username, password = _require_sasl_login(settings)
+        username, password = sasl_login(settings)
         return faust.SASLCredentials(
             username=username,
             password=password,
@@ -87,7 +71,7 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     if context is not None:
         options["ssl_context"] = context
     if "SASL" in settings.security_protocol:
-        username, password = _require_sasl_login(settings)
+        username, password = sasl_login(settings)
         options.update(
             sasl_mechanism=settings.sasl_mechanism,
             sasl_plain_username=username,
