@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from worker.observability.log_rate import RepeatFilter, quiet_repeats
+from worker.observability.log_rate import RepeatFilter, cause_of, quiet_repeats
 
 
 class Clock:
@@ -78,3 +79,66 @@ def test_quiet_repeats_installs_one_filter_per_handler(monkeypatch: pytest.Monke
     filters = [[f for f in h.filters if isinstance(f, RepeatFilter)] for h in handlers]
     assert [len(found) for found in filters] == [1, 1]
     assert filters[0][0] is not filters[1][0]
+
+
+def test_lines_that_differ_only_in_the_objects_they_name_are_one_cause() -> None:
+    first = (
+        "Exception in callback BaseSelectorEventLoop._start_serving(<function "
+        "Server.__init__.<locals>.<lambda> at 0x7f3a2c1d5e40>, <socket.socket fd=6, family=2, "
+        "type=1, proto=0, laddr=('0.0.0.0', 8000)>, None, <Server sockets=(...)>, 100)\n"
+        "handle: <TimerHandle when=5306.123 BaseSelectorEventLoop._start_serving(...)>"
+    )
+    second = (
+        first.replace("0x7f3a2c1d5e40", "0x7f3a2c1d9a10")
+        .replace("fd=6", "fd=17")
+        .replace("5306.123", "5307.9")
+    )
+    assert cause_of(first) == cause_of(second)
+    assert "when=# " in cause_of(first)
+    assert cause_of("object at 0x7f3a2c1d5e40 lost") == "object at 0x? lost"
+    # Numbers outside object representations still tell causes apart, and nesting is followed.
+    assert cause_of(first) != cause_of(first.replace(", 100)", ", 101)"))
+    assert cause_of("lost partition 3") != cause_of("lost partition 4")
+    assert cause_of("<Task name='Task-12' coro=<f() at x.py:3>> 5") == (
+        "<Task name='Task-#' coro=<f() at x.py:#>> 5"
+    )
+    assert cause_of("a < 3 and b > 4") == "a < 3 and b > 4"
+
+
+async def test_asyncio_errors_naming_a_new_handle_each_are_one_cause() -> None:
+    # What asyncio logged thousands of times a second when accept() ran out of file descriptors.
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=10.0, clock=clock)
+    passed: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            passed.append(record)
+
+    keep = Keep()
+    keep.addFilter(repeats)
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(keep)
+    loop = asyncio.get_running_loop()
+    try:
+        for step in range(100):
+            clock.now = step * 0.01
+            handle = loop.call_later(1000 + step * 0.37, print)
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                    "handle": handle,
+                }
+            )
+            handle.cancel()
+        clock.now = 10.0
+        handle = loop.call_later(2000, print)
+        loop.call_exception_handler(
+            {"message": "socket.accept() out of system resource", "handle": handle}
+        )
+        handle.cancel()
+    finally:
+        asyncio_log.removeHandler(keep)
+    assert len(passed) == 2
+    assert passed[1].getMessage().endswith("(99 more like this in 10 s)")

@@ -249,6 +249,28 @@ class Settings:
         "0.0.0.0", "Address of the /metrics, /healthz, /readyz server.", "worker"
     )
     http_port: int = setting(8000, "Port of the /metrics, /healthz, /readyz server.", "worker")
+    http_max_connections: int = setting(
+        0,
+        "Most connections the /metrics, /healthz, /readyz server holds open at once; with all "
+        "taken, a new connection closes the one whose request (or wait for one) began longest "
+        "ago, so probes are still answered. 0: half the open-file limit (RLIMIT_NOFILE), at "
+        "most 1024; more than half is refused at start, the other half being kept for the "
+        "worker's Kafka sockets and files.",
+        "worker",
+    )
+    http_idle_timeout_s: float = setting(
+        5.0,
+        "How long the /metrics, /healthz, /readyz server keeps a connection on which no request "
+        "has begun (a new one, or one kept alive after a response).",
+        "worker",
+    )
+    http_request_timeout_s: float = setting(
+        5.0,
+        "How long a request to the /metrics, /healthz, /readyz server may take to arrive, "
+        "headers and body (from its first byte), and its response to be taken by the client; "
+        "slower connections are closed.",
+        "worker",
+    )
     drain_timeout_s: float = setting(
         30.0, "On SIGTERM, how long to finish in-flight events before exiting.", "worker"
     )
@@ -311,6 +333,14 @@ class Settings:
             raise ConfigError(
                 f"{describe('stall_timeout_s')} must be above 0, got {self.stall_timeout_s}"
             )
+        if self.http_max_connections < 0:
+            raise ConfigError(
+                f"{describe('http_max_connections')} must be 0 or more, got "
+                f"{self.http_max_connections}"
+            )
+        for name in ("http_idle_timeout_s", "http_request_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{describe(name)} must be above 0, got {getattr(self, name)}")
         if self.max_padding < 0:
             raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
         for name in ("threads", "inference_streams", "batch_size"):

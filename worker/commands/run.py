@@ -55,7 +55,7 @@ async def run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_on, signum)
-    async with HealthServer(metrics, worker.readiness, settings.http_host, settings.http_port):
+    async with HealthServer.from_settings(metrics, worker.readiness, settings):
         # SIGTERM is obeyed while starting too: faust may wait for the broker a long time.
         starting = asyncio.ensure_future(worker.start())
         signalled = asyncio.ensure_future(stop.wait())

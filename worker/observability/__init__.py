@@ -2,6 +2,8 @@
 
 - `metrics`: `WorkerMetrics`, the Prometheus registry and what each metric counts.
 - `http`: `/metrics`, `/healthz` and `/readyz`.
+- `bounded_http`: the HTTP/1.1 server under them, bounded in connections (by the open-file
+  limit), time and size, so that no client can wedge the worker through its port.
 - `logs`: log configuration, escaped record values and the event fields bound to each line.
 - `log_rate`: the limiter that folds a line repeated within a window into one.
 - `tracing_interface`: `Tracing`, the hooks the worker calls, and what they are handed

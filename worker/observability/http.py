@@ -2,47 +2,59 @@
 
     async with HealthServer(metrics, readiness, port=8000) as server:
         ...  # serves until the block ends; server.port is the bound port
+    HealthServer.from_settings(metrics, readiness, settings)  # host, port and limits from them
 
-Routes:
+Routes (GET, or HEAD for the headers alone):
 
 - `GET /metrics`: `WorkerMetrics.render()` in the Prometheus text format.
 - `GET /healthz`: 200 `{"status": "alive"}`. It is answered by the worker's own event loop, so
   a loop that is blocked or gone fails the liveness probe.
 - `GET /readyz`: `{"ready": bool, "reason": str}` from the `readiness` callable, 200 when ready
   and 503 when not.
+
+The server is `bounded_http.BoundedHttpServer`: slow, idle and oversized clients are dropped
+within seconds, and its connections are bounded by the open-file limit (`connection_bound`), so
+that whoever reaches the port can neither take the worker's file descriptors nor keep the
+probes from being answered.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-
+from ..config import Settings
 from ..lifecycle import AsyncLifecycle
+from .bounded_http import (
+    BoundedHttpServer,
+    HttpLimits,
+    HttpServerStats,
+    Request,
+    Response,
+    connection_bound,
+)
 from .metrics import WorkerMetrics
 
-__all__ = ["HealthServer", "Readiness"]
+__all__ = ["HealthServer", "HttpLimits", "Readiness"]
 
 Readiness = Callable[[], tuple[bool, str]]
 """Says whether the worker is ready, and why (not)."""
 
+log = logging.getLogger(__name__)
 
-class _RequestErrorLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's server log, with a malformed request as one warning line, not a traceback.
+_JSON = "application/json; charset=utf-8"
+_METHODS = ("GET", "HEAD")
 
-    aiohttp answers such a request 400 by itself; anything that reaches a port can send one, so
-    a traceback at ERROR would read as a fault of the worker.
-    """
 
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        if isinstance(exc_info, HttpProcessingError):
-            reason = exc_info.message.strip().splitlines()[0] if exc_info.message else ""
-            self.warning(f"{msg}: malformed HTTP, answered {exc_info.code}: %s", *args, reason)
-        else:
-            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+def open_file_limit() -> int | None:
+    """RLIMIT_NOFILE's soft limit, the one that makes accept() and connect() fail; None: none."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class HealthServer(AsyncLifecycle):
@@ -54,58 +66,105 @@ class HealthServer(AsyncLifecycle):
         readiness: Readiness,
         host: str = "0.0.0.0",
         port: int = 8000,
+        limits: HttpLimits | None = None,
     ) -> None:
-        """`port` 0 binds a free port; read it from `port` after `start()`."""
+        """`port` 0 binds a free port; read it from `port` after `start()`. `limits` default to
+        the settings' defaults; their `max_connections` is resolved at `start()`, against the
+        open-file limit then."""
         self.metrics = metrics
         self.readiness = readiness
         self.host = host
+        self.limits = limits or HttpLimits()
         self._requested_port = port
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
+        self._server: BoundedHttpServer | None = None
+        self._routes: dict[str, Callable[[], Response]] = {
+            "/metrics": self._metrics,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+        }
+
+    @classmethod
+    def from_settings(
+        cls,
+        metrics: WorkerMetrics,
+        readiness: Readiness,
+        settings: Settings,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> HealthServer:
+        """The server `settings` describe (`host` and `port`, when given, instead of theirs)."""
+        limits = HttpLimits(
+            max_connections=settings.http_max_connections,
+            idle_timeout_s=settings.http_idle_timeout_s,
+            request_timeout_s=settings.http_request_timeout_s,
+        )
+        return cls(
+            metrics,
+            readiness,
+            settings.http_host if host is None else host,
+            settings.http_port if port is None else port,
+            limits,
+        )
 
     @property
     def port(self) -> int:
-        """The bound port (of the first socket, should `host` resolve to several addresses)."""
-        if self._port is None:
+        """The bound port (of every address `host` resolves to)."""
+        return self._started().port
+
+    @property
+    def connection_bound(self) -> int:
+        """The most connections held open at once, as resolved at `start()`."""
+        return self._started().limits.max_connections
+
+    @property
+    def open_connections(self) -> int:
+        return self._started().open_connections
+
+    @property
+    def stats(self) -> HttpServerStats:
+        """Connections accepted, evicted at the bound, timed out, and requests refused."""
+        return self._started().stats
+
+    def _started(self) -> BoundedHttpServer:
+        if self._server is None:
             raise RuntimeError("HealthServer is not started")
-        return self._port
+        return self._server
 
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError("HealthServer is already started")
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        # Prometheus and the kubelet call every few seconds; an access line per call would
-        # bury the worker's own log.
-        runner = web.AppRunner(
-            app, access_log=None, logger=_RequestErrorLog(logging.getLogger("aiohttp.server"))
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self._requested_port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        bound = connection_bound(self.limits.max_connections, open_file_limit())
+        limits = dataclasses.replace(self.limits, max_connections=bound)
+        server = BoundedHttpServer(self._respond, limits, self.host, self._requested_port, log)
+        await server.start()
+        self._server = server
 
     async def stop(self) -> None:
-        """Closes the listening socket and open connections; does nothing when not started."""
-        runner, self._runner, self._port = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
+        """Closes the listening sockets and open connections; does nothing when not started."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        # Passed as a header: aiohttp's content_type argument refuses a charset parameter.
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type}
-        )
+    def _respond(self, request: Request) -> Response:
+        # Prometheus and the kubelet call every few seconds; an access line per call would
+        # bury the worker's own log, so there is none.
+        route = self._routes.get(urlsplit(request.target).path)
+        if route is None:
+            return Response(404, b"not found\n")
+        if request.method not in _METHODS:
+            return Response(405, b"method not allowed\n", headers=(("Allow", ", ".join(_METHODS)),))
+        return route()
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+    def _metrics(self) -> Response:
+        return Response(200, self.metrics.render(), self.metrics.content_type)
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    def _healthz(self) -> Response:
+        return _json(200, {"status": "alive"})
+
+    def _readyz(self) -> Response:
         ready, reason = self.readiness()
-        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+        return _json(200 if ready else 503, {"ready": ready, "reason": reason})
+
+
+def _json(status: int, value: Any) -> Response:
+    return Response(status, json.dumps(value).encode(), _JSON)

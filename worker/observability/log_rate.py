@@ -5,18 +5,55 @@ a second, which buries the line that says what happened. A cause is the logger a
 template (the text before its arguments are filled in); the first record of a cause passes, the
 same cause's records within `interval_s` after it are dropped and counted, and the next one after
 the interval passes with that count appended. Critical records always pass.
+
+Lines that differ only in the objects they name are one cause: asyncio writes the handle or
+task concerned into the message itself (`Exception in callback ...` / `handle: <TimerHandle
+when=5306.12 BaseSelectorEventLoop._start_serving(<socket.socket fd=6, ...>)>`), so a storm
+of them had as many causes as lines. Before messages are compared, hexadecimal addresses
+(`0x7f3a...`) and the numbers inside object representations (`<Name ...>`: times, file
+descriptors, ports, task numbers) are masked; numbers elsewhere in a message still tell causes
+apart.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["REPEAT_INTERVAL_S", "RepeatFilter", "quiet_repeats"]
+__all__ = ["REPEAT_INTERVAL_S", "RepeatFilter", "cause_of", "quiet_repeats"]
 
 REPEAT_INTERVAL_S = 10.0
+
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
+# An object representation opens with `<` and a name (`<TimerHandle`, `<socket.socket`); what
+# matters inside one is told by the tokens below, each either a bracket or a number.
+_REPR_TOKENS = re.compile(r"<(?=[A-Za-z_])|>|[0-9]+(?:\.[0-9]+)?")
+
+
+def cause_of(message: str) -> str:
+    """`message` with what differs between lines of one cause masked: addresses anywhere, and
+    numbers inside `<...>` object representations (nested ones too)."""
+    message = _ADDRESS.sub("0x?", message)
+    if "<" not in message:
+        return message
+    parts: list[str] = []
+    depth = 0
+    end = 0
+    for token in _REPR_TOKENS.finditer(message):
+        text = token.group()
+        if text == "<":
+            depth += 1
+        elif text == ">":
+            depth = max(0, depth - 1)
+        elif depth:
+            parts.append(message[end : token.start()])
+            parts.append("#")
+            end = token.end()
+    parts.append(message[end:])
+    return "".join(parts)
 
 
 @dataclass
@@ -42,7 +79,7 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, cause_of(str(record.msg)))
         now = self._clock()
         cause = self._causes.get(key)
         if cause is None:
