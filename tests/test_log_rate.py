@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from worker.observability.log_rate import RepeatFilter, cause_of, quiet_repeats
+from worker.observability.log_rate import MAX_CAUSES, RepeatFilter, cause_of, quiet_repeats
 
 
 class Clock:
@@ -53,6 +53,25 @@ def test_just_under_the_interval_is_dropped_and_at_it_passes() -> None:
     clock.now = 20.0
     line = record("lost")
     assert repeats.filter(line) and line.getMessage() == "lost"
+
+
+@pytest.mark.parametrize("causes", [MAX_CAUSES - 1, MAX_CAUSES, MAX_CAUSES + 1])
+def test_the_causes_remembered_are_bounded_and_the_stalest_is_forgotten(causes: int) -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=10.0, clock=clock)
+    # Messages carrying values of their own (an f-string, say) are a cause each.
+    for n in range(causes):
+        clock.now = n * 0.001
+        assert repeats.filter(record(f"offset {n} failed"))
+    assert repeats.causes == min(causes, MAX_CAUSES)
+    # The first cause, passed last of all again just now, moves to the end of the table.
+    clock.now = 10.0
+    assert repeats.filter(record("offset 0 failed"))
+    assert repeats.filter(record("one more"))
+    assert repeats.causes == min(causes + 1, MAX_CAUSES)
+    # Still remembered (within its interval): dropped. The second one was forgotten when full.
+    assert not repeats.filter(record("offset 0 failed"))
+    assert repeats.filter(record("offset 1 failed")) == (causes >= MAX_CAUSES)
 
 
 def test_causes_are_told_apart_by_logger_level_and_template() -> None:

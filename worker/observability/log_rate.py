@@ -23,9 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["REPEAT_INTERVAL_S", "RepeatFilter", "cause_of", "quiet_repeats"]
+__all__ = ["MAX_CAUSES", "REPEAT_INTERVAL_S", "RepeatFilter", "cause_of", "quiet_repeats"]
 
 REPEAT_INTERVAL_S = 10.0
+# Causes remembered at most; messages that carry values of their own (an offset, an id) make a
+# cause each, and would otherwise grow the table for the life of the process.
+MAX_CAUSES = 1_000
 
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
 # An object representation opens with `<` and a name (`<TimerHandle`, `<socket.socket`); what
@@ -76,6 +79,11 @@ class RepeatFilter(logging.Filter):
         self._clock = clock
         self._causes: dict[tuple[str, int, str], _Cause] = {}
 
+    @property
+    def causes(self) -> int:
+        """Causes remembered, at most MAX_CAUSES."""
+        return len(self._causes)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
             return True
@@ -83,6 +91,9 @@ class RepeatFilter(logging.Filter):
         now = self._clock()
         cause = self._causes.get(key)
         if cause is None:
+            if len(self._causes) >= MAX_CAUSES:
+                # The table is in the order causes last passed: the first one is the stalest.
+                del self._causes[next(iter(self._causes))]
             self._causes[key] = _Cause(now)
             return True
         if now - cause.passed_at < self._interval_s:
@@ -92,6 +103,7 @@ class RepeatFilter(logging.Filter):
             # Appended to the template (it holds no %), so the record's arguments still fill it.
             elapsed = now - cause.passed_at
             record.msg = f"{record.msg} ({cause.suppressed} more like this in {elapsed:.0f} s)"
+        del self._causes[key]
         self._causes[key] = _Cause(now)
         return True
 
