@@ -97,10 +97,14 @@ class Retries:
 
     seen: list[tuple[str, float]] = field(default_factory=list)
     delivery: Delivery | None = None
+    reply_topics_known: Any = None
 
     def delivery_retried(self, topic: str) -> None:
         assert self.delivery is not None
         self.seen.append((topic, self.delivery.failing_for()))
+
+    def watch_reply_topics_known(self, count: Any) -> None:
+        self.reply_topics_known = count
 
 
 def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) -> Delivery:

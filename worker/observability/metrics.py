@@ -26,6 +26,7 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_in_flight_events           | gauge     |                  | read, not acknowledged   |
 | qa_worker_oldest_in_flight_seconds   | gauge     |                  | age of the oldest held   |
 | qa_worker_delivery_retries_total     | counter   | topic            | sends retried            |
+| qa_worker_reply_topics_known         | gauge     |                  | reply topics remembered  |
 | qa_worker_consumer_lag_messages      | gauge     | topic, partition | lag per partition        |
 | qa_worker_seconds_since_last_commit  | gauge     |                  | since the last commit    |
 | qa_worker_partition_stalled          | gauge     | topic, partition | 1 stalled, 0 moving      |
@@ -47,7 +48,11 @@ Details:
 - In-flight events are consumed and not acknowledged yet: being answered, or answered and
   waiting for an earlier event of their partition; the oldest one's age (0 when none) is what
   holds its partition's commits back, as a delivery retrying does.
-- Delivery retries count sends that failed with an error worth retrying, by the topic sent to.
+- Delivery retries count sends that failed with an error worth retrying, by the topic sent to;
+  every reply topic counts under the one label value `(reply topic)`, since a series per topic
+  that events name would grow without bound.
+- Reply topics known are those found to exist and remembered (`worker.stream.delivery`, at most
+  `REPLY_TOPICS_KNOWN`); it is not in `METRIC_NAMES` until the dashboard has a panel for it.
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
 - A partition is stalled (1) when it has had lag and its committed offset has not moved for
@@ -238,6 +243,11 @@ class WorkerMetrics:
             "Sends that failed with an error worth retrying, retried with backoff; by topic.",
             ("topic",),
         )
+        self._reply_topics_known = gauge(
+            "reply_topics_known",
+            "Reply topics remembered as existing (at most worker.stream.delivery's "
+            "REPLY_TOPICS_KNOWN); one not remembered is asked about before it is sent to.",
+        )
         self._lag = gauge(
             "consumer_lag_messages",
             "Messages behind the high watermark, per assigned partition.",
@@ -347,6 +357,10 @@ class WorkerMetrics:
 
     def delivery_retried(self, topic: str) -> None:
         self._retries.labels(topic).inc()
+
+    def watch_reply_topics_known(self, count: Callable[[], int]) -> None:
+        """Reads how many reply topics are remembered from `count` at every scrape."""
+        self._reply_topics_known.set_function(count)
 
     def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
         """Sets the lag of every assigned (topic, partition); drops series of revoked ones."""

@@ -3,7 +3,8 @@
 faust is configured here and nowhere else: consumer group, commit interval, session timeout,
 buffer sizes bounded by the in-flight limit, acks from every in-sync replica, the compression of
 what it produces, and the transport with the fetch wait taken from the settings and a fetch loop
-that reports the error it stops on.
+that reports the error it stops on. The worker creates no topics: faust declares none, and no
+metadata request of its clients lets the broker create one (`topic_metadata`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 from ..observability.metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
 from .header_keys import install_lenient_header_keys
+from .topic_metadata import forget_topic, install_non_creating_metadata, topic_refusal
 from .transport import FetchWaitTransport, faust_credentials
 
 __all__ = [
@@ -100,6 +102,9 @@ def build_app(
     `on_fetch_failure` is told of an error that stops the consumer's fetch loop."""
     # A header key that is not UTF-8 reaches the worker instead of stopping the fetcher.
     install_lenient_header_keys()
+    # A question naming a reply topic must not be able to create it (nor a deleted topic come
+    # back) through the metadata requests of the worker's producer and consumer.
+    install_non_creating_metadata()
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
@@ -110,11 +115,16 @@ def build_app(
         web_enabled=False,
         # The worker keeps no tables and uses no leader election.
         topic_disable_leader=True,
+        # Nor does it create topics: a missing one is the operator's to create.
+        topic_allow_declare=False,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
         broker_request_timeout=max(90.0, settings.session_timeout_s),
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
+        # Static membership when set: aiokafka then sends no LeaveGroup on stop, so a restart
+        # within the session timeout takes its partitions back without a rebalance.
+        consumer_group_instance_id=settings.group_instance_id,
         # faust pauses fetching once an agent's buffer fills; with the in-flight bound this
         # keeps memory bounded however far behind the worker is.
         stream_buffer_maxsize=max(16, settings.max_in_flight),
@@ -171,9 +181,7 @@ class ProducerTopic:
     ) -> Awaitable[object]:
         """Queues the record in a batch of its own, on the partition `send` would choose, so
         that what the broker answers about the batch is about this record alone."""
-        producer = await self._app.maybe_start_producer()
-        # faust's aiokafka producer; faust has no way to send a batch of one.
-        client = cast(AIOKafkaProducer, producer._ensure_producer())
+        client = await _producer_client(self._app)
         partitions = sorted(await client.partitions_for(self.name))
         available = sorted(client.client.cluster.available_partitions_for_topic(self.name))
         batch = client.create_batch()
@@ -187,8 +195,16 @@ class ProducerTopic:
             raise ProducerSendError(f"Error while sending: {error!r}") from error
 
 
+async def _producer_client(app: faust.App) -> AIOKafkaProducer:
+    """The aiokafka producer under the app's faust producer, started if need be."""
+    producer = await app.maybe_start_producer()
+    # faust's own producer has no way to send a batch of one, nor to ask about a topic.
+    return cast(AIOKafkaProducer, producer._ensure_producer())
+
+
 class Topics:
-    """The topics the worker sends to by name, each made once, and the ones it reads."""
+    """The topics the worker sends to by name, each made once until forgotten, and the ones it
+    reads; a `delivery.TopicDirectory`."""
 
     def __init__(self, app: faust.App, hold: TopicHold | None = None) -> None:
         """`hold(name)` returns once records may be sent to topic `name` (see ProducerTopic)."""
@@ -200,6 +216,20 @@ class Topics:
         if name not in self._made:
             self._made[name] = ProducerTopic(self._app, name, self._hold)
         return self._made[name]
+
+    async def refusal(self, name: str) -> KafkaError | None:
+        """None when the broker has topic `name`; else its error for it. Asked without letting
+        the broker create the topic, and without the producer tracking it."""
+        client = await _producer_client(self._app)
+        return await topic_refusal(client.client, name)
+
+    def forget(self, name: str) -> None:
+        """Drops topic `name`'s ProducerTopic, and the producer's tracking of its metadata."""
+        self._made.pop(name, None)
+        # Only a producer already started can track the topic; none is started here.
+        client = getattr(self._app.producer, "_producer", None)
+        if isinstance(client, AIOKafkaProducer):
+            forget_topic(client.client, name)
 
     def subscribe(self, *names: str) -> faust.types.TopicT:
         """One topic object reading all of `names`, for an agent."""

@@ -21,6 +21,13 @@ A send that fails is judged by what can still succeed (`judge`):
   alone too) raises `DeliveryError`, which names the setting: the worker must stop, committing
   nothing that was not delivered.
 
+A reply topic is asked about before the producer ever sees it (`TopicDirectory.refusal`, a
+metadata request that does not let the broker create the topic): one the broker does not have
+makes the event a `reply_topic_unknown` dead letter, and the producer never tracks it. The reply
+topics found to exist are kept in `KnownTopics`, least recently used first, at most
+`REPLY_TOPICS_KNOWN`; one that falls out is forgotten by the producer too, so what the worker
+keeps for reply topics is bounded however many distinct ones events name.
+
 aiokafka 0.14 has no class for INVALID_RECORD (error 87) and would report it as UnknownError,
 losing the code; importing this module registers `InvalidRecordError` for it.
 """
@@ -31,10 +38,11 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.errors import (
     BrokerResponseError,
@@ -59,14 +67,18 @@ from .header_keys import readable_header_key
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "REPLY_TOPICS_KNOWN",
     "REPLY_TO_HEADER",
+    "RETRIED_REPLY_TOPIC",
     "Delivery",
     "DeliveryObserver",
     "Envelope",
     "IncomingMessage",
     "InvalidRecordError",
+    "KnownTopics",
     "Outgoing",
     "ReplyRouting",
+    "TopicDirectory",
     "Verdict",
     "fit_envelope",
     "header",
@@ -81,6 +93,17 @@ REPLY_TO_HEADER = "reply-to"
 FIRST_RETRY_BACKOFF_S = 0.1
 # Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
 MAX_RETRY_BACKOFF_S = 5.0
+# Most reply topics remembered as existing. Any producer can name a new reply topic within the
+# allowed patterns, so what the worker keeps for them needs a bound. The producer's metadata of
+# each costs memory (about 2 KB traced, 9 KB resident at 4 partitions), and each topic it starts
+# tracking makes it fetch and decode, on the event loop, the metadata of all it tracks: loop
+# stalls of 45-120 ms at 100 tracked, 105-135 ms at 250 and about 1 s at 1,000 on 2 cores
+# (docs/delivery.md). One that falls out costs that again when an event names it next.
+REPLY_TOPICS_KNOWN = 100
+# The topic label of a retried send to a reply topic: one series for them all, since a series
+# per reply topic would grow with every topic named. Not a valid Kafka topic name, so it cannot
+# be taken for one.
+RETRIED_REPLY_TOPIC = "(reply topic)"
 # The producer refuses a record larger than this (faust's default, set explicitly so records can
 # be sized against it before they are sent).
 MAX_REQUEST_BYTES = 1_000_000
@@ -124,6 +147,7 @@ _REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
     (UnknownTopicOrPartitionError, ErrorCode.REPLY_TOPIC_UNKNOWN),
     (TopicAuthorizationFailedError, ErrorCode.REPLY_TOPIC_UNAUTHORIZED),
 )
+_REPLY_TOPIC_CODES = frozenset(code for _, code in _REPLY_TOPIC_REFUSALS)
 
 
 class IncomingMessage(ConsumedRecord, Protocol):
@@ -196,6 +220,59 @@ class Topic(Protocol):
     def send(self, *, key: Any, value: Any, headers: Any) -> Awaitable[Awaitable[object]]: ...
 
     def send_alone(self, *, key: Any, value: Any, headers: Any) -> Awaitable[Awaitable[object]]: ...
+
+
+@runtime_checkable
+class TopicDirectory(Protocol):
+    """The sendable topic of a name, and what delivery asks about reply topics (the worker's
+    `Topics` implements it); a bare callable giving topics has reply topics sent unasked."""
+
+    def __call__(self, name: str) -> Topic: ...
+
+    async def refusal(self, name: str) -> KafkaError | None:
+        """None when the broker has topic `name`; else its error for it (UnknownTopicOrPartition
+        when it has no such topic), asked without letting the broker create the topic. Raises
+        when the broker cannot be asked (retriable)."""
+        ...
+
+    def forget(self, name: str) -> None:
+        """Drops what is kept for topic `name`, the producer's metadata included."""
+        ...
+
+
+class KnownTopics:
+    """Topic names, least recently used first, at most `capacity` of them."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def touch(self, name: str) -> bool:
+        """Marks `name` used now; False when it is not known."""
+        if name not in self._names:
+            return False
+        self._names.move_to_end(name)
+        return True
+
+    def add(self, name: str) -> list[str]:
+        """Knows `name`, used now; returns the names that fell out to make room for it."""
+        self._names[name] = None
+        self._names.move_to_end(name)
+        evicted = []
+        while len(self._names) > self.capacity:
+            evicted.append(self._names.popitem(last=False)[0])
+        return evicted
+
+    def discard(self, name: str) -> None:
+        self._names.pop(name, None)
 
 
 DeadLetterFactory = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
@@ -362,14 +439,29 @@ class Verdict:
     resend_alone: bool = False
 
 
-def _refusal(error: KafkaError) -> str:
-    """A dead letter's reason for a refusal: the broker's name for it, its code, and what it
-    means, e.g. `the broker refused the record with INVALID_RECORD (87): ...`."""
+def _broker_error(error: KafkaError) -> str:
+    """The broker's name for an error, its code, and what it means: `INVALID_RECORD (87): ...`."""
     errno = getattr(error, "errno", None)
     name = getattr(error, "message", None) or type(error).__name__
     said = f"{name} ({errno})" if errno is not None else name
     detail = " ".join(str(arg) for arg in error.args) or getattr(error, "description", "")
-    return f"the broker refused the record with {said}" + (f": {detail}" if detail else "")
+    return said + (f": {detail}" if detail else "")
+
+
+def _refusal(error: KafkaError) -> str:
+    """A dead letter's reason for a refusal, e.g. `the broker refused the record with
+    INVALID_RECORD (87): ...`."""
+    return f"the broker refused the record with {_broker_error(error)}"
+
+
+def _unasked_refusal(error: KafkaError) -> str:
+    """A dead letter's reason for a reply topic refused before anything was sent to it, e.g.
+    `the broker's metadata refused the reply topic with UNKNOWN_TOPIC_OR_PARTITION (3): topic
+    'replies.x': ... (asked without letting the broker create it; nothing was sent)`."""
+    return (
+        f"the broker's metadata refused the reply topic with {_broker_error(error)} "
+        "(asked without letting the broker create it; nothing was sent)"
+    )
 
 
 def judge(
@@ -411,7 +503,13 @@ def judge(
 class DeliveryObserver(Protocol):
     """What delivery reports (`WorkerMetrics` implements it)."""
 
-    def delivery_retried(self, topic: str) -> None: ...
+    def delivery_retried(self, topic: str) -> None:
+        """A send to `topic` (RETRIED_REPLY_TOPIC for any reply topic) is retried."""
+        ...
+
+    def watch_reply_topics_known(self, count: Callable[[], int]) -> None:
+        """`count()` gives how many reply topics are known to exist, whenever it is read."""
+        ...
 
 
 class Delivery:
@@ -428,12 +526,16 @@ class Delivery:
         max_backoff_s: float = MAX_RETRY_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing = NO_TRACING,
+        reply_topics_known: int = REPLY_TOPICS_KNOWN,
     ) -> None:
         """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter.
 
-        `settings_of` maps each configured topic to the setting naming it (see `judge`).
+        `settings_of` maps each configured topic to the setting naming it (see `judge`); any
+        other topic is a reply topic. When `topic` is a `TopicDirectory`, a reply topic is asked
+        about before its first send, and at most `reply_topics_known` found to exist are kept.
         """
         self._topic = topic
+        self._directory = topic if isinstance(topic, TopicDirectory) else None
         self._tracing = tracing
         self._dead_letter = dead_letter
         self._settings_of = dict(settings_of or {})
@@ -444,6 +546,11 @@ class Delivery:
         # When each delivery now retrying first failed, by a number of its own.
         self._failing_since: dict[int, float] = {}
         self._ids = itertools.count()
+        self.reply_topics = KnownTopics(reply_topics_known)
+        # Sends under way to each reply topic, so that one is not forgotten in the middle.
+        self._sending: dict[str, int] = {}
+        if observer is not None:
+            observer.watch_reply_topics_known(lambda: len(self.reply_topics))
 
     def failing_for(self) -> float:
         """Seconds the longest-retrying delivery has been failing; 0 when none is retrying."""
@@ -479,26 +586,79 @@ class Delivery:
         gone = {name for name, _ in envelope.dropped} - kept
         return [(name, value) for name, value in traced if name not in gone]
 
+    def _is_reply(self, outgoing: Outgoing) -> bool:
+        return outgoing.dead_letter_reason is None and outgoing.topic not in self._settings_of
+
+    async def _confirm_reply_topic(self, topic: str) -> KafkaError | None:
+        """None once the broker is known to have reply topic `topic`; else why it cannot be
+        sent to. Raises when the broker cannot be asked."""
+        if self._directory is None or self.reply_topics.touch(topic):
+            return None
+        refusal = await self._directory.refusal(topic)
+        if refusal is None:
+            for evicted in self.reply_topics.add(topic):
+                # One still being sent to is forgotten when its last send ends: dropped from the
+                # producer's tracked topics now, its metadata would never come and the send
+                # would wait for it until it timed out.
+                if evicted not in self._sending:
+                    self._directory.forget(evicted)
+        return refusal
+
+    def _forget_reply_topic(self, topic: str) -> None:
+        self.reply_topics.discard(topic)
+        if self._directory is not None:
+            self._directory.forget(topic)
+
+    def _sending_ended(self, topic: str) -> None:
+        left = self._sending.pop(topic) - 1
+        if left:
+            self._sending[topic] = left
+        elif topic not in self.reply_topics and self._directory is not None:
+            # Other reply topics pushed it out while it was being sent to.
+            self._directory.forget(topic)
+
+    async def _send_once(
+        self, outgoing: Outgoing, message: IncomingMessage, alone: bool
+    ) -> tuple[KafkaError, bool] | None:
+        """Sends `outgoing` (in a batch of its own when `alone`): None once the broker
+        acknowledged it; else the error, and whether it was the reply topic's refusal before
+        anything was sent."""
+        envelope = outgoing.envelope
+        key = message.key if envelope is None else envelope.key
+        headers = self._outgoing_headers(message, envelope)
+        is_reply = self._is_reply(outgoing)
+        try:
+            refusal = await self._confirm_reply_topic(outgoing.topic) if is_reply else None
+            if refusal is not None:
+                return refusal, True
+            if is_reply:
+                self._sending[outgoing.topic] = self._sending.get(outgoing.topic, 0) + 1
+            try:
+                topic = self._topic(outgoing.topic)
+                send = topic.send_alone if alone else topic.send
+                pending = await send(key=key, value=outgoing.value, headers=headers)
+                await pending
+            finally:
+                if is_reply:
+                    self._sending_ended(outgoing.topic)
+        except (KafkaError, ProducerSendError) as raised:
+            # faust wraps what aiokafka raises while sending in ProducerSendError.
+            error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised
+            if not isinstance(error, KafkaError):
+                raise
+            return error, False
+        return None
+
     async def _deliver(
         self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
     ) -> Outgoing:
         backoff = self._first_backoff_s
         alone = False
         while True:
-            envelope = outgoing.envelope
-            key = message.key if envelope is None else envelope.key
-            headers = self._outgoing_headers(message, envelope)
-            topic = self._topic(outgoing.topic)
-            send = topic.send_alone if alone else topic.send
-            try:
-                pending = await send(key=key, value=outgoing.value, headers=headers)
-                await pending
+            failed = await self._send_once(outgoing, message, alone)
+            if failed is None:
                 return outgoing
-            except (KafkaError, ProducerSendError) as raised:
-                # faust wraps what aiokafka raises while sending in ProducerSendError.
-                error = raised.__cause__ if isinstance(raised, ProducerSendError) else raised
-                if not isinstance(error, KafkaError):
-                    raise
+            error, unsent = failed
             verdict = judge(error, outgoing, self._settings_of, sent_alone=alone)
             if verdict.fatal is not None:
                 raise DeliveryError(verdict.fatal) from error
@@ -507,13 +667,17 @@ class Delivery:
                 continue
             alone = False
             if verdict.code is not None:
-                reason = _refusal(error)
+                if verdict.code in _REPLY_TOPIC_CODES and self._is_reply(outgoing):
+                    # Not one to send to now, known or not: the next event naming it asks again.
+                    self._forget_reply_topic(outgoing.topic)
+                reason = _unasked_refusal(error) if unsent else _refusal(error)
                 outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, reason)
                 backoff = self._first_backoff_s
                 continue
             self._failing_since.setdefault(delivery_id, self._clock())
             if self._observer is not None:
-                self._observer.delivery_retried(outgoing.topic)
+                retried = RETRIED_REPLY_TOPIC if self._is_reply(outgoing) else outgoing.topic
+                self._observer.delivery_retried(retried)
             log.warning("delivery to %s failed (%r); retrying", outgoing.topic, error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)

@@ -15,6 +15,7 @@ them). For a topic it writes the worker does not exit: once the topic is back, w
 sent and it carries on. A topic it reads that goes missing stops the worker (`QAWorker`): the
 group's positions on the deleted log would skip records of a topic recreated under its name.
 A topic never seen is not missing: brokers that create topics on first use may not have it yet.
+The watch's requests name no topic (they ask for all of them), so they never create one.
 """
 
 from __future__ import annotations
