@@ -12,8 +12,9 @@ with differences from Kafka that clients notice (docs/notes/faust-on-tansu.md ha
 
 - No InitProducerId: producers must keep `enable_idempotence=False` (aiokafka's default) and
   cannot use transactions.
-- A metadata request for an unknown topic creates it with a default partition count, so create
-  topics with `create_topic` before any client asks about them.
+- A metadata request for an unknown topic that allows auto-creation creates it with a default
+  partition count (plain aiokafka and librdkafka clients allow it; the worker never does), so
+  create topics with `create_topic` before any client asks about them.
 - `end_offsets()` (ListOffsets) undercounts after multi-record batches; a consumer's
   `highwater()`, which comes from fetch responses, is right.
 - A fetch is answered only when the consumer's fetch wait runs out, even if records arrive
