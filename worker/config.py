@@ -180,6 +180,15 @@ class Settings:
     session_timeout_s: float = setting(
         10.0, "Consumer group session timeout; a dead replica's partitions move after it.", "kafka"
     )
+    group_instance_id: str | None = setting(
+        None,
+        "Static membership (KIP-345; Kafka 2.3 or later): this replica's id in the consumer "
+        "group, unique among the replicas and the same across its restarts. Stopping sends no "
+        "LeaveGroup, and a replica back within --session-timeout-s gets its own partitions again "
+        "without a rebalance; one that does not come back holds its partitions unread for that "
+        "long. Unset: dynamic membership, where every stop and every start rebalances the group.",
+        "kafka",
+    )
     commit_interval_s: float = setting(
         1.0, "How often acknowledged offsets are committed.", "kafka"
     )
@@ -352,6 +361,16 @@ class Settings:
             raise ConfigError(f"{describe('doc_stride')} must be 0 or more")
         if self.deadline_ms is not None and self.deadline_ms < 1:
             raise ConfigError(f"{describe('deadline_ms')} must be at least 1")
+        instance_id = self.group_instance_id
+        if instance_id is not None and (
+            instance_id in {".", ".."} or not _TOPIC_NAME.fullmatch(instance_id)
+        ):
+            # Kafka's own clients refuse such an id (JoinGroupRequest.validateGroupInstanceId,
+            # the topic-name rules); aiokafka would send it as it is.
+            raise ConfigError(
+                f"{describe('group_instance_id')}: {instance_id!r} is not a valid group instance "
+                "id: use 1 to 249 letters, digits, '.', '_' or '-', other than '.' and '..'"
+            )
         if self.documents_topics and self.question_sets is None:
             raise ConfigError(f"{describe('documents_topics')} needs {describe('question_sets')}")
         tls_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
