@@ -450,7 +450,7 @@ def test_missing_matplotlib_fails_before_measuring(
 
 async def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
     settings = bench_worker_settings(Settings(model=tmp_path / "no-model", broker="127.0.0.1:9"))
-    with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*no manifest.json"):
+    with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*QA_MODEL: .*does not exist"):
         async with WorkerProcess(settings):
             pass
 
