@@ -48,12 +48,16 @@ KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 
 # Settings the chart sets from other values than `config`: the model folder from `model`, the
 # password from a Secret, the TLS and question-sets file paths from where their Secret and
-# ConfigMap are mounted, tracing from `tracing`.
+# ConfigMap are mounted, tracing from `tracing`, the group instance id from the pod's name.
 # Settings the chart derives from the CPU limit when they are null.
 STREAM_LAYOUT = {"inference_streams", "threads"}
+# And all the settings the chart derives from other values when they are null: the session
+# timeout too, from `staticMembership`.
+CHART_DERIVED = STREAM_LAYOUT | {"session_timeout_s"}
 CHART_MANAGED = {
     "model",
     "tracing",
+    "group_instance_id",
     "sasl_password",
     "ssl_cafile",
     "ssl_certfile",
@@ -115,6 +119,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "hpa": {"autoscaling": {"enabled": True}},
+    "dynamic-membership": {"staticMembership": {"enabled": False}, "keda": {"enabled": True}},
     "tagging": {
         "config": {"documentsTopics": "news=acquisitions, filings", "replyTopics": "replies.*"},
         "tagging": {"questionSets": QUESTION_SETS},
@@ -166,8 +171,18 @@ class Rendered:
         return found[0]
 
     @property
+    def workload(self) -> dict[str, Any]:
+        """The workers' StatefulSet (static membership) or Deployment: exactly one of them."""
+        (found,) = self.all("StatefulSet") + self.all("Deployment")
+        return found
+
+    @property
     def pod(self) -> dict[str, Any]:
-        return self.one("Deployment")["spec"]["template"]["spec"]
+        return self.workload["spec"]["template"]["spec"]
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        return self.workload["spec"]["template"]["metadata"]["labels"]
 
     @property
     def worker(self) -> dict[str, Any]:
@@ -182,14 +197,21 @@ class Rendered:
                 return data | secret.get("stringData", {})
         return None
 
-    def environment(self, existing_secrets: dict[str, dict[str, str]]) -> dict[str, str]:
-        """The worker container's environment as the kubelet would build it."""
+    def environment(
+        self, existing_secrets: dict[str, dict[str, str]], ordinal: int = 0
+    ) -> dict[str, str]:
+        """The worker container's environment as the kubelet would build it, in the StatefulSet's
+        pod `ordinal` (named `<StatefulSet>-<ordinal>`, as Kubernetes names them)."""
         environ: dict[str, str] = {}
         for source in self.worker.get("envFrom", []):
             environ.update(self.one("ConfigMap", source["configMapRef"]["name"])["data"])
         for item in self.worker.get("env", []):
             if "value" in item:
                 environ[item["name"]] = item["value"]
+            elif "fieldRef" in item["valueFrom"]:
+                assert item["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
+                assert self.workload["kind"] == "StatefulSet", "only its pods' names are stable"
+                environ[item["name"]] = f"{self.workload['metadata']['name']}-{ordinal}"
             else:
                 ref = item["valueFrom"]["secretKeyRef"]
                 data = self.secret_data(ref["name"]) or existing_secrets[ref["name"]]
@@ -318,7 +340,7 @@ def test_schema_types_follow_the_worker_settings() -> None:
         types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
         assert kinds[base_type(field)] in types, name
         # Optional settings (default None) accept null, which leaves the worker's default.
-        derived = name in STREAM_LAYOUT
+        derived = name in CHART_DERIVED
         assert ("null" in types) == (field.default is None or derived), name
         if field.metadata["choices"]:
             assert [c for c in prop["enum"] if c is not None] == list(field.metadata["choices"])
@@ -374,10 +396,11 @@ def test_every_worker_setting_is_reachable_from_values(chart: helm.Chart) -> Non
 
 
 def test_chart_defaults_are_the_worker_defaults() -> None:
-    # Two deliberate differences: the brokers (a Service named kafka in the namespace rather
-    # than localhost) and the stream layout (derived from the CPU limit, see
-    # test_stream_layout_follows_cpu_limit).
-    deliberate = {"broker", *STREAM_LAYOUT}
+    # Deliberate differences: the brokers (a Service named kafka in the namespace rather than
+    # localhost), the stream layout (derived from the CPU limit, see
+    # test_stream_layout_follows_cpu_limit) and the session timeout (derived from the
+    # membership, see test_the_session_timeout_follows_the_membership).
+    deliberate = {"broker", *CHART_DERIVED}
     config = chart_values()["config"]
     for name, field in SETTING_FIELDS.items():
         if name in CHART_MANAGED | deliberate:
@@ -437,7 +460,7 @@ async def test_probes_and_metrics_endpoints_are_the_workers(
     probes = {kind: worker[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe")}
     probes["readinessProbe"] = worker["readinessProbe"]["httpGet"]
     assert {probe["port"] for probe in probes.values()} == {"http"}
-    assert rendered.one("Service")["spec"]["ports"][0]["targetPort"] == "http"
+    assert rendered.one("Service", FULLNAME)["spec"]["ports"][0]["targetPort"] == "http"
     (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["port"] == "http"
 
@@ -542,7 +565,7 @@ def test_pods_run_locked_down_with_only_emptydirs_writable(chart: helm.Chart, na
 
 def test_replicas_spread_over_zones_and_nodes(chart: helm.Chart) -> None:
     rendered = render(chart, {})
-    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = rendered.pod_labels
     constraints = rendered.pod["topologySpreadConstraints"]
     assert {c["topologyKey"] for c in constraints} == {
         "topology.kubernetes.io/zone",
@@ -553,16 +576,20 @@ def test_replicas_spread_over_zones_and_nodes(chart: helm.Chart) -> None:
         assert selector.items() <= pod_labels.items()
 
 
-def test_rollouts_never_surge_past_the_partitions(chart: helm.Chart) -> None:
+@pytest.mark.parametrize("name", ["defaults", "dynamic-membership"])
+def test_rollouts_never_surge_past_the_partitions(chart: helm.Chart, name: str) -> None:
     # An extra replica during a rollout could get no partition, stay unready and stall it.
-    rendered = render(chart, {})
-    rolling = rendered.one("Deployment")["spec"]["strategy"]["rollingUpdate"]
-    assert rolling == {"maxSurge": 0, "maxUnavailable": 1}
+    rendered = render(chart, VALUE_SETS[name])
+    spec = rendered.workload["spec"]
+    if spec.get("serviceName"):
+        # A StatefulSet has no surge: it replaces one pod at a time (maxUnavailable absent).
+        assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+        assert "strategy" not in spec
+    else:
+        assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     budget = rendered.one("PodDisruptionBudget")["spec"]
     assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    assert budget["selector"]["matchLabels"].items() <= (
-        rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"].items()
-    )
+    assert budget["selector"]["matchLabels"].items() <= rendered.pod_labels.items()
 
 
 def test_disruption_budget_takes_either_bound(chart: helm.Chart) -> None:
@@ -576,11 +603,78 @@ def test_disruption_budget_takes_either_bound(chart: helm.Chart) -> None:
 
 def test_config_changes_roll_the_pods(chart: helm.Chart) -> None:
     def checksum(values: dict[str, Any]) -> str:
-        template = render(chart, values).one("Deployment")["spec"]["template"]
+        template = render(chart, values).workload["spec"]["template"]
         return template["metadata"]["annotations"]["checksum/config"]
 
     assert checksum({}) == checksum({})
     assert checksum({}) != checksum({"config": {"topK": 3}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Rolling restarts: static membership.
+
+
+def test_each_pod_joins_the_group_under_its_own_stable_name(chart: helm.Chart) -> None:
+    rendered = render(chart, {})
+    assert rendered.workload["kind"] == "StatefulSet"
+    # The instance id comes from the pod itself, so it is in no ConfigMap shared by the pods.
+    assert "QA_GROUP_INSTANCE_ID" not in rendered.one("ConfigMap", FULLNAME)["data"]
+    pods = [Settings.from_sources(None, rendered.environment({}, ordinal=n)) for n in range(3)]
+    # Each pod's name: distinct among the replicas, the same whenever the StatefulSet brings
+    # that pod back, and an id the worker accepts.
+    names = [f"{FULLNAME}-{ordinal}" for ordinal in range(3)]
+    assert [settings.group_instance_id for settings in pods] == names
+    assert {settings.group_id for settings in pods} == {"kafka-qa-worker"}
+
+
+def test_the_statefulset_has_its_headless_service_and_scales_in_parallel(chart: helm.Chart) -> None:
+    rendered = render(chart, {})
+    spec = rendered.workload["spec"]
+    governing = rendered.one("Service", spec["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= rendered.pod_labels.items()
+    assert spec["selector"]["matchLabels"].items() <= rendered.pod_labels.items()
+    # Scaling starts and stops pods all at once; rollouts are one pod at a time regardless.
+    assert spec["podManagementPolicy"] == "Parallel"
+
+
+def test_dynamic_membership_keeps_a_deployment_without_instance_ids(chart: helm.Chart) -> None:
+    rendered = render(chart, VALUE_SETS["dynamic-membership"])
+    assert rendered.workload["kind"] == "Deployment"
+    assert "QA_GROUP_INSTANCE_ID" not in environment_names(rendered)
+    assert Settings.from_sources(None, rendered.environment({})).group_instance_id is None
+    assert [service["metadata"]["name"] for service in rendered.all("Service")] == [FULLNAME]
+
+
+@pytest.mark.parametrize(
+    ("values", "session_timeout_s"),
+    [
+        # Static members: a session longer than a pod's restart, from staticMembership.
+        ({}, 60.0),
+        ({"staticMembership": {"sessionTimeoutS": 120}}, 120.0),
+        # Dynamic members: the worker's own default.
+        ({"staticMembership": {"enabled": False}}, SETTING_FIELDS["session_timeout_s"].default),
+        # A session timeout given in config wins either way.
+        ({"config": {"sessionTimeoutS": 25}}, 25.0),
+        ({"config": {"sessionTimeoutS": 25}, "staticMembership": {"enabled": False}}, 25.0),
+    ],
+)
+def test_the_session_timeout_follows_the_membership(
+    chart: helm.Chart, values: dict[str, Any], session_timeout_s: float
+) -> None:
+    settings = Settings.from_sources(None, render(chart, values).environment({}))
+    assert settings.session_timeout_s == session_timeout_s
+
+
+def test_a_statefulset_name_too_long_for_its_pods_is_refused(chart: helm.Chart) -> None:
+    # Kubernetes labels each StatefulSet pod with the name and an 11-character revision suffix,
+    # at most 63 characters: a longer name would leave the StatefulSet unable to make pods.
+    with pytest.raises(helm.HelmError) as caught:
+        render(chart, {"fullnameOverride": "q" * 53})
+    assert "fullnameOverride" in str(caught.value)
+    assert render(chart, {"fullnameOverride": "q" * 52}).workload["kind"] == "StatefulSet"
+    dynamic = {"fullnameOverride": "q" * 53, "staticMembership": {"enabled": False}}
+    assert render(chart, dynamic).workload["kind"] == "Deployment"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +733,11 @@ def test_sasl_and_tls_settings_reach_the_worker(
 def test_an_existing_sasl_secret_is_referenced_not_created(chart: helm.Chart) -> None:
     values = merge(SASL_TLS, {"kafka": {"sasl": {"existingSecret": "kafka-users", "password": ""}}})
     rendered = render(chart, values)
-    refs = [i["valueFrom"]["secretKeyRef"] for i in rendered.worker["env"] if "valueFrom" in i]
+    refs = [
+        item["valueFrom"]["secretKeyRef"]
+        for item in rendered.worker["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    ]
     assert refs == [{"name": "kafka-users", "key": "password"}]
     assert rendered.secret_data(f"{FULLNAME}-sasl") is None
     environ = rendered.environment(existing_secrets={"kafka-users": {"password": "from-vault"}})
@@ -693,7 +791,12 @@ def test_keda_scales_on_the_workers_own_group_and_topic(chart: helm.Chart) -> No
     rendered = render(chart, values)
     settings = Settings.from_sources(None, rendered.environment({}))
     scaled = rendered.one("ScaledObject")["spec"]
-    assert scaled["scaleTargetRef"]["name"] == rendered.one("Deployment")["metadata"]["name"]
+    workload = rendered.workload
+    assert scaled["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": workload["kind"],
+        "name": workload["metadata"]["name"],
+    }
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "kafka"
     metadata = trigger["metadata"]
@@ -711,7 +814,7 @@ def test_keda_scales_on_the_workers_own_group_and_topic(chart: helm.Chart) -> No
     # At most one replica per partition by default.
     assert scaled["maxReplicaCount"] == 24 and scaled["minReplicaCount"] == 1
     # KEDA owns the replica count: no fixed replicas, no second autoscaler, no credentials needed.
-    assert "replicas" not in rendered.one("Deployment")["spec"]
+    assert "replicas" not in workload["spec"]
     assert not rendered.all("HorizontalPodAutoscaler")
     assert "authenticationRef" not in trigger and not rendered.all("TriggerAuthentication")
 
@@ -796,10 +899,15 @@ def test_cpu_autoscaler_is_capped_at_the_partition_count(chart: helm.Chart) -> N
         chart, {"autoscaling": {"enabled": True}, "kafka": {"questionsTopicPartitions": 12}}
     )
     hpa = rendered.one("HorizontalPodAutoscaler")["spec"]
-    assert hpa["scaleTargetRef"]["name"] == rendered.one("Deployment")["metadata"]["name"]
+    workload = rendered.workload
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": workload["kind"],
+        "name": workload["metadata"]["name"],
+    }
     assert hpa["maxReplicas"] == 12
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
-    assert "replicas" not in rendered.one("Deployment")["spec"]
+    assert "replicas" not in workload["spec"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1001,9 +1109,19 @@ def test_dashboard_queries_use_the_workers_metrics(chart: helm.Chart) -> None:
 
 def test_service_monitor_scrapes_this_release(chart: helm.Chart) -> None:
     rendered = render(chart, VALUE_SETS["monitoring"])
-    service = rendered.one("Service")
+    service = rendered.one("Service", FULLNAME)
     monitor = rendered.one("ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # The operator scrapes each Service the selector matches that has the endpoint's port: the
+    # metrics Service alone, not also the StatefulSet's headless one, so no pod counts twice.
+    (endpoint,) = monitor["endpoints"]
+    scraped = [
+        other["metadata"]["name"]
+        for other in rendered.all("Service")
+        if monitor["selector"]["matchLabels"].items() <= other["metadata"]["labels"].items()
+        and endpoint["port"] in {port.get("name") for port in other["spec"].get("ports", [])}
+    ]
+    assert scraped == [FULLNAME]
     assert monitor["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     # The alerts' job label is the Service's name, which the operator uses for job by default.
     assert service["metadata"]["name"] == FULLNAME

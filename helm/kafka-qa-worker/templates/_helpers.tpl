@@ -31,6 +31,15 @@ app.kubernetes.io/component: worker
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The kind of the workers' workload, which the autoscalers scale: see workload.yaml. */}}
+{{- define "kafka-qa-worker.workloadKind" -}}
+{{- ternary "StatefulSet" "Deployment" .Values.staticMembership.enabled -}}
+{{- end -}}
+
+{{- define "kafka-qa-worker.headlessServiceName" -}}
+{{- printf "%s-headless" (include "kafka-qa-worker.fullname" .) -}}
+{{- end -}}
+
 {{- define "kafka-qa-worker.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "kafka-qa-worker.fullname" .) .Values.serviceAccount.name -}}
