@@ -19,6 +19,9 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_queue_wait_seconds         | histogram |                  | wait for an inference    |
 | qa_worker_inference_seconds          | histogram |                  | inference time per batch |
 | qa_worker_batch_size_windows         | histogram |                  | windows per batch        |
+| qa_worker_batch_plan_seconds         | histogram |                  | loop time planning batch |
+| qa_worker_held_windows               | gauge     |                  | windows being answered   |
+| qa_worker_pending_windows            | gauge     |                  | windows awaiting a batch |
 | qa_worker_batch_tokens               | histogram |                  | padded tokens per batch  |
 | qa_worker_tokens_real_total          | counter   |                  | tokens of the windows    |
 | qa_worker_tokens_padded_total        | counter   |                  | tokens run, with padding |
@@ -52,7 +55,7 @@ Details:
   every reply topic counts under the one label value `(reply topic)`, since a series per topic
   that events name would grow without bound.
 - Reply topics known are those found to exist and remembered (`worker.stream.delivery`, at most
-  `REPLY_TOPICS_KNOWN`); it is not in `METRIC_NAMES` until the dashboard has a panel for it.
+  `REPLY_TOPICS_KNOWN`).
 - Consumer lag is messages behind the high watermark; series of partitions no longer assigned
   are removed, so that only the partition's current owner reports it.
 - A partition is stalled (1) when it has had lag and its committed offset has not moved for
@@ -106,6 +109,9 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "queue_wait_seconds",
         "inference_seconds",
         "batch_size_windows",
+        "batch_plan_seconds",
+        "held_windows",
+        "pending_windows",
         "batch_tokens",
         "tokens_real_total",
         "tokens_padded_total",
@@ -113,6 +119,7 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "in_flight_events",
         "oldest_in_flight_seconds",
         "delivery_retries_total",
+        "reply_topics_known",
         "consumer_lag_messages",
         "seconds_since_last_commit",
         "partition_stalled",
