@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -161,8 +162,6 @@ async def test_a_configured_topic_deleted_while_running_is_missing_and_holds_its
         topics = {
             "answers": "--answers-topic / QA_ANSWERS_TOPIC",
             "questions": "--questions-topic / QA_QUESTIONS_TOPIC",
-            # Never created: a broker may create it on first use, so it is not missing.
-            "tags": "--tags-topic / QA_TAGS_TOPIC",
         }
         watch = BrokerWatch(plain_settings(broker.bootstrap_servers), topics, interval_s=0.1)
         await watch.connect(within_s=5.0)
@@ -190,6 +189,109 @@ async def test_a_configured_topic_deleted_while_running_is_missing_and_holds_its
             await watch.close()
 
 
+TOPIC_SETTINGS = {
+    "answers": "--answers-topic / QA_ANSWERS_TOPIC",
+    "questions": "--questions-topic / QA_QUESTIONS_TOPIC",
+    "tags": "--tags-topic / QA_TAGS_TOPIC",
+}
+
+
+async def test_a_configured_topic_missing_at_start_up_is_waited_for_then_the_watch_connects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic("questions", 1)
+        watch = BrokerWatch(plain_settings(broker.bootstrap_servers), TOPIC_SETTINGS, 0.1)
+        connecting = asyncio.ensure_future(watch.connect(within_s=30.0))
+        try:
+            await wait_until(lambda: watch.missing_topics(), 10, "the watch to miss topics")
+            assert watch.missing_topics() == {
+                topic: TOPIC_SETTINGS[topic] for topic in ("answers", "tags")
+            }
+            assert not connecting.done()
+            (line,) = {
+                r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+            }  # one cause, and one line naming every missing topic with its setting
+            assert "'answers' (--answers-topic / QA_ANSWERS_TOPIC)" in line, line
+            assert "'tags' (--tags-topic / QA_TAGS_TOPIC)" in line, line
+            # Created one by one: the watch waits for the last.
+            await broker.create_topic("answers", 1)
+            await wait_until(
+                lambda: set(watch.missing_topics()) == {"tags"}, 10, "answers to be found"
+            )
+            assert not connecting.done()
+            await broker.create_topic("tags", 1)
+            await asyncio.wait_for(connecting, 10)
+            assert watch.missing_topics() == {}
+        finally:
+            connecting.cancel()
+            await watch.close()
+
+
+async def test_a_configured_topic_still_missing_at_the_bound_fails_naming_it_and_its_setting() -> (
+    None
+):
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic("questions", 1)
+        await broker.create_topic("answers", 1)
+        watch = BrokerWatch(plain_settings(broker.bootstrap_servers), TOPIC_SETTINGS, 0.1)
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as raised:
+            await asyncio.wait_for(watch.connect(within_s=2.0), 10.0)
+        took = time.monotonic() - started
+        await watch.close()
+    message = str(raised.value)
+    assert "'tags' (--tags-topic / QA_TAGS_TOPIC)" in message, message
+    assert "'answers'" not in message and "'questions'" not in message, message
+    assert "creates none" in message, message
+    # At the bound, not before it, and within one metadata request after it.
+    assert 2.0 <= took < 2.0 + 5.0 + 1.0
+
+
+async def test_run_without_its_dead_letter_topic_is_not_ready_naming_it_then_exits_2_in_one_line(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    async with EmbeddedBroker() as broker:
+        await broker.create_topic(QUESTIONS, 1)
+        await broker.create_topic(ANSWERS, 1)
+        port = free_port()
+        settings = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], http_port=port
+        )
+        log = tmp_path / "worker.log"
+        process = start_worker_process(settings, log)
+        try:
+            # Warming up and connecting first, then waiting for the topic, not ready.
+            await wait_until(
+                lambda: repr(DEAD_LETTERS) in readiness_of(port)[1],
+                60,
+                "readiness to name the missing topic",
+            )
+            status, reason = readiness_of(port)
+            assert status == 503 and "--dead-letter-topic / QA_DEAD_LETTER_TOPIC" in reason, reason
+            code = await asyncio.to_thread(process.wait, CONNECT_WITHIN_S + 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert code == 2
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    (failure,) = [line for line in output.splitlines() if "creates none" in line]
+    assert repr(DEAD_LETTERS) in failure and "QA_DEAD_LETTER_TOPIC" in failure, failure
+
+
+def readiness_of(port: int) -> tuple[int, str]:
+    """/readyz's status and body; (0, "") while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+    except OSError:
+        return 0, ""
+
+
 async def test_a_deleted_dead_letter_topic_holds_its_event_and_every_commit_behind_it(
     exported_models: dict[str, Path],
 ) -> None:
@@ -209,7 +311,7 @@ async def test_a_deleted_dead_letter_topic_holds_its_event_and_every_commit_behi
             await wait_until(lambda: not worker.readiness()[0], 10, "readiness to drop")
             assert worker.readiness()[1] == (
                 f"configured topic {DEAD_LETTERS!r} (--dead-letter-topic / "
-                "QA_DEAD_LETTER_TOPIC) is no longer in the broker's metadata"
+                "QA_DEAD_LETTER_TOPIC) is not in the broker's metadata"
             )
             await produce(server, [good[0], bad, good[1]])
             answered = await collect(server, [ANSWERS], 2, timeout=30)

@@ -14,8 +14,11 @@ not delivered (some brokers, tansu among them, acknowledge writes to a deleted t
 them). For a topic it writes the worker does not exit: once the topic is back, what was held is
 sent and it carries on. A topic it reads that goes missing stops the worker (`QAWorker`): the
 group's positions on the deleted log would skip records of a topic recreated under its name.
-A topic never seen is not missing: brokers that create topics on first use may not have it yet.
-The watch's requests name no topic (they ask for all of them), so they never create one.
+The worker creates no topic (`worker.stream.topic_metadata`), so every configured topic must
+exist before it starts: `connect` waits for them within the same bound as for the broker, not
+ready and naming each missing topic and its setting in an ERROR line, then gives up with a
+ConfigError that names them. The watch's requests name no topic (they ask for all of them), so
+they never create one.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ class BrokerWatch:
     ) -> None:
         self._settings = settings
         self._topics = dict(topics or {})
-        self._seen: set[str] = set()
         self._missing: dict[str, str] = {}
         self._interval_s = interval_s
         self._clock = clock
@@ -67,7 +69,8 @@ class BrokerWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self, within_s: float) -> None:
-        """Returns once the broker answers; after `within_s`, raises ConfigError naming settings."""
+        """Returns once the broker answers and has every configured topic; after `within_s`,
+        raises ConfigError naming the settings, or the topics still missing."""
         settings = self._settings
         options = aiokafka_options(settings)
         deadline = self._clock() + within_s
@@ -85,6 +88,11 @@ class BrokerWatch:
                 continue
             self._client = client
             self._last_answer = self._clock()
+            try:
+                await self._await_topics(client, deadline, within_s)
+            except BaseException:
+                await self.close()
+                raise
             return
         raise ConfigError(
             f"could not connect to the broker at {settings.broker} with security protocol "
@@ -92,6 +100,23 @@ class BrokerWatch:
             f"{describe('broker')} and {describe('security_protocol')} (and the TLS or SASL "
             "settings) against the broker's listener"
         )
+
+    async def _await_topics(self, client: AIOKafkaClient, deadline: float, within_s: float) -> None:
+        """Returns once the metadata has every configured topic; they are missing meanwhile."""
+        while True:
+            self._check_topics(client.cluster.topics(), starting=True)
+            if not self._missing:
+                return
+            if self._clock() >= deadline:
+                raise ConfigError(
+                    f"the broker at {self._settings.broker} has no topic "
+                    f"{self.describe_missing()} after {within_s:g} s; the worker "
+                    "creates none, so create them before starting it (docs/delivery.md), or "
+                    "correct the settings"
+                )
+            await asyncio.sleep(min(self._interval_s, max(0.0, deadline - self._clock())))
+            with contextlib.suppress(KafkaError):
+                await client.force_metadata_update()
 
     def start(self) -> None:
         """Starts the periodic check; `connect()` must have succeeded."""
@@ -103,27 +128,37 @@ class BrokerWatch:
         return max(0.0, self._clock() - self._last_answer - self._interval_s)
 
     def missing_topics(self) -> dict[str, str]:
-        """Configured topics seen in the metadata that are no longer there, with their settings."""
+        """Configured topics not in the broker's last metadata, with their settings."""
         return dict(self._missing)
+
+    def describe_missing(self) -> str:
+        """The missing topics, each with its setting: `'a' (--x / QA_X), 'b' (--y / QA_Y)`."""
+        return ", ".join(f"{topic!r} ({setting})" for topic, setting in self._missing.items())
 
     async def wait_for(self, topic: str) -> None:
         """Returns at once unless `topic` is missing; then once the metadata has it again."""
         while topic in self._missing:
             await asyncio.sleep(self._interval_s)
 
-    def _check_topics(self, present: set[str]) -> None:
-        self._seen |= present & self._topics.keys()
+    def _check_topics(self, present: set[str], starting: bool = False) -> None:
         self._missing = {
-            topic: setting
-            for topic, setting in self._topics.items()
-            if topic in self._seen and topic not in present
+            topic: setting for topic, setting in self._topics.items() if topic not in present
         }
-        for topic, setting in self._missing.items():
+        if not self._missing:
+            return
+        # One line names them all: the repeat filter keeps one line per message template.
+        named = self.describe_missing()
+        if starting:
             log.error(
-                "topic %r (%s) is no longer in the broker's metadata; not ready, and records "
-                "for it are held until it exists again",
-                topic,
-                setting,
+                "the broker has no topic %s; the worker creates no topics, and waits for them, "
+                "not ready",
+                named,
+            )
+        else:
+            log.error(
+                "topic %s is no longer in the broker's metadata; not ready, and records for it "
+                "are held until it exists again",
+                named,
             )
 
     async def close(self) -> None:

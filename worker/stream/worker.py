@@ -206,7 +206,7 @@ class QAWorker(AsyncLifecycle):
 
         Raises ConfigError, naming the settings, when the broker cannot be reached within the
         longer of CONNECT_WITHIN_S and the session timeout (a wrong address, or TLS or SASL
-        that do not match its listener).
+        that do not match its listener), or does not have every configured topic by then.
         """
         if self._started:
             return
@@ -281,10 +281,9 @@ class QAWorker(AsyncLifecycle):
         failing_s = self.delivery.failing_for()
         if failing_s > self.settings.session_timeout_s:
             return False, f"delivery has been failing for {failing_s:.0f} s (see the log)"
-        missing = self.broker_watch.missing_topics()
-        if missing:
-            named = ", ".join(f"{topic!r} ({setting})" for topic, setting in missing.items())
-            return False, f"configured topic {named} is no longer in the broker's metadata"
+        if self.broker_watch.missing_topics():
+            missing = self.broker_watch.describe_missing()
+            return False, f"configured topic {missing} is not in the broker's metadata"
         stalled = self.watchdog.stalled()
         if stalled:
             more = f" (and {len(stalled) - 1} more)" if len(stalled) > 1 else ""
