@@ -12,6 +12,7 @@ from worker.config import (
     Settings,
     add_arguments,
     base_type,
+    env_name,
     flag_name,
     markdown_table,
     parse_value,
@@ -75,6 +76,26 @@ def test_bad_values_name_the_setting(environ: dict[str, str], fragment: str) -> 
     with pytest.raises(ConfigError, match=None) as caught:
         Settings.from_sources(None, environ)
     assert fragment in str(caught.value)
+
+
+FLOAT_SETTINGS = [spec.name for spec in dataclasses.fields(Settings) if base_type(spec) is float]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_float_setting_that_is_not_a_finite_number_is_refused(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_sources(None, {env_name(name): raw})
+    assert f"{flag_name(name)} / {env_name(name)} must be a finite number" in str(caught.value)
+
+
+def test_run_with_a_nan_timeout_flag_exits_2_naming_the_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--http-idle-timeout-s", "nan"]) == 2
+    assert "--http-idle-timeout-s / QA_HTTP_IDLE_TIMEOUT_S must be a finite number" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -308,6 +309,12 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            # `nan <= 0` is False, so NaN would pass every bound below; a NaN or infinite timeout
+            # reaches asyncio's timer heap, where it stalls every other timer of the loop.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{describe(spec.name)} must be a finite number, got {value}")
         for name in ("questions_topic", "answers_topic", "dead_letter_topic", "tags_topic"):
             problem = topic_name_problem(getattr(self, name))
             if problem is not None:
