@@ -83,10 +83,32 @@ def test_causes_are_told_apart_by_logger_level_and_template() -> None:
     assert repeats.filter(record("other %s", 1))
 
 
-@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.CRITICAL])
-def test_info_and_critical_lines_always_pass(level: int) -> None:
+@pytest.mark.parametrize(
+    ("level", "name"),
+    [
+        (logging.DEBUG, "aiokafka.conn"),
+        (logging.INFO, "worker"),
+        (logging.INFO, "worker.stream.worker"),
+        (logging.CRITICAL, "aiokafka.conn"),
+    ],
+)
+def test_debug_critical_and_the_workers_own_info_lines_always_pass(level: int, name: str) -> None:
     repeats = RepeatFilter(interval_s=10.0, clock=Clock())
-    assert all(repeats.filter(record("same", level=level)) for _ in range(5))
+    assert all(repeats.filter(record("same", level=level, name=name)) for _ in range(5))
+
+
+@pytest.mark.parametrize("name", ["mode.timers", "faust.transport", "workers", "workerx.y"])
+def test_info_lines_of_other_packages_are_one_per_cause_per_interval(name: str) -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=10.0, clock=clock)
+    template = "Timer %s woke up too late, with a drift of +%s runtime=%s sleeptime=%s"
+    passed = []
+    for second in range(21):
+        clock.now = float(second)
+        passed.append(
+            repeats.filter(record(template, "commit", 1.5, 0.1, 2.0, level=20, name=name))
+        )
+    assert [second for second, ok in enumerate(passed) if ok] == [0, 10, 20]
 
 
 def test_quiet_repeats_installs_one_filter_per_handler(monkeypatch: pytest.MonkeyPatch) -> None:

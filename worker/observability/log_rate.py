@@ -1,4 +1,4 @@
-"""Repeated warnings at a bounded rate: one line per cause per interval, with a count of the rest.
+"""Repeated lines at a bounded rate: one line per cause per interval, with a count of the rest.
 
 When the broker goes away, aiokafka and faust log every failed connection attempt, about 60 lines
 a second, which buries the line that says what happened. A cause is the logger and the message
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 __all__ = ["MAX_CAUSES", "REPEAT_INTERVAL_S", "RepeatFilter", "cause_of", "quiet_repeats"]
 
 REPEAT_INTERVAL_S = 10.0
+# The package whose INFO lines always pass.
+WORKER_LOGGER = "worker"
 # Causes remembered at most; messages that carry values of their own (an offset, an id) make a
 # cause each, and would otherwise grow the table for the life of the process.
 MAX_CAUSES = 1_000
@@ -66,7 +68,10 @@ class _Cause:
 
 
 class RepeatFilter(logging.Filter):
-    """Passes one WARNING or ERROR record per cause per `interval_s`; other levels all pass.
+    """Passes one WARNING or ERROR record per cause per `interval_s`, and one INFO record of
+    another package's (`mode`, `faust`, `aiokafka`); the worker's own INFO lines, DEBUG and
+    CRITICAL all pass. A starved event loop makes `mode` log each late timer at INFO, one line
+    a second or more; the worker's own INFO lines are each about something that happened once.
 
     For one handler: the record that passes after an interval has its message changed.
     """
@@ -85,7 +90,9 @@ class RepeatFilter(logging.Filter):
         return len(self._causes)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
+        if record.levelno < logging.INFO or record.levelno >= logging.CRITICAL:
+            return True
+        if record.levelno < logging.WARNING and _is_the_workers(record.name):
             return True
         key = (record.name, record.levelno, cause_of(str(record.msg)))
         now = self._clock()
@@ -106,6 +113,10 @@ class RepeatFilter(logging.Filter):
         del self._causes[key]
         self._causes[key] = _Cause(now)
         return True
+
+
+def _is_the_workers(logger: str) -> bool:
+    return logger == WORKER_LOGGER or logger.startswith(WORKER_LOGGER + ".")
 
 
 def quiet_repeats(interval_s: float = REPEAT_INTERVAL_S) -> None:
