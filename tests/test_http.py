@@ -179,6 +179,24 @@ async def test_a_client_that_makes_progress_is_not_the_one_closed(
     assert server.stats.evicted == 1
 
 
+async def test_an_idle_connection_whose_request_has_come_is_answered_not_closed(
+    server: HealthServer, clients: list[Client]
+) -> None:
+    oldest = await connect(server, clients, b"")
+    for _ in range(3):
+        await connect(server, clients)
+    # Both reach the server before its loop polls again, the new connection first: accepting it
+    # (over the bound) finds the oldest connection's request unread.
+    newcomer = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        oldest.send(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert (await oldest.response())[0] == 200
+        await until(lambda: server.stats.evicted == 1)
+        assert server.open_connections == 4
+    finally:
+        newcomer.close()
+
+
 async def test_a_flood_of_evictions_is_one_warning_then_a_count(
     clients: list[Client], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -448,7 +466,7 @@ async def test_a_body_at_the_limit_is_answered_and_one_byte_more_is_refused_413(
     status, headers, _ = await over.response()
     assert (status, headers["connection"]) == (413, "close")
     await over.wait_closed(LATE_MARGIN_S)
-    assert server.stats.refused == 1
+    assert server.stats.too_large == 1
 
 
 async def test_headers_at_the_limit_are_answered_and_one_byte_more_is_refused_431(
@@ -468,6 +486,7 @@ async def test_headers_at_the_limit_are_answered_and_one_byte_more_is_refused_43
     over.send(head(MAX_HEADER_BYTES + 1))
     assert (await over.response())[0] == 431
     await over.wait_closed(LATE_MARGIN_S)
+    assert server.stats.too_large == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ which must give the same outcome.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.observability.bounded_http import (
     MAX_BODY_BYTES,
     MAX_CHUNK_LINE_BYTES,
     MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
     Refusal,
     Request,
     RequestParser,
@@ -65,6 +68,58 @@ def test_a_head_that_never_ends_is_refused_once_over_the_limit(by_byte: bool) ->
     assert outcomes(endless, by_byte) == [None]
     [refusal] = outcomes(endless + b"y", by_byte)
     assert isinstance(refusal, Refusal) and refusal.status == 431
+
+
+@given(empty_lines=st.integers(0, MAX_HEADER_BYTES // 2 + 2), head_size=st.integers(64, 200))
+def test_empty_lines_before_the_request_line_count_toward_the_head_limit(
+    empty_lines: int, head_size: int
+) -> None:
+    data = b"\r\n" * empty_lines + head_of_size(head_size)
+    outcome = outcomes(data, by_byte=False)
+    if 2 * empty_lines + head_size <= MAX_HEADER_BYTES:
+        assert isinstance(outcome[0], Request) and outcome[1:] == [None]
+    else:
+        assert outcome == [Refusal(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_empty_lines_at_under_and_over_the_limit(extra: int, by_byte: bool) -> None:
+    head = head_of_size(64)
+    data = b"\r\n" * ((MAX_HEADER_BYTES - len(head)) // 2 + extra) + head
+    [outcome, *_] = outcomes(data, by_byte)
+    assert isinstance(outcome, Request if extra <= 0 else Refusal)
+
+
+def test_a_stream_of_empty_lines_is_refused_in_one_read() -> None:
+    parser = RequestParser(MAX_HEADER_BYTES, MAX_BODY_BYTES)
+    parser.feed(b"\r\n" * 8192)  # 16 KiB, what the server reads at once
+    refusal = parser.next_request()
+    assert isinstance(refusal, Refusal) and refusal.status == 431
+
+
+def request_with_fields(count: int) -> bytes:
+    return b"GET /healthz HTTP/1.1\r\n" + b"a:\r\n" * count + b"\r\n"
+
+
+@pytest.mark.parametrize("count", [MAX_HEADER_FIELDS - 1, MAX_HEADER_FIELDS])
+def test_header_lines_up_to_the_limit_are_read(count: int, by_byte: bool) -> None:
+    [request, end] = outcomes(request_with_fields(count), by_byte)
+    assert isinstance(request, Request) and len(request.headers) == count and end is None
+
+
+@pytest.mark.parametrize("count", [MAX_HEADER_FIELDS + 1, MAX_HEADER_BYTES // 4 - 8])
+def test_more_header_lines_than_the_limit_are_refused_431(count: int, by_byte: bool) -> None:
+    [refusal] = outcomes(request_with_fields(count), by_byte)
+    assert refusal == Refusal(431, f"more than {MAX_HEADER_FIELDS} header lines")
+
+
+@pytest.mark.parametrize("count", [MAX_HEADER_FIELDS, MAX_HEADER_FIELDS + 1])
+def test_trailer_lines_count_against_the_header_line_limit(count: int, by_byte: bool) -> None:
+    [outcome, *_] = outcomes(chunked(trailers=b"t:\r\n" * count), by_byte)
+    if count <= MAX_HEADER_FIELDS:
+        assert isinstance(outcome, Request)
+    else:
+        assert outcome == Refusal(431, f"more than {MAX_HEADER_FIELDS} trailer lines")
 
 
 def with_body(body: bytes, length: int | None = None) -> bytes:

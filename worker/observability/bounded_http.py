@@ -14,27 +14,40 @@ resources for long. Each connection always has a deadline running, for the stage
   the request's first byte, however slowly they trickle in;
 - writing: the client must take the response within `request_timeout_s`;
 - closing after a refusal (400, 413, ...): what the client still sends is read and dropped for
-  at most `LINGER_S`, so that unread bytes do not make the kernel reset the connection before
-  the client has read the refusal.
+  at most `LINGER_S` and `LINGER_BYTES`, so that unread bytes do not make the kernel reset the
+  connection before the client has read the refusal.
 
-Sizes: the request line and headers at most `max_header_bytes` (431 beyond); a body at most
+Sizes: the request line and headers at most `max_header_bytes`, empty lines before the request
+line included, and at most `max_header_fields` header lines (431 beyond either); a body at most
 `max_body_bytes` (413 beyond). Bodies, chunked or not, are read and dropped (the routes take
 none), so a connection never buffers more than about one head.
 
+Work: the loop runs this server's callbacks between the worker's Kafka ones, so what one client
+can make it do is bounded too. A connection's requests are answered at most one per
+`ANSWER_INTERVAL_S`: one that comes sooner, pipelined or not, waits with the connection's reading
+paused. Probes and scrapes make one request per connection or one every few seconds and never
+wait; a client pipelining thousands of requests gets `1 / ANSWER_INTERVAL_S` answers a second
+per connection rather than one per turn of the loop.
+
 Connections: at most `max_connections` are open at once. Once they are all taken, each new
 connection closes the one whose current stage began longest ago: the idle and the slow, since a
-probe or a scrape is answered within milliseconds of connecting and then leaves. So new probes
-get through however many slow clients hold connections, and the server's file descriptors stay
-within the bound (plus one, for the moment between accepting and closing the oldest). The
-server runs its own accept loop rather than asyncio's: asyncio's, out of file descriptors, logs
-an error for each attempt and schedules a retry for each (thousands a second); this one stops
-accepting for `ACCEPT_RETRY_S` with one warning. Its warnings (connections closed at the
-bound or for a timeout, refusals, accept failures) are one line per kind per 10 s at most, with
-the count of those left out: a flood makes thousands a second.
+probe or a scrape is answered within milliseconds of connecting and then leaves. Before an idle
+connection is closed its socket is read, so one whose request has reached the machine is
+answered instead. What holds: a connection is closed at the bound only after `max_connections`
+newer connections (or stages) have begun since its own stage began, so a probe is answered if
+its request arrives before that many others connect. Under a flood of R connections a second
+that is `max_connections / R` seconds, which a probe sending its request with its connection
+meets, and one sending it a network round trip later may not when the bound is small. The
+server's file descriptors stay within the bound (plus one, for the moment between accepting and
+closing the oldest). The server runs its own accept loop rather than asyncio's: asyncio's, out
+of file descriptors, logs an error for each attempt and schedules a retry for each (thousands a
+second); this one stops accepting for `ACCEPT_RETRY_S` with one warning. Its warnings
+(connections closed at the bound or for a timeout, refusals, accept failures) are one line per
+kind per 10 s at most, with the count of those left out: a flood makes thousands a second.
+`stats` counts them all.
 
 Handlers are synchronous: the routes answer from memory, so a response is ready in the same
-callback as the last byte of its request, and pipelined requests are answered one per turn of
-the event loop.
+callback as the last byte of its request.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import contextlib
 import enum
 import errno
 import logging
+import math
 import re
 import socket
 import struct
@@ -59,10 +73,13 @@ from .log_rate import REPEAT_INTERVAL_S
 
 __all__ = [
     "ACCEPT_RETRY_S",
+    "ANSWER_INTERVAL_S",
     "DEFAULT_CONNECTION_CAP",
+    "LINGER_BYTES",
     "LINGER_S",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_HEADER_FIELDS",
     "BoundedHttpServer",
     "HttpLimits",
     "HttpServerStats",
@@ -76,14 +93,25 @@ __all__ = [
 # The request line and every header line with their line ends: nginx's and aiohttp's 8 KiB.
 # The kubelet's probes and Prometheus's scrapes (with a bearer token) send well under 2 KiB.
 MAX_HEADER_BYTES = 8192
+# Header lines of a request (and trailer lines of a chunked body): the kubelet and Prometheus
+# send under ten, and 100 is Apache's LimitRequestFields. Each line costs microseconds to parse,
+# and 8 KiB holds two thousand empty ones.
+MAX_HEADER_FIELDS = 100
 # The routes read no body; a client that sends a small one anyway is still answered.
 MAX_BODY_BYTES = 1024
 # Connections when the open-file limit leaves room for more: up to some 25 KiB of memory each
 # (a head being read, and a read's worth after it), while one Prometheus and one kubelet need two.
 DEFAULT_CONNECTION_CAP = 1024
 ACCEPT_RETRY_S = 1.0
+# At most ten answers a second per connection: a scrape or a probe makes one per connection or
+# one every few seconds, while a client pipelining requests would otherwise get one answer per
+# turn of the loop, each turn delaying the worker's Kafka callbacks by an answer per connection.
+ANSWER_INTERVAL_S = 0.1
 WARNING_INTERVAL_S = REPEAT_INTERVAL_S
 LINGER_S = 2.0
+# A client that sends more than this after its refusal is not reading it: dropping all it sends
+# for LINGER_S would let it keep the loop reading at the speed of the network.
+LINGER_BYTES = 65536
 # A listening socket's queue of connections not yet accepted (the kernel caps it at
 # net.core.somaxconn). Once it is full the kernel drops new connections' packets, and a probe
 # caught there is retried by its TCP a second later: with 128 (aiohttp's), 1,100 slow clients
@@ -102,6 +130,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _FIELD_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -118,6 +147,7 @@ class HttpLimits:
     idle_timeout_s: float = 5.0
     request_timeout_s: float = 5.0
     max_header_bytes: int = MAX_HEADER_BYTES
+    max_header_fields: int = MAX_HEADER_FIELDS
     max_body_bytes: int = MAX_BODY_BYTES
 
 
@@ -182,7 +212,19 @@ class HttpServerStats:
     evicted: int = 0
     # Closed for a request not read, or a response not taken, within request_timeout_s.
     timed_out: int = 0
-    refused: int = 0
+    # Refused (413, 431) and closed.
+    too_large: int = 0
+    # Refused (400, 501, 505) and closed.
+    malformed: int = 0
+
+    def closed(self) -> dict[str, int]:
+        """Connections the server closed, by reason (every reason, 0 or not)."""
+        return {
+            "evicted": self.evicted,
+            "timed_out": self.timed_out,
+            "too_large": self.too_large,
+            "malformed": self.malformed,
+        }
 
 
 class _Body(enum.Enum):
@@ -201,16 +243,22 @@ class RequestParser:
     only in bytes not yet searched, and body bytes are dropped as they come.
     """
 
-    def __init__(self, max_header_bytes: int, max_body_bytes: int) -> None:
+    def __init__(
+        self, max_header_bytes: int, max_body_bytes: int, max_header_fields: int = MAX_HEADER_FIELDS
+    ) -> None:
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
+        self._max_header_fields = max_header_fields
         self._buffer = bytearray()
         self._searched = 0
+        # Empty lines dropped before the request line being read; they count toward its limit.
+        self._skipped = 0
         self._head: Request | None = None
         self._body = _Body.NONE
         self._left = 0
         self._body_bytes = 0
         self._trailer_bytes = 0
+        self._trailer_fields = 0
 
     @property
     def buffered(self) -> int:
@@ -235,24 +283,32 @@ class RequestParser:
         return request
 
     def _read_head(self) -> Request | Refusal | None:
-        # Empty lines before a request line are ignored (RFC 9112, section 2.2).
-        while self._buffer.startswith(b"\r\n"):
-            del self._buffer[:2]
-            self._searched = max(0, self._searched - 2)
+        # Empty lines before a request line are ignored (RFC 9112, section 2.2), all at once: a
+        # client may send nothing else.
+        empty = _EMPTY_LINES.match(self._buffer).end()  # type: ignore[union-attr]
+        if empty:
+            del self._buffer[:empty]
+            self._skipped += empty
+            self._searched = max(0, self._searched - empty)
+        too_large = Refusal(431, f"request line and headers over {self._max_header_bytes} bytes")
         end = self._buffer.find(b"\r\n\r\n", max(0, self._searched - 3))
         if end < 0:
-            if len(self._buffer) > self._max_header_bytes:
-                return Refusal(431, f"request line and headers over {self._max_header_bytes} bytes")
+            if self._skipped + len(self._buffer) > self._max_header_bytes:
+                return too_large
             self._searched = len(self._buffer)
             return None
-        if end + 4 > self._max_header_bytes:
-            return Refusal(431, f"request line and headers over {self._max_header_bytes} bytes")
+        if self._skipped + end + 4 > self._max_header_bytes:
+            return too_large
         head = bytes(self._buffer[:end])
         del self._buffer[: end + 4]
         self._searched = 0
+        self._skipped = 0
         return self._parse_head(head)
 
     def _parse_head(self, head: bytes) -> Request | Refusal:
+        # Counted before the lines are parsed, each at a few microseconds.
+        if head.count(b"\r\n") > self._max_header_fields:
+            return Refusal(431, f"more than {self._max_header_fields} header lines")
         request_line, *lines = head.split(b"\r\n")
         parts = request_line.split(b" ")
         if len(parts) != 3:
@@ -295,7 +351,8 @@ class RequestParser:
                 codings += [c.strip().lower() for c in value.split(",") if c.strip()]
             elif name == "connection":
                 connection |= {token.strip().lower() for token in value.split(",")}
-        self._body, self._left, self._body_bytes, self._trailer_bytes = _Body.NONE, 0, 0, 0
+        self._body, self._left, self._body_bytes = _Body.NONE, 0, 0
+        self._trailer_bytes = self._trailer_fields = 0
         if codings:
             # Both would let a proxy and this server disagree on where the request ends.
             if length is not None:
@@ -361,7 +418,7 @@ class RequestParser:
                 if self._body_bytes > self._max_body_bytes:
                     return Refusal(413, f"a body over {self._max_body_bytes} bytes")
                 self._body = _Body.CHUNK_DATA
-            else:  # trailers, until an empty line; they count against the head's limit
+            else:  # trailers, until an empty line; they count against the head's limits
                 end = buffer.find(b"\r\n")
                 seen = len(buffer) if end < 0 else end + 2
                 if self._trailer_bytes + seen > self._max_header_bytes:
@@ -372,6 +429,10 @@ class RequestParser:
                 self._trailer_bytes += end + 2
                 if end == 0:
                     self._body = _Body.NONE
+                    continue
+                self._trailer_fields += 1
+                if self._trailer_fields > self._max_header_fields:
+                    return Refusal(431, f"more than {self._max_header_fields} trailer lines")
 
 
 class _Stage(enum.Enum):
@@ -384,8 +445,10 @@ class _Stage(enum.Enum):
 class _Connection:
     __slots__ = (
         "address",
+        "answered_at",
         "close_after",
         "closed",
+        "dropped",
         "linger",
         "parser",
         "reading",
@@ -408,6 +471,8 @@ class _Connection:
         self.close_after = False
         self.linger = False
         self.closed = False
+        self.answered_at = -math.inf
+        self.dropped = 0
 
 
 Handler = Callable[[Request], Response]
@@ -536,9 +601,11 @@ class BoundedHttpServer:
         # pipelined responses, which neither probes nor scrapes use, may wait for a delayed ACK).
         assert self._loop is not None
         sock.setblocking(False)
-        connection = _Connection(
-            sock, address, RequestParser(self.limits.max_header_bytes, self.limits.max_body_bytes)
+        limits = self.limits
+        parser = RequestParser(
+            limits.max_header_bytes, limits.max_body_bytes, limits.max_header_fields
         )
+        connection = _Connection(sock, address, parser)
         self._connections[connection] = None
         connection.stage_began = self._loop.time()
         self.stats.accepted += 1
@@ -573,6 +640,17 @@ class BoundedHttpServer:
 
     def _evict_oldest(self) -> None:
         assert self._loop is not None
+        for _ in range(len(self._connections)):
+            oldest = next(iter(self._connections))
+            if oldest.stage is not _Stage.IDLE:
+                break
+            # Its request may have come since the loop last polled: answered, or read in part,
+            # it leaves or moves to the end of the order.
+            self._readable(oldest)
+            if len(self._connections) <= self.limits.max_connections:
+                return
+            if next(iter(self._connections)) is oldest:
+                break
         oldest = next(iter(self._connections))
         self.stats.evicted += 1
         self._warn(
@@ -631,6 +709,9 @@ class BoundedHttpServer:
             self._close(connection)
             return
         if connection.stage is _Stage.CLOSING:
+            connection.dropped += len(data)
+            if connection.dropped > LINGER_BYTES:
+                self._close(connection, abort=True)
             return
         if connection.stage is _Stage.IDLE:
             self._enter(connection, _Stage.READING, self.limits.request_timeout_s)
@@ -638,19 +719,30 @@ class BoundedHttpServer:
         self._answer(connection)
 
     def _answer(self, connection: _Connection) -> None:
-        """Answers the next request complete on `connection`, if there is one."""
+        """Answers the next request complete on `connection`, if there is one and it is due."""
+        assert self._loop is not None
         if connection.closed or connection.stage not in (_Stage.IDLE, _Stage.READING):
+            return
+        due = connection.answered_at + ANSWER_INTERVAL_S
+        if self._loop.time() < due:
+            self._reading(connection, False)
+            self._loop.call_at(due, self._answer, connection)
             return
         request = connection.parser.next_request()
         if request is None:
             # The rest of a request to come (the parser refuses one beyond the size limits).
             self._reading(connection, True)
             return
+        connection.answered_at = self._loop.time()
         if isinstance(request, Refusal):
-            self.stats.refused += 1
+            too_large = request.status in (413, 431)
+            if too_large:
+                self.stats.too_large += 1
+            else:
+                self.stats.malformed += 1
             template = (
                 "HTTP request from %s: over a size limit, answered %d: %s"
-                if request.status in (413, 431)
+                if too_large
                 else "HTTP request from %s: malformed HTTP, answered %d: %s"
             )
             self._warn(
@@ -728,6 +820,8 @@ class BoundedHttpServer:
                 return
             with contextlib.suppress(OSError):
                 connection.sock.shutdown(socket.SHUT_WR)
+            # What came after the refused request counts toward LINGER_BYTES too.
+            connection.dropped = connection.parser.buffered
             self._enter(connection, _Stage.CLOSING, LINGER_S)
             self._reading(connection, True)
             return
@@ -735,9 +829,7 @@ class BoundedHttpServer:
             self._enter(connection, _Stage.READING, self.limits.request_timeout_s)
             # Read on once the requests already here are answered (`_answer` turns it back on).
             self._reading(connection, False)
-            # One request a turn: a connection full of pipelined requests holds the loop for
-            # no longer than one answer.
-            self._loop.call_soon(self._answer, connection)
+            self._loop.call_at(connection.answered_at + ANSWER_INTERVAL_S, self._answer, connection)
         else:
             self._enter(connection, _Stage.IDLE, self.limits.idle_timeout_s)
             self._reading(connection, True)
