@@ -40,6 +40,13 @@ unless the deployment sets `PROMETHEUS_DISABLE_CREATED_SERIES=true`).
 | qa_worker_event_loop_lag_seconds     | histogram |                  | a loop wake-up's delay   |
 | qa_worker_gc_pause_seconds           | histogram | generation       | garbage-collection pause |
 
+The HTTP server's:
+
+| name                                      | type    | labels | what                 |
+| ----------------------------------------- | ------- | ------ | -------------------- |
+| qa_worker_http_connections_accepted_total | counter |        | connections accepted |
+| qa_worker_http_connections_closed_total   | counter | reason | closed by the server |
+
 Details:
 
 - Dead-letter `reason` is the dead letter's error code, one of `worker.errors.ErrorCode`.
@@ -72,6 +79,12 @@ Details:
 - Event-loop lag is how much later than asked a task sleeping on the worker's event loop woke
   (`worker.observability.runtime`, every 0.1 s); GC pauses time each collection, by the
   generation collected (0, 1 or 2; each has a series from the start).
+- HTTP connections accepted count every connection to the `/metrics`, `/healthz`, `/readyz`
+  port; closed ones count those the server closed itself, by `reason`: `evicted` (for a new one,
+  at the connection bound), `timed_out` (a request not read, or a response not taken, in time),
+  `too_large` (answered 413 or 431) and `malformed` (answered 400, 501 or 505). Each reason has
+  a series from the start; both are read from the server at each scrape
+  (`worker.observability.bounded_http.HttpServerStats`).
 - Model info labels: `model`, `model_type`, `precision`, `checksum` (of the model folder) and
   `worker_version`; there is no series until a model is loaded, and one after.
 
@@ -90,10 +103,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from .. import __version__
 from ..errors import ErrorCode
 from ..qa.types import QAResult
+from .bounded_http import HttpServerStats
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PADDING_HALF_LIFE_SECONDS", "WorkerMetrics"]
 
@@ -129,6 +144,8 @@ METRIC_NAMES: tuple[str, ...] = tuple(
         "abstentions_total",
         "event_loop_lag_seconds",
         "gc_pause_seconds",
+        "http_connections_accepted_total",
+        "http_connections_closed_total",
     )
 )
 
@@ -302,6 +319,8 @@ class WorkerMetrics:
         )
         for generation in range(GC_GENERATIONS):
             self._gc_pause.labels(str(generation))
+        self._http = _HttpCollector()
+        self.registry.register(self._http)
 
     def event_received(self, topic: str) -> None:
         self._received.labels(topic).inc()
@@ -418,9 +437,44 @@ class WorkerMetrics:
         # Bounded by the interpreter's generations, whatever a future one reports.
         self._gc_pause.labels(str(min(max(generation, 0), GC_GENERATIONS - 1))).observe(seconds)
 
+    def watch_http(self, stats: Callable[[], HttpServerStats]) -> None:
+        """Reads the HTTP server's connection counts from `stats` at every scrape."""
+        self._http.stats = stats
+
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (`content_type`)."""
         return generate_latest(self.registry)
+
+
+class _HttpCollector:
+    """The HTTP server's counts as counters, read at scrape time: the server keeps them itself,
+    in `HttpServerStats`, and need not know of Prometheus."""
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], HttpServerStats] = HttpServerStats
+
+    def describe(self) -> list[Metric]:
+        return self._families(HttpServerStats())
+
+    def collect(self) -> list[Metric]:
+        return self._families(self.stats())
+
+    @staticmethod
+    def _families(stats: HttpServerStats) -> list[Metric]:
+        accepted = CounterMetricFamily(
+            PREFIX + "http_connections_accepted",
+            "Connections accepted by the /metrics, /healthz, /readyz server.",
+        )
+        accepted.add_metric([], stats.accepted)
+        closed = CounterMetricFamily(
+            PREFIX + "http_connections_closed",
+            "Connections the HTTP server closed itself: evicted at the connection bound, timed "
+            "out, or refused as too large or malformed.",
+            labels=["reason"],
+        )
+        for reason, count in stats.closed().items():
+            closed.add_metric([reason], count)
+        return [accepted, closed]
