@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 from tokenizers import Encoding, Tokenizer
 
 from parity import texts
+from worker.errors import ErrorCode, EventError
 from worker.model.manifest import TOKENIZER_NAME, Manifest
 from worker.qa.decode import char_ranges, tokens_to_words, words_to_chars
 from worker.qa.windows import (
+    DEFAULT_MAX_WINDOWS,
     EncodedQuestion,
     Window,
     WindowTokenizer,
@@ -394,3 +396,72 @@ def test_a_word_seen_again_after_a_later_word_is_not_looked_at(bare_tokenizer: T
     assert chars.tolist() == [[0, 5], [6, 10]]
     # The last token's own word is that first "river": its span starts there.
     assert char_ranges(window, np.array([6]), np.array([6]), 1, True).tolist() == [[0, 5]]
+
+
+@settings(HYPOTHESIS, max_examples=40)
+@given(
+    question=joined(1, 3),
+    context=joined(20, 80),
+    geometry=st.sampled_from(SMALL_GEOMETRIES),
+    question_first=st.booleans(),
+)
+def test_a_question_making_more_windows_than_the_limit_is_refused_and_at_it_is_not(
+    tokenizers: Tokenizers,
+    question: str,
+    context: str,
+    geometry: tuple[int, int],
+    question_first: bool,
+) -> None:
+    windows = tokenizers.windows(question_first, *geometry)
+    assume(tokenizers.leaves_room(windows, question))
+    count = len(tokenizers.encodings(windows, question, context))
+    event(f"windows: {min(count, 4)}{'+' if count >= 4 else ''}")
+    try:
+        for limit in (count + 1, count):
+            windows.max_windows = limit
+            assert len(windows.encode(question, context).windows) == count
+            (batched,) = windows.encode_many([(question, context)])
+            assert isinstance(batched, EncodedQuestion)
+        if count > 1:
+            windows.max_windows = count - 1
+            with pytest.raises(EventError) as refused:
+                windows.encode(question, context)
+            assert refused.value.code == ErrorCode.TOO_MANY_WINDOWS
+            assert f"would make {count} windows, more than the {count - 1}" in str(refused.value)
+            (batched,) = windows.encode_many([(question, context)])
+            assert isinstance(batched, EventError)
+            assert batched.code == ErrorCode.TOO_MANY_WINDOWS
+    finally:
+        windows.max_windows = DEFAULT_MAX_WINDOWS
+
+
+def test_a_long_question_over_a_long_context_is_refused_before_its_windows_are_made(
+    tokenizers: Tokenizers,
+) -> None:
+    """A question leaving the context 2 tokens past the stride a window: about one window per
+    context token, refused at the reference geometry; the limit raised, they are tokenizers'."""
+    windows = tokenizers.windows(question_first=True)
+    specials = tokenizers.counter.num_special_tokens_to_add(is_pair=True)
+    wanted = windows.max_seq_len - specials - windows.doc_stride - 2
+
+    def tokens(words: int) -> int:
+        text = " ".join(["river"] * words)
+        return len(tokenizers.counter.encode(text, add_special_tokens=False))
+
+    # BPE splits the first word, which has no space before it, in two.
+    words = next(n for n in range(wanted, 0, -1) if tokens(n) <= wanted)
+    assert tokens(words) == wanted
+    question = " ".join(["river"] * words)
+    context = texts.context(random.Random(7), 3000)
+    with pytest.raises(EventError) as refused:
+        windows.encode(question, context)
+    assert refused.value.code == ErrorCode.TOO_MANY_WINDOWS
+    assert "moves on by 2 past the stride" in str(refused.value)
+    expected = tokenizers.encodings(windows, question, context)
+    assert len(expected) > DEFAULT_MAX_WINDOWS
+    windows.max_windows = len(expected)
+    try:
+        encoded = windows.encode(question, context)
+    finally:
+        windows.max_windows = DEFAULT_MAX_WINDOWS
+    assert [window.input_ids.tolist() for window in encoded.windows] == [e.ids for e in expected]

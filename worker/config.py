@@ -100,6 +100,14 @@ class Settings:
     doc_stride: int | None = setting(
         None, "Overlap in tokens between windows; default min(max_seq_len // 2, 128).", "qa"
     )
+    max_windows: int = setting(
+        4096,
+        "Most windows one question (or one field of a question set) may make of its context; "
+        "more is a `too_many_windows` dead letter, refused before any is made. Windows advance "
+        "by max_seq_len - question tokens - specials - doc_stride tokens, so a long question "
+        "over a long context makes many.",
+        "qa",
+    )
     handle_impossible_answer: bool = setting(
         False, "Let the null answer compete with spans, as in the reference pipeline.", "qa"
     )
@@ -228,7 +236,9 @@ class Settings:
         256,
         "Most events read and not yet answered; reading pauses beyond it. A partition holding "
         "this many events not yet acknowledged (answered ones wait for the earliest of their "
-        "partition) is paused alone until its earliest is answered.",
+        "partition) is paused alone until its earliest is answered. Keep it above the "
+        "partitions a worker reads: with fewer, events being answered on some partitions (a "
+        "long one, say) stop the reading of all the others.",
         "worker",
     )
     deadline_ms: int | None = setting(
@@ -334,6 +344,7 @@ class Settings:
             "max_context_chars",
             "max_json_depth",
             "max_json_values",
+            "max_windows",
             "fetch_max_wait_ms",
         )
         for name in positive:

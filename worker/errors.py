@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     INVALID_CONTEXT = "invalid_context"
     EMPTY_CONTEXT = "empty_context"
     QUESTION_TOO_LONG = "question_too_long"
+    TOO_MANY_WINDOWS = "too_many_windows"
     TOKENIZATION_FAILED = "tokenization_failed"
     # Routing and tagging.
     INVALID_REPLY_TOPIC = "invalid_reply_topic"

@@ -31,4 +31,5 @@ def load_engine(settings: Settings) -> QAEngine:
         streams=settings.inference_streams,
         max_seq_len=settings.max_seq_len,
         doc_stride=settings.doc_stride,
+        max_windows=settings.max_windows,
     )

@@ -28,7 +28,7 @@ from ..model.manifest import (
 )
 from .decode import WindowLogits, decode
 from .types import QAOptions, QAResult
-from .windows import EncodedQuestion, Window, WindowTokenizer
+from .windows import DEFAULT_MAX_WINDOWS, EncodedQuestion, Window, WindowTokenizer
 
 
 @dataclass(slots=True)
@@ -96,6 +96,7 @@ class QAEngine:
         streams: int = 0,
         max_seq_len: int | None = None,
         doc_stride: int | None = None,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> QAEngine:
         from ..backends.onnx import OnnxBackend, stream_layout
 
@@ -104,7 +105,7 @@ class QAEngine:
         # A changed or truncated file would otherwise load and answer differently, unnoticed.
         verify_checksums(folder, manifest, manifest.files_to_load(precision))
         tokenizer = WindowTokenizer(
-            folder / TOKENIZER_NAME, manifest.tokenizer, max_seq_len, doc_stride
+            folder / TOKENIZER_NAME, manifest.tokenizer, max_seq_len, doc_stride, max_windows
         )
         backend = OnnxBackend(onnx_path, *stream_layout(streams, threads))
         return cls(tokenizer, backend, manifest, model_id=manifest_checksum(folder))

@@ -2,14 +2,15 @@
 
 The reference (transformers 4.57.6 `QuestionAnsweringPipeline` with a fast tokenizer) encodes the
 pair with truncation of the context only, `stride=doc_stride` and overflowing windows, question
-first for right-padding tokenizers. Positions that may hold an answer are the context tokens and
-every CLS token; everything else is masked out of the softmax.
+first for right-padding tokenizers; `WindowTokenizer` makes the same windows from one untruncated
+encoding of the pair. Positions that may hold an answer are the context tokens and every CLS
+token; everything else is masked out of the softmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from ..model.manifest import TokenizerInfo
 
 REFERENCE_MAX_SEQ_LEN = 384
 REFERENCE_MAX_STRIDE = 128
+# Most windows one question may make: with a question of ordinary length, 100,000 characters of
+# any text make fewer (Korean, the most tokens a character in BERT's vocabulary, about 1,200).
+DEFAULT_MAX_WINDOWS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,35 +79,45 @@ def window_geometry(
 
 
 class WindowTokenizer:
+    """Makes a pair's windows exactly as tokenizers' truncation with a stride and overflowing
+    windows does, from one encoding of the whole pair.
+
+    tokenizers would make an Encoding per window, each with every token's text, and the first
+    holding all the others, which Python then copies once more: about 100 kB a window at the
+    peak and 1 ms of Python each. A question that leaves the context little more than the
+    stride advances each window by a few tokens, so a valid event made about as many windows as
+    its context has tokens (20,000 for 100,000 characters) and took gigabytes. Here the pair is
+    encoded once, untruncated, and each window is the prefix before the context, a slice of the
+    context and the suffix after it, as tokenizers lays them out (`_parts`); a question whose
+    windows would number more than `max_windows` is refused before any is made.
+    """
+
     def __init__(
         self,
         tokenizer_file: Path,
         info: TokenizerInfo,
         max_seq_len: int | None = None,
         doc_stride: int | None = None,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> None:
         self.info = info
         self.max_seq_len, self.doc_stride = window_geometry(
             info.model_max_length, max_seq_len, doc_stride
         )
+        self.max_windows = max_windows
         self.question_first = info.padding_side == "right"
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
-        # Counts tokens of one text; a second instance because truncation settings are shared
-        # state and the windowing one truncates pairs only.
-        self._counter = Tokenizer.from_file(str(tokenizer_file))
-        self._counter.no_padding()
-        self._counter.no_truncation()
+        self._tokenizer.no_truncation()
         self._pair_special_tokens = self._tokenizer.num_special_tokens_to_add(is_pair=True)
-        self._tokenizer.enable_truncation(
-            max_length=self.max_seq_len,
-            stride=self.doc_stride,
-            strategy="only_second" if self.question_first else "only_first",
-            direction="right",
-        )
+
+    @property
+    def context_sequence(self) -> int:
+        """The context's sequence index in the pair: the second when the question comes first."""
+        return 1 if self.question_first else 0
 
     def encode(self, question: str, context: str) -> EncodedQuestion:
-        self.check(question, context)
+        check_texts(question, context)
         try:
             # A batch of one: `encode_batch` releases the GIL while it tokenizes and `encode` does
             # not, so a long context would stall every other thread, the event loop's too.
@@ -124,7 +138,7 @@ class WindowTokenizer:
         valid: list[int] = []
         for index, (question, context) in enumerate(pairs):
             try:
-                self.check(question, context)
+                check_texts(question, context)
                 valid.append(index)
             except EventError as error:
                 results[index] = error
@@ -132,83 +146,110 @@ class WindowTokenizer:
             encodings = self._tokenizer.encode_batch([self._ordered(*pairs[i]) for i in valid])
         except Exception:
             # One pair broke the batch call; encode one by one so only that pair fails.
-            for index in valid:
-                try:
+            encodings = None
+        for position, index in enumerate(valid):
+            try:
+                if encodings is None:
                     results[index] = self.encode(*pairs[index])
-                except EventError as error:
-                    results[index] = error
-        else:
-            for index, encoding in zip(valid, encodings, strict=True):
-                results[index] = self._windows(*pairs[index], encoding)
+                else:
+                    results[index] = self._windows(*pairs[index], encodings[position])
+            except EventError as error:
+                results[index] = error
         return [result for result in results if result is not None]
 
-    def check(self, question: str, context: str) -> None:
-        """Rejects what the tokenizer cannot window, before it gets to panic over it.
+    def _ordered(self, question: str, context: str) -> tuple[str, str]:
+        return (question, context) if self.question_first else (context, question)
 
-        When the question leaves no more room for context than the stride, tokenizers cannot
-        make overlapping windows and aborts with a Rust panic, whichever text comes first; the
-        reference fails there too.
-        """
-        check_texts(question, context)
-        question_tokens = self._count_tokens(question)
+    def _windows(self, question: str, context: str, encoding: Encoding) -> EncodedQuestion:
+        whole = Window(
+            input_ids=np.array(encoding.ids, dtype=np.int32),
+            type_ids=np.array(encoding.type_ids, dtype=np.int8),
+            candidates=np.empty(0, dtype=bool),
+            offsets=offsets_array(encoding.offsets),
+            word_ids=optional_ids(encoding.word_ids, np.int32),
+            sequence_ids=optional_ids(encoding.sequence_ids, np.int8),
+        )
+        sequence = self.context_sequence
+        in_context = np.flatnonzero(whole.sequence_ids == sequence)
+        # The context's tokens are contiguous: tokenizers lays a pair out as specials, one
+        # sequence, specials, the other, specials.
+        first = int(in_context[0]) if len(in_context) else len(whole)
+        last = int(in_context[-1]) + 1 if len(in_context) else first
+        context_tokens = last - first
+        question_tokens = len(whole) - context_tokens - self._pair_special_tokens
+        if len(whole) <= self.max_seq_len:
+            return EncodedQuestion(question, context, [self._finish(whole)], sequence)
         room = self.max_seq_len - question_tokens - self._pair_special_tokens
-        if room > self.doc_stride:
-            return
-        context_tokens = self._count_tokens(context)
-        if context_tokens > room:
+        if room <= self.doc_stride:
+            # tokenizers refuses (room 0 or less) or panics here, and the reference fails too.
             raise EventError(
                 ErrorCode.QUESTION_TOO_LONG,
                 f"the question takes {question_tokens} of the {self.max_seq_len} tokens of a "
                 f"window, leaving {max(room, 0)} for the context, not more than the stride of "
                 f"{self.doc_stride}; shorten the question or raise max_seq_len",
             )
-
-    def _count_tokens(self, text: str) -> int:
-        # `encode_batch` for the GIL, as in `encode`: the text may be a whole long context.
-        (encoding,) = self._counter.encode_batch([text], add_special_tokens=False)
-        return len(encoding)
-
-    def _ordered(self, question: str, context: str) -> tuple[str, str]:
-        return (question, context) if self.question_first else (context, question)
-
-    def _windows(self, question: str, context: str, encoding: Encoding) -> EncodedQuestion:
-        context_sequence = 1 if self.question_first else 0
+        parts = _parts(context_tokens, room, self.doc_stride)
+        if len(parts) > self.max_windows:
+            raise EventError(
+                ErrorCode.TOO_MANY_WINDOWS,
+                f"the context's {context_tokens} tokens would make {len(parts)} windows, more "
+                f"than the {self.max_windows} a question may make (--max-windows): the question "
+                f"takes {question_tokens} tokens, so each {self.max_seq_len}-token window holds "
+                f"{room} of the context and moves on by {room - self.doc_stride} past the "
+                f"stride of {self.doc_stride}; shorten the question or the context",
+            )
         windows = [
-            self._window(part, context_sequence) for part in [encoding, *encoding.overflowing]
+            self._finish(_spliced(whole, first, last, first + start, first + stop))
+            for start, stop in parts
         ]
-        return EncodedQuestion(question, context, windows, context_sequence)
+        return EncodedQuestion(question, context, windows, sequence)
 
-    def _window(self, encoding: Encoding, context_sequence: int) -> Window:
-        input_ids = np.array(encoding.ids, dtype=np.int32)
-        sequence_ids = optional_ids(encoding.sequence_ids, np.int8)
+    def _finish(self, window: Window) -> Window:
+        """`window` with the positions that may hold an answer."""
         if self.question_first:
-            candidates = sequence_ids == context_sequence
+            candidates = window.sequence_ids == self.context_sequence
         else:
             # The reference masks nothing when the context comes first.
-            candidates = np.ones(len(input_ids), dtype=bool)
+            candidates = np.ones(len(window), dtype=bool)
         if self.info.cls_token_id is not None:
-            candidates |= input_ids == self.info.cls_token_id
-        return Window(
-            input_ids=input_ids,
-            type_ids=np.array(encoding.type_ids, dtype=np.int8),
-            candidates=candidates,
-            offsets=offsets_array(encoding.offsets),
-            word_ids=optional_ids(encoding.word_ids, np.int32),
-            sequence_ids=sequence_ids,
-        )
+            candidates |= window.input_ids == self.info.cls_token_id
+        return replace(window, candidates=candidates)
 
     def _tokenization_error(self, error: BaseException) -> EventError:
-        message = str(error)
-        if "truncat" in message.lower() or "stride" in message.lower():
-            return EventError(
-                ErrorCode.QUESTION_TOO_LONG,
-                f"the question leaves no room for the context in a {self.max_seq_len}-token "
-                f"window with stride {self.doc_stride}; shorten the question or raise "
-                f"max_seq_len ({message})",
-            )
         return EventError(
-            ErrorCode.TOKENIZATION_FAILED, f"the tokenizer rejected the input: {message}"
+            ErrorCode.TOKENIZATION_FAILED, f"the tokenizer rejected the input: {error}"
         )
+
+
+def _parts(tokens: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """The (start, stop) token ranges of a sequence's windows, as tokenizers' `Encoding::truncate`
+    makes them (direction right): `room` tokens each, the next starting `room - stride` further
+    on, until one reaches the end."""
+    step = room - stride
+    parts = []
+    for start in range(0, tokens, step):
+        stop = min(start + room, tokens)
+        parts.append((start, stop))
+        if stop == tokens:
+            break
+    return parts
+
+
+def _spliced(whole: Window, first: int, last: int, start: int, stop: int) -> Window:
+    """`whole` with its tokens first..last replaced by start..stop of them: one window of a pair
+    whose context spans first..last."""
+
+    def splice(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([values[:first], values[start:stop], values[last:]])
+
+    return Window(
+        input_ids=splice(whole.input_ids),
+        type_ids=splice(whole.type_ids),
+        candidates=whole.candidates,
+        offsets=splice(whole.offsets),
+        word_ids=splice(whole.word_ids),
+        sequence_ids=splice(whole.sequence_ids),
+    )
 
 
 def optional_ids(values: Sequence[int | None], dtype: type[np.integer]) -> np.ndarray:
