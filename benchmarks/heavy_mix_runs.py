@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from benchmarks.bench_medians import figure
 from worker.backends.onnx import OnnxBackend, stream_layout
 from worker.bench.heavy_mix import HeavyMix, measure_heavy_mix, one_window_records
 from worker.bench.offline import WindowTimer
@@ -45,15 +46,7 @@ Figure = tuple[str, Callable[[dict[str, Any]], float | None]]
 
 
 def dig(*path: str) -> Callable[[dict[str, Any]], float | None]:
-    def read(case: dict[str, Any]) -> float | None:
-        value: Any = case
-        for key in path:
-            if not isinstance(value, dict) or value.get(key) is None:
-                return None
-            value = value[key]
-        return float(value)
-
-    return read
+    return lambda case: figure(case, path)
 
 
 FIGURES: tuple[Figure, ...] = (

@@ -241,10 +241,31 @@ def test_windows_decode_every_span_as_their_encodings_did(
     # Otherwise refused before tokenizing (question first) or a tokenizers panic.
     assume(tokenizers.leaves_room(windows, question))
     encoded = check_windows(tokenizers, windows, question, context, every_pair)
-    event(f"windows: {min(len(encoded.windows), 4)}{'+' if len(encoded.windows) >= 4 else ''}")
+    count = len(encoded.windows)
+    event(f"windows: {min(count, 4)}{'+' if count >= 4 else ''}")
     (batched,) = windows.encode_many([(question, context)])
     assert isinstance(batched, EncodedQuestion)
     assert same_arrays(batched, encoded)
+    check_window_limit(windows, question, context, count)
+
+
+def check_window_limit(windows: WindowTokenizer, question: str, context: str, count: int) -> None:
+    """At the limit and above it the pair's `count` windows are made; one below, refused."""
+    try:
+        for limit in (count + 1, count):
+            windows.max_windows = limit
+            assert len(windows.encode(question, context).windows) == count
+        if count > 1:
+            windows.max_windows = count - 1
+            with pytest.raises(EventError) as refused:
+                windows.encode(question, context)
+            assert refused.value.code == ErrorCode.TOO_MANY_WINDOWS
+            assert f"would make {count} windows, more than the {count - 1}" in str(refused.value)
+            (batched,) = windows.encode_many([(question, context)])
+            assert isinstance(batched, EventError)
+            assert batched.code == ErrorCode.TOO_MANY_WINDOWS
+    finally:
+        windows.max_windows = DEFAULT_MAX_WINDOWS
 
 
 @settings(HYPOTHESIS, max_examples=6)
@@ -396,43 +417,6 @@ def test_a_word_seen_again_after_a_later_word_is_not_looked_at(bare_tokenizer: T
     assert chars.tolist() == [[0, 5], [6, 10]]
     # The last token's own word is that first "river": its span starts there.
     assert char_ranges(window, np.array([6]), np.array([6]), 1, True).tolist() == [[0, 5]]
-
-
-@settings(HYPOTHESIS, max_examples=40)
-@given(
-    question=joined(1, 3),
-    context=joined(20, 80),
-    geometry=st.sampled_from(SMALL_GEOMETRIES),
-    question_first=st.booleans(),
-)
-def test_a_question_making_more_windows_than_the_limit_is_refused_and_at_it_is_not(
-    tokenizers: Tokenizers,
-    question: str,
-    context: str,
-    geometry: tuple[int, int],
-    question_first: bool,
-) -> None:
-    windows = tokenizers.windows(question_first, *geometry)
-    assume(tokenizers.leaves_room(windows, question))
-    count = len(tokenizers.encodings(windows, question, context))
-    event(f"windows: {min(count, 4)}{'+' if count >= 4 else ''}")
-    try:
-        for limit in (count + 1, count):
-            windows.max_windows = limit
-            assert len(windows.encode(question, context).windows) == count
-            (batched,) = windows.encode_many([(question, context)])
-            assert isinstance(batched, EncodedQuestion)
-        if count > 1:
-            windows.max_windows = count - 1
-            with pytest.raises(EventError) as refused:
-                windows.encode(question, context)
-            assert refused.value.code == ErrorCode.TOO_MANY_WINDOWS
-            assert f"would make {count} windows, more than the {count - 1}" in str(refused.value)
-            (batched,) = windows.encode_many([(question, context)])
-            assert isinstance(batched, EventError)
-            assert batched.code == ErrorCode.TOO_MANY_WINDOWS
-    finally:
-        windows.max_windows = DEFAULT_MAX_WINDOWS
 
 
 def test_a_long_question_over_a_long_context_is_refused_before_its_windows_are_made(
