@@ -188,11 +188,11 @@ class WindowTokenizer:
                 f"window, leaving {max(room, 0)} for the context, not more than the stride of "
                 f"{self.doc_stride}; shorten the question or raise max_seq_len",
             )
-        parts = _parts(context_tokens, room, self.doc_stride)
-        if len(parts) > self.max_windows:
+        count = _window_count(context_tokens, room, self.doc_stride)
+        if count > self.max_windows:
             raise EventError(
                 ErrorCode.TOO_MANY_WINDOWS,
-                f"the context's {context_tokens} tokens would make {len(parts)} windows, more "
+                f"the context's {context_tokens} tokens would make {count} windows, more "
                 f"than the {self.max_windows} a question may make (--max-windows): the question "
                 f"takes {question_tokens} tokens, so each {self.max_seq_len}-token window holds "
                 f"{room} of the context and moves on by {room - self.doc_stride} past the "
@@ -200,7 +200,7 @@ class WindowTokenizer:
             )
         windows = [
             self._finish(_spliced(whole, first, last, first + start, first + stop))
-            for start, stop in parts
+            for start, stop in _parts(context_tokens, room, self.doc_stride)
         ]
         return EncodedQuestion(question, context, windows, sequence)
 
@@ -224,15 +224,18 @@ class WindowTokenizer:
 def _parts(tokens: int, room: int, stride: int) -> list[tuple[int, int]]:
     """The (start, stop) token ranges of a sequence's windows, as tokenizers' `Encoding::truncate`
     makes them (direction right): `room` tokens each, the next starting `room - stride` further
-    on, until one reaches the end."""
+    on, until one reaches the end. `tokens` is above `room`, and `room` above `stride`."""
     step = room - stride
-    parts = []
-    for start in range(0, tokens, step):
-        stop = min(start + room, tokens)
-        parts.append((start, stop))
-        if stop == tokens:
-            break
-    return parts
+    return [
+        (start, min(start + room, tokens))
+        for start in range(0, _window_count(tokens, room, stride) * step, step)
+    ]
+
+
+def _window_count(tokens: int, room: int, stride: int) -> int:
+    """How many parts `_parts` makes: one, then one per `room - stride` tokens left to cover."""
+    step = room - stride
+    return 1 + max(0, -(-(tokens - room) // step))
 
 
 def _spliced(whole: Window, first: int, last: int, start: int, stop: int) -> Window:
