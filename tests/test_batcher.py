@@ -533,6 +533,24 @@ async def test_every_doomed_question_fails_at_once_before_the_next_batch() -> No
     assert engine.labels() == [["held#0"], ["ok#0"]]
 
 
+async def test_the_lanes_whose_windows_ran_are_told_once_each() -> None:
+    """What the partition watchdog counts as a partition working: a lane is told after a window
+    of it ran, and once; a lane whose question is still held before inference is not."""
+    engine = FakeEngine()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        assert batcher.lanes_run() == set()
+        engine.gate.hold()
+        first = asyncio.create_task(batcher.answer("A", "1 2", OPTIONS, lane=("q", 0)))
+        await engine.gate.next_batch()
+        second = asyncio.create_task(batcher.answer("B", "3", OPTIONS, lane=("q", 1)))
+        await wait_until(lambda: batcher.pending_windows == 1)  # type: ignore[arg-type]
+        assert batcher.lanes_run() == set()
+        engine.gate.open()
+        await bounded(asyncio.gather(first, second))
+        assert batcher.lanes_run() == {("q", 0), ("q", 1)}
+        assert batcher.lanes_run() == set()
+
+
 async def test_bad_input_fails_alone() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits()) as batcher:

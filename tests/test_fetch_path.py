@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
     QUESTIONS,
+    collect,
     create_topics,
     produce,
     question_values,
@@ -345,6 +347,52 @@ async def test_a_partition_that_stops_moving_is_named_until_it_moves_again(
             await wait_until(lambda: stalled_gauge(metrics) == cleared, 5, "the gauge to clear")
         finally:
             engine.gate.set()
+            await worker.stop()
+
+
+class SlowEngine(GatedEngine):
+    """A real engine each of whose batches takes at least `seconds`: a long event that keeps its
+    partition's committed offset still for many of them while it works."""
+
+    def __init__(self, engine: object, seconds: float) -> None:
+        super().__init__(engine)
+        self.seconds = seconds
+        self.gate.set()
+
+    def infer(self, windows: list, stream: int) -> list:
+        time.sleep(self.seconds)
+        return super().infer(windows, stream)
+
+
+async def test_a_partition_working_through_a_long_event_is_not_stalled(
+    exported_models: dict[str, Path],
+) -> None:
+    model = exported_models["bert"]
+    rng = random.Random(36)
+    context = texts.context(rng, 7000)
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        server = broker.bootstrap_servers
+        settings = worker_settings(server, model, stall_timeout_s=1.5)
+        engine = SlowEngine(load_engine(settings), seconds=0.25)
+        windows = len(engine.encode(texts.question(rng), context).windows)  # type: ignore[attr-defined]
+        # Longer than the stall timeout several times over, on either stream layout.
+        assert windows * engine.seconds / engine.streams > 4 * settings.stall_timeout_s, windows
+        worker = QAWorker(settings, engine, WorkerMetrics())  # type: ignore[arg-type]
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            value = json.dumps({"id": "long", "question": texts.question(rng), "context": context})
+            await produce(server, [value.encode()])
+            reasons = set()
+            answered = asyncio.ensure_future(collect(server, [ANSWERS], until=1, timeout=120))
+            while not answered.done():
+                reasons.add(worker.readiness()[1])
+                await asyncio.sleep(0.1)
+            (answer,) = answered.result()
+            assert json.loads(answer.value)["id"] == "long"
+            assert not [reason for reason in reasons if reason.startswith("stalled")], reasons
+        finally:
             await worker.stop()
 
 

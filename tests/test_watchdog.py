@@ -103,3 +103,22 @@ def test_revoked_partitions_are_forgotten_and_the_longest_stall_comes_first(cloc
 def test_the_timeout_must_be_positive(timeout: float) -> None:
     with pytest.raises(ValueError, match="above 0"):
         PartitionWatchdog(timeout)
+
+
+@pytest.mark.parametrize("quiet", [TIMEOUT - 0.001, TIMEOUT])
+def test_a_partition_whose_windows_run_is_working_until_they_stop(
+    clock: Clock, quiet: float
+) -> None:
+    """A long event holds the committed offset for longer than the timeout while its windows
+    run; the time counts from the last of them."""
+    watchdog = PartitionWatchdog(TIMEOUT, clock)
+    watchdog.observe({P0: (10, 5), P1: (3, 2)})
+    for _ in range(int(3 * TIMEOUT)):
+        clock.now += 1.0
+        watchdog.observe({P0: (10, 5), P1: (3, 2)}, working={P0})
+        assert P0 not in stalled_keys(watchdog)
+    # P1 had lag and ran nothing all along.
+    assert stalled_keys(watchdog) == [P1]
+    clock.now += quiet
+    watchdog.observe({P0: (10, 5), P1: (3, 2)})
+    assert (P0 in stalled_keys(watchdog)) == (quiet >= TIMEOUT)

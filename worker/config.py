@@ -296,9 +296,9 @@ class Settings:
     )
     stall_timeout_s: float = setting(
         300.0,
-        "A partition with lag whose committed offset has not moved for this long makes the "
-        "worker not ready, naming it (qa_worker_partition_stalled); keep it above any drain or "
-        "delivery retry.",
+        "A partition with lag whose committed offset has not moved, and none of whose windows "
+        "ran, for this long makes the worker not ready, naming it "
+        "(qa_worker_partition_stalled); keep it above any drain or delivery retry.",
         "worker",
     )
     # observability

@@ -195,6 +195,8 @@ class MicroBatcher(AsyncLifecycle):
         self._free_streams = list(range(engine.streams))
         self._wait_timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
+        # Lanes a window of which ran since `lanes_run()` was last asked.
+        self._lanes_ran: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -207,6 +209,11 @@ class MicroBatcher(AsyncLifecycle):
     def held_windows(self) -> int:
         """Windows of the questions admitted: waiting, running or waiting to be decoded."""
         return self.budget.held
+
+    def lanes_run(self) -> set[Hashable]:
+        """The lanes a window of which ran since the last call: the partitions making progress."""
+        ran, self._lanes_ran = self._lanes_ran, set()
+        return ran
 
     @property
     def in_flight_requests(self) -> int:
@@ -468,6 +475,7 @@ class MicroBatcher(AsyncLifecycle):
         for request in requests:
             request.inference_s += seconds
             request.inferred = max(request.inferred, ended)
+            self._lanes_ran.add(request.lane)
             if len(request.logits) == len(request.windows) and not request.future.done():
                 request.future.set_result([request.logits[i] for i in range(len(request.windows))])
         self._dispatch()

@@ -4,7 +4,13 @@ Every way the worker knows to get stuck has its own handling (a bad record becom
 a failed fetch loop stops the worker, an unreachable broker or a failing delivery makes it not
 ready). This catches the causes nobody has seen yet by their effect: a partition that has lag
 (records past its committed offset) while its committed offset has not moved for `timeout_s`.
-A partition without lag is idle, not stalled, and its time starts again when lag appears.
+A partition without lag is idle, not stalled, and its time starts again when lag appears. A
+partition whose events have windows running is working, not stalled: a document tagged by a
+question set, or a question over a long context, can hold its partition's commits for minutes
+while every one of its windows runs in turn, so each window of the partition that ran starts
+its time again. If its events stop running (held by something nobody has named, or the
+partition paused with as many events as `--max-in-flight` waiting behind one that is), the time
+runs out as before.
 
 The worker observes every assigned partition once a second (`QAWorker._refresh_lag`); time comes
 from the injected clock, so tests make a stall without sleeping.
@@ -13,7 +19,7 @@ from the injected clock, so tests make a stall without sleeping.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 __all__ = ["PartitionWatchdog", "Stall"]
@@ -56,13 +62,18 @@ class PartitionWatchdog:
         self._clock = clock
         self._progress: dict[Partition, _Progress] = {}
 
-    def observe(self, partitions: Mapping[Partition, tuple[int, int]]) -> None:
-        """(committed offset, lag) of every assigned partition; the others are forgotten."""
+    def observe(
+        self,
+        partitions: Mapping[Partition, tuple[int, int]],
+        working: Collection[Partition] = (),
+    ) -> None:
+        """(committed offset, lag) of every assigned partition, and those of them that had a
+        window run since the last observation; the others are forgotten."""
         now = self._clock()
         progress: dict[Partition, _Progress] = {}
         for key, (committed, lag) in partitions.items():
             last = self._progress.get(key)
-            if last is None or last.committed != committed or last.lag <= 0:
+            if last is None or last.committed != committed or last.lag <= 0 or key in working:
                 progress[key] = _Progress(committed, lag, now)
             else:
                 progress[key] = _Progress(committed, lag, last.since)

@@ -471,7 +471,8 @@ class QAWorker(AsyncLifecycle):
                     lags[key] = max(0, highwater - committed.get(tp, 0))
                     progress[key] = (committed.get(tp, 0), lags[key])
             self.metrics.set_lags(lags)
-            self.watchdog.observe(progress)
+            working = {lane for lane in self.batcher.lanes_run() if lane in progress}
+            self.watchdog.observe(progress, working)
             stalled = {(stall.topic, stall.partition) for stall in self.watchdog.stalled()}
             self.metrics.set_stalled({key: key in stalled for key in progress})
             self.metrics.set_ready(self.readiness()[0])
