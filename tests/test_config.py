@@ -70,6 +70,9 @@ def test_boolean_flags_can_switch_off_an_environment_default() -> None:
         ({"QA_STALL_TIMEOUT_S": "0"}, "--stall-timeout-s / QA_STALL_TIMEOUT_S must be above 0"),
         ({"QA_STALL_TIMEOUT_S": "-5"}, "QA_STALL_TIMEOUT_S must be above 0, got -5.0"),
         ({"QA_BATCH_SIZE": "-1"}, "--batch-size / QA_BATCH_SIZE must be 0 or more, got -1"),
+        ({"QA_HTTP_PORT": "65536"}, "--http-port / QA_HTTP_PORT must be 0 to 65535, got 65536"),
+        ({"QA_HTTP_PORT": "83539"}, "QA_HTTP_PORT must be 0 to 65535, got 83539"),
+        ({"QA_HTTP_PORT": "-1"}, "QA_HTTP_PORT must be 0 to 65535, got -1"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], fragment: str) -> None:
@@ -96,6 +99,11 @@ def test_run_with_a_nan_timeout_flag_exits_2_naming_the_setting(
     assert "--http-idle-timeout-s / QA_HTTP_IDLE_TIMEOUT_S must be a finite number" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("port", [0, 1, 65_535])
+def test_http_ports_at_the_ends_of_the_range_are_taken(port: int) -> None:
+    assert Settings.from_sources(None, {"QA_HTTP_PORT": str(port)}).http_port == port
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])

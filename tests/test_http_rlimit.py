@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from worker.errors import ConfigError
+from worker.preflight import MIN_OPEN_FILES, check_open_file_limit
 
 OPEN_FILE_LIMIT = 128
 # The bound the server takes by default: half the limit.
@@ -215,3 +221,72 @@ async def test_out_of_files_for_another_reason_the_server_pauses_then_serves_aga
     assert report["errors"] == []
     assert report["accept_warnings"] == 1
     assert (await probe(port))[0] == 200
+
+
+@pytest.mark.parametrize("idle", [1, 3])
+async def test_out_of_files_with_idle_connections_open_the_oldest_makes_room_for_a_probe(
+    child: Child, idle: int
+) -> None:
+    """Idle clients holding connections while the process is out of file descriptors cannot
+    keep a probe out: each accept that fails for want of one closes the oldest connection."""
+    started = await child.line("started")
+    port = started["port"]
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(idle)]
+    child.command("report")
+    assert (await child.line("report"))["open_connections"] == idle
+    child.command("fill")
+    await child.line("filled")
+    try:
+        status, _ = await probe(port)
+        assert status == 200
+        child.command("report")
+        report = await child.line("report")
+        assert report["evicted"] == 1
+        assert report["open_connections"] == idle - 1
+        assert report["errors"] == [] and report["accept_warnings"] == 0
+        # The oldest one was the one closed: the server reset it.
+        oldest_reader, _ = held[0]
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(oldest_reader.read(), 5)
+    finally:
+        child.command("free")
+        await child.line("freed")
+        for _, writer in held:
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize(
+    ("soft_limit", "refused"),
+    [(MIN_OPEN_FILES - 1, True), (MIN_OPEN_FILES, False), (resource.RLIM_INFINITY, False)],
+)
+def test_run_refuses_an_open_file_limit_below_what_the_worker_needs(
+    soft_limit: int, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(
+            ConfigError, match=rf"open-file limit is {soft_limit} \(RLIMIT_NOFILE\)"
+        ):
+            check_open_file_limit(soft_limit)
+    else:
+        check_open_file_limit(soft_limit)
+
+
+def test_run_under_a_low_open_file_limit_exits_2_in_one_line() -> None:
+    """Before: a Kafka client's thread died with EMFILE and the worker neither joined its group
+    nor exited, or a traceback ended it."""
+
+    def low_limit() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--broker", "127.0.0.1:1"],
+        preexec_fn=low_limit,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={key: value for key, value in os.environ.items() if not key.startswith("QA_")},
+    )
+    assert finished.returncode == 2, finished.stderr
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1 and "open-file limit is 32 (RLIMIT_NOFILE)" in lines[0], lines

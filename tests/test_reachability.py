@@ -209,6 +209,11 @@ async def test_a_configured_topic_missing_at_start_up_is_waited_for_then_the_wat
                 topic: TOPIC_SETTINGS[topic] for topic in ("answers", "tags")
             }
             assert not connecting.done()
+            # The broker answers all the while: not "unreachable", whatever the topics.
+            waited_until = time.monotonic() + 1.5
+            while time.monotonic() < waited_until:
+                assert watch.unreachable_for() < 0.5, watch.unreachable_for()
+                await asyncio.sleep(0.05)
             (line,) = {
                 r.getMessage() for r in caplog.records if r.levelname == "ERROR"
             }  # one cause, and one line naming every missing topic with its setting

@@ -360,6 +360,11 @@ class Settings:
             raise ConfigError(
                 f"{describe('stall_timeout_s')} must be above 0, got {self.stall_timeout_s}"
             )
+        if not 0 <= self.http_port <= MAX_PORT:
+            # getaddrinfo takes the port modulo 65536: 83539 would listen on 18003.
+            raise ConfigError(
+                f"{describe('http_port')} must be 0 to {MAX_PORT}, got {self.http_port}"
+            )
         if self.http_max_connections < 0:
             raise ConfigError(
                 f"{describe('http_max_connections')} must be 0 or more, got "
@@ -451,6 +456,7 @@ def settings_environment(
     return environ
 
 
+MAX_PORT = 65_535
 # Kafka's own rule (kafka.common.internals.Topic): a topic the broker would refuse leaves every
 # record sent to it failing, so names are checked before anything is sent.
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")

@@ -10,6 +10,10 @@ naming it (`--ssl-cafile / QA_SSL_CAFILE: ...`) and exit code 2, with nothing lo
   the worker connects).
 - `kafka`: the TLS context builds from its files and a SASL protocol has its login
   (`worker.client_security`).
+- `worker`: the process may open MIN_OPEN_FILES files (RLIMIT_NOFILE's soft limit): the worker
+  keeps about 20 open when idle, more with every broker it talks to, and its HTTP server may take
+  half the limit, so below it the worker runs out of file descriptors where nothing can name it
+  (a Kafka client's thread dies with EMFILE, and the worker neither joins its group nor exits).
 
 The command still meets every fault these miss (a model file changed since it was prepared, a
 question set that does not parse) where it loads what the setting names, as a one-line error.
@@ -18,6 +22,7 @@ question set that does not parse) where it loads what the setting names, as a on
 from __future__ import annotations
 
 import os
+import resource
 import stat
 from collections.abc import Collection
 from pathlib import Path
@@ -30,7 +35,9 @@ from .model.cache import default_cache
 from .model.hub import looks_like_hub_id
 from .model.manifest import MANIFEST_NAME, Manifest, Precision
 
-__all__ = ["check_settings"]
+__all__ = ["MIN_OPEN_FILES", "check_open_file_limit", "check_settings"]
+
+MIN_OPEN_FILES = 128
 
 
 def check_settings(settings: Settings, groups: Collection[str]) -> None:
@@ -43,6 +50,18 @@ def check_settings(settings: Settings, groups: Collection[str]) -> None:
         client_ssl_context(settings)
         if "SASL" in settings.security_protocol:
             sasl_login(settings)
+    if "worker" in groups:
+        check_open_file_limit(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def check_open_file_limit(soft_limit: int) -> None:
+    """Raises ConfigError when `soft_limit` (RLIMIT_NOFILE's) is below MIN_OPEN_FILES."""
+    if soft_limit != resource.RLIM_INFINITY and soft_limit < MIN_OPEN_FILES:
+        raise ConfigError(
+            f"the open-file limit is {soft_limit} (RLIMIT_NOFILE), below the {MIN_OPEN_FILES} "
+            "the worker needs for its own files, its Kafka sockets and its HTTP connections; "
+            f"raise it (ulimit -n {MIN_OPEN_FILES} or more)"
+        )
 
 
 def _check_model(settings: Settings, model: Path) -> None:

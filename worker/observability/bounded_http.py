@@ -135,6 +135,7 @@ _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 # Content-Length values longer than this are over any body limit (and past int()'s digit limit).
 _MAX_LENGTH_DIGITS = 18
 
@@ -208,7 +209,7 @@ class Refusal:
 @dataclass
 class HttpServerStats:
     accepted: int = 0
-    # Closed to make room for a new connection at the bound.
+    # Closed to make room for a new connection: at the bound, or out of file descriptors.
     evicted: int = 0
     # Closed for a request not read, or a response not taken, within request_timeout_s.
     timed_out: int = 0
@@ -572,6 +573,7 @@ class BoundedHttpServer:
 
     def _accept(self, listener: socket.socket) -> None:
         assert self._loop is not None
+        made_room = False
         for _ in range(max(1, min(ACCEPTS_PER_TURN, self.limits.max_connections // 4))):
             try:
                 sock, address = listener.accept()
@@ -581,6 +583,13 @@ class BoundedHttpServer:
                 if error.errno not in _OUT_OF_RESOURCES:
                     # The connection failed before it was accepted (reset, a network error):
                     # the next one may be fine (accept(2)).
+                    continue
+                if self._connections and error.errno in _OUT_OF_FILES and not made_room:
+                    # Out of descriptors with connections of our own open (the worker's other
+                    # files took more than their half): the oldest gives its descriptor to the
+                    # connection waiting, so idle clients cannot keep a probe out.
+                    self._give_up_oldest(error)
+                    made_room = True
                     continue
                 # Out of file descriptors (or memory) because of something else in the process:
                 # the bound keeps HTTP itself within half the open-file limit.
@@ -594,6 +603,11 @@ class BoundedHttpServer:
                 self._retry = self._loop.call_later(ACCEPT_RETRY_S, self._accept_on)
                 return
             self._adopt(sock, address)
+            if made_room:
+                # It took the descriptor given up. Linux takes a descriptor before it looks for
+                # a connection, so another accept now would fail whether one waits or not, and
+                # give this one up; the listener is still readable if one waits.
+                return
 
     def _adopt(self, sock: socket.socket, address: object) -> None:
         # No TCP_NODELAY: a response is one send, and a client's next request carries the
@@ -637,6 +651,21 @@ class BoundedHttpServer:
             args = (*args, unwarned, now - (warned_at or now))
         self._warned_at[kind] = now
         self.log.warning(template, *args)
+
+    def _give_up_oldest(self, error: OSError) -> None:
+        """Closes the connection whose stage began longest ago, for its file descriptor."""
+        assert self._loop is not None
+        oldest = next(iter(self._connections))
+        self.stats.evicted += 1
+        self._warn(
+            "out of files",
+            "cannot accept an HTTP connection (%s): closed the one whose %s began longest ago "
+            "(%.1f s) for it",
+            error.strerror or error,
+            oldest.stage.value,
+            self._loop.time() - oldest.stage_began,
+        )
+        self._close(oldest, abort=True)
 
     def _evict_oldest(self) -> None:
         assert self._loop is not None

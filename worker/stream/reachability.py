@@ -116,7 +116,8 @@ class BrokerWatch:
                 )
             await asyncio.sleep(min(self._interval_s, max(0.0, deadline - self._clock())))
             with contextlib.suppress(KafkaError):
-                await client.force_metadata_update()
+                if await client.force_metadata_update():
+                    self._last_answer = self._clock()
 
     def start(self) -> None:
         """Starts the periodic check; `connect()` must have succeeded."""
