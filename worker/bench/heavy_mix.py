@@ -557,7 +557,7 @@ class CaseWatch:
 
     async def _sample_gauges(self) -> None:
         try:
-            totals = await self._worker.counters()
+            totals = await self._worker.counters(current=False)
         except (aiohttp.ClientError, TimeoutError):
             # A scrape that failed under load is a finding, not the end of the case.
             self._scrapes_failed += 1

@@ -20,6 +20,7 @@ from ..config import Settings, settings_environment
 from ..embedded.process import file_tail
 from ..errors import BenchError
 from ..lifecycle import AsyncLifecycle
+from ..observability.http import METRICS_MAX_AGE_S
 from .report import note
 
 STARTUP_TIMEOUT_S = 120.0
@@ -94,9 +95,16 @@ class WorkerProcess(AsyncLifecycle):
             return "(no log)"
         return file_tail(self._log, LOG_TAIL_LINES) or "(empty log)"
 
-    async def counters(self) -> dict[str, float]:
-        """The worker's metric samples, as `metric_totals` reads them."""
+    async def counters(self, *, current: bool = True) -> dict[str, float]:
+        """The worker's metric samples, as `metric_totals` reads them.
+
+        The worker serves one render for up to `METRICS_MAX_AGE_S`; `current` waits that long
+        first, so that what is read was rendered after this call (a phase's counts before and
+        after it). A gauge sampled now and then can take a render a second old.
+        """
         assert self._session is not None
+        if current:
+            await asyncio.sleep(METRICS_MAX_AGE_S)
         async with self._session.get(self._url("/metrics")) as response:
             return metric_totals(await response.text())
 
