@@ -58,6 +58,16 @@ async def test_the_watch_counts_how_long_the_broker_has_been_away() -> None:
             await watch.close()
 
 
+async def connect_failure(watch: BrokerWatch) -> tuple[str, float]:
+    """The ConfigError's message of `watch.connect(within_s=2.0)`, and the seconds it took."""
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        await asyncio.wait_for(watch.connect(within_s=2.0), 10.0)
+    took = time.monotonic() - started
+    await watch.close()
+    return str(raised.value), took
+
+
 @pytest.mark.parametrize(
     ("protocol", "extra"),
     [
@@ -70,13 +80,7 @@ async def test_tls_or_sasl_against_a_plaintext_listener_fails_on_time_naming_the
 ) -> None:
     async with EmbeddedBroker() as broker:
         settings = plain_settings(broker.bootstrap_servers, security_protocol=protocol, **extra)
-        watch = BrokerWatch(settings, interval_s=0.1)
-        started = time.monotonic()
-        with pytest.raises(ConfigError) as raised:
-            await asyncio.wait_for(watch.connect(within_s=2.0), 10.0)
-        took = time.monotonic() - started
-        await watch.close()
-    message = str(raised.value)
+        message, took = await connect_failure(BrokerWatch(settings, interval_s=0.1))
     assert "--security-protocol" in message and "--broker" in message and protocol in message
     assert "secret-pw" not in message
     # The bound plus at most one connection attempt's own timeout.
@@ -240,12 +244,7 @@ async def test_a_configured_topic_still_missing_at_the_bound_fails_naming_it_and
         await broker.create_topic("questions", 1)
         await broker.create_topic("answers", 1)
         watch = BrokerWatch(plain_settings(broker.bootstrap_servers), TOPIC_SETTINGS, 0.1)
-        started = time.monotonic()
-        with pytest.raises(ConfigError) as raised:
-            await asyncio.wait_for(watch.connect(within_s=2.0), 10.0)
-        took = time.monotonic() - started
-        await watch.close()
-    message = str(raised.value)
+        message, took = await connect_failure(watch)
     assert "'tags' (--tags-topic / QA_TAGS_TOPIC)" in message, message
     assert "'answers'" not in message and "'questions'" not in message, message
     assert "creates none" in message, message
