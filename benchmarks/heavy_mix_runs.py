@@ -61,6 +61,7 @@ FIGURES: tuple[Figure, ...] = (
     ("tags: slowest document s", lambda case: _slowest(case.get("time_to_tags_s"))),
     ("windows/s", dig("windows_per_s")),
     ("loop lag p99 at most ms", dig("runtime", "loop_lag_p99_at_most_ms")),
+    ("loop lag share over 5 ms", dig("runtime", "loop_lag_share_over_5ms")),
     ("plan mean ms", dig("batch_plan", "mean_ms")),
     ("plan max at most ms", dig("batch_plan", "max_at_most_ms")),
     ("held windows max", dig("held_windows_max")),

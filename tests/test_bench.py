@@ -614,6 +614,7 @@ def test_loop_lag_quantile_is_the_bound_of_the_bucket_it_falls_in(lag_s: float) 
         for bound in LOOP_LAG_BUCKETS
     ]
     assert bucket_quantile(buckets, 100, 1.0) == expected
+    assert stats["loop_lag_share_over_5ms"] == pytest.approx(0.01 if lag_s > 0.005 else 0.0)
     assert stats["gc_pauses"]["2"] == {"count": 1.0, "total_ms": pytest.approx(50.0)}
     assert stats["gc_pauses"]["0"]["count"] == 0
 

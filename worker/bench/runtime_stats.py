@@ -28,6 +28,7 @@ def runtime_statistics(before: Mapping[str, float], after: Mapping[str, float]) 
         "loop_lag_samples": samples,
         "loop_lag_mean_ms": delta(f"{LOOP_LAG}_sum") / samples * 1000 if samples else None,
         "loop_lag_p99_at_most_ms": bucket_quantile(cumulative, samples, 0.99),
+        "loop_lag_share_over_5ms": share_over(cumulative, samples, 0.005),
         "gc_pauses": {
             str(generation): {
                 "count": delta(f"{GC_PAUSE}_count{{generation={generation}}}"),
@@ -36,6 +37,13 @@ def runtime_statistics(before: Mapping[str, float], after: Mapping[str, float]) 
             for generation in range(GC_GENERATIONS)
         },
     }
+
+
+def share_over(cumulative: list[tuple[float, float]], total: float, bound: float) -> float | None:
+    """The share of `total` samples above `bound`, which must be one of the buckets' bounds."""
+    if not total:
+        return None
+    return 1 - dict(cumulative)[bound] / total
 
 
 def bucket_quantile(
