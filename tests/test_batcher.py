@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 import random
 import threading
 import time
@@ -33,6 +34,7 @@ from worker.batching.batcher import (
 )
 from worker.batching.estimate import RUN_ESTIMATE_BATCHES, RunEstimate
 from worker.batching.plan import BatchLimits
+from worker.batching.priority import BULK_NICE
 from worker.errors import ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
 from worker.qa.decode import WindowLogits
@@ -825,3 +827,41 @@ async def test_a_long_context_being_tokenized_holds_up_no_short_question() -> No
         assert not long.done()
         engine.release_long.set()
         assert (await bounded(long)).result.answer == "long"
+
+
+class PriorityEngine(FakeEngine):
+    """Records the nice value of the thread each stage runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nice: dict[str, set[int]] = {"short": set(), "long": set(), "infer": set()}
+
+    @staticmethod
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def encode(self, question: str, context: str) -> EncodedQuestion:
+        kind = "long" if len(context) > LONG_CONTEXT_CHARS else "short"
+        self.nice[kind].add(self.own_nice())
+        return super().encode(question, "30 30" if kind == "long" else context)
+
+    def infer(self, windows: Sequence[Window], stream: int = 0) -> list[WindowLogits]:
+        self.nice["infer"].add(self.own_nice())
+        return super().infer(windows, stream)
+
+
+async def test_inference_and_long_tokenizing_yield_the_cpu_to_the_event_loop() -> None:
+    engine = PriorityEngine()
+    engine.streams = 2
+    base = PriorityEngine.own_nice()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+        await bounded(
+            asyncio.gather(
+                batcher.answer("long", "x" * (LONG_CONTEXT_CHARS + 1), OPTIONS),
+                *(ask(batcher, f"s{i}", 10, 20) for i in range(4)),
+            )
+        )
+    # Nice values only go up without privileges: a thread already above BULK_NICE stays there.
+    bulk = max(base, BULK_NICE)
+    assert engine.nice == {"short": {base}, "long": {bulk}, "infer": {bulk}}
+    assert PriorityEngine.own_nice() == base

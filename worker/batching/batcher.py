@@ -53,6 +53,7 @@ from ..qa.windows import EncodedQuestion, Window
 from .budget import Admission, WorkBudget
 from .estimate import RunEstimate
 from .plan import BatchLimits
+from .priority import yield_to_event_loop
 from .queue import Entry, PendingQueue
 
 __all__ = [
@@ -183,9 +184,15 @@ class MicroBatcher(AsyncLifecycle):
         self.budget = WorkBudget(work_budget)
         # Executors start their threads on first use, so building them here costs nothing. No
         # more batches than streams are ever submitted, so each runs on a thread of its own.
-        self._inference = ThreadPoolExecutor(engine.streams, thread_name_prefix="qa-inference")
+        # The bulk work's threads run at a lower priority, so the event loop gets a core at once;
+        # the short questions' tokenizing keeps the loop's, since their answers wait on it.
+        self._inference = ThreadPoolExecutor(
+            engine.streams, thread_name_prefix="qa-inference", initializer=yield_to_event_loop
+        )
         self._short_cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize")
-        self._long_cpu = ThreadPoolExecutor(1, thread_name_prefix="qa-tokenize-long")
+        self._long_cpu = ThreadPoolExecutor(
+            1, thread_name_prefix="qa-tokenize-long", initializer=yield_to_event_loop
+        )
         self._started = False
         self._accepting = False
         # Everything below is touched on the event loop only, so needs no lock.
