@@ -10,13 +10,14 @@ queries, its command line for the export init container, and Kubernetes' OpenAPI
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import math
 import os
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +30,7 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
+from tests.support.crd_validation import crd_problems
 from tests.support.otlp import OtlpReceiver
 from worker.backends.onnx import stream_layout
 from worker.cli import build_parser
@@ -43,8 +45,21 @@ from worker.tagging import load_question_sets, parse_topic_sets
 CHART = Path(__file__).resolve().parent.parent / "helm" / "kafka-qa-worker"
 RELEASE, NAMESPACE = "qa", "ml"
 FULLNAME = f"{RELEASE}-kafka-qa-worker"
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema known.
-KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
+
+
+def kube_version_floor() -> str:
+    """The oldest Kubernetes the chart supports: Chart.yaml's kubeVersion lower bound, as X.Y."""
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    found = re.fullmatch(r">=\s*v?(\d+)\.(\d+)(\.\d+)?(-0)?", constraint.strip())
+    assert found, f"kubeVersion {constraint!r} is not a plain lower bound"
+    return f"{found[1]}.{found[2]}"
+
+
+# Kubernetes' own schemas at the oldest version the chart supports and the newest one
+# kubernetes-validate ships; custom resources are checked against their CRDs' schemas instead.
+KUBE_VERSIONS = (kube_version_floor(), kubernetes_validate.latest_version())
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 
 # Settings the chart sets from other values than `config`: the model folder from `model`, the
 # password from a Secret, the TLS and question-sets file paths from where their Secret and
@@ -262,8 +277,8 @@ def test_rendered_objects_are_valid_kubernetes_objects(chart: helm.Chart, name: 
     rendered = render(chart, VALUE_SETS[name])
     checked = 0
     for obj in rendered.objects:
-        if obj["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
-            continue  # custom resources: their own tests below check their fields
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            continue  # custom resources: test_custom_resources_match_their_crds
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -271,6 +286,99 @@ def test_rendered_objects_are_valid_kubernetes_objects(chart: helm.Chart, name: 
                 pytest.fail(f"{obj['kind']} {obj['metadata']['name']} ({version}): {error.message}")
         checked += 1
     assert checked >= 5
+
+
+def test_the_oldest_supported_kubernetes_has_schemas() -> None:
+    # kubernetes-validate would otherwise fail on an unknown version, not on the chart.
+    floor = kube_version_floor()
+    known = kubernetes_validate.utils.all_versions()
+    assert any(v == floor or v.startswith(f"{floor}.") for v in known), (floor, known)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_custom_resources_match_their_crds(chart: helm.Chart, name: str) -> None:
+    custom = [
+        o for o in render(chart, VALUE_SETS[name]).objects if o["apiVersion"].startswith(CRD_GROUPS)
+    ]
+    problems = crd_problems(custom)
+    assert not any(problems), [
+        f"{o['kind']} {o['metadata']['name']}: {p}"
+        for o, p in zip(custom, problems, strict=True)
+        if p
+    ]
+
+
+def test_the_value_sets_render_every_custom_resource(chart: helm.Chart) -> None:
+    rendered = {o["kind"] for values in VALUE_SETS.values() for o in render(chart, values).objects}
+    # Each kind the chart can create is validated by test_custom_resources_match_their_crds.
+    assert rendered >= CUSTOM_KINDS, CUSTOM_KINDS - rendered
+
+
+# Negative controls: each validator, given a rendered object with one mistake, must refuse it.
+def break_workload_replicas(obj: dict[str, Any]) -> None:
+    obj["spec"]["replicas"] = "two"
+
+
+def break_service_port(obj: dict[str, Any]) -> None:
+    obj["spec"]["ports"][0]["port"] = "http"
+
+
+def break_with_unknown_field(obj: dict[str, Any]) -> None:
+    obj["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFs"] = True
+
+
+@pytest.mark.parametrize(
+    ("kind", "mistake"),
+    [
+        ("StatefulSet", break_workload_replicas),
+        ("Service", break_service_port),
+        # Only --strict rejects a field the schema does not have.
+        ("StatefulSet", break_with_unknown_field),
+    ],
+)
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_kubernetes_validate_rejects_a_broken_object(
+    chart: helm.Chart, kind: str, mistake: Callable[[dict[str, Any]], None], version: str
+) -> None:
+    obj = copy.deepcopy(render(chart, VALUE_SETS["defaults"]).one(kind, FULLNAME))
+    kubernetes_validate.validate(obj, version, strict=True)
+    mistake(obj)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def break_scaled_object(obj: dict[str, Any]) -> None:
+    obj["spec"]["minReplicaCount"] = "one"
+
+
+def break_trigger_authentication(obj: dict[str, Any]) -> None:
+    del obj["spec"]["secretTargetRef"][0]["parameter"]
+
+
+def break_service_monitor(obj: dict[str, Any]) -> None:
+    obj["spec"]["endpoints"][0]["interval"] = "every minute"
+
+
+def break_prometheus_rule(obj: dict[str, Any]) -> None:
+    del obj["spec"]["groups"][0]["rules"][0]["expr"]
+
+
+def test_the_crd_schemas_reject_broken_custom_resources(chart: helm.Chart) -> None:
+    mistakes = {
+        "ScaledObject": break_scaled_object,
+        "TriggerAuthentication": break_trigger_authentication,
+        "ServiceMonitor": break_service_monitor,
+        "PrometheusRule": break_prometheus_rule,
+    }
+    objects = render(chart, VALUE_SETS["sasl-tls"]).objects
+    objects += render(chart, VALUE_SETS["monitoring"]).objects
+    custom = [copy.deepcopy(o) for o in objects if o["kind"] in mistakes]
+    assert {o["kind"] for o in custom} == set(mistakes)
+    assert not any(crd_problems(custom))
+    for obj in custom:
+        mistakes[obj["kind"]](obj)
+    problems = crd_problems(custom)
+    assert all(problems), [o["kind"] for o, p in zip(custom, problems, strict=True) if not p]
 
 
 BAD_VALUES = [
