@@ -1,9 +1,11 @@
 """docker/Dockerfile, read with Docker's own parser (the `dockerfile` package binds the Go one).
 
-There is no container engine here, so the image is checked in two ways: its instructions are
-inspected (stages, user, entrypoint, health check, what the runtime stage may hold), and the
-builder stage's RUN steps are replayed in a fresh directory tree as a build would run them, after
-which the runtime stage's entrypoint must start and answer a question without torch.
+CI builds the image for real and runs it (.ci/image-check, with podman, as root). These tests need
+no container engine, so every run of the suite checks the Dockerfile too, in two ways: its
+instructions are inspected (stages, user, entrypoint, health check, what the runtime stage may
+hold, against the chart and the worker's settings), and the builder stage's RUN steps are
+replayed in a fresh directory tree as a build would run them, after which the runtime stage's
+entrypoint must start and answer a question without torch.
 """
 
 from __future__ import annotations
