@@ -9,6 +9,7 @@ a downloaded model.
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import itertools
 from collections import Counter
@@ -327,3 +328,19 @@ _BUILDERS: dict[
     "roberta": (_roberta_tokenizer, _roberta_model),
     "distilbert": (_distilbert_tokenizer, _distilbert_model),
 }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Writes a small QA checkpoint with random weights, to try the worker without "
+        "the Hub: `qa-worker export` prepares it like a downloaded one. Its answers are arbitrary."
+    )
+    parser.add_argument("--kind", choices=KINDS, default="mobilebert", help="architecture")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args()
+    print(build_checkpoint(args.kind, args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from tests.support.permissions import without_permissions_bypass
 from worker.errors import ExportError
 from worker.model.export import export_model
 from worker.model.manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -190,8 +191,8 @@ def test_hub_download_failure_says_how_to_use_a_local_folder(
     with pytest.raises(ExportError) as caught:
         export_model("example-org/no-such-qa-model", tmp_path / "out")
     message = str(caught.value)
-    assert "download" in message and "failed" in message
-    assert "huggingface-cli download example-org/no-such-qa-model --local-dir" in message
+    assert message.startswith("cannot download 'example-org/no-such-qa-model'")
+    assert "hf download example-org/no-such-qa-model --include" in message
     assert "qa-worker export --model DIR" in message
     assert not (tmp_path / "out").exists()
 
@@ -248,6 +249,41 @@ def test_refuses_a_folder_that_is_not_an_export(
 def test_missing_source_folder_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="does not exist"):
         export_model(str(tmp_path / "no-such-checkpoint"), tmp_path / "out")
+
+
+def test_an_unreadable_weights_file_is_named_as_a_permission_error(
+    tmp_path: Path, checkpoint_factory: Callable[[str], Path]
+) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint_factory("bert"), checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.chmod(0)
+    done = subprocess.run(
+        [
+            *without_permissions_bypass(),
+            sys.executable,
+            "-m",
+            "worker",
+            "export",
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    # Loading the checkpoint would say FileNotFoundError, for a file that is there.
+    assert line.startswith(
+        f"qa-worker export: {weights} cannot be read (PermissionError: permission denied, mode 0000"
+    )
+    assert "make it readable by this user" in line
+    assert "FileNotFoundError" not in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_export_extra_names_the_install_command(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +21,13 @@ import pytest
 from tests.support.hub_layouts import hub_onnx_layout, hub_wrong_onnx_layout
 from tests.support.without_torch import REPO_ROOT, run_without_torch
 from worker.model.cache import DEFAULT_MODEL, model_folder
-from worker.model.hub import HubUnreachable, files_to_download, looks_like_hub_id
+from worker.model.hub import (
+    HubError,
+    HubUnreachable,
+    download_checkpoint,
+    files_to_download,
+    looks_like_hub_id,
+)
 from worker.model.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 MAIN_COMMIT = "1" * 40
@@ -141,10 +148,10 @@ def test_a_hub_id_missing_from_an_offline_cache_says_how_to_pass_a_folder(
         done = run_without_torch(*command, "--model", "example-org/not-cached", env=env)
         assert done.returncode == 2
         message = done.stderr
-        assert "downloading 'example-org/not-cached' from the Hugging Face Hub failed" in message
+        assert "cannot download 'example-org/not-cached' from the Hugging Face Hub" in message
         assert "HF_HUB_OFFLINE is set and the Hub cache has no copy" in message
-        assert "huggingface-cli download example-org/not-cached --local-dir DIR" in message
-        assert "pass FOLDER as --model" in message
+        assert "hf download example-org/not-cached --include '*.json'" in message
+        assert "--local-dir DIR" in message and "pass --model FOLDER" in message
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "models" / "example-org--not-cached").exists()
 
@@ -391,7 +398,7 @@ def test_which_commit_a_revision_is_at_and_when_the_hub_cannot_say(
     # A commit id needs no lookup (answers stays empty: model_info would fail on pop).
     assert resolve_commit("example-org/tiny-qa", MAIN_COMMIT) == MAIN_COMMIT
     answers.append(requests.ConnectionError("no route to host"))
-    with pytest.raises(HubUnreachable, match="no route to host"):
+    with pytest.raises(HubUnreachable, match=r"^huggingface.co cannot be reached$"):
         resolve_commit("example-org/tiny-qa", None)
     answers.append(RepositoryNotFoundError("404", response=requests.Response()))
     with pytest.raises(HubError, match="the Hugging Face Hub has no 'example-org/gone'"):
@@ -399,3 +406,103 @@ def test_which_commit_a_revision_is_at_and_when_the_hub_cannot_say(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubUnreachable, match="HF_HUB_OFFLINE is set"):
         resolve_commit("example-org/tiny-qa", None)
+
+
+def connection_error(reason: Exception) -> Exception:
+    """What requests raises when urllib3 gives up on a connection, wrapping its reason."""
+    import requests
+    from urllib3.exceptions import MaxRetryError
+
+    url = "/api/models/example-org/tiny-qa/tree/main?recursive=True&expand=False"
+    return requests.ConnectionError(MaxRetryError(None, url, reason))
+
+
+def name_resolution_error() -> Exception:
+    from urllib3.connection import HTTPSConnection
+    from urllib3.exceptions import NameResolutionError
+
+    connection = HTTPSConnection("huggingface.co", 443)
+    failure = socket.gaierror(-3, "Temporary failure in name resolution")
+    return connection_error(NameResolutionError("huggingface.co", connection, failure))
+
+
+def download_error(monkeypatch: pytest.MonkeyPatch, error: Exception) -> str:
+    """The message of a Hub download whose listing raised `error`."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def fail(*args: object, **kwargs: object) -> list[str]:
+        raise error
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", fail)
+    with pytest.raises(HubError) as caught:
+        download_checkpoint("example-org/tiny-qa", None, allow_pickle=False, progress=False)
+    return str(caught.value)
+
+
+def test_no_dns_gives_the_cause_in_a_few_words_and_the_offline_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = download_error(monkeypatch, name_resolution_error())
+    assert "\n" not in message and len(message) < 480, message
+    cause = message.split(". ")[0]
+    assert cause == (
+        "cannot download 'example-org/tiny-qa' from the Hugging Face Hub: the name "
+        "huggingface.co does not resolve (no DNS)"
+    )
+    # No token helps a machine without DNS, and urllib3's nested repr says nothing to a user.
+    assert "HF_TOKEN" not in message
+    for noise in ("MaxRetryError", "NameResolutionError", "HTTPSConnection", "urllib3"):
+        assert noise not in message
+    # Only the files an export reads, not every format the repository ships.
+    assert (
+        "`hf download example-org/tiny-qa --include '*.json' '*.txt' '*.model' 'model.onnx*' "
+        "'onnx/model.onnx*' '*.safetensors' --local-dir DIR`" in message
+    )
+    assert message.endswith(
+        "run `qa-worker export --model DIR --out FOLDER` and pass --model FOLDER"
+    )
+
+
+def refused() -> Exception:
+    from urllib3.connection import HTTPSConnection
+    from urllib3.exceptions import NewConnectionError
+
+    error = NewConnectionError(HTTPSConnection("huggingface.co", 443), "Connection refused")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    return error
+
+
+def timed_out() -> Exception:
+    from urllib3.connection import HTTPSConnection
+    from urllib3.exceptions import ConnectTimeoutError
+
+    return ConnectTimeoutError(HTTPSConnection("huggingface.co", 443), "timed out")
+
+
+@pytest.mark.parametrize(
+    ("reason", "cause"),
+    [
+        (refused, "huggingface.co refused the connection"),
+        (timed_out, "huggingface.co did not answer in time"),
+    ],
+)
+def test_other_network_failures_are_named_without_a_token(
+    reason: Callable[[], Exception], cause: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = download_error(monkeypatch, connection_error(reason()))
+    assert f"from the Hugging Face Hub: {cause}. Without the Hub:" in message
+    assert "HF_TOKEN" not in message
+
+
+def test_a_repository_the_hub_does_not_show_asks_for_the_id_and_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    message = download_error(monkeypatch, RepositoryNotFoundError("404 Client Error."))
+    assert message == (
+        "cannot download 'example-org/tiny-qa' from the Hugging Face Hub: no such repository, or "
+        "it is private. Check the id; for a private or gated one, set HF_TOKEN"
+    )

@@ -14,6 +14,7 @@ import pytest
 
 from parity import texts
 from tests.support.streaming import QUESTIONS, create_topics
+from worker.commands.clients import SAMPLES
 from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
 from worker.errors import ConfigError
@@ -37,8 +38,12 @@ def test_demo_answers_the_built_in_samples(exported_models: dict[str, Path]) -> 
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(answers) == 12
     assert len({answer["id"] for answer in answers}) == 12
+    samples = dict(SAMPLES)
     for answer in answers:
         assert {"answer", "score", "start", "end", "is_impossible", "answers"} <= set(answer)
+        # Each line names the question it answers first, so the output reads on its own.
+        assert next(iter(answer)) == "question"
+        assert answer["question"] in samples
 
 
 @pytest.mark.broker

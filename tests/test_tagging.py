@@ -77,7 +77,7 @@ def tag_with_cli(model: Path, question_sets: Path, docs_file: Path) -> list[dict
         str(model),
         "--precision",
         "fp32",
-        "--questions",
+        "--question-sets",
         str(question_sets),
         "--input",
         str(docs_file),

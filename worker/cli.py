@@ -7,11 +7,14 @@ reads the parsed flags into `Settings` itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Settings, add_arguments
@@ -24,6 +27,61 @@ DESCRIPTION = (
 )
 DEFAULT_BENCH_EVENTS = 300
 DEFAULT_SWEEP_EVENTS = 200
+# What `produce` and `consume` use of the settings: where the brokers are and how to log in.
+CLIENT_SETTINGS = (
+    "broker",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
+# `demo` serves no HTTP and logs its own way: of the worker's settings it takes the others.
+DEMO_UNUSED_SETTINGS = (
+    "http_host",
+    "http_port",
+    "http_max_connections",
+    "http_idle_timeout_s",
+    "http_request_timeout_s",
+    "log_format",
+)
+
+log = logging.getLogger(__name__)
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Appends "(default: X)" to the help of a flag with a default its text does not give.
+
+    Setting flags default to None (so that their variables can apply) and state their default in
+    their own text (worker.config.add_arguments); a switch's default, off, goes without saying.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name that still works: it stores into the new flag's dest and logs a warning
+    naming the new one."""
+
+    def __init__(self, *args: Any, new_flag: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        log.warning("%s is deprecated and will be removed: use %s", option_string, self.new_flag)
+        setattr(namespace, self.dest, values)
 
 
 @dataclass(frozen=True)
@@ -38,18 +96,26 @@ class Command:
         return int(getattr(importlib.import_module(self.module), self.function)(args))
 
 
-def add_settings(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:
-    """Adds the flags of these setting groups, and notes the groups for `main` to check."""
-    add_arguments(parser, groups)
-    parser.set_defaults(setting_groups=tuple(groups))
+def add_settings(
+    parser: argparse.ArgumentParser, groups: Sequence[str], only: Sequence[str] | None = None
+) -> None:
+    """Adds the flags of these setting groups (only those named in `only`, when given), and notes
+    the groups for `main` to check."""
+    add_arguments(parser, groups, only)
+    parser.set_defaults(setting_groups=(*(parser.get_default("setting_groups") or ()), *groups))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qa-worker", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="qa-worker", description=DESCRIPTION, formatter_class=HelpWithDefaults
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    export = commands.add_parser("export", help="prepare a model folder: ONNX, tokenizer, manifest")
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, formatter_class=HelpWithDefaults, **kwargs)
+
+    export = command("export", "prepare a model folder: ONNX, tokenizer, manifest")
     export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
     export.add_argument("--out", required=True, type=Path, help="folder to write")
     export.add_argument(
@@ -78,36 +144,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=Command("worker.commands.export", "command_export"))
 
-    answer = commands.add_parser("answer", help="answer one question, or a JSONL/SQuAD file")
+    answer = command("answer", "answer one question, or a JSONL/SQuAD file")
     add_settings(answer, ("model", "qa", "batching"))
-    answer.add_argument("--question")
-    answer.add_argument("--context")
+    answer.add_argument("--question", help="the question to answer (with --context)")
+    answer.add_argument("--context", help="the passage to find the answer in (with --question)")
     answer.add_argument("--id", default="0", help="id echoed for --question/--context")
     answer.add_argument("--input", type=Path, help="JSONL of {id, question, context}, or SQuAD")
     answer.add_argument("--output", type=Path, help="JSONL to write; default stdout")
     answer.set_defaults(handler=Command("worker.commands.answer", "command_answer"))
 
-    evaluation = commands.add_parser("eval", help="SQuAD 2.0 exact match and F1")
+    evaluation = command("eval", "SQuAD 2.0 exact match and F1")
     add_settings(evaluation, ("model", "qa", "batching"))
     evaluation.add_argument("--squad", required=True, type=Path, help="SQuAD-format JSON file")
     evaluation.set_defaults(handler=Command("worker.commands.evaluate", "command_eval"))
 
-    tag = commands.add_parser("tag", help="tag JSONL documents with a question set, offline")
+    tag = command("tag", "tag JSONL documents with a question set, offline")
     add_settings(tag, ("model", "qa", "batching"))
-    tag.add_argument("--questions", required=True, type=Path, help="question-set file")
+    # The same flag as `run`'s, so one file is named one way; the old name still works.
+    add_settings(tag, ("tagging",), only=("question_sets",))
+    tag.add_argument(
+        "--questions",
+        dest="question_sets",
+        type=Path,
+        action=DeprecatedAlias,
+        new_flag="--question-sets",
+        help="deprecated name of --question-sets",
+    )
     tag.add_argument("--input", required=True, type=Path, help="JSONL of {id, text, ...}")
     tag.add_argument("--question-set", help="set for documents that name none; default: first")
     tag.add_argument("--output", type=Path, help="JSONL to write; default stdout")
     tag.set_defaults(handler=Command("worker.commands.tag", "command_tag"))
 
-    run = commands.add_parser("run", help="run the streaming worker until SIGTERM")
+    run = command("run", "run the streaming worker until SIGTERM")
     add_settings(run, ("model", "qa", "batching", "kafka", "tagging", "worker"))
     run.set_defaults(handler=Command("worker.commands.run", "command_run"))
 
-    demo = commands.add_parser(
-        "demo", help="embedded broker + worker: send questions, print answers, shut down"
+    demo = command("demo", "embedded broker + worker: send questions, print answers, shut down")
+    add_settings(demo, ("model", "qa", "batching"))
+    add_settings(
+        demo,
+        ("worker",),
+        only=[name for name in setting_names("worker") if name not in DEMO_UNUSED_SETTINGS],
     )
-    add_settings(demo, ("model", "qa", "batching", "worker"))
     demo.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
     demo.add_argument("--count", type=int, help="send this many questions (cycling the input)")
     demo.add_argument(
@@ -115,19 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=Command("worker.commands.demo", "command_demo"))
 
-    produce = commands.add_parser("produce", help="send JSONL or SQuAD questions to a topic")
-    add_settings(produce, ("kafka",))
+    produce = command("produce", "send JSONL or SQuAD questions to a topic")
+    add_settings(produce, ("kafka",), only=CLIENT_SETTINGS)
     produce.add_argument("--input", type=Path, help="JSONL or SQuAD questions; default: samples")
     produce.add_argument("--count", type=int, help="send this many (cycling the input)")
-    produce.add_argument("--topic", help="default: the questions topic")
+    produce.add_argument(
+        "--topic", help="topic to send to; default: $QA_QUESTIONS_TOPIC, else qa-questions"
+    )
     produce.set_defaults(handler=Command("worker.commands.clients", "command_produce"))
 
-    consume = commands.add_parser("consume", help="print answers (or any JSON topic) as JSONL")
-    add_settings(consume, ("kafka",))
-    consume.add_argument("--topic", action="append", help="default: the answers topic")
+    consume = command("consume", "print answers (or any JSON topic) as JSONL")
+    add_settings(consume, ("kafka",), only=CLIENT_SETTINGS)
+    consume.add_argument(
+        "--topic",
+        action="append",
+        help="topic to read, repeatable; default: $QA_ANSWERS_TOPIC, else qa-answers",
+    )
     consume.add_argument("--count", type=int, help="stop after this many events")
     consume.add_argument("--timeout", type=float, default=10.0, help="stop after idle seconds")
-    consume.add_argument("--from-beginning", action="store_true")
+    consume.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="read each partition from its first event; default: only events sent after the "
+        "consumer starts",
+    )
     consume.set_defaults(handler=Command("worker.commands.clients", "command_consume"))
 
     add_bench_parser(commands)
@@ -140,6 +229,7 @@ def add_bench_parser(
     """Registers `bench` on the subparsers object of `qa-worker`'s parser."""
     bench = commands.add_parser(
         "bench",
+        formatter_class=HelpWithDefaults,
         help="measure throughput, latency, padding, memory and start-up of the worker",
         description="Measures the engine and a `qa-worker run` process on the same questions. "
         "Worker settings without a flag here (QA_MAX_IN_FLIGHT, QA_DRAIN_TIMEOUT_S, ...) come "
@@ -196,6 +286,11 @@ def add_bench_parser(
     )
     bench.set_defaults(handler=Command("worker.bench.command", "command_bench"))
     return bench
+
+
+def setting_names(group: str) -> list[str]:
+    """The settings of a group, by field name."""
+    return [spec.name for spec in dataclasses.fields(Settings) if spec.metadata["group"] == group]
 
 
 def positive_count(text: str) -> int:

@@ -16,7 +16,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,13 +40,35 @@ def setting(
     group: str,
     choices: Iterable[str] | None = None,
     secret: bool = False,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A field of Settings; a `secret` one stays out of the repr, so out of logs and tracebacks."""
+    """A field of Settings; a `secret` one stays out of the repr, so out of logs and tracebacks.
+
+    `parse` reads the flag's or variable's text when the field's type alone would lose something.
+    """
     return field(
         default=default,
         repr=not secret,
-        metadata={"help": help, "group": group, "choices": tuple(choices) if choices else None},
+        metadata={
+            "help": help,
+            "group": group,
+            "choices": tuple(choices) if choices else None,
+            "parse": parse,
+        },
     )
+
+
+def model_path(raw: str) -> Path:
+    """`--model`'s text as a Path that still reads as a path when it was written as one.
+
+    Path("./models/x") is models/x, which reads as the Hub id ORG/NAME: a folder not made yet
+    would be downloaded from the Hub instead of reported missing. Written with a leading ./ or
+    ../, it is made absolute, which no Hub id is.
+    """
+    path = Path(raw)
+    if raw in (".", "..") or raw.startswith(("./", "../")):
+        return path.absolute()
+    return path
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,7 @@ class Settings:
         "Prepared model folder (from `qa-worker export`), or a Hub id, prepared (int8) into "
         "the model cache on first use; `demo` defaults to csarron/mobilebert-uncased-squad-v2.",
         "model",
+        parse=model_path,
     )
     model_revision: str | None = setting(
         None, "Hub branch, tag or commit when --model is a Hub id; default: main.", "model"
@@ -216,7 +239,7 @@ class Settings:
     )
     # tagging and request/reply
     question_sets: Path | None = setting(
-        None, "YAML or JSON file of question sets for documents topics.", "tagging"
+        None, "YAML or JSON file of question sets to tag documents with.", "tagging"
     )
     documents_topics: str | None = setting(
         None,
@@ -503,17 +526,21 @@ def parse_value(spec: dataclasses.Field[Any], raw: str) -> Any:
     choices = spec.metadata["choices"]
     if choices and raw not in choices:
         raise ValueError(f"expected one of {', '.join(choices)}")
-    return kind(raw)
+    return (spec.metadata["parse"] or kind)(raw)
 
 
-def add_arguments(parser: argparse.ArgumentParser, groups: Iterable[str]) -> None:
-    """Adds the flags of the given setting groups; unset flags stay None so env vars can apply."""
+def add_arguments(
+    parser: argparse.ArgumentParser, groups: Iterable[str], only: Iterable[str] | None = None
+) -> None:
+    """Adds the flags of the given setting groups (of those, only the settings named in `only`,
+    when given); unset flags stay None so env vars can apply, and the help shows the default."""
     wanted = set(groups)
+    names = None if only is None else set(only)
     for spec in dataclasses.fields(Settings):
-        if spec.metadata["group"] not in wanted:
+        if spec.metadata["group"] not in wanted or (names is not None and spec.name not in names):
             continue
         kind = base_type(spec)
-        help_text = f"{spec.metadata['help']} [env {env_name(spec.name)}]"
+        help_text = f"{spec.metadata['help']} [{shown_default(spec)}env {env_name(spec.name)}]"
         if kind is bool:
             parser.add_argument(
                 flag_name(spec.name),
@@ -526,11 +553,20 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Iterable[str]) -> Non
             parser.add_argument(
                 flag_name(spec.name),
                 dest=spec.name,
-                type=kind,
+                type=spec.metadata["parse"] or kind,
                 choices=spec.metadata["choices"],
                 default=None,
                 help=help_text,
             )
+
+
+def shown_default(spec: dataclasses.Field[Any]) -> str:
+    """The default as a setting's help shows it, `default: X; `; empty for a setting unset by
+    default, whose own text says what unset means."""
+    if spec.default is None:
+        return ""
+    value = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default
+    return f"default: {value}; "
 
 
 def markdown_table() -> str:

@@ -21,6 +21,7 @@ question set that does not parse) where it loads what the setting names, as a on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import stat
@@ -33,7 +34,7 @@ from .config import Settings, describe
 from .errors import ConfigError, ModelFolderError
 from .model.cache import default_cache
 from .model.hub import looks_like_hub_id
-from .model.manifest import MANIFEST_NAME, Manifest, Precision
+from .model.manifest import MANIFEST_NAME, Manifest, Precision, file_access
 
 __all__ = ["MIN_OPEN_FILES", "check_open_file_limit", "check_settings"]
 
@@ -74,20 +75,34 @@ def _check_model(settings: Settings, model: Path) -> None:
             _check_model_cache(settings.model_cache)
             return
         raise ConfigError(
-            f"{where} does not exist (and is no Hub id, ORG/NAME); prepare a folder with "
-            "`qa-worker export`"
+            f"{where} does not exist: prepare it with `qa-worker export --model CHECKPOINT "
+            f"--out {shown_path(model)}` (docs/models.md), or name a Hub model as ORG/NAME"
         ) from None
     except OSError as error:
         raise ConfigError(f"{where} cannot be read: {_failure(error)}") from None
     if not stat.S_ISDIR(status.st_mode):
         raise ConfigError(f"{where} is not a folder; give the folder `qa-worker export` wrote")
+    precision = cast(Precision | None, settings.precision)
     try:
         with os.scandir(model):
             pass
         manifest = Manifest.read(model)
-        manifest.onnx_path(model, cast(Precision | None, settings.precision))
+        manifest.onnx_path(model, precision)
+        # Opened, not read: a file this user may not read fails here in one line, naming it,
+        # rather than as a traceback once the engine loads it. A missing one is the loader's to
+        # report, with the checksums.
+        for name in manifest.files_to_load(precision):
+            with contextlib.suppress(FileNotFoundError):
+                (model / name).open("rb").close()
     except ModelFolderError as error:
         raise ConfigError(f"{describe('model')}: {error}") from None
+    except PermissionError as error:
+        unreadable = Path(error.filename) if error.filename else model
+        raise ConfigError(
+            f"{describe('model')}: {shown_path(unreadable)} cannot be read: permission denied "
+            f"({file_access(unreadable)}); make it readable by this user (chmod a+r) or run as its "
+            "owner"
+        ) from None
     except OSError as error:
         raise ConfigError(f"{where} cannot be read: {_failure(error)}") from None
     except (ValueError, KeyError, TypeError, AttributeError):

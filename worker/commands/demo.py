@@ -69,11 +69,13 @@ async def demo(
                 ]
                 sent += await produce(settings, documents, DEMO_DOCUMENTS_TOPIC)
             print(f"sent {sent} questions to {broker.bootstrap_servers}", file=sys.stderr)
+            questions = {str(event.get("id")): event.get("question") for event in events}
             received = 0
             async for topic, event in listener:
                 if topic == DEMO_DOCUMENTS_TOPIC:
                     continue
-                print(json.dumps(event, ensure_ascii=False), flush=True)
+                line = beside_its_question(event, questions)
+                print(json.dumps(line, ensure_ascii=False), flush=True)
                 received += 1
                 if received == sent:
                     break
@@ -82,6 +84,16 @@ async def demo(
         finally:
             await worker.stop()
     return 0 if received == sent else 1
+
+
+def beside_its_question(
+    event: dict[str, object], questions: dict[str, object]
+) -> dict[str, object]:
+    """The event with the question it answers in front, as `question`, when it answers one of
+    the demo's questions (a tags event answers a document's question set instead). Answer
+    events themselves carry no question: the demo adds it so that each line reads on its own."""
+    question = questions.get(str(event.get("id")))
+    return event if question is None else {"question": question, **event}
 
 
 def command_demo(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ import time
 
 from .. import __version__
 from ..batching.layout import batch_limits
-from ..config import Settings
-from ..errors import EventError
+from ..config import Settings, describe
+from ..errors import ConfigError, EventError
 from ..events import DocumentEvent, InputLimits, parse_document, tags_event
 from ..model.loading import load_engine
 from ..qa import QAOptions
@@ -19,7 +19,9 @@ from .offline import open_output
 
 def command_tag(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
-    question_sets = load_question_sets(args.questions, settings.subset(QAOptions))
+    if settings.question_sets is None:
+        raise ConfigError(f"no question-set file given: pass {describe('question_sets')}")
+    question_sets = load_question_sets(settings.question_sets, settings.subset(QAOptions))
     engine = load_engine(settings)
     limits = InputLimits(
         settings.max_question_chars,

@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -39,7 +40,16 @@ from .export_check import (
     onnx_logits,
     sample_inputs,
 )
-from .hub import HubError, download_checkpoint, looks_like_hub_id, snapshot_commit
+from .hub import (
+    CONFIG_PATTERNS,
+    ONNX_PATTERNS,
+    PICKLE_PATTERNS,
+    WEIGHT_PATTERNS,
+    HubError,
+    download_checkpoint,
+    looks_like_hub_id,
+    snapshot_commit,
+)
 from .log_filter import dropping_logs
 from .manifest import (
     LOGIT_OUTPUTS,
@@ -47,6 +57,7 @@ from .manifest import (
     TOKENIZER_NAME,
     Manifest,
     TokenizerInfo,
+    file_access,
     sha256_file,
 )
 from .onnx_source import (
@@ -420,6 +431,7 @@ def _checkpoint_folder(
     if path.is_dir():
         if revision is not None:
             raise ExportError(f"--revision applies to Hub ids, and {source} is a local folder")
+        _check_readable(path, allow_pickle)
         return path, False
     if path.exists():
         raise ExportError(f"{source} is a file; pass the checkpoint folder that holds it")
@@ -431,6 +443,29 @@ def _checkpoint_folder(
         return download_checkpoint(source, revision, allow_pickle, progress), True
     except HubError as error:
         raise ExportError(str(error)) from error
+
+
+def _check_readable(folder: Path, allow_pickle: bool) -> None:
+    """Raises ExportError naming the first file of the checkpoint the export reads that this
+    process may not read.
+
+    Loading the checkpoint reports an unreadable model.safetensors as "FileNotFoundError: No
+    such file or directory", for a file that is there.
+    """
+    patterns = CONFIG_PATTERNS + ONNX_PATTERNS + WEIGHT_PATTERNS
+    patterns += PICKLE_PATTERNS if allow_pickle else []
+    try:
+        with os.scandir(folder):
+            pass
+        for path in sorted({path for pattern in patterns for path in folder.glob(pattern)}):
+            if path.is_file():
+                path.open("rb").close()
+    except PermissionError as error:
+        where = Path(error.filename or folder)
+        raise ExportError(
+            f"{where} cannot be read (PermissionError: permission denied, {file_access(where)}): "
+            "make it readable by this user (chmod a+r) or export as its owner"
+        ) from None
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import socket
+import ssl
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from ..errors import SetupError
 from .onnx_source import ONNX_LOCATIONS
@@ -32,6 +36,9 @@ ONNX_PATTERNS = [
 ]
 WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+# What the offline recipe downloads: the configuration and tokenizer files, the ONNX model with
+# its side file, and safetensors weights (for a repository without an ONNX model), nothing else.
+RECIPE_PATTERNS = ("*.json", "*.txt", "*.model", "model.onnx*", "onnx/model.onnx*", "*.safetensors")
 
 
 # A full commit id: a revision of this form needs no lookup, it cannot move.
@@ -115,7 +122,7 @@ def resolve_commit(repo_id: str, revision: str | None) -> str:
             "id, and set HF_TOKEN for a private repository"
         ) from error
     except (requests.ConnectionError, requests.Timeout, requests.HTTPError) as error:
-        raise HubUnreachable(f"{type(error).__name__}: {error}") from error
+        raise HubUnreachable(failure_cause(error).words) from error
     return str(info.sha)
 
 
@@ -156,11 +163,6 @@ def download_checkpoint(
         # huggingface_hub draws its own download bars; without a terminal they are only noise.
         disable_progress_bars()
 
-    local_hint = (
-        f"download it on a machine with Hub access (`huggingface-cli download {repo_id} "
-        f"--local-dir DIR`), copy DIR here, then run `qa-worker export --model DIR --out FOLDER` "
-        "and pass FOLDER as --model"
-    )
     try:
         if constants.HF_HUB_OFFLINE:
             # No listing offline: take whatever the cached snapshot holds of the candidates.
@@ -175,14 +177,124 @@ def download_checkpoint(
             repo_id=repo_id, revision=revision, allow_patterns=patterns
         )
     except Exception as error:
-        offline = (
-            " (HF_HUB_OFFLINE is set and the Hub cache has no copy)"
-            if constants.HF_HUB_OFFLINE
-            else ""
-        )
         raise HubError(
-            f"downloading {repo_id!r}{f' at revision {revision}' if revision else ''} from the "
-            f"Hugging Face Hub failed{offline} ({type(error).__name__}: {error}); for a private "
-            f"repository set HF_TOKEN; to use a local folder instead, {local_hint}"
+            download_failure(repo_id, revision, error, constants.HF_HUB_OFFLINE)
         ) from error
     return Path(folder)
+
+
+@dataclass(frozen=True)
+class FailureCause:
+    """Why the Hub could not serve a request, in a few words, and what kind of failure it was."""
+
+    words: str
+    # A token (HF_TOKEN) could help: the Hub refused, or hid, what it was asked for.
+    token_helps: bool = False
+    # The repository or revision does not exist as named: no download elsewhere would help.
+    not_found: bool = False
+
+
+def failure_cause(error: BaseException) -> FailureCause:
+    """The cause of a failed Hub request, from the exception and the ones it wraps.
+
+    requests wraps urllib3's errors (MaxRetryError around NameResolutionError, ...), whose text is
+    a long nested repr; the cause is read from their types instead.
+    """
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from urllib3.exceptions import (
+        NameResolutionError,
+        NewConnectionError,
+        ProxyError,
+        SSLError,
+    )
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
+    chain = _wrapped(error)
+    # Ordered: a NameResolutionError is a NewConnectionError, which is a timeout error in urllib3.
+    network = (
+        ((NameResolutionError, socket.gaierror), f"the name {host} does not resolve (no DNS)"),
+        ((ProxyError, requests.exceptions.ProxyError), "the proxy (HTTPS_PROXY) failed"),
+        (
+            (SSLError, ssl.SSLError, requests.exceptions.SSLError),
+            f"TLS with {host} failed (a proxy's certificate? set REQUESTS_CA_BUNDLE)",
+        ),
+        ((ConnectionRefusedError,), f"{host} refused the connection"),
+        ((NewConnectionError, ConnectionError), f"{host} cannot be connected to"),
+        ((Urllib3Timeout, requests.Timeout, TimeoutError), f"{host} did not answer in time"),
+        ((requests.ConnectionError,), f"{host} cannot be reached"),
+    )
+    for kinds, words in network:
+        if any(isinstance(item, kinds) for item in chain):
+            return FailureCause(words)
+    for item in chain:
+        if isinstance(item, GatedRepoError):
+            return FailureCause(
+                "the repository is gated: accept its terms on the Hub, then set HF_TOKEN",
+                token_helps=True,
+            )
+        if isinstance(item, RevisionNotFoundError):
+            return FailureCause("the repository has no such revision", not_found=True)
+        if isinstance(item, RepositoryNotFoundError):
+            return FailureCause(
+                "no such repository, or it is private", token_helps=True, not_found=True
+            )
+        status = getattr(getattr(item, "response", None), "status_code", None)
+        if isinstance(status, int):
+            if status in (401, 403, 429):
+                return FailureCause(
+                    f"the Hub refused the request (HTTP {status})", token_helps=True
+                )
+            return FailureCause(f"the Hub answered HTTP {status}")
+    first_line = (str(error).splitlines() or [""])[0]
+    return FailureCause(f"{type(error).__name__}: {first_line[:160]}")
+
+
+def _wrapped(error: BaseException) -> list[BaseException]:
+    """`error` and every exception it wraps: causes, contexts, exception arguments and urllib3's
+    `reason`, each once."""
+    found: list[BaseException] = []
+    pending = [error]
+    while pending and len(found) < 32:
+        item = pending.pop(0)
+        if any(item is seen for seen in found):
+            continue
+        found.append(item)
+        linked = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+        pending += [link for link in linked if isinstance(link, BaseException)]
+    return found
+
+
+def download_failure(
+    repo_id: str, revision: str | None, error: BaseException, offline: bool
+) -> str:
+    """One line: what could not be downloaded, the cause in a few words, and the fix."""
+    at = f" at revision {revision}" if revision else ""
+    what = f"cannot download {repo_id!r}{at} from the Hugging Face Hub"
+    if offline:
+        return (
+            f"{what}: HF_HUB_OFFLINE is set and the Hub cache has no copy. Unset HF_HUB_OFFLINE, "
+            f"or without the Hub: {offline_recipe(repo_id, revision)}"
+        )
+    cause = failure_cause(error)
+    token = "; for a private or gated one, set HF_TOKEN" if cause.token_helps else ""
+    if cause.not_found:
+        return f"{what}: {cause.words}. Check the id{token}"
+    return f"{what}: {cause.words}{token}. Without the Hub: {offline_recipe(repo_id, revision)}"
+
+
+def offline_recipe(repo_id: str, revision: str | None) -> str:
+    """How to prepare the model on a machine that reaches the Hub, fetching only what is used."""
+    at = f" --revision {revision}" if revision else ""
+    patterns = " ".join(f"'{pattern}'" for pattern in RECIPE_PATTERNS)
+    return (
+        f"on a machine that reaches it, `hf download {repo_id}{at} --include {patterns} "
+        "--local-dir DIR`; copy DIR here, run `qa-worker export --model DIR --out FOLDER` and "
+        "pass --model FOLDER"
+    )

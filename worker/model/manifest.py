@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -154,3 +156,15 @@ def export_command(manifest: Manifest, folder: Path) -> str:
     )
     calibration = " --calibration FILE" if "int8-static" in manifest.onnx_files else ""
     return f"`qa-worker export --model {source}{revision} --out {folder}{quantize}{calibration}`"
+
+
+def file_access(path: Path) -> str:
+    """Who may read `path` and who asks, as `ls -l` and `id` would tell: for a permission error."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return f"running as uid {os.geteuid()}"
+    return (
+        f"mode {stat.S_IMODE(status.st_mode):04o}, owner uid {status.st_uid}, "
+        f"running as uid {os.geteuid()}"
+    )
