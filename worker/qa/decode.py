@@ -11,7 +11,7 @@ lowest null score of all windows, and the list is sorted by score, stable, and c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -176,6 +176,50 @@ def words_to_chars(
     return chars, found
 
 
+@dataclass(slots=True)
+class _Candidate:
+    """A candidate answer kept by its character range, not its text: the texts of all the
+    windows' spans together grow with windows x spans x span width, which `[UNK]` tokens of
+    long words can make hundreds of megabytes for one question."""
+
+    score: float
+    start: int
+    end: int
+
+
+class _Merged:
+    """Candidate answers, one per text compared case-insensitively, in order of first occurrence.
+
+    Texts are matched through their hash, and compared in full only on a hash match, so no text
+    outlives the span being added.
+    """
+
+    def __init__(self, context: str) -> None:
+        self._context = context
+        self.candidates: list[_Candidate] = []
+        self._by_hash: dict[int, list[_Candidate]] = {}
+
+    def add(self, score: float, start: int, end: int) -> None:
+        key = self._context[start:end].lower()
+        same_hash = self._by_hash.setdefault(hash(key), [])
+        for candidate in same_hash:
+            if self._context[candidate.start : candidate.end].lower() == key:
+                # Same text, any case: one answer with the summed score, first position kept.
+                candidate.score += score
+                return
+        candidate = _Candidate(score, start, end)
+        same_hash.append(candidate)
+        self.candidates.append(candidate)
+
+    def span(self, candidate: _Candidate) -> Span:
+        return Span(
+            self._context[candidate.start : candidate.end],
+            candidate.score,
+            candidate.start,
+            candidate.end,
+        )
+
+
 def decode(
     encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
 ) -> QAResult:
@@ -184,8 +228,7 @@ def decode(
     # The reference over-fetches when aligning to words: aligned spans may merge.
     per_window = options.top_k * 2 + 10 if options.align_to_words else options.top_k
     null_score = float("inf")
-    ranked: list[Span] = []
-    index_by_text: dict[str, int] = {}
+    merged = _Merged(encoded.context)
     for window, window_logits in zip(encoded.windows, logits, strict=True):
         spans, window_null = window_spans(window, window_logits, per_window, options)
         null_score = min(null_score, window_null)
@@ -197,20 +240,16 @@ def decode(
             options.align_to_words,
         )
         for span, (start, end) in zip(spans, ranges.tolist(), strict=True):
-            text = encoded.context[start:end]
-            # Same text, any case: one answer with the summed score, first position kept.
-            key = text.lower()
-            if key in index_by_text:
-                index = index_by_text[key]
-                ranked[index] = replace(ranked[index], score=ranked[index].score + span.score)
-            else:
-                index_by_text[key] = len(ranked)
-                ranked.append(Span(text, span.score, start, end))
+            merged.add(span.score, start, end)
+    ranked = merged.candidates
     if options.ranks_null:
-        ranked.append(Span("", null_score, 0, 0))
-    ranked.sort(key=lambda span: span.score, reverse=True)
-    answers = ranked[: options.top_k]
-    return choose(answers, ranked, null_score, options)
+        ranked.append(_Candidate(null_score, 0, 0))
+    ranked.sort(key=lambda candidate: candidate.score, reverse=True)
+    answers = [merged.span(candidate) for candidate in ranked[: options.top_k]]
+    # The best span with text (an empty or reversed range, or the null answer, has none); spans
+    # are made one at a time, so only the texts looked at are cut from the context.
+    best = next((span for span in map(merged.span, ranked) if span.answer), None)
+    return choose(answers, best, null_score, options)
 
 
 def window_spans(
@@ -225,10 +264,10 @@ def window_spans(
 
 
 def choose(
-    answers: list[Span], ranked: list[Span], null_score: float, options: QAOptions
+    answers: list[Span], best_span: Span | None, null_score: float, options: QAOptions
 ) -> QAResult:
+    """`best_span` is the best of all the candidates with text, in or beyond `answers`."""
     best = answers[0] if answers else Span("", 0.0, 0, 0)
-    best_span = next((span for span in ranked if span.answer), None)
     if options.null_threshold is not None:
         if best_span is None or best_span.score - null_score <= options.null_threshold:
             best = Span("", null_score, 0, 0)
