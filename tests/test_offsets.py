@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import OffsetOrderError, WorkerError
-from worker.stream.offsets import OffsetTracker
+from worker.stream.offsets import OffsetTracker, Tracked
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ def events(acks: list[tuple[tuple[str, int], int]], tp: tuple[str, int], *offset
     return [FakeEvent(FakeMessage(tp, offset), acks) for offset in offsets]
 
 
+class Begun(list[Tracked]):
+    """The events the tracker began, in order: what the worker would start answering."""
+
+    def __call__(self, tracked: Tracked) -> None:
+        self.append(tracked)
+
+
+def track(tracker: OffsetTracker, event: FakeEvent, begun: Begun | None = None) -> Tracked:
+    return tracker.track(event, begun if begun is not None else Begun())
+
+
 A = ("questions", 0)
 B = ("questions", 1)
 
@@ -41,8 +52,8 @@ B = ("questions", 1)
 async def test_acknowledges_each_partition_in_offset_order() -> None:
     acks: list[tuple[tuple[str, int], int]] = []
     tracker = OffsetTracker(limit=10)
-    a = [tracker.track(event) for event in events(acks, A, 5, 6, 7)]
-    b = [tracker.track(event) for event in events(acks, B, 3, 4)]
+    a = [track(tracker, event) for event in events(acks, A, 5, 6, 7)]
+    b = [track(tracker, event) for event in events(acks, B, 3, 4)]
     await tracker.complete(a[2])
     await tracker.complete(b[1])
     assert acks == [] and tracker.count == 5
@@ -55,20 +66,58 @@ async def test_acknowledges_each_partition_in_offset_order() -> None:
     assert tracker.count == 0
 
 
-async def test_in_flight_limit_waits_until_an_event_is_answered() -> None:
+async def test_events_beyond_a_partitions_share_wait_until_one_of_its_own_is_answered() -> None:
     acks: list[tuple[tuple[str, int], int]] = []
-    tracker = OffsetTracker(limit=2)
-    first, second = (tracker.track(event) for event in events(acks, A, 0, 1))
-    waiting = asyncio.ensure_future(tracker.wait_for_room())
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    # The second answered first acknowledges nothing (the first still holds the partition), but
-    # it is no longer being answered: there is room to read another.
-    await tracker.complete(second)
-    await asyncio.wait_for(waiting, 1.0)
-    assert acks == [] and tracker.count == 2 and tracker.answering == 1
-    await tracker.complete(first)
-    assert acks == [(A, 0), (A, 1)] and tracker.count == 0
+    switches = Switches()
+    begun = Begun()
+    tracker = OffsetTracker(
+        limit=4, pause=switches.pause, resume=switches.resume, partitions=lambda: 2
+    )
+    assert tracker.share() == 2
+    a = [track(tracker, event, begun) for event in events(acks, A, 0, 1, 2, 3)]
+    # A's third and fourth wait, and A is paused; B, quiet so far, starts at once.
+    assert begun == a[:2] and tracker.parked == 2 and switches.paused == {A}
+    b = track(tracker, events(acks, B, 0)[0], begun)
+    assert begun[-1] is b and tracker.answering == 3
+    # B's answer starts none of A's: A's share is A's alone.
+    await tracker.complete(b)
+    assert tracker.parked == 2 and acks == [(B, 0)]
+    await tracker.complete(a[1])
+    assert begun[3] is a[2] and tracker.parked == 1 and switches.paused == {A}
+    await tracker.complete(a[0])
+    assert begun[4] is a[3] and tracker.parked == 0 and switches.paused == set()
+    assert acks == [(B, 0), (A, 0), (A, 1)]
+    for tracked in a[2:]:
+        await tracker.complete(tracked)
+    assert tracker.count == tracker.answering == 0
+    assert switches.calls == [("pause", A), ("resume", A)]
+
+
+@pytest.mark.parametrize(("limit", "partitions", "share"), [(256, 12, 21), (8, 2, 4), (4, 5, 1)])
+def test_the_share_is_the_limit_over_the_partitions_and_never_zero(
+    limit: int, partitions: int, share: int
+) -> None:
+    assert OffsetTracker(limit, partitions=lambda: partitions).share() == share
+
+
+async def test_a_parked_event_cannot_be_completed() -> None:
+    tracker = OffsetTracker(limit=1)
+    track(tracker, events([], A, 0)[0])
+    parked = track(tracker, events([], A, 1)[0])
+    with pytest.raises(OffsetOrderError, match="before it started"):
+        await tracker.complete(parked)
+
+
+async def test_a_revoked_partition_drops_its_parked_events() -> None:
+    begun = Begun()
+    tracker = OffsetTracker(limit=1)
+    running = track(tracker, events([], A, 0)[0], begun)
+    track(tracker, events([], A, 1)[0], begun)
+    tracker.forget([A])
+    assert tracker.parked == 0 and tracker.count == 1
+    # What was running still completes; nothing parked starts after it.
+    await tracker.complete(running)
+    assert begun == [running] and tracker.count == 0
 
 
 class Switches:
@@ -92,19 +141,18 @@ async def test_a_partition_holding_the_limit_is_paused_alone_until_its_oldest_is
     acks: list[tuple[tuple[str, int], int]] = []
     switches = Switches()
     tracker = OffsetTracker(limit=3, pause=switches.pause, resume=switches.resume)
-    head, *behind = (tracker.track(event) for event in events(acks, A, 0, 1))
-    other = tracker.track(events(acks, B, 0)[0])
+    head, *behind = (track(tracker, event) for event in events(acks, A, 0, 1))
+    other = track(tracker, events(acks, B, 0)[0])
     # Just under the limit: nothing paused.
     for tracked in behind:
         await tracker.complete(tracked)
     assert switches.calls == [] and tracker.paused == frozenset()
     # At the limit: that partition alone, though only its head is still being answered.
-    behind.append(tracker.track(events(acks, A, 2)[0]))
+    behind.append(track(tracker, events(acks, A, 2)[0]))
     assert switches.calls == [("pause", A)] and tracker.paused == {A}
     await tracker.complete(behind[-1])
     await tracker.complete(other)
     assert switches.paused == {A} and acks == [(B, 0)]
-    await asyncio.wait_for(tracker.wait_for_room(), 1.0)
     await tracker.complete(head)
     assert switches.calls == [("pause", A), ("resume", A)] and tracker.paused == frozenset()
     assert acks == [(B, 0), (A, 0), (A, 1), (A, 2)]
@@ -113,7 +161,7 @@ async def test_a_partition_holding_the_limit_is_paused_alone_until_its_oldest_is
 async def test_a_revoked_partition_forgets_its_pause() -> None:
     switches = Switches()
     tracker = OffsetTracker(limit=1, pause=switches.pause, resume=switches.resume)
-    tracker.track(events([], A, 0)[0])
+    track(tracker, events([], A, 0)[0])
     assert tracker.paused == {A}
     tracker.forget([A])
     assert tracker.paused == frozenset()
@@ -121,7 +169,7 @@ async def test_a_revoked_partition_forgets_its_pause() -> None:
 
 async def test_an_event_completed_twice_is_refused() -> None:
     tracker = OffsetTracker(limit=2)
-    tracked = tracker.track(events([], A, 0)[0])
+    tracked = track(tracker, events([], A, 0)[0])
     await tracker.complete(tracked)
     with pytest.raises(OffsetOrderError, match="completed twice"):
         await tracker.complete(tracked)
@@ -130,55 +178,69 @@ async def test_an_event_completed_twice_is_refused() -> None:
 
 @given(
     st.integers(1, 6),
+    st.integers(1, 4),
     st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 10**6)), max_size=80),
 )
-@settings(max_examples=200, deadline=None)
-def test_holds_and_pauses_follow_the_limits_in_any_order(
-    limit: int, steps: list[tuple[bool, int, int]]
+@settings(max_examples=300, deadline=None)
+def test_shares_holds_and_pauses_follow_the_limits_in_any_order(
+    limit: int, partitions: int, steps: list[tuple[bool, int, int]]
 ) -> None:
-    """Any interleaving of reads and answers on three partitions: acknowledgements go out in
-    offset order, a partition is paused exactly while it holds `limit` or more, and once
-    everything is answered all is acknowledged and nothing stays paused."""
+    """Any interleaving of reads and answers on three partitions: no partition has more than its
+    share being answered, its events begin in offset order and wait only while its share is
+    full, acknowledgements go out in offset order, a partition is paused exactly while it has
+    events waiting or holds `limit` or more, and once everything is answered all is acknowledged
+    and nothing stays paused or waiting."""
 
     async def run() -> None:
         acks: list[tuple[tuple[str, int], int]] = []
         switches = Switches()
-        tracker = OffsetTracker(limit=limit, pause=switches.pause, resume=switches.resume)
-        held: dict[tuple[str, int], list] = {}
+        tracker = OffsetTracker(
+            limit=limit,
+            pause=switches.pause,
+            resume=switches.resume,
+            partitions=lambda: partitions,
+        )
+        share = max(1, limit // partitions)
+        begun: dict[tuple[str, int], Begun] = {}
+        held: dict[tuple[str, int], list[Tracked]] = {}
         next_offset: dict[tuple[str, int], int] = {}
-        for read, partition, pick in steps:
-            tp = ("questions", partition)
-            open_ = [t for t in held.get(tp, []) if not t.done]
-            if read or not open_:
-                offset = next_offset.get(tp, 0)
-                next_offset[tp] = offset + 1
-                held.setdefault(tp, []).append(tracker.track(events(acks, tp, offset)[0]))
-            else:
-                await tracker.complete(open_[pick % len(open_)])
+
+        def check() -> None:
             unacked = {
                 tp: [t for t in tracked if (tp, t.event.message.offset) not in acks]
                 for tp, tracked in held.items()
             }
             assert tracker.count == sum(map(len, unacked.values()))
-            assert tracker.answering == sum(not t.done for ts in held.values() for t in ts)
             assert switches.paused == set(tracker.paused)
-            for tp, tracked in unacked.items():
-                assert (tp in tracker.paused) == (len(tracked) >= limit)
-                if tp in tracker.paused:
-                    assert not tracked[0].done
-        for tracked in [t for ts in held.values() for t in ts if not t.done]:
-            await tracker.complete(tracked)
-        assert tracker.count == 0 and tracker.paused == frozenset()
+            for tp, tracked in held.items():
+                running = [t for t in begun[tp] if not t.done]
+                waiting = [t for t in tracked if not t.started]
+                assert len(running) <= share
+                assert begun[tp] == tracked[: len(begun[tp])]
+                assert not waiting or len(running) == share
+                pending = len(unacked[tp])
+                assert (tp in tracker.paused) == (bool(waiting) or pending >= limit)
+            assert tracker.answering == sum(not t.done for b in begun.values() for t in b)
+
+        for read, partition, pick in steps:
+            tp = ("questions", partition)
+            running = [t for t in begun.get(tp, []) if not t.done]
+            if read or not running:
+                offset = next_offset.get(tp, 0)
+                next_offset[tp] = offset + 1
+                event = events(acks, tp, offset)[0]
+                held.setdefault(tp, []).append(track(tracker, event, begun.setdefault(tp, Begun())))
+            else:
+                await tracker.complete(running[pick % len(running)])
+            check()
+        while running := [t for b in begun.values() for t in b if not t.done]:
+            await tracker.complete(running[0])
+            check()
+        assert tracker.count == tracker.parked == 0 and tracker.paused == frozenset()
         for tp, count in next_offset.items():
             assert [offset for ack_tp, offset in acks if ack_tp == tp] == list(range(count))
 
     asyncio.run(run())
-
-
-async def test_room_is_immediate_under_the_limit() -> None:
-    tracker = OffsetTracker(limit=2)
-    tracker.track(events([], A, 0)[0])
-    await asyncio.wait_for(tracker.wait_for_room(), 1.0)
 
 
 def test_limit_must_be_positive() -> None:
@@ -190,22 +252,22 @@ def test_limit_must_be_positive() -> None:
 async def test_refuses_an_offset_at_or_below_one_acknowledged(offset: int) -> None:
     acks: list[tuple[tuple[str, int], int]] = []
     tracker = OffsetTracker(limit=10)
-    await tracker.complete(tracker.track(events(acks, A, 10)[0]))
-    late = tracker.track(events(acks, A, offset)[0])
+    await tracker.complete(track(tracker, events(acks, A, 10)[0]))
+    late = track(tracker, events(acks, A, offset)[0])
     with pytest.raises(OffsetOrderError, match=f"offset {offset} .* after offset 10") as caught:
         await tracker.complete(late)
     assert isinstance(caught.value, WorkerError) and caught.value.code is None
     assert acks == [(A, 10)]
     # Another partition is not held up by it.
-    await tracker.complete(tracker.track(events(acks, B, 0)[0]))
+    await tracker.complete(track(tracker, events(acks, B, 0)[0]))
     assert acks == [(A, 10), (B, 0)]
 
 
 async def test_the_next_offset_up_is_accepted() -> None:
     acks: list[tuple[tuple[str, int], int]] = []
     tracker = OffsetTracker(limit=10)
-    await tracker.complete(tracker.track(events(acks, A, 10)[0]))
-    await tracker.complete(tracker.track(events(acks, A, 11)[0]))
+    await tracker.complete(track(tracker, events(acks, A, 10)[0]))
+    await tracker.complete(track(tracker, events(acks, A, 11)[0]))
     assert acks == [(A, 10), (A, 11)]
 
 
@@ -213,12 +275,12 @@ async def test_a_revoked_partition_may_start_again_from_its_committed_offset() -
     acks: list[tuple[tuple[str, int], int]] = []
     tracker = OffsetTracker(limit=10)
     for event in events(acks, A, 10, 11):
-        await tracker.complete(tracker.track(event))
-    await tracker.complete(tracker.track(events(acks, B, 4)[0]))
+        await tracker.complete(track(tracker, event))
+    await tracker.complete(track(tracker, events(acks, B, 4)[0]))
     tracker.forget([A])
     # Read again from offset 10 (the last commit did not go through) after it came back.
-    await tracker.complete(tracker.track(events(acks, A, 10)[0]))
+    await tracker.complete(track(tracker, events(acks, A, 10)[0]))
     assert acks[-1] == (A, 10)
     # B was not revoked: its record stands.
     with pytest.raises(OffsetOrderError):
-        await tracker.complete(tracker.track(events(acks, B, 4)[0]))
+        await tracker.complete(track(tracker, events(acks, B, 4)[0]))

@@ -38,7 +38,7 @@ from worker.observability.metrics import WorkerMetrics
 from worker.qa import QAEngine
 from worker.qa.windows import Window
 from worker.stream import QAWorker
-from worker.stream.offsets import OffsetTracker
+from worker.stream.offsets import OffsetTracker, Tracked
 from worker.stream.worker import release_payload
 
 PARTITIONS = 2
@@ -152,6 +152,7 @@ def test_an_answered_event_keeps_only_where_it_was_read() -> None:
     app = faust.App("held-events")
     tp = TP(QUESTIONS, 0)
     tracker = OffsetTracker(limit=10_000)
+    started: list[Tracked] = []
     payload = 100_000
     tracemalloc.start()
     try:
@@ -170,10 +171,55 @@ def test_an_answered_event_keeps_only_where_it_was_read() -> None:
                 tp=tp,
             )
             event = Event(app, message.key, message.value, dict(message.headers or []), message)
-            tracker.track(event)
+            tracker.track(event, started.append)
             release_payload(event)
         held = (tracemalloc.get_traced_memory()[0] - before) / 100
     finally:
         tracemalloc.stop()
     assert tracker.count == 100
     assert held < 1_000, f"{held:.0f} bytes a held event, against records of {3 * payload:,}"
+
+
+@pytest.mark.broker
+async def test_a_partition_past_its_share_keeps_no_other_from_being_read(
+    exported_models: dict[str, Path],
+) -> None:
+    """Twice the in-flight limit of held events on one partition: it answers its share of the
+    limit at once and parks the rest, so a question on the other partition is read and answered
+    while every one of them is held."""
+    pairs = texts.pairs(seed=43, count=2 * LIMIT + 1)
+    heavy = question_values([(HEAVY_QUESTION, context) for _, context in pairs[:-1]], "heavy")
+    light = question_values(pairs[-1:], prefix="light")
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        server = broker.bootstrap_servers
+        # A stream more than the share, so the held events leave one free for the light one.
+        settings = worker_settings(
+            server, exported_models["bert"], max_in_flight=LIMIT, inference_streams=3
+        )
+        engine = HeadHeldEngine(load_engine(settings))
+        worker = QAWorker(settings, engine, WorkerMetrics())  # type: ignore[arg-type]
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            share = worker.tracker.share()
+            assert share == LIMIT // PARTITIONS
+            async with TopicWatcher(server, [ANSWERS, DEAD_LETTERS]) as answers:
+                await send_to(server, 0, heavy)
+                await wait_until(lambda: worker.tracker.parked > 0, 30, "partition 0's rest parked")
+                await send_to(server, 1, light)
+                await wait_until(
+                    lambda: answered(answers, "light") == {"light0"},
+                    60,
+                    "the light question answered while partition 0's are held",
+                )
+                assert not answered(answers, "heavy")
+                assert worker.tracker.answering == share
+                assert TP(QUESTIONS, 0) in worker.tracker.paused
+                engine.released.set()
+                total = len(heavy) + len(light)
+                await wait_until(lambda: len(set(answers.ids())) == total, 60, "every answer")
+            assert worker.tracker.parked == 0
+        finally:
+            engine.released.set()
+            await worker.stop()

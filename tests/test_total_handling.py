@@ -40,6 +40,7 @@ from worker.qa import QAOptions, QAResult
 from worker.stream import QAWorker, handlers
 from worker.stream import worker as worker_module
 from worker.stream.delivery import MAX_REQUEST_BYTES, Delivery, Outgoing
+from worker.stream.offsets import Tracked
 
 QUESTIONS, DOCUMENTS = "questions", "docs"
 ANSWERS, TAGS, DEAD_LETTERS = "answers", "tags", "dead-letters"
@@ -655,7 +656,9 @@ def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
 
         async def handle_all() -> None:
             for item in events:
-                tracked = worker.tracker.track(item)  # type: ignore[arg-type]
+                begun: list[Tracked] = []
+                worker.tracker.track(item, begun.append)  # type: ignore[arg-type]
+                (tracked,) = begun
                 await worker._handle(item, tracked, worker.handlers.answer_question)  # type: ignore[arg-type]
 
         loop.run(handle_all())

@@ -169,7 +169,8 @@ class Settings:
         4096,
         "Work budget: most windows the questions being answered may hold at once (waiting, "
         "running or being decoded), for long contexts and for the rest each; beyond it no more "
-        "questions are tokenized, and fetching pauses once max_in_flight events wait. Memory "
+        "questions are tokenized, and a partition's fetching pauses once its share of "
+        "max_in_flight events wait. Memory "
         "grows by about 14 KB per window (docs/batching.md); a question larger than the budget "
         "still runs.",
         "batching",
@@ -257,11 +258,11 @@ class Settings:
     # worker
     max_in_flight: int = setting(
         256,
-        "Most events read and not yet answered; reading pauses beyond it. A partition holding "
-        "this many events not yet acknowledged (answered ones wait for the earliest of their "
-        "partition) is paused alone until its earliest is answered. Keep it above the "
-        "partitions a worker reads: with fewer, events being answered on some partitions (a "
-        "long one, say) stop the reading of all the others.",
+        "Most events being answered at once, shared by the partitions assigned: each may have "
+        "this divided by their number (at least 1) at once, and one holding more is paused "
+        "alone until one of its own is answered, so a busy partition never keeps a quiet one "
+        "waiting to be read. A partition holding this many events not yet acknowledged "
+        "(answered ones wait for the earliest of their partition) is paused alone too.",
         "worker",
     )
     deadline_ms: int | None = setting(

@@ -7,17 +7,21 @@ event's answer or dead letter is delivered, so a commit never passes an event st
 It also refuses to acknowledge an offset at or below one it already acknowledged on the same
 partition (a commit that would move the group backwards, or an event acknowledged twice).
 
-It holds two kinds of event, with a bound on each. Events being answered are bounded by `limit`
-in all: reading waits for room (`wait_for_room`). Events answered, but waiting for an earlier one
-of their partition to be answered before they can be acknowledged, are bounded per partition:
-once a partition holds `limit` events, it alone is paused (`pause`), and resumed when its oldest
-is acknowledged. Counting those against the first bound would let one partition's long event
-stop the reading of every partition, while the events behind it, all answered, filled the limit.
+It bounds what it holds per partition, so that no partition's events keep another's from being
+read. Events being answered: each partition may have its share of `limit` at once (`limit`
+divided by the partitions assigned, at least 1); an event read beyond its partition's share waits
+untouched (parked), its partition is paused (`pause`), and it starts when one of its partition's
+events is answered. So at most max(`limit`, partitions) events are answered at once (for a while
+more after a rebalance adds partitions, until those over their new share finish), and a short
+question on a quiet partition starts as soon as it is read, whatever another partition holds.
+Events answered, but waiting for an earlier one of their partition to be answered before they
+can be acknowledged: once a partition holds `limit` events, it is paused too, and resumed when
+its oldest is acknowledged. A paused partition still delivers what was fetched before the pause
+(at most the consumer's buffer of it), so a partition holds about `limit` events plus that.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -50,39 +54,53 @@ class Tracked:
     """One event between being read and being acknowledged."""
 
     event: AckableEvent
+    started: bool = False
     done: bool = False
 
+
+Begin = Callable[[Tracked], object]
+"""Starts answering a tracked event."""
 
 PartitionSwitch = Callable[[Hashable], None]
 """Pauses, or resumes, the fetching of one partition."""
 
 
 def _leave_fetching_alone(tp: Hashable) -> None:
-    """For a tracker whose partitions are never paused: the events it holds are bounded only by
-    the reader waiting for room."""
+    """For a tracker whose partitions are never paused: what it holds is bounded by what it is
+    given."""
+
+
+def _one_partition() -> int:
+    return 1
 
 
 class OffsetTracker:
-    """Acknowledges events in offset order per partition; holds at most `limit` events being
-    answered, and pauses a partition holding `limit` events not yet acknowledged."""
+    """Acknowledges events in offset order per partition; answers at most a partition's share of
+    `limit` events of each partition at once, and pauses a partition holding events beyond its
+    share, or `limit` events not yet acknowledged."""
 
     def __init__(
         self,
         limit: int,
         pause: PartitionSwitch = _leave_fetching_alone,
         resume: PartitionSwitch = _leave_fetching_alone,
+        partitions: Callable[[], int] = _one_partition,
     ) -> None:
+        """`partitions` tells how many partitions share `limit` (those assigned)."""
         if limit < 1:
             raise ValueError(f"the in-flight limit must be at least 1, got {limit}")
         self.limit = limit
         self._pause = pause
         self._resume = resume
+        self._partitions = partitions
         self._pending: dict[Hashable, deque[Tracked]] = {}
+        # Events waiting for room in their partition's share, each with what starts it.
+        self._parked: dict[Hashable, deque[tuple[Tracked, Begin]]] = {}
+        self._answering_in: dict[Hashable, int] = {}
         self._acknowledged: dict[Hashable, int] = {}
         self._paused: set[Hashable] = set()
         self._count = 0
         self._answering = 0
-        self._room = asyncio.Condition()
 
     @property
     def count(self) -> int:
@@ -91,47 +109,55 @@ class OffsetTracker:
 
     @property
     def answering(self) -> int:
-        """Events tracked and not yet answered."""
+        """Events started and not yet answered."""
         return self._answering
 
     @property
+    def parked(self) -> int:
+        """Events read beyond their partition's share, waiting to start."""
+        return sum(map(len, self._parked.values()))
+
+    @property
     def paused(self) -> frozenset[Hashable]:
-        """Partitions paused because they hold `limit` events not yet acknowledged."""
+        """Partitions paused because they hold events beyond their share, or `limit` events not
+        yet acknowledged."""
         return frozenset(self._paused)
 
-    def track(self, event: AckableEvent) -> Tracked:
-        """Starts tracking an event in the order it was read from its partition; pauses the
-        partition once it holds `limit` events."""
+    def share(self) -> int:
+        """How many events of one partition may be answered at once."""
+        return max(1, self.limit // max(1, self._partitions()))
+
+    def track(self, event: AckableEvent, begin: Begin) -> Tracked:
+        """Starts tracking an event in the order it was read from its partition, and calls
+        `begin` with it now, or once its partition has room in its share."""
         tracked = Tracked(event)
         tp = event.message.tp
-        queue = self._pending.setdefault(tp, deque())
-        queue.append(tracked)
+        self._pending.setdefault(tp, deque()).append(tracked)
         self._count += 1
-        self._answering += 1
-        if len(queue) >= self.limit and tp not in self._paused:
-            self._paused.add(tp)
-            self._pause(tp)
+        parked = self._parked.setdefault(tp, deque())
+        if parked or self._answering_in.get(tp, 0) >= self.share():
+            parked.append((tracked, begin))
+        else:
+            self._begin(tp, tracked, begin)
+        self._switch(tp)
         return tracked
 
-    async def wait_for_room(self) -> None:
-        """Returns once fewer than `limit` events are being answered."""
-        async with self._room:
-            await self._room.wait_for(lambda: self._answering < self.limit)
-
     async def complete(self, tracked: Tracked) -> None:
-        """Marks an event delivered, and acknowledges its partition's leading delivered events.
+        """Marks an event delivered, acknowledges its partition's leading delivered events, and
+        starts the partition's next parked events its share has room for.
 
         Raises OffsetOrderError, acknowledging nothing more, when the next offset to acknowledge
         is not above the last one acknowledged on that partition.
         """
-        if tracked.done:
+        if tracked.done or not tracked.started:
             raise OffsetOrderError(
                 f"offset {tracked.event.message.offset} of {tracked.event.message.tp} was "
-                "completed twice"
+                + ("completed twice" if tracked.done else "completed before it started")
             )
         tracked.done = True
         self._answering -= 1
         tp = tracked.event.message.tp
+        self._answering_in[tp] -= 1
         queue = self._pending[tp]
         try:
             while queue and queue[0].done:
@@ -146,19 +172,38 @@ class OffsetTracker:
                 self._acknowledged[tp] = offset
                 self._count -= 1
         finally:
-            if tp in self._paused and len(queue) < self.limit:
-                self._paused.discard(tp)
-                self._resume(tp)
-            async with self._room:
-                self._room.notify_all()
+            parked = self._parked.get(tp)
+            while parked and self._answering_in[tp] < self.share():
+                self._begin(tp, *parked.popleft())
+            self._switch(tp)
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
-        """Drops the acknowledged offsets of partitions this worker no longer owns.
+        """Drops the acknowledged offsets and the parked events of partitions this worker no
+        longer owns: their events are another worker's to answer now.
 
         When a partition comes back, its events are read again from the group's committed
         offset, which may be below what was acknowledged here if the last commit failed.
         """
         for tp in partitions:
             self._acknowledged.pop(tp, None)
+            for tracked, _ in self._parked.pop(tp, ()):
+                self._pending[tp].remove(tracked)
+                self._count -= 1
             # The consumer forgets a revoked partition's pause itself.
             self._paused.discard(tp)
+
+    def _begin(self, tp: Hashable, tracked: Tracked, begin: Begin) -> None:
+        tracked.started = True
+        self._answering += 1
+        self._answering_in[tp] = self._answering_in.get(tp, 0) + 1
+        begin(tracked)
+
+    def _switch(self, tp: Hashable) -> None:
+        """Pauses or resumes the partition by what it holds."""
+        hold = bool(self._parked.get(tp)) or len(self._pending.get(tp, ())) >= self.limit
+        if hold and tp not in self._paused:
+            self._paused.add(tp)
+            self._pause(tp)
+        elif not hold and tp in self._paused:
+            self._paused.discard(tp)
+            self._resume(tp)
