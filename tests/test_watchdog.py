@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
+from pathlib import Path
 
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from parity import texts
+from tests.support.streaming import (
+    QUESTIONS,
+    committed_offsets,
+    create_topics,
+    question_values,
+    wait_until,
+    worker_settings,
+)
+from worker.embedded.broker import EmbeddedBroker
+from worker.model.loading import load_engine
+from worker.observability.metrics import WorkerMetrics
+from worker.stream import QAWorker
 from worker.stream.watchdog import PartitionWatchdog
+from worker.stream.worker import LAG_REFRESH_S
 
 TIMEOUT = 300.0
 P0, P1 = ("questions", 0), ("questions", 1)
+PARTITIONS = 2
 
 
 class Clock:
@@ -122,3 +142,69 @@ def test_a_partition_whose_windows_run_is_working_until_they_stop(
     clock.now += quiet
     watchdog.observe({P0: (10, 5), P1: (3, 2)})
     assert (P0 in stalled_keys(watchdog)) == (quiet >= TIMEOUT)
+
+
+async def produce_to(bootstrap: str, partition: int, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(QUESTIONS, value, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def lags(worker: QAWorker) -> dict[int, float | None]:
+    return {
+        partition: worker.metrics.registry.get_sample_value(
+            "qa_worker_consumer_lag_messages", {"topic": QUESTIONS, "partition": str(partition)}
+        )
+        for partition in range(PARTITIONS)
+    }
+
+
+@pytest.mark.broker
+async def test_a_restarted_worker_sees_the_groups_commits_and_no_stall(
+    exported_models: dict[str, Path],
+) -> None:
+    """Everything answered and committed by one worker: the next one on the same group reads its
+    partitions' committed offsets from the group, so they show no lag and never stall, though
+    this process committed nothing on them."""
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        server = broker.bootstrap_servers
+        settings = worker_settings(server, exported_models["bert"], stall_timeout_s=1.0)
+        engine = load_engine(settings)
+        first = QAWorker(settings, engine, WorkerMetrics())
+        await first.start()
+        try:
+            await wait_until(lambda: first.readiness()[0], 30, "the first worker to be ready")
+            for partition in range(PARTITIONS):
+                (value,) = question_values([texts.pairs(seed=partition, count=1)[0]])
+                await produce_to(server, partition, value)
+            ends = dict.fromkeys(range(PARTITIONS), 1)
+
+            async def all_committed() -> bool:
+                return await committed_offsets(server, settings.group_id, PARTITIONS) == ends
+
+            await wait_until(all_committed, 60, "both questions answered and committed")
+        finally:
+            await first.stop()
+        second = QAWorker(settings, engine, WorkerMetrics())
+        await second.start()
+        try:
+            await wait_until(lambda: second.readiness()[0], 30, "the second worker to be ready")
+
+            async def lag_read() -> bool:
+                return None not in (await lags(second)).values()
+
+            await wait_until(lag_read, 30, "the second worker's lag read")
+            assert await lags(second) == dict.fromkeys(range(PARTITIONS), 0.0)
+            # Past several times the stall timeout, refreshed every LAG_REFRESH_S: still ready.
+            deadline = time.monotonic() + 3 * settings.stall_timeout_s + 2 * LAG_REFRESH_S
+            while time.monotonic() < deadline:
+                ready, reason = second.readiness()
+                assert ready, reason
+                await asyncio.sleep(LAG_REFRESH_S / 4)
+            assert not second.watchdog.stalled()
+        finally:
+            await second.stop()

@@ -28,10 +28,11 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Hashable, Set
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Set
 from typing import Any, cast
 
 import faust
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from mode.types.signals import SignalHandlerT
 
@@ -464,21 +465,27 @@ class QAWorker(AsyncLifecycle):
             self._check_inputs_still_there()
             lags = {}
             progress = {}
-            committed = self.app.monitor.tp_committed_offsets
+            # faust's consumer knows each partition's committed offset from the moment it is
+            # assigned (read from the group) and after every commit; its monitor only has those
+            # this process committed, so after a restart or a rebalance a quiet partition read 0
+            # there: lag equal to its end offset, and reported stalled once the timeout passed.
+            consumer = cast(FaustConsumer, self.app.consumer)
+            committed: Mapping[TP, int | None] = consumer._committed_offset
             for tp in self.assigned_partitions():
                 highwater = self.app.consumer.highwater(tp)
                 if highwater is not None:
-                    if highwater < committed.get(tp, 0):
+                    committed_offset = committed.get(tp) or 0
+                    if highwater < committed_offset:
                         self._input_lost(
                             f"partition {tp.partition} of {tp.topic!r} ends at offset "
                             f"{highwater:,}, below the group's committed offset "
-                            f"{committed[tp]:,}: the topic was deleted and recreated, or its log "
-                            "cut short",
+                            f"{committed_offset:,}: the topic was deleted and recreated, or its "
+                            "log cut short",
                             tp.topic,
                         )
                     key = (tp.topic, tp.partition)
-                    lags[key] = max(0, highwater - committed.get(tp, 0))
-                    progress[key] = (committed.get(tp, 0), lags[key])
+                    lags[key] = max(0, highwater - committed_offset)
+                    progress[key] = (committed_offset, lags[key])
             self.metrics.set_lags(lags)
             working = {lane for lane in self.batcher.lanes_run() if lane in progress}
             self.watchdog.observe(progress, working)
