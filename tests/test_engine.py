@@ -243,3 +243,29 @@ def test_a_question_leaving_no_room_beyond_the_stride_is_an_event_error_never_a_
         else:
             assert len(encoded.windows) > 1
     assert codes == {ErrorCode.QUESTION_TOO_LONG}
+
+
+def test_answer_gives_an_empty_question_its_error_line_and_answers_the_rest(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from worker.cli import main
+
+    lines = [
+        {"id": "a", "question": "Which company?", "context": "Acme Corp. acquired Widget Inc."},
+        {"id": "blank", "question": "", "context": "Acme Corp. acquired Widget Inc."},
+        {"id": "empty", "question": "Which company?", "context": ""},
+        {"id": "b", "question": "Who was acquired?", "context": "Acme Corp. acquired Widget Inc."},
+    ]
+    source, output = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    model = str(exported_models["bert"])
+    assert main(["answer", "--model", model, "--input", str(source), "--output", str(output)]) == 0
+    answers = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [a["id"] for a in answers] == ["a", "blank", "empty", "b"]
+    assert [a.get("error", {}).get("code") for a in answers] == [
+        None,
+        "empty_question",
+        "empty_context",
+        None,
+    ]
+    assert all("answer" in answers[i] for i in (0, 3))

@@ -314,6 +314,22 @@ def test_jsonl_with_and_without_ids(tmp_path: Path) -> None:
     assert records[3].context == "one\u2028two"
 
 
+def test_a_blank_question_or_context_is_read_for_the_engine_to_refuse(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "blank.jsonl",
+        [
+            '{"question": " ", "context": "Ann."}',
+            '{"question": "Who?", "context": ""}',
+            '{"question": "Who?", "context": "Ann."}',
+        ],
+    )
+    assert [(r.question, r.context) for r in read_questions(path)] == [
+        (" ", "Ann."),
+        ("Who?", ""),
+        ("Who?", "Ann."),
+    ]
+
+
 def test_single_line_jsonl_is_not_mistaken_for_squad(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "one.jsonl", ['{"question": "Who?", "context": "Ann."}'])
     assert read_questions(path) == [QuestionRecord("1", "Who?", "Ann.", [], None)]
@@ -326,7 +342,7 @@ def test_single_line_jsonl_is_not_mistaken_for_squad(tmp_path: Path) -> None:
         ('["Who?", "Ann."]', "expected a JSON object, got an array"),
         ('{"question": "Who?"}', 'missing "context"'),
         ('{"question": 5, "context": "Ann."}', '"question" must be a string, got a number'),
-        ('{"question": " ", "context": "Ann."}', '"question" is empty'),
+        ('{"id": " ", "question": "Who?", "context": "Ann."}', '"id" is empty'),
         ('{"id": true, "question": "Who?", "context": "Ann."}', '"id" must be a string'),
     ],
 )

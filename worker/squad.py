@@ -117,8 +117,8 @@ def _read_jsonl(path: Path, text: str) -> list[QuestionRecord]:
         records.append(
             QuestionRecord(
                 id=question_id,
-                question=_string_field(item, "question", error),
-                context=_string_field(item, "context", error),
+                question=_string_field(item, "question", error, blank_ok=True),
+                context=_string_field(item, "context", error, blank_ok=True),
             )
         )
     return records
@@ -135,7 +135,9 @@ def _read_squad(path: Path, data: list[Any]) -> list[QuestionRecord]:
         where = f"data[{a}]"
         for p, paragraph in enumerate(_list_field(article, "paragraphs", error_at(where))):
             where = f"data[{a}].paragraphs[{p}]"
-            context = _string_field(_object(paragraph, error_at(where)), "context", error_at(where))
+            context = _string_field(
+                _object(paragraph, error_at(where)), "context", error_at(where), blank_ok=True
+            )
             for q, qa in enumerate(_list_field(paragraph, "qas", error_at(where))):
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 error = error_at(where)
@@ -169,7 +171,7 @@ def _read_squad(path: Path, data: list[Any]) -> list[QuestionRecord]:
                 records.append(
                     QuestionRecord(
                         id=question_id,
-                        question=_string_field(qa, "question", error),
+                        question=_string_field(qa, "question", error, blank_ok=True),
                         context=context,
                         gold_answers=gold,
                         is_impossible=is_impossible,
@@ -194,13 +196,21 @@ def _list_field(item: Any, key: str, error: Callable[[str], InputFileError]) -> 
     return value
 
 
-def _string_field(item: dict[str, Any], key: str, error: Callable[[str], InputFileError]) -> str:
+def _string_field(
+    item: dict[str, Any],
+    key: str,
+    error: Callable[[str], InputFileError],
+    blank_ok: bool = False,
+) -> str:
+    """`blank_ok` for a question or a context: the engine refuses an empty one with its own code
+    (and takes a blank one, as the reference pipeline does), and that line's answer says so
+    while the rest of the file is answered."""
     if key not in item:
         raise error(f'missing "{key}"')
     value = item[key]
     if not isinstance(value, str):
         raise error(f'"{key}" must be a string, got {_json_type(value)}')
-    if not value.strip():
+    if not blank_ok and not value.strip():
         raise error(f'"{key}" is empty')
     return value
 
