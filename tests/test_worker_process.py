@@ -150,3 +150,32 @@ async def test_sigterm_exits_within_the_drain_timeout_under_heavy_load(
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
+
+
+async def test_sigterm_with_the_broker_gone_and_nothing_in_flight_says_nothing_is_lost(
+    exported_models: dict[str, Path], tmp_path: Path
+) -> None:
+    drain_timeout_s = 2.0
+    log = tmp_path / "worker.log"
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker)
+        settings = worker_settings(
+            broker.bootstrap_servers, exported_models["bert"], drain_timeout_s=drain_timeout_s
+        )
+        await produce(broker.bootstrap_servers, question_values(texts.pairs(seed=9, count=1)))
+        process = start_worker_process(settings, log)
+        try:
+            async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
+                await wait_until(lambda: len(answers.records) == 1, 120, "the answer")
+            await broker.kill()
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(process.wait, drain_timeout_s + 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log.read_text()
+    # The client's own stop waits on the broker past the drain timeout: a failed stop, said as
+    # such, not as events left behind.
+    assert code == 1, output[-3000:]
+    assert "with no event in flight: nothing is lost" in output, output[-3000:]
+    assert "still in flight after" not in output

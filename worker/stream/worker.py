@@ -255,11 +255,20 @@ class QAWorker(AsyncLifecycle):
         drained = stopping in done and stopping.exception() is None
         if stopping in done and stopping.exception() is not None:
             log.error("stopping the Kafka app failed", exc_info=stopping.exception())
-        elif not drained:
+        elif not drained and self.tracker.count:
             log.error(
                 "%d events still in flight after %.0f s; exiting without committing them",
                 self.tracker.count,
                 self.settings.drain_timeout_s,
+            )
+        elif not drained:
+            # Nothing was in flight: what did not finish is the Kafka client's own stop (its
+            # last commit, leaving the group), which waits on a broker that is not answering.
+            log.error(
+                "the Kafka client did not stop within %.0f s (%s), with no event in flight: "
+                "nothing is lost; the broker may be unreachable",
+                self.settings.drain_timeout_s,
+                describe("drain_timeout_s"),
             )
         if drained:
             await self.batcher.stop()
