@@ -173,8 +173,11 @@ class OffsetTracker:
                 self._count -= 1
         finally:
             parked = self._parked.get(tp)
-            while parked and self._answering_in[tp] < self.share():
-                self._begin(tp, *parked.popleft())
+            if parked:
+                # Read once: it asks the consumer for its assignment.
+                share = self.share()
+                while parked and self._answering_in[tp] < share:
+                    self._begin(tp, *parked.popleft())
             self._switch(tp)
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
