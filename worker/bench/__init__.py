@@ -37,10 +37,10 @@ On the first N questions of the file, in this order:
 
 Beside them: the machine's float32 and int8 GEMM rates and the model's FLOPs per window (so the
 share of the CPU's peak the model reaches), the batch-1 inference time of a typical window (on
-one session with all cores, whatever the worker's layout), the
-padding ratio, and the worker's peak RSS and time from start to ready. The JSON report (`--json`)
-holds all of it and a `targets` section, issue 13's targets each met or MISSED; `--plot` draws
-latency percentiles against throughput. The worker runs with the settings given, its streams
+one session with all cores, whatever the worker's layout), the padding ratio, and the worker's
+peak RSS and time from start to ready. The JSON report (`--json`) holds all of it and a `targets`
+section, each performance target (`report.TARGETS`) met or MISSED; `--plot` draws latency
+percentiles against throughput. The worker runs with the settings given, its streams
 and threads included, so `--inference-streams 1` measures that layout end to end.
 
 Latency on the embedded broker: tansu answers a fetch only when the consumer's fetch wait runs

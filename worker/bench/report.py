@@ -8,7 +8,8 @@ from typing import Any
 
 Report = dict[str, Any]
 
-# Targets the report checks: (name, what is compared, operator, limit), those of issue 13.
+# The worker's performance targets, each checked on every report: (name, what is compared,
+# operator, limit).
 TARGETS = (
     (
         "per_core_efficiency",

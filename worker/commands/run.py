@@ -88,7 +88,7 @@ def freeze_long_lived_objects() -> None:
 
     Started, the worker holds some 10^5 long-lived objects (the tokenizer, the model's session,
     faust, aiokafka, the imported modules); every full collection traversed them all again, a
-    pause of tens of ms under load (issue 21), for objects that live as long as the process.
+    pause of tens of ms under load, for objects that live as long as the process.
     Collected first so that no garbage of the start-up is frozen with them; done by the process
     and not by `QAWorker`, as the collector's state is the process's, not one worker's.
     """

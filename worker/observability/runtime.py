@@ -1,7 +1,7 @@
 """Stalls of the Python runtime itself: how late the event loop runs, and garbage collection.
 
 Both hold up every event whatever stage it is in, so neither shows in one stage's time; they are
-measured all the time, cheaply, so that a tail can be told apart from queueing (issue 21).
+measured all the time, cheaply, so that a tail can be told apart from queueing.
 
 Event-loop lag: a task sleeps `LOOP_LAG_INTERVAL_S` and reports how much later than asked it
 woke. A callback that holds the loop (or a thread holding the GIL) for longer than the time left
