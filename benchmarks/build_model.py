@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from tokenizers.trainers import BpeTrainer
+from tokenizers import Tokenizer
 
+from parity.roberta_tokenizer import byte_level_bpe_tokenizer
 from worker.model.export import export_model
 from worker.squad import read_questions
 
@@ -44,28 +43,6 @@ TOKENIZER_FILES = (
 
 
 ROBERTA_VOCAB_SIZE = 50_265
-ROBERTA_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
-
-
-def byte_level_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A tokenizer of RoBERTa's form trained on `corpus`: byte-level BPE, <s> A </s></s> B </s>."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(ROBERTA_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.RobertaProcessing(
-        sep=("</s>", tokenizer.token_to_id("</s>")),
-        cls=("<s>", tokenizer.token_to_id("<s>")),
-        trim_offsets=True,
-        add_prefix_space=False,
-    )
-    return tokenizer
 
 
 def train_roberta_tokenizer(text_file: Path, folder: Path) -> None:

@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from benchmarks.bench_medians import figure
 from worker.backends.onnx import OnnxBackend, stream_layout
 from worker.bench.heavy_mix import HeavyMix, measure_heavy_mix, one_window_records
+from worker.bench.medians import figure
 from worker.bench.offline import WindowTimer
 from worker.bench.workload import Workload
 from worker.config import Settings

@@ -208,7 +208,7 @@ def _distilbert_tokenizer() -> PreTrainedTokenizerFast:
 def _roberta_tokenizer() -> PreTrainedTokenizerFast:
     from transformers import RobertaTokenizerFast
 
-    from benchmarks.build_model import byte_level_bpe_tokenizer
+    from parity.roberta_tokenizer import byte_level_bpe_tokenizer
 
     tokenizer = byte_level_bpe_tokenizer(CORPUS, VOCAB_SIZE)
     return RobertaTokenizerFast(tokenizer_object=tokenizer, model_max_length=MODEL_MAX_LENGTH)

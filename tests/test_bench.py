@@ -502,7 +502,7 @@ async def test_reference_pipeline_runs_on_the_same_events_through_a_given_broker
 
 
 def test_medians_over_runs_take_each_runs_ratio_first() -> None:
-    from benchmarks.bench_medians import medians
+    from worker.bench.medians import medians
 
     def run(ceiling: float, end_to_end: float) -> dict[str, Any]:
         return {

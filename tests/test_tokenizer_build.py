@@ -41,7 +41,7 @@ def wordpiece_tokenizer_json(folder: Path, lowercase: bool) -> Path:
 
 
 def bpe_tokenizer_json(folder: Path) -> Path:
-    from benchmarks.build_model import byte_level_bpe_tokenizer
+    from parity.roberta_tokenizer import byte_level_bpe_tokenizer
 
     path = folder / "trained.json"
     byte_level_bpe_tokenizer(CORPUS, 1500).save(str(path))
