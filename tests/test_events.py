@@ -17,16 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from worker import events
-from worker.errors import ErrorCode
+from worker.errors import ErrorCode, EventError
 from worker.events import (
     DOCUMENT,
     QUESTION,
     Contract,
-    EventError,
     InputLimits,
     QuestionEvent,
     answer_event,
+    codec,
     dead_letter_bytes,
     dead_letter_event,
     decode_json,
@@ -843,7 +842,7 @@ def test_a_schema_keyword_the_compiled_check_may_read_otherwise_is_refused(
         **schema,
         "properties": {**schema["properties"], "id": {"type": "string", "pattern": "x"}},
     }
-    monkeypatch.setattr(events, "load_schema", lambda name: patched)
+    monkeypatch.setattr(codec, "load_schema", lambda name: patched)
     with pytest.raises(ValueError, match="pattern"):
         Contract("question", "question event")
 
@@ -851,7 +850,7 @@ def test_a_schema_keyword_the_compiled_check_may_read_otherwise_is_refused(
 def stdlib_decoded(value: bytes) -> tuple[str, Any]:
     """What the standard library's reading makes of `value`: the document, or the error."""
     try:
-        return "document", repr(events._decode_exactly(value))
+        return "document", repr(codec._decode_exactly(value))
     except EventError as error:
         return error.code, error.message
 
@@ -993,7 +992,7 @@ def test_deep_values_never_reach_a_recursive_decoder(value: bytes) -> None:
 @settings(max_examples=100, deadline=None)
 def test_the_bracket_scan_agrees_with_a_decoder_on_depth(depth: int, opener: str) -> None:
     text = ("[" * depth + "]" * depth) if opener == "[" else ('{"a":' * depth + "1" + "}" * depth)
-    assert events.nesting_exceeds(text.encode(), 64) == (depth > 64)
+    assert codec.nesting_exceeds(text.encode(), 64) == (depth > 64)
 
 
 def values_in(document: Any) -> int:
@@ -1060,13 +1059,13 @@ def test_values_are_read_up_to_the_value_limit_and_refused_past_it(
         assert (
             parse_question(value, 0, QAOptions(), limits).metadata == json.loads(value)["metadata"]
         )
-        assert events._decode_exactly(value, max_values=limit) == json.loads(value)
+        assert codec._decode_exactly(value, max_values=limit) == json.loads(value)
     over = event_holding(limit + 1, shape, indent)
     # Both decoding paths and the question parser refuse it alike, naming count, limit, setting.
     refusals = [
         refused_for_values(lambda value: parse_question(value, 0, QAOptions(), limits), over),
         refused_for_values(lambda value: decode_json(value, max_values=limit), over),
-        refused_for_values(lambda value: events._decode_exactly(value, max_values=limit), over),
+        refused_for_values(lambda value: codec._decode_exactly(value, max_values=limit), over),
     ]
     assert {error.message for error in refusals} == {
         f"the value holds {limit + 1} JSON values, over the limit of {limit} "
@@ -1097,7 +1096,7 @@ def test_values_count_every_value_but_no_key_nor_byte_within_a_string(
 ) -> None:
     value = text.encode()
     assert values_in(json.loads(value)) == values
-    assert events.count_json_values(value) == values
+    assert codec.count_json_values(value) == values
     assert decode_json(value, max_values=values) == json.loads(value)
     if values > 1:
         error = refused_for_values(lambda v: decode_json(v, max_values=values - 1), value)
@@ -1144,11 +1143,11 @@ def test_the_byte_count_of_any_document_is_the_number_of_its_values(
     spaced = json.dumps(document, indent=indent, ensure_ascii=ascii_only).encode()
     compact = json.dumps(document, separators=(",", ":"), ensure_ascii=ascii_only).encode()
     for value in (spaced, compact, loosely(document).encode()):
-        assert events.count_json_values(value) == expected
+        assert codec.count_json_values(value) == expected
         # The quick bound never says less, so an event it passes is within the limit.
         assert value.count(b",") + value.count(b"[") + value.count(b"{") + 1 >= expected
-        assert events.json_values_over(value, expected) is None
-        assert events.json_values_over(value, expected - 1) == expected
+        assert codec.json_values_over(value, expected) is None
+        assert codec.json_values_over(value, expected - 1) == expected
 
 
 def test_refusing_an_event_of_too_many_values_builds_none_of_them() -> None:

@@ -38,10 +38,10 @@ import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 
-from .config import Settings
-from .config import describe as describe_setting
-from .errors import ErrorCode, EventError
-from .qa.types import QAOptions, QAResult
+from ..config import Settings
+from ..config import describe as describe_setting
+from ..errors import ErrorCode, EventError
+from ..qa.types import QAOptions, QAResult
 
 SCHEMA_PACKAGE = "worker.schemas"
 
