@@ -1,8 +1,9 @@
 """The one batch planner: which windows run together in one padded inference batch.
 
-Pure functions of window lengths, shared by the streaming batcher (`worker.batcher`, which
-plans over the windows waiting, oldest first) and the offline engine (`QAEngine.answer_many`,
-which plans over all windows of a call, shortest first), so every command batches alike.
+Pure functions of window lengths, shared by the streaming batcher (`worker.batching.batcher`,
+which plans over the windows waiting, oldest first) and the offline engine
+(`QAEngine.answer_many`, which plans over all windows of a call, shortest first), so every command
+batches alike.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+
+from ..config import LEAST_VALUES, check_least_values
 
 __all__ = ["BatchLimits", "next_batch", "plan_batches", "seed_index"]
 
@@ -35,12 +38,9 @@ class BatchLimits:
     max_padding: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_batch_tokens < 1:
-            raise ValueError("batch_size and max_batch_tokens must be at least 1")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms cannot be negative, got {self.max_wait_ms}")
-        if self.max_padding < 0:
-            raise ValueError(f"max_padding cannot be negative, got {self.max_padding}")
+        # The settings' rules, but for the batch size: here the one chosen for the layout, where
+        # the setting's 0 (choose) has become a size.
+        check_least_values(self, {**LEAST_VALUES, "batch_size": 1})
 
 
 def next_batch(
