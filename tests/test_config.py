@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from worker.batching.layout import batch_limits
+from worker.batching.plan import BatchLimits
 from worker.cli import build_parser, main
 from worker.config import (
+    LEAST_VALUES,
     Settings,
     add_arguments,
     base_type,
@@ -18,6 +20,7 @@ from worker.config import (
     parse_value,
 )
 from worker.errors import ConfigError
+from worker.qa import QAOptions
 from worker.stream.app import build_app
 
 CONFIGURATION_PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -70,6 +73,8 @@ def test_boolean_flags_can_switch_off_an_environment_default() -> None:
         ({"QA_STALL_TIMEOUT_S": "0"}, "--stall-timeout-s / QA_STALL_TIMEOUT_S must be above 0"),
         ({"QA_STALL_TIMEOUT_S": "-5"}, "QA_STALL_TIMEOUT_S must be above 0, got -5.0"),
         ({"QA_BATCH_SIZE": "-1"}, "--batch-size / QA_BATCH_SIZE must be 0 or more, got -1"),
+        ({"QA_MAX_PADDING": "-0.5"}, "--max-padding / QA_MAX_PADDING cannot be negative, got -0.5"),
+        ({"QA_MAX_WAIT_MS": "-1"}, "--max-wait-ms / QA_MAX_WAIT_MS cannot be negative, got -1.0"),
         ({"QA_HTTP_PORT": "65536"}, "--http-port / QA_HTTP_PORT must be 0 to 65535, got 65536"),
         ({"QA_HTTP_PORT": "83539"}, "QA_HTTP_PORT must be 0 to 65535, got 83539"),
         ({"QA_HTTP_PORT": "-1"}, "QA_HTTP_PORT must be 0 to 65535, got -1"),
@@ -114,6 +119,36 @@ def test_every_codec_reaches_the_producer(codec: str, tmp_path: Path) -> None:
     app = build_app(settings, str(tmp_path))
     assert app.conf.producer_compression_type == (None if codec == "none" else codec)
     assert Settings.from_sources(None, {"QA_STALL_TIMEOUT_S": "0.001"}).stall_timeout_s == 0.001
+
+
+@pytest.mark.parametrize("name", sorted(LEAST_VALUES))
+def test_a_value_below_its_least_is_refused_alike_as_a_setting_and_as_a_field(name: str) -> None:
+    below = LEAST_VALUES[name] - 1
+    with pytest.raises(ConfigError) as as_setting:
+        Settings(**{name: below})
+    # The types a command builds from the settings, which question sets and tests build too.
+    options = {spec.name for spec in dataclasses.fields(QAOptions)}
+    kind: type[QAOptions | BatchLimits] = QAOptions if name in options else BatchLimits
+    with pytest.raises(ValueError) as as_field:
+        kind(**{name: below})
+    setting_words = str(as_setting.value).removeprefix(f"{flag_name(name)} / {env_name(name)} ")
+    assert setting_words == str(as_field.value).removeprefix(f"{name} ")
+    assert setting_words.startswith(("must be at least", "cannot be negative"))
+
+
+def test_limits_take_a_batch_size_the_layout_chose_never_the_setting_s_0() -> None:
+    assert Settings(batch_size=0).batch_size == 0
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        BatchLimits(batch_size=0)
+
+
+def test_precision_takes_the_manifest_s_precisions_alone() -> None:
+    spec = next(spec for spec in dataclasses.fields(Settings) if spec.name == "precision")
+    assert spec.metadata["choices"] == ("fp32", "int8", "int8-static")
+    assert base_type(spec) is str
+    assert parse(["--precision", "int8-static"]).precision == "int8-static"
+    with pytest.raises(SystemExit):
+        parse(["--precision", "fp16"])
 
 
 def test_missing_model_says_which_flag_to_pass() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError
+from .model.manifest import Precision
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -96,12 +97,12 @@ class Settings:
         "default: only when stderr is a terminal.",
         "model",
     )
-    precision: str | None = setting(
+    precision: Precision | None = setting(
         None,
         "ONNX file to load: fp32, int8 or int8-static (exported with --quantize int8-static); "
         "default: the one the manifest names.",
         "model",
-        choices=("fp32", "int8", "int8-static"),
+        choices=typing.get_args(Precision),
     )
     inference_streams: int = setting(
         0,
@@ -358,10 +359,11 @@ class Settings:
             problem = None if not item.strip() else topic_name_problem(topic)
             if problem is not None:
                 raise ConfigError(f"{describe('documents_topics')}: {problem}")
+        for name, least in LEAST_VALUES.items():
+            problem = least_problem(getattr(self, name), least)
+            if problem is not None:
+                raise ConfigError(f"{describe(name)} {problem}")
         positive = (
-            "top_k",
-            "max_answer_len",
-            "max_batch_tokens",
             "max_pending_windows",
             "max_in_flight",
             "max_question_chars",
@@ -397,8 +399,6 @@ class Settings:
         for name in ("http_idle_timeout_s", "http_request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{describe(name)} must be above 0, got {getattr(self, name)}")
-        if self.max_padding < 0:
-            raise ConfigError(f"{describe('max_padding')} must be 0 or more: {self.max_padding}")
         for name in ("threads", "inference_streams", "batch_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{describe(name)} must be 0 or more, got {getattr(self, name)}")
@@ -466,6 +466,37 @@ class Settings:
         return cls(**values)
 
 
+# The least value of each answering and batching setting that QAOptions or BatchLimits carries
+# too. Those types are also built from what passed no Settings (a question set's fields, the
+# batch size chosen for a layout, tests), so they check their fields against this table as well:
+# one rule and one wording, naming the setting's flag here and the field there.
+LEAST_VALUES: dict[str, int] = {
+    "top_k": 1,
+    "max_answer_len": 1,
+    "max_batch_tokens": 1,
+    "max_wait_ms": 0,
+    "max_padding": 0,
+}
+
+
+def least_problem(value: float, least: int) -> str | None:
+    """Why `value` is below `least`, in the words of every LEAST_VALUES check; None if it is not."""
+    if value >= least:
+        return None
+    if least == 0:
+        return f"cannot be negative, got {value}"
+    return f"must be at least {least}, got {value}"
+
+
+def check_least_values(values: DataclassInstance, least: Mapping[str, int] = LEAST_VALUES) -> None:
+    """Raises ValueError naming the first field of `values` below its least value in `least`."""
+    for spec in dataclasses.fields(values):
+        if spec.name in least:
+            problem = least_problem(getattr(values, spec.name), least[spec.name])
+            if problem is not None:
+                raise ValueError(f"{spec.name} {problem}")
+
+
 def settings_environment(
     settings: Settings, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -509,9 +540,14 @@ def describe(name: str) -> str:
 
 
 def base_type(spec: dataclasses.Field[Any]) -> type:
+    """The type a setting's text parses into: its field's type without None; `str` for a
+    Literal of strings, whose values the setting's `choices` admit."""
     hint = typing.get_type_hints(Settings)[spec.name]
-    if isinstance(hint, types.UnionType):
-        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    # `Literal[...] | None` is a typing.Union, not a types.UnionType.
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return str
     return hint
 
 

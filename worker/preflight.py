@@ -27,14 +27,13 @@ import resource
 import stat
 from collections.abc import Collection
 from pathlib import Path
-from typing import cast
 
 from .client_security import client_ssl_context, read_setting_file, sasl_login, shown_path
 from .config import Settings, describe
 from .errors import ConfigError, ModelFolderError
 from .model.cache import default_cache
 from .model.hub import looks_like_hub_id
-from .model.manifest import MANIFEST_NAME, Manifest, Precision, file_access
+from .model.manifest import MANIFEST_NAME, Manifest, file_access
 
 __all__ = ["MIN_OPEN_FILES", "check_open_file_limit", "check_settings"]
 
@@ -82,16 +81,15 @@ def _check_model(settings: Settings, model: Path) -> None:
         raise ConfigError(f"{where} cannot be read: {_failure(error)}") from None
     if not stat.S_ISDIR(status.st_mode):
         raise ConfigError(f"{where} is not a folder; give the folder `qa-worker export` wrote")
-    precision = cast(Precision | None, settings.precision)
     try:
         with os.scandir(model):
             pass
         manifest = Manifest.read(model)
-        manifest.onnx_path(model, precision)
+        manifest.onnx_path(model, settings.precision)
         # Opened, not read: a file this user may not read fails here in one line, naming it,
         # rather than as a traceback once the engine loads it. A missing one is the loader's to
         # report, with the checksums.
-        for name in manifest.files_to_load(precision):
+        for name in manifest.files_to_load(settings.precision):
             with contextlib.suppress(FileNotFoundError):
                 (model / name).open("rb").close()
     except ModelFolderError as error:

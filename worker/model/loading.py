@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from ..config import Settings
 from ..observability.progress import progress_wanted
 from ..qa import QAEngine
 from .cache import model_folder
-from .manifest import Precision
 
 
 def load_engine(settings: Settings) -> QAEngine:
@@ -24,9 +21,7 @@ def load_engine(settings: Settings) -> QAEngine:
     )
     return QAEngine.load(
         folder,
-        # Settings.precision is a str so that flags and variables parse into it; their `choices`
-        # admit only the Precision values.
-        precision=cast(Precision | None, settings.precision),
+        precision=settings.precision,
         threads=settings.threads,
         streams=settings.inference_streams,
         max_seq_len=settings.max_seq_len,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import check_least_values
+
 
 @dataclass(frozen=True)
 class QAOptions:
@@ -20,10 +22,8 @@ class QAOptions:
     align_to_words: bool = True
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
-        if self.max_answer_len < 1:
-            raise ValueError(f"max_answer_len must be at least 1, got {self.max_answer_len}")
+        # A question set's fields build options without Settings; the rules are the settings'.
+        check_least_values(self)
 
     @property
     def ranks_null(self) -> bool:
