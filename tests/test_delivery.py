@@ -19,7 +19,6 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
-    for_code,
     kafka_errors,
 )
 from faust.exceptions import ProducerSendError
@@ -30,7 +29,6 @@ from worker.stream.delivery import (
     REPLY_TO_HEADER,
     Delivery,
     Envelope,
-    InvalidRecordError,
     Outgoing,
     ReplyRouting,
     Verdict,
@@ -40,6 +38,7 @@ from worker.stream.delivery import (
     judge,
     message_headers,
 )
+from worker.stream.faust_private import InvalidRecordError
 
 SETTINGS_OF = {"answers": "--answers-topic / QA_ANSWERS_TOPIC", "dead": "--dead-letter-topic"}
 
@@ -452,12 +451,6 @@ RECORD_REFUSALS = [
     (MessageSizeTooLargeError(), ErrorCode.ANSWER_TOO_LARGE),
     (RecordListTooLargeError(), ErrorCode.ANSWER_TOO_LARGE),
 ]
-
-
-def test_aiokafka_reports_invalid_record_by_its_own_class() -> None:
-    # Without the registration it would be UnknownError, errno -1: the code would be lost.
-    assert for_code(87) is InvalidRecordError
-    assert InvalidRecordError().errno == 87 and not InvalidRecordError.retriable
 
 
 @pytest.mark.parametrize(("error", "code"), RECORD_REFUSALS)

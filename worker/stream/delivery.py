@@ -28,8 +28,8 @@ topics found to exist are kept in `KnownTopics`, least recently used first, at m
 `REPLY_TOPICS_KNOWN`; one that falls out is forgotten by the producer too, so what the worker
 keeps for reply topics is bounded however many distinct ones events name.
 
-aiokafka 0.14 has no class for INVALID_RECORD (error 87) and would report it as UnknownError,
-losing the code; importing this module registers `InvalidRecordError` for it.
+aiokafka 0.14 has no class for INVALID_RECORD (error 87); `faust_private.InvalidRecordError`
+stands in for it, registered where aiokafka looks up error codes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.errors import (
-    BrokerResponseError,
     CorruptRecordException,
     InvalidTopicError,
     KafkaError,
@@ -54,7 +53,6 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
-    kafka_errors,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import size_of_varint
@@ -63,6 +61,7 @@ from faust.exceptions import ProducerSendError
 from ..errors import DeliveryError, ErrorCode
 from ..observability.tracing import NO_TRACING, TRACEPARENT
 from ..observability.tracing_interface import ConsumedRecord, Headers, Tracing
+from .faust_private import InvalidRecordError
 from .header_keys import readable_header_key
 
 __all__ = [
@@ -74,7 +73,6 @@ __all__ = [
     "DeliveryObserver",
     "Envelope",
     "IncomingMessage",
-    "InvalidRecordError",
     "KnownTopics",
     "Outgoing",
     "ReplyRouting",
@@ -120,18 +118,6 @@ DESCRIBED_HEADERS = 16
 DESCRIBED_NAME_CHARS = 64
 ENVELOPE_DESCRIPTION_BYTES = 10_000
 
-
-class InvalidRecordError(BrokerResponseError):
-    """Kafka's INVALID_RECORD: the broker refused a record it validated (a compacted topic's
-    record without a key, a broker-side schema check)."""
-
-    errno = 87
-    message = "INVALID_RECORD"
-    description = "This record has failed the validation on broker and hence been rejected."
-
-
-# Where aiokafka looks up a response's error code; a later aiokafka with its own class keeps it.
-kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordError)
 
 # Refusals of the records in a batch, by Kafka error code (aiokafka's CorruptRecordException
 # is CORRUPT_MESSAGE), and the code the dead letter of a record refused alone carries.
