@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.permissions import without_permissions_bypass
 from worker.cli import build_parser, main
+from worker.commands import export as export_command
 from worker.commands.demo import beside_its_question
 from worker.config import Settings, flag_name
 
@@ -103,6 +104,43 @@ def test_produce_and_consume_take_the_client_settings() -> None:
         assert {"--broker", "--security-protocol", "--sasl-username", "--ssl-cafile"} <= flags(
             parser
         )
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "expected"),
+    [
+        ([], {"QA_PROGRESS": "true"}, True),
+        (["--no-progress"], {"QA_PROGRESS": "true"}, False),
+        (["--progress"], {"QA_PROGRESS": "false"}, True),
+    ],
+)
+def test_export_takes_progress_from_the_settings(
+    flag: list[str],
+    environ: dict[str, str],
+    expected: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asked: dict[str, object] = {}
+
+    class Written:
+        def to_json(self) -> str:
+            return "{}\n"
+
+    def fake_export(source: str, out: Path, **options: object) -> Written:
+        asked.update(options, source=source, out=out)
+        return Written()
+
+    monkeypatch.setattr(export_command, "export_model", fake_export)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    argv = ["export", "--model", "./checkpoint", "--out", str(tmp_path / "out"), *flag]
+    assert main(argv) == 0
+    assert asked["progress"] is expected
+    # The checkpoint goes on as written, for the manifest to record.
+    assert asked["source"] == "./checkpoint"
+    assert capsys.readouterr().out == "{}\n"
 
 
 def test_tag_and_run_name_the_question_sets_file_alike(tmp_path: Path) -> None:

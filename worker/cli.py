@@ -131,12 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQuAD JSON or JSONL questions to calibrate --quantize int8-static on",
     )
     export.add_argument("--revision", help="Hub branch, tag or commit to download; default: main")
-    export.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars on stderr; default: only when stderr is a terminal [env QA_PROGRESS]",
-    )
+    # Of the settings, export takes --progress alone, and not through add_settings: the model
+    # check before a command is for prepared folders, and export's --model names a checkpoint.
+    add_arguments(export, ("model",), only=("progress",))
     export.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -10,15 +10,16 @@ from ..observability.progress import progress_wanted
 
 
 def command_export(args: argparse.Namespace) -> int:
-    # Only the progress setting applies to export; its other flags are its own.
-    progress = Settings.from_sources(argparse.Namespace(progress=args.progress)).progress
+    settings = Settings.from_sources(args)
+    # The checkpoint goes on as given, which the manifest records: not as settings.model, the
+    # prepared folder the other commands load, which holds the same text unused here.
     manifest = export_model(
         args.model,
         args.out,
         quantize=args.quantize,
         allow_pickle=args.allow_pickle,
         revision=args.revision,
-        progress=progress_wanted(progress),
+        progress=progress_wanted(settings.progress),
         calibration=args.calibration,
     )
     print(manifest.to_json(), end="")
