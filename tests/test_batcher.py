@@ -29,13 +29,12 @@ from tests.support.windows import token_window
 from worker.batching.batcher import (
     LONG_CONTEXT_CHARS,
     Answered,
-    DeadlineExceeded,
     MicroBatcher,
 )
 from worker.batching.estimate import RUN_ESTIMATE_BATCHES, RunEstimate
 from worker.batching.plan import BatchLimits
 from worker.batching.priority import BULK_NICE
-from worker.errors import ErrorCode, EventError
+from worker.errors import DeadlineExceeded, ErrorCode, EventError
 from worker.qa import QAEngine, QAOptions, QAResult, Question
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_batcher import FakeEngine, ask, bounded, wait_until
-from worker.batching.batcher import DeadlineExceeded, MicroBatcher
+from worker.batching.batcher import MicroBatcher
 from worker.batching.budget import MAX_UNSIZED, Admission, WorkBudget
 from worker.batching.plan import BatchLimits
+from worker.errors import DeadlineExceeded
 
 
 async def admitted_now(budget: WorkBudget, lane: object = None, kind: object = None) -> bool:

@@ -20,10 +20,9 @@ import pytest
 
 from tests.support.hub_layouts import hub_onnx_layout, hub_wrong_onnx_layout
 from tests.support.without_torch import REPO_ROOT, run_without_torch
+from worker.errors import HubError, HubUnreachable
 from worker.model.cache import DEFAULT_MODEL, model_folder
 from worker.model.hub import (
-    HubError,
-    HubUnreachable,
     download_checkpoint,
     files_to_download,
     looks_like_hub_id,
@@ -380,7 +379,7 @@ def test_which_commit_a_revision_is_at_and_when_the_hub_cannot_say(
     from huggingface_hub import constants
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from worker.model.hub import HubError, resolve_commit
+    from worker.model.hub import resolve_commit
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     answers: list[object] = []

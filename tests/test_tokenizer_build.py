@@ -16,7 +16,8 @@ import pytest
 from parity import texts
 from parity.models import CORPUS
 from tests.support.hub_layouts import write_vocabulary_files
-from worker.model.tokenizer_build import TokenizerBuildError, build_tokenizer
+from worker.errors import TokenizerBuildError
+from worker.model.tokenizer_build import build_tokenizer
 
 EXTRA_TEXTS = [
     ("What is [MASK] here?", "The [MASK] token and a [cls] in lowercase, <mask> and <s> too."),

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from ..errors import DeadlineExceeded
 from ..lifecycle import AsyncLifecycle
 from ..observability.tracing import NO_TRACING
 from ..observability.tracing_interface import Tracing
@@ -59,7 +60,6 @@ from .queue import Entry, PendingQueue
 __all__ = [
     "Answered",
     "BatchObserver",
-    "DeadlineExceeded",
     "Engine",
     "MicroBatcher",
     "Stages",
@@ -137,11 +137,6 @@ class Answered:
     queue_s: float
     inference_s: float
     stages: Stages | None = None
-
-
-class DeadlineExceeded(Exception):
-    """Before all of the question's windows started inference, its deadline passed, or would
-    have passed before even one of its windows alone could finish."""
 
 
 @dataclass(eq=False)

@@ -17,9 +17,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import ModelFolderError
+from ..errors import HubUnreachable, ModelFolderError
 from .hub import (
-    HubUnreachable,
     cached_commit,
     download_checkpoint,
     is_commit,

@@ -29,11 +29,17 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, ExportError
+from ..errors import (
+    ConfigError,
+    ExportCheckFailed,
+    ExportError,
+    HubError,
+    OnnxInterfaceError,
+    OnnxSourceError,
+)
 from ..observability.progress import progress_bar
 from .calibration import STATIC_SETTINGS, calibration_windows, quantize_static_int8
 from .export_check import (
-    ExportCheckFailed,
     Logits,
     LogitSource,
     check_export,
@@ -45,7 +51,6 @@ from .hub import (
     ONNX_PATTERNS,
     PICKLE_PATTERNS,
     WEIGHT_PATTERNS,
-    HubError,
     download_checkpoint,
     looks_like_hub_id,
     snapshot_commit,
@@ -62,9 +67,7 @@ from .manifest import (
 )
 from .onnx_source import (
     REQUIRED_INPUTS,
-    OnnxInterfaceError,
     OnnxSource,
-    OnnxSourceError,
     declared_max_length,
     find_onnx,
     inspect_onnx_source,

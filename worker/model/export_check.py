@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SetupError
+from ..errors import ExportCheckFailed
 from .manifest import LOGIT_OUTPUTS
 
 Logits = tuple[np.ndarray, np.ndarray]
@@ -36,10 +36,6 @@ SAMPLE_PAIRS = (
     ("Was ist das?", "Die Straße in München ist über fünf Kilometer lang; 東京は日本の首都です。"),
 )
 SAMPLE_TOKENS = 128
-
-
-class ExportCheckFailed(SetupError):
-    """A prepared ONNX file's logits differ from its source's beyond the tolerance."""
 
 
 def sample_inputs(

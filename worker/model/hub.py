@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from ..errors import SetupError
+from ..errors import HubError, HubUnreachable
 from .onnx_source import ONNX_LOCATIONS
 
 # Configuration and tokenizer files: small, and needed whichever way the model is prepared.
@@ -46,14 +46,6 @@ COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 # Asking which commit a revision is at happens on every run that loads a Hub id: a network that
 # drops packets must cost seconds, then the cached commit, never a hang.
 RESOLVE_TIMEOUT_S = 10.0
-
-
-class HubError(SetupError):
-    """The checkpoint could not be had from the Hub; the message says how to pass a folder."""
-
-
-class HubUnreachable(Exception):
-    """The Hub could not be asked (offline mode, no network, a server error); the cache may do."""
 
 
 def looks_like_hub_id(source: str) -> bool:

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SetupError
+from ..errors import OnnxInterfaceError, OnnxSourceError, TokenizerBuildError
 from .manifest import LOGIT_OUTPUTS, TOKENIZER_NAME, TokenizerInfo
 from .tokenizer_build import (
     BPE_MODEL_TYPES,
     BPE_SPECIALS,
     WORDPIECE_MODEL_TYPES,
     WORDPIECE_SPECIALS,
-    TokenizerBuildError,
     TokenizerConfig,
     align_with_config,
     build_tokenizer,
@@ -33,14 +32,6 @@ EXTERNAL_DATA_SUFFIXES = ("_data", ".data")
 
 ENGINE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-
-
-class OnnxSourceError(SetupError):
-    """The folder's ONNX model or tokenizer files cannot serve the worker; the message says why."""
-
-
-class OnnxInterfaceError(OnnxSourceError):
-    """The ONNX file itself does not fit the engine; the checkpoint's weights may still do."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SetupError
+from ..errors import TokenizerBuildError
 
 WORDPIECE_FILES = ("vocab.txt",)
 BPE_FILES = ("vocab.json", "merges.txt")
@@ -42,10 +42,6 @@ WORDPIECE_MODEL_TYPES = ("bert", "mobilebert", "distilbert", "electra")
 BPE_MODEL_TYPES = ("roberta",)
 # The order in which transformers registers special tokens (SPECIAL_TOKENS_ATTRIBUTES).
 SPECIAL_ORDER = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
-
-
-class TokenizerBuildError(SetupError):
-    """The folder's tokenizer files cannot be turned into tokenizer.json; the message says why."""
 
 
 @dataclass(frozen=True)
