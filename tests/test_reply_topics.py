@@ -56,12 +56,9 @@ from worker.stream.delivery import (
     Outgoing,
     TopicDirectory,
 )
+from worker.stream.faust_private import aiokafka_producer, install_non_creating_metadata
 from worker.stream.reachability import BrokerWatch
-from worker.stream.topic_metadata import (
-    NonCreatingMetadataRequest,
-    install_non_creating_metadata,
-    topic_refusal,
-)
+from worker.stream.topic_metadata import NonCreatingMetadataRequest, topic_refusal
 
 SETTINGS_OF = {ANSWERS: "--answers-topic", DEAD_LETTERS: "--dead-letter-topic"}
 # Kafka's longest topic name.
@@ -372,8 +369,7 @@ class SendPath:
         return await self.delivery.deliver(answer(topic), Message())
 
     async def producer(self) -> AIOKafkaProducer:
-        started = await self.app.maybe_start_producer()
-        producer = started._ensure_producer()
+        producer = aiokafka_producer(await self.app.maybe_start_producer())
         assert isinstance(producer, AIOKafkaProducer)
         return producer
 

@@ -10,7 +10,7 @@ metadata request of its clients lets the broker create one (`topic_metadata`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, cast
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
@@ -22,9 +22,16 @@ from ..config import Settings, describe
 from ..errors import ConfigError
 from ..observability.metrics import WorkerMetrics
 from .delivery import MAX_REQUEST_BYTES
+from .faust_private import (
+    FetchWaitTransport,
+    aiokafka_producer,
+    aiokafka_producer_if_started,
+    forget_topic,
+    install_non_creating_metadata,
+)
 from .header_keys import install_lenient_header_keys
-from .topic_metadata import forget_topic, install_non_creating_metadata, topic_refusal
-from .transport import FetchWaitTransport, faust_credentials
+from .topic_metadata import topic_refusal
+from .transport import faust_credentials
 
 __all__ = [
     "PRODUCER_REQUEST_TIMEOUT_S",
@@ -135,9 +142,8 @@ def build_app(
             None if settings.compression_type == "none" else settings.compression_type
         ),
         producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
-        # faust reads its own un-prefixed variables (BROKER_COMMIT_INTERVAL, ...) from the
-        # environment, and they win over these arguments; the worker's settings come only
-        # from Settings, so faust gets an empty environment.
+        # faust's own variables (BROKER_COMMIT_INTERVAL, ...) would win over these arguments:
+        # it gets an empty environment (faust_private says why this bends faust).
         env={},
     )
     app.transport = FetchWaitTransport(
@@ -197,9 +203,8 @@ class ProducerTopic:
 
 async def _producer_client(app: faust.App) -> AIOKafkaProducer:
     """The aiokafka producer under the app's faust producer, started if need be."""
-    producer = await app.maybe_start_producer()
     # faust's own producer has no way to send a batch of one, nor to ask about a topic.
-    return cast(AIOKafkaProducer, producer._ensure_producer())
+    return aiokafka_producer(await app.maybe_start_producer())
 
 
 class Topics:
@@ -227,8 +232,8 @@ class Topics:
         """Drops topic `name`'s ProducerTopic, and the producer's tracking of its metadata."""
         self._made.pop(name, None)
         # Only a producer already started can track the topic; none is started here.
-        client = getattr(self._app.producer, "_producer", None)
-        if isinstance(client, AIOKafkaProducer):
+        client = aiokafka_producer_if_started(self._app.producer)
+        if client is not None:
             forget_topic(client.client, name)
 
     def subscribe(self, *names: str) -> faust.types.TopicT:

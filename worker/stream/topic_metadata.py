@@ -7,18 +7,17 @@ metadata of each topic it is first told to send to, then keeps asking for it wit
 so one question naming `replies.anything` under an allowed reply pattern made the worker create
 that topic, and keep its metadata for good.
 
-`install_non_creating_metadata()` makes every metadata request of aiokafka's clients in this
-process (the producer's, the consumer's, the broker watch's) say `false`; `topic_refusal` asks
-about one topic that way, without the producer ever tracking it; `forget_topic` drops a topic
-from what a client tracks, so that its metadata is not fetched again.
+`NonCreatingMetadataRequest` is a metadata request that says `false`;
+`faust_private.install_non_creating_metadata()` makes every aiokafka client in this process (the
+producer, the consumer, the broker watch) send it; `topic_refusal` asks about one topic with it,
+without the producer ever tracking the topic (`faust_private.forget_topic` drops a topic from
+what a client tracks, so that its metadata is not fetched again).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiokafka.admin.client
-import aiokafka.client
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -31,8 +30,6 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 __all__ = [
     "NonCreatingMetadataRequest",
-    "forget_topic",
-    "install_non_creating_metadata",
     "topic_refusal",
 ]
 
@@ -48,13 +45,6 @@ class NonCreatingMetadataRequest(MetadataRequest):
         self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
     ) -> None:
         super().__init__(topics, allow_auto_topic_creation=allow_auto_topic_creation)
-
-
-def install_non_creating_metadata() -> None:
-    """Makes every aiokafka client in this process ask for metadata without creating topics."""
-    # aiokafka's client and admin client build their requests from these module names.
-    aiokafka.client.MetadataRequest = NonCreatingMetadataRequest
-    aiokafka.admin.client.MetadataRequest = NonCreatingMetadataRequest
 
 
 async def topic_refusal(client: AIOKafkaClient, topic: str) -> KafkaError | None:
@@ -83,11 +73,3 @@ async def topic_refusal(client: AIOKafkaClient, topic: str) -> KafkaError | None
         return None
     # Brokers answer for every topic asked about; one left out is one the broker does not have.
     return UnknownTopicOrPartitionError(f"topic {topic!r}: not in the broker's answer")
-
-
-def forget_topic(client: AIOKafkaClient, topic: str) -> None:
-    """Stops `client` asking for `topic`'s metadata; what it holds of the topic goes with the
-    next refresh (which replaces the whole cluster view with the topics it asked about)."""
-    # aiokafka has no public way to stop tracking one topic: set_topics() asks the broker for
-    # metadata at once, and with an empty set for every topic in the cluster.
-    client._topics.discard(topic)
