@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tokenizers import Encoding, Tokenizer
 
 from parity import texts
-from worker.errors import ErrorCode, EventError
+from worker.errors import ConfigError, ErrorCode, EventError
 from worker.model.manifest import TOKENIZER_NAME, Manifest
 from worker.qa.decode import char_ranges, tokens_to_words, words_to_chars
 from worker.qa.windows import (
@@ -31,6 +31,7 @@ from worker.qa.windows import (
     WindowTokenizer,
     offsets_array,
     optional_ids,
+    window_geometry,
 )
 
 HYPOTHESIS = settings(
@@ -449,3 +450,19 @@ def test_a_long_question_over_a_long_context_is_refused_before_its_windows_are_m
     finally:
         windows.max_windows = DEFAULT_MAX_WINDOWS
     assert [window.input_ids.tolist() for window in encoded.windows] == [e.ids for e in expected]
+
+
+@given(model_max=st.integers(8, 4096), data=st.data())
+def test_the_window_geometry_takes_up_to_the_models_length_and_a_stride_up_to_the_window(
+    model_max: int, data: st.DataObject
+) -> None:
+    seq_len = data.draw(st.integers(8, model_max + 8))
+    stride = data.draw(st.integers(0, seq_len + 8))
+    if seq_len > model_max:
+        with pytest.raises(ConfigError, match=r"--max-seq-len .* longer than the model accepts"):
+            window_geometry(model_max, seq_len, stride)
+    elif stride > seq_len:
+        with pytest.raises(ConfigError, match=r"--doc-stride .* larger than --max-seq-len"):
+            window_geometry(model_max, seq_len, stride)
+    else:
+        assert window_geometry(model_max, seq_len, stride) == (seq_len, stride)

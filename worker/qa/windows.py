@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from ..errors import ErrorCode, EventError
+from ..config import describe
+from ..errors import ConfigError, ErrorCode, EventError
 from ..model.manifest import TokenizerInfo
 
 REFERENCE_MAX_SEQ_LEN = 384
@@ -70,11 +71,15 @@ def window_geometry(
     )
     stride = doc_stride if doc_stride is not None else min(seq_len // 2, REFERENCE_MAX_STRIDE)
     if seq_len > model_max_length:
-        raise ValueError(
-            f"max_seq_len {seq_len} is longer than the model accepts ({model_max_length})"
+        raise ConfigError(
+            f"{describe('max_seq_len')} is {seq_len}, longer than the model accepts "
+            f"({model_max_length} tokens)"
         )
     if stride > seq_len:
-        raise ValueError(f"doc_stride ({stride}) is larger than max_seq_len ({seq_len})")
+        raise ConfigError(
+            f"{describe('doc_stride')} is {stride}, larger than {describe('max_seq_len')} "
+            f"({seq_len})"
+        )
     return seq_len, stride
 
 
