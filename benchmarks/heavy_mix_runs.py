@@ -36,9 +36,8 @@ from worker.bench.heavy_mix import HeavyMix, measure_heavy_mix, one_window_recor
 from worker.bench.medians import figure
 from worker.bench.offline import WindowTimer
 from worker.bench.workload import Workload
-from worker.config import Settings
+from worker.config import Precision, Settings
 from worker.model.loading import load_engine
-from worker.model.manifest import Precision
 from worker.qa import QAOptions
 from worker.squad import read_questions
 

@@ -19,15 +19,16 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import ConfigError
-from .model.manifest import Precision
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "QA_"
+# The weights a model folder may hold (its manifest names them), and what `--precision` picks.
+Precision = Literal["fp32", "int8", "int8-static"]
 # Above this, an event's nesting would come near the recursion limits of the JSON encoder and
 # the standard library's decoder (1,000 frames, some taken by the stack that calls them).
 MAX_JSON_DEPTH_LIMIT = 500

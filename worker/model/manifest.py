@@ -15,15 +15,13 @@ import re
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from ..config import Precision
 from ..errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
-
-Precision = Literal["fp32", "int8", "int8-static"]
 
 # The model's two outputs, by these names, in every exported ONNX file.
 START_LOGITS = "start_logits"
