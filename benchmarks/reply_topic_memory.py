@@ -31,9 +31,10 @@ from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
-from worker.errors import ErrorCode
 from worker.stream.app import Topics, build_app
-from worker.stream.delivery import Delivery, Outgoing
+from worker.stream.delivery import Delivery
+from worker.stream.faust_private import aiokafka_producer
+from worker.stream.outgoing import Outgoing
 from worker.stream.transport import create_topics
 
 ANSWERS, DEAD_LETTERS = "answers", "dead-letters"
@@ -50,10 +51,6 @@ class Message:
     offset: int = 0
     timestamp: float | None = 0.0
     headers: Any = field(default_factory=list)
-
-
-def dead_letter(message: Any, event_time: float, code: ErrorCode, reason: str) -> Outgoing:
-    return Outgoing(DEAD_LETTERS, reason.encode(), event_time, dead_letter_reason=code)
 
 
 def resident_bytes(libc: ctypes.CDLL) -> int:
@@ -98,28 +95,27 @@ async def run(
             bound = {} if known is None else {"reply_topics_known": known}
             delivery = Delivery(
                 directory,
-                dead_letter,
                 settings_of={ANSWERS: "answers", DEAD_LETTERS: "dead letters"},
                 **bound,  # type: ignore[arg-type]
             )
             message = Message()
 
             async def answer_on(batch: list[str]) -> int:
-                letters = 0
+                refused = 0
                 for name in batch:
-                    sent = await delivery.deliver(Outgoing(name, b'{"id": "q"}', 0.0), message)
-                    letters += sent.dead_letter_reason is not None
-                return letters
+                    refusal = await delivery.send(Outgoing(name, b'{"id": "q"}', 0.0), message)
+                    refused += refusal is not None
+                return refused
 
             # The producer starts knowing every topic there is; reply topics come later.
             await answer_on([ANSWERS])
-            client = (await app.maybe_start_producer())._ensure_producer()
+            client = aiokafka_producer(await app.maybe_start_producer())
             assert isinstance(client, AIOKafkaProducer)
             for start in range(0, len(names), 500):
                 await create_topics(admin, names[start : start + 500], partitions)
             if trace:
                 tracemalloc.start(1)
-            letters = await answer_on(names[:warm_up])
+            refused = await answer_on(names[:warm_up])
             traced_start, resident_start, snapshot_start = measured(libc)
             print(
                 f"{topics} reply topics of {partitions} partitions after {warm_up} to warm up; "
@@ -138,7 +134,7 @@ async def run(
                 stage = names[done : done + every]
                 worst[0] = 0.0
                 started = time.perf_counter()
-                letters += await answer_on(stage)
+                refused += await answer_on(stage)
                 took = time.perf_counter() - started
                 done += len(stage)
                 traced, resident, snapshot = measured(libc)
@@ -155,7 +151,7 @@ async def run(
             await app.producer.stop()
     print(
         f"  over all {topics}: {(traced - traced_start) / topics:,.0f} B traced and "
-        f"{(resident - resident_start) / topics:,.0f} B resident a topic; dead letters: {letters}"
+        f"{(resident - resident_start) / topics:,.0f} B resident a topic; refused: {refused}"
     )
     if snapshot is None or snapshot_start is None:
         return

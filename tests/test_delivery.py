@@ -23,22 +23,19 @@ from aiokafka.errors import (
 )
 from faust.exceptions import ProducerSendError
 
+from tests.support.fake_stream import DeadLettering
 from worker.errors import DeliveryError, ErrorCode
-from worker.stream.delivery import (
+from worker.stream.delivery import Delivery, Verdict, judge
+from worker.stream.envelope import (
     ENVELOPE_DESCRIPTION_BYTES,
-    REPLY_TO_HEADER,
-    Delivery,
     Envelope,
-    Outgoing,
-    ReplyRouting,
-    Verdict,
     envelope_room,
     fit_envelope,
-    header,
-    judge,
-    message_headers,
 )
 from worker.stream.faust_private import InvalidRecordError
+from worker.stream.outgoing import Outgoing
+from worker.stream.records import header, message_headers
+from worker.stream.reply_routing import REPLY_TO_HEADER, ReplyRouting
 
 SETTINGS_OF = {"answers": "--answers-topic / QA_ANSWERS_TOPIC", "dead": "--dead-letter-topic"}
 
@@ -106,10 +103,9 @@ class Retries:
         self.reply_topics_known = count
 
 
-def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) -> Delivery:
+def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) -> DeadLettering:
     made = Delivery(
         topics.__getitem__,
-        dead_letter,
         settings_of=SETTINGS_OF,
         observer=retries,
         first_backoff_s=0.001,
@@ -118,7 +114,7 @@ def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) 
     )
     if retries is not None:
         retries.delivery = made
-    return made
+    return DeadLettering(made, dead_letter)
 
 
 async def test_sends_with_the_original_key_and_headers() -> None:
@@ -254,13 +250,13 @@ async def test_retries_are_reported_by_topic_and_failing_time_grows_then_clears(
     topics["answers"] = FakeTopic("answers", failures=failures)
     retries = Retries()
     sender = delivery(topics, retries, clock=lambda: float(next(ticks)))
-    assert sender.failing_for() == 0.0
+    assert sender.sender.failing_for() == 0.0
     await asyncio.wait_for(sender.deliver(ANSWER, FakeMessage()), 5.0)
     assert [topic for topic, _ in retries.seen] == ["answers"] * 3
     # Counted from the first failure, not reset by each retry.
     failing = [seconds for _, seconds in retries.seen]
     assert failing[0] >= 0 and failing == sorted(failing) and failing[-1] > failing[0]
-    assert sender.failing_for() == 0.0
+    assert sender.sender.failing_for() == 0.0
 
 
 async def test_failing_time_is_that_of_the_longest_retrying_delivery() -> None:
@@ -284,10 +280,10 @@ async def test_failing_time_is_that_of_the_longest_retrying_delivery() -> None:
     second = asyncio.ensure_future(sender.deliver(ANSWER, FakeMessage(offset=8)))
     await wait_until(lambda: len(topics["answers"].sent) >= 4)
     now[0] = 15.0
-    assert sender.failing_for() == 15.0
+    assert sender.sender.failing_for() == 15.0
     release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5.0)
-    assert sender.failing_for() == 0.0
+    assert sender.sender.failing_for() == 0.0
 
 
 async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:

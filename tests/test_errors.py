@@ -29,11 +29,6 @@ FOREIGN_BASES: dict[str, tuple[type[Exception], str]] = {
         "Kafka's error 87 in aiokafka's table of broker error codes: aiokafka raises it, as one "
         "of its own errors, when the broker refuses a record as invalid; the worker never does",
     ),
-    "_NotFinite": (
-        ValueError,
-        "private to worker.events.codec: the JSON decoder's number hooks raise it, and the "
-        "decode around them turns it into an invalid_json EventError; it never leaves the module",
-    ),
 }
 # A line of the docstring's tree: the branches before the name give its depth.
 TREE_LINE = re.compile(r"    (?P<indent>(?:[│ ]   )*)(?P<branch>[├└]── )?(?P<name>\w+)(?P<rest>.*)")

@@ -38,7 +38,8 @@ from worker.embedded.broker import EmbeddedBroker
 from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
 from worker.stream import QAWorker
-from worker.stream.header_keys import LenientMemoryRecords, install_lenient_header_keys
+from worker.stream.faust_private import install_lenient_header_keys
+from worker.stream.header_keys import LenientMemoryRecords
 
 pytestmark = pytest.mark.broker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,17 +14,22 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.support.fake_stream import WordBatcher
 from tests.support.windows import token_window
-from worker.batching.batcher import Answered, DeadlineExceeded, MicroBatcher
+from worker.batching.batcher import MicroBatcher
 from worker.batching.plan import BatchLimits
 from worker.config import Settings
-from worker.errors import ErrorCode, EventError
+from worker.errors import DeadlineExceeded, ErrorCode, EventError
+from worker.observability.tracing import NO_TRACING
+from worker.observability.tracing_interface import Tracing
 from worker.observability.tracing_otel import OtelTracing
 from worker.qa import QAOptions, QAResult
 from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
-from worker.stream.delivery import MAX_REQUEST_BYTES, Outgoing, value_room
+from worker.stream.envelope import MAX_REQUEST_BYTES, value_room
 from worker.stream.handlers import EventHandlers
+from worker.stream.outgoing import Outgoing, OutgoingRecords
+from worker.stream.records import ReadAt
 from worker.tagging import QuestionSet, TagField
 
 
@@ -39,32 +44,6 @@ class FakeMessage:
     headers: Any = field(default_factory=list)
 
 
-class FakeBatcher:
-    """Answers with the context's first word, or raises what it was given."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.asked: list[tuple[str, str, QAOptions]] = []
-        self.turns: list[tuple[Hashable, Hashable]] = []
-
-    async def answer(
-        self,
-        question: str,
-        context: str,
-        options: QAOptions,
-        deadline: float | None = None,
-        lane: Hashable = None,
-        event: Hashable = None,
-    ) -> Answered:
-        self.asked.append((question, context, options))
-        self.turns.append((lane, event))
-        if self.error is not None:
-            raise self.error
-        word = context.split()[0]
-        result = QAResult(word, 0.9, 0, len(word), False, 0.1)
-        return Answered(result, queue_s=0.25, inference_s=0.01)
-
-
 SETS = {
     "deals": QuestionSet(
         "deals",
@@ -76,10 +55,22 @@ SETS = {
 }
 
 
-def handlers(batcher: FakeBatcher, **settings: Any) -> EventHandlers:
-    return EventHandlers(
-        Settings(**settings), batcher, "model-a", "sha-1", SETS, {"docs": None, "deals-in": "deals"}
-    )
+def handlers(
+    batcher: WordBatcher, tracing: Tracing | None = None, **settings: Any
+) -> EventHandlers:
+    given = Settings(**settings)
+    records = OutgoingRecords(given.dead_letter_topic, given.max_json_values, tracing or NO_TRACING)
+    topic_sets = {"docs": None, "deals-in": "deals"}
+    return EventHandlers(given, batcher, records, "model-a", "sha-1", SETS, topic_sets)
+
+
+def read_at(wall: float) -> ReadAt:
+    """A read at `wall` on the wall clock, now on the monotonic one."""
+    return ReadAt(wall, time.monotonic())
+
+
+# Read at the epoch: the messages' own timestamps are what the records carry.
+EPOCH = read_at(0.0)
 
 
 def question(**fields: Any) -> bytes:
@@ -89,8 +80,8 @@ def question(**fields: Any) -> bytes:
 
 
 async def test_a_question_becomes_an_answer_on_the_answers_topic() -> None:
-    batcher = FakeBatcher()
-    outgoing = await handlers(batcher, top_k=2).answer_question(FakeMessage(question()), 0.0)
+    batcher = WordBatcher()
+    outgoing = await handlers(batcher, top_k=2).answer_question(FakeMessage(question()), EPOCH)
     assert outgoing.topic == "qa-answers" and outgoing.dead_letter_reason is None
     answer = json.loads(outgoing.value)
     assert (answer["id"], answer["answer"], answer["model"]) == (
@@ -147,7 +138,9 @@ async def test_an_answer_through_the_batcher_carries_its_stages_in_order() -> No
             for i in range(1, 6)
         ]
         received = time.time()
-        outgoing = await asyncio.gather(*(answerer.answer_question(m, received) for m in messages))
+        outgoing = await asyncio.gather(
+            *(answerer.answer_question(m, read_at(received)) for m in messages)
+        )
     for record in outgoing:
         assert record.dead_letter_reason is None
         answer = json.loads(record.value)
@@ -166,8 +159,8 @@ async def test_an_answer_through_the_batcher_carries_its_stages_in_order() -> No
 
 
 async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
-    batcher = FakeBatcher()
-    outgoing = await handlers(batcher).answer_question(FakeMessage(b"{not json"), 0.0)
+    batcher = WordBatcher()
+    outgoing = await handlers(batcher).answer_question(FakeMessage(b"{not json"), EPOCH)
     assert outgoing.topic == "qa-dead-letters"
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_JSON
     record = json.loads(outgoing.value)
@@ -177,9 +170,9 @@ async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
 
 
 async def test_a_refused_reply_topic_is_dead_lettered_before_inference() -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     message = FakeMessage(question(reply_to="other"))
-    outgoing = await handlers(batcher, reply_topics="replies.*").answer_question(message, 0.0)
+    outgoing = await handlers(batcher, reply_topics="replies.*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
     assert "replies.*" in json.loads(outgoing.value)["error"]["message"]
     assert batcher.asked == []
@@ -187,7 +180,9 @@ async def test_a_refused_reply_topic_is_dead_lettered_before_inference() -> None
 
 async def test_an_allowed_reply_topic_receives_the_answer() -> None:
     message = FakeMessage(question(), headers=[("reply-to", b"replies.me")])
-    outgoing = await handlers(FakeBatcher(), reply_topics="replies.*").answer_question(message, 0)
+    outgoing = await handlers(WordBatcher(), reply_topics="replies.*").answer_question(
+        message, EPOCH
+    )
     assert outgoing.topic == "replies.me" and outgoing.dead_letter_reason is None
 
 
@@ -203,15 +198,15 @@ async def test_failures_while_answering_are_dead_lettered(
     error: Exception, code: ErrorCode
 ) -> None:
     message = FakeMessage(question(deadline_ms=1000))
-    outgoing = await handlers(FakeBatcher(error)).answer_question(message, 0.0)
+    outgoing = await handlers(WordBatcher(error)).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is code
     assert json.loads(outgoing.value)["error"]["code"] == code.value
 
 
 async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     document = json.dumps({"id": "d1", "text": "Acme paid 5."}).encode()
-    outgoing = await handlers(batcher).tag_document(FakeMessage(document, topic="deals-in"), 0.0)
+    outgoing = await handlers(batcher).tag_document(FakeMessage(document, topic="deals-in"), EPOCH)
     assert outgoing.topic == "qa-tags"
     tags = json.loads(outgoing.value)
     assert tags["question_set"] == "deals" and set(tags["tags"]) == {"buyer", "price"}
@@ -223,10 +218,10 @@ async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
 
 
 async def test_questions_take_the_turns_of_their_partition_each_as_an_event_of_its_own() -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     for partition in (0, 3, 3):
         message = FakeMessage(question(), topic="qa-questions", partition=partition)
-        outgoing = await handlers(batcher).answer_question(message, 0.0)
+        outgoing = await handlers(batcher).answer_question(message, EPOCH)
         assert outgoing.topic == "qa-answers"
     assert batcher.turns == [(("qa-questions", 0), None), *[(("qa-questions", 3), None)] * 2]
 
@@ -242,13 +237,13 @@ async def test_a_document_without_a_usable_set_is_dead_lettered(
     topic: str, fields: dict[str, str], code: ErrorCode
 ) -> None:
     document = json.dumps({"id": "d1", "text": "Acme paid 5.", **fields}).encode()
-    outgoing = await handlers(FakeBatcher()).tag_document(FakeMessage(document, topic=topic), 0)
+    outgoing = await handlers(WordBatcher()).tag_document(FakeMessage(document, topic=topic), EPOCH)
     assert outgoing.dead_letter_reason is code and outgoing.topic == "qa-dead-letters"
 
 
 async def answer_with_metadata(metadata_text: str) -> tuple[Outgoing, int]:
     message = FakeMessage(question(metadata={"note": metadata_text}))
-    return await handlers(FakeBatcher()).answer_question(message, 0.0), value_room(message)
+    return await handlers(WordBatcher()).answer_question(message, EPOCH), value_room(message)
 
 
 @pytest.mark.parametrize("char", ["x", '"'], ids=["plain", "escaped"])
@@ -283,7 +278,7 @@ async def test_a_record_with_large_key_and_headers_leaves_less_room() -> None:
 )
 async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
     message = FakeMessage(question(context=context))
-    outgoing = await handlers(FakeBatcher()).answer_question(message, 0.0)
+    outgoing = await handlers(WordBatcher()).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
     size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
         message.key, outgoing.value, list(message.headers)
@@ -305,9 +300,9 @@ async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
 async def test_an_event_of_too_many_values_is_an_invalid_event_dead_letter(
     settings: dict[str, Any], metadata: dict[str, Any], held: int
 ) -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     outgoing = await handlers(batcher, **settings).answer_question(
-        FakeMessage(question(metadata=metadata)), 0.0
+        FakeMessage(question(metadata=metadata)), EPOCH
     )
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_EVENT
     assert outgoing.topic == "qa-dead-letters" and batcher.asked == []
@@ -322,7 +317,7 @@ async def test_an_event_of_too_many_values_is_an_invalid_event_dead_letter(
 
 async def test_an_event_at_the_configured_value_limit_is_answered() -> None:
     message = FakeMessage(question(metadata={"a": [0] * 19}))  # 25 values
-    outgoing = await handlers(FakeBatcher(), max_json_values=25).answer_question(message, 0.0)
+    outgoing = await handlers(WordBatcher(), max_json_values=25).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is None and outgoing.topic == "qa-answers"
 
 
@@ -363,10 +358,10 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
     incoming: list[tuple[str, bytes]], reserved: int
 ) -> None:
     tracing = OtelTracing(TracerProvider())
-    traced = EventHandlers(Settings(), FakeBatcher(), "model-a", "sha-1", SETS, {}, tracing=tracing)
+    traced = handlers(WordBatcher(), tracing)
     # A dead letter is cut to fill its room; the producer span's traceparent must still fit.
     huge = FakeMessage(question(context="lorem ipsum " * 83_333), headers=incoming)
-    letter = await traced.answer_question(huge, 0.0)
+    letter = await traced.answer_question(huge, EPOCH)
     assert letter.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
     limit = MAX_REQUEST_BYTES
     assert limit - 64 - reserved < sent_size(tracing, huge, letter.value) <= limit
@@ -374,15 +369,15 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
     def with_metadata(text: str) -> FakeMessage:
         return FakeMessage(question(metadata={"note": text}), headers=incoming)
 
-    probe = await traced.answer_question(with_metadata(""), 0.0)
+    probe = await traced.answer_question(with_metadata(""), EPOCH)
     room = MAX_REQUEST_BYTES - sent_size(tracing, with_metadata(""), probe.value)
     # Timings vary in width, so aim a few bytes inside the limit and check both sides of it.
     fitting = with_metadata("x" * (room - reserved - 16))
-    answer = await traced.answer_question(fitting, 0.0)
+    answer = await traced.answer_question(fitting, EPOCH)
     assert answer.dead_letter_reason is None
     assert sent_size(tracing, fitting, answer.value) <= MAX_REQUEST_BYTES
     over_message = with_metadata("x" * (room - reserved + 16))
-    over = await traced.answer_question(over_message, 0.0)
+    over = await traced.answer_question(over_message, EPOCH)
     droppable = [(name, len(value)) for name, value in incoming if name != "traceparent"]
     if droppable:
         # The incoming tracestate is what leaves too little room: the answer goes without it.
@@ -393,24 +388,24 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
         assert sent_size(tracing, over_message, over.value, over.envelope.headers) <= limit
     else:
         assert over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
-    far_over = await traced.answer_question(with_metadata("x" * (room + 1_000)), 0.0)
+    far_over = await traced.answer_question(with_metadata("x" * (room + 1_000)), EPOCH)
     assert far_over.dead_letter_reason is ErrorCode.ANSWER_TOO_LARGE
 
 
 @pytest.mark.parametrize("reply_to", ["replies.bad name!", "replies." + "x" * 250, ".."])
 async def test_an_invalid_reply_topic_is_dead_lettered_before_inference(reply_to: str) -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     message = FakeMessage(question(reply_to=reply_to))
-    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
     assert "not a valid Kafka topic name" in json.loads(outgoing.value)["error"]["message"]
     assert batcher.asked == []
 
 
 async def test_a_reply_to_header_that_is_not_utf8_is_an_invalid_reply_topic() -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     message = FakeMessage(question(), headers=[("reply-to", b"replies.\xff")])
-    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
     assert "replies.\\\\xff" in json.loads(outgoing.value)["error"]["message"]
     assert batcher.asked == []
@@ -420,9 +415,9 @@ async def test_a_reply_to_header_that_is_not_utf8_is_an_invalid_reply_topic() ->
 async def test_no_pattern_lets_an_answer_go_to_a_topic_the_worker_reads_or_dead_letters_to(
     reply_to: str,
 ) -> None:
-    batcher = FakeBatcher()
+    batcher = WordBatcher()
     message = FakeMessage(question(reply_to=reply_to))
-    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, 0.0)
+    outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
     assert (
         "a topic the worker reads or dead-letters to"

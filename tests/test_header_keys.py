@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -11,15 +12,18 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.fake_stream import FakeTopics
 from tests.support.records import CODECS, batch
 from worker.errors import ErrorCode
-from worker.stream.delivery import Outgoing, message_headers
-from worker.stream.handlers import screen_header_keys
+from worker.stream.delivery import Delivery
 from worker.stream.header_keys import (
     LenientMemoryRecords,
     readable_header_key,
     undecodable_header_keys,
 )
+from worker.stream.outgoing import Outgoing, OutgoingRecords
+from worker.stream.pipeline import EventPipeline
+from worker.stream.records import ReadAt, message_headers
 
 BAD_KEY = b"trace\xff\xfe-id"
 
@@ -99,25 +103,24 @@ class Message:
     value: bytes = b"{}"
 
 
-async def test_the_screen_dead_letters_a_bad_key_and_passes_the_rest() -> None:
-    letters: list[tuple[float, ErrorCode, str]] = []
+async def test_the_pipeline_dead_letters_a_bad_key_and_passes_the_rest() -> None:
+    async def respond(message: object, read: ReadAt) -> Outgoing:
+        return Outgoing("answers", b"answer", read.wall)
 
-    def dead_letter(message: object, event_time: float, code: ErrorCode, reason: str) -> Outgoing:
-        letters.append((event_time, code, reason))
-        return Outgoing("dead-letters", b"letter", event_time, dead_letter_reason=code)
-
-    async def respond(message: object, received: float) -> Outgoing:
-        return Outgoing("answers", b"answer", received)
-
-    screened = screen_header_keys(respond, dead_letter)
+    topics = FakeTopics()
+    pipeline = EventPipeline(
+        {"questions": respond}, OutgoingRecords("dead-letters", 1_000), Delivery(topics), "group"
+    )
     good = Message(headers=[("traceparent", b"00-x")])
-    assert (await screened(good, 5.0)).topic == "answers"
+    assert (await pipeline.process(good, ReadAt(5.0, 0.0))).topic == "answers"
     bad_key = BAD_KEY.decode("utf-8", "surrogateescape")
-    outgoing = await screened(Message(headers=[("ok", b""), (bad_key, b"v")]), 5.0)
-    assert outgoing.topic == "dead-letters"
-    ((event_time, code, reason),) = letters
-    assert code is ErrorCode.INVALID_EVENT
-    assert event_time == 1_700_000_000.0
+    outgoing = await pipeline.process(
+        Message(headers=[("ok", b""), (bad_key, b"v")]), ReadAt(5.0, 0.0)
+    )
+    assert [sent.topic for sent in topics.sent] == ["answers", "dead-letters"]
+    assert outgoing.dead_letter_reason is ErrorCode.INVALID_EVENT
+    assert outgoing.event_time == 1_700_000_000.0
+    reason = json.loads(outgoing.value)["error"]["message"]
     assert repr(BAD_KEY) in reason and "not UTF-8" in reason
     # Echoed on the outgoing record in a form the producer can encode.
     assert message_headers(Message(headers=[(bad_key, b"v")])) == [("trace\\xff\\xfe-id", b"v")]

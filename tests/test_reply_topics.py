@@ -31,6 +31,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
+from tests.support.fake_stream import DeadLettering
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
@@ -48,16 +49,11 @@ from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
 from worker.stream import QAWorker
 from worker.stream.app import Topics, build_app
-from worker.stream.delivery import (
-    REPLY_TOPICS_KNOWN,
-    RETRIED_REPLY_TOPIC,
-    Delivery,
-    KnownTopics,
-    Outgoing,
-    TopicDirectory,
-)
+from worker.stream.delivery import RETRIED_REPLY_TOPIC, Delivery, TopicDirectory
 from worker.stream.faust_private import aiokafka_producer, install_non_creating_metadata
+from worker.stream.outgoing import Outgoing
 from worker.stream.reachability import BrokerWatch
+from worker.stream.reply_routing import REPLY_TOPICS_KNOWN, KnownTopics
 from worker.stream.topic_metadata import NonCreatingMetadataRequest, topic_refusal
 
 SETTINGS_OF = {ANSWERS: "--answers-topic", DEAD_LETTERS: "--dead-letter-topic"}
@@ -199,16 +195,16 @@ class Observer:
 
 def delivery_over(
     directory: FakeDirectory, known: int = REPLY_TOPICS_KNOWN, observer: Observer | None = None
-) -> Delivery:
-    return Delivery(
+) -> DeadLettering:
+    sender = Delivery(
         directory,
-        dead_letter,
         settings_of=SETTINGS_OF,
         observer=observer,
         first_backoff_s=0.001,
         max_backoff_s=0.002,
         reply_topics_known=known,
     )
+    return DeadLettering(sender, dead_letter)
 
 
 def test_the_worker_topics_are_a_directory_and_a_bare_callable_is_not() -> None:
@@ -281,7 +277,7 @@ async def test_one_more_reply_topic_than_the_bound_keeps_the_bound_and_forgets_t
     await delivery.deliver(answer(names[known]), Message())
     assert observer.known() == known
     assert directory.forgotten == [names[0]]
-    assert names[0] not in delivery.reply_topics
+    assert names[0] not in delivery.sender.reply_topics
     # Named again, it is asked about again.
     await delivery.deliver(answer(names[0]), Message())
     assert directory.asked.count(names[0]) == 2
@@ -298,7 +294,7 @@ async def test_a_reply_topic_pushed_out_while_being_sent_to_is_forgotten_once_th
     await wait_until(lambda: directory.sent_to("replies.slow") == 1, 5, "the slow send")
     await delivery.deliver(answer("replies.other"), Message())
     # Forgotten now, the producer would drop the metadata the slow send still waits for.
-    assert "replies.slow" not in delivery.reply_topics
+    assert "replies.slow" not in delivery.sender.reply_topics
     assert directory.forgotten == []
     gate.set()
     assert (await slow).dead_letter_reason is None
@@ -314,7 +310,7 @@ async def test_a_known_reply_topic_the_producer_finds_gone_is_forgotten() -> Non
     assert sent.dead_letter_reason is ErrorCode.REPLY_TOPIC_UNKNOWN
     reason = json.loads(sent.value)["reason"]
     assert reason.startswith("the broker refused the record with UNKNOWN_TOPIC_OR_PARTITION")
-    assert "replies.x" not in delivery.reply_topics
+    assert "replies.x" not in delivery.sender.reply_topics
     assert directory.forgotten == ["replies.x"]
 
 
@@ -363,7 +359,7 @@ class SendPath:
 
     app: Any
     topics: Topics
-    delivery: Delivery
+    delivery: DeadLettering
 
     async def send(self, topic: str) -> Outgoing:
         return await self.delivery.deliver(answer(topic), Message())
@@ -386,9 +382,9 @@ async def send_path(
     )
     app = build_app(settings, str(tmp_path))
     topics = Topics(app)
-    delivery = Delivery(topics, dead_letter, settings_of=SETTINGS_OF, reply_topics_known=known)
+    delivery = Delivery(topics, settings_of=SETTINGS_OF, reply_topics_known=known)
     try:
-        yield SendPath(app, topics, delivery)
+        yield SendPath(app, topics, DeadLettering(delivery, dead_letter))
     finally:
         await app.producer.stop()
 
@@ -414,7 +410,7 @@ async def test_a_missing_reply_topic_is_not_created_and_an_existing_one_gets_its
     assert "replies.missing" not in names and "replies.here" in names
     # The producer never asked about the missing topic, so it does not keep asking.
     assert "replies.missing" not in tracked
-    assert path.delivery.reply_topics.touch("replies.here")
+    assert path.delivery.sender.reply_topics.touch("replies.here")
     named = [request for request in metadata_requests if request.topics]
     assert any("replies.missing" in request.topics for request in named)
     assert all(request.API_VERSION >= 4 for request in named)
@@ -488,7 +484,7 @@ async def test_one_more_reply_topic_than_the_bound_leaves_the_producer_tracking_
             tracked = set(producer.client._topics) & set(names)
             await producer.client.force_metadata_update()
             with_metadata = set(producer.client.cluster.topics()) & set(names)
-    assert len(path.delivery.reply_topics) == known
+    assert len(path.delivery.sender.reply_topics) == known
     assert tracked == set(names[1:])
     assert with_metadata == set(names[1:])
     assert set(path.topics._made) & set(names) == set(names[1:])

@@ -1,9 +1,8 @@
 """Handling is total: every consumed record ends in exactly one record that fits, whatever it holds.
 
-No broker: a `QAWorker` is built with a fake engine, its batcher swapped for one that answers
-without a model (or kept, with the real tiny engine), and its delivery sends to fake topics that
-record what would go out. Cases are generated (hypothesis), and faults are injected at each stage
-of one record's way.
+No broker: the worker's event pipeline is built from its settings with a batcher that answers
+without a model (or the real one, on the tiny engine) and topics that record what would go out.
+Cases are generated (hypothesis), and faults are injected at each stage of one record's way.
 """
 
 from __future__ import annotations
@@ -12,35 +11,41 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Hashable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from faust.types import TP
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker import events
-from worker.batching.batcher import Answered
+from tests.support.fake_stream import FakeTopics, Sent, WordBatcher
+from worker.batching.batcher import MicroBatcher
+from worker.batching.layout import batch_limits
 from worker.config import Settings
 from worker.errors import ErrorCode
-from worker.events import encodable_text, load_schema
+from worker.events import contracts, encodable_text, load_schema
 from worker.model.loading import load_engine
 from worker.observability.log_rate import RepeatFilter
 from worker.observability.metrics import WorkerMetrics
 from worker.observability.tracing import NO_TRACING
 from worker.observability.tracing_interface import Tracing
 from worker.observability.tracing_otel import OtelTracing
-from worker.qa import QAOptions, QAResult
-from worker.stream import QAWorker, handlers
-from worker.stream import worker as worker_module
-from worker.stream.delivery import MAX_REQUEST_BYTES, Delivery, Outgoing
-from worker.stream.offsets import Tracked
+from worker.qa import QAOptions
+from worker.stream import handlers, pipeline
+from worker.stream import outgoing as outgoing_module
+from worker.stream.envelope import MAX_REQUEST_BYTES
+from worker.stream.handlers import Answerer
+from worker.stream.outgoing import Outgoing
+from worker.stream.pipeline import EventPipeline
+from worker.stream.records import ReadAt
+from worker.stream.reply_routing import ReplyRouting
+from worker.tagging import load_question_sets, parse_topic_sets
 
 QUESTIONS, DOCUMENTS = "questions", "docs"
 ANSWERS, TAGS, DEAD_LETTERS = "answers", "tags", "dead-letters"
@@ -65,65 +70,6 @@ class Message:
     partition: int = 0
     offset: int = 7
     timestamp: float | None = 1_700_000_000.0
-
-
-@dataclass
-class Sent:
-    topic: str
-    key: Any
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass
-class FakeTopics:
-    """Topics that acknowledge every send at once and remember what was sent."""
-
-    sent: list[Sent] = field(default_factory=list)
-
-    def __call__(self, name: str) -> FakeTopics._Topic:
-        return FakeTopics._Topic(self, name)
-
-    @dataclass
-    class _Topic:
-        topics: FakeTopics
-        name: str
-
-        async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[object]:
-            self.topics.sent.append(Sent(self.name, key, value, list(headers or ())))
-            acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            acked.set_result(None)
-            return acked
-
-
-class FakeBatcher:
-    """Answers with the context's first word, as the model would shape it."""
-
-    async def answer(
-        self,
-        question: str,
-        context: str,
-        options: QAOptions,
-        deadline: float | None = None,
-        lane: Hashable = None,
-        event: Hashable = None,
-    ) -> Answered:
-        word = context.split()[0] if context.split() else context[:1]
-        return Answered(QAResult(word, 0.5, 0, len(word), False, 0.1), 0.001, 0.002)
-
-
-@dataclass
-class FakeManifest:
-    model_type: str = "bert"
-    default_precision: str = "fp32"
-
-
-class FakeEngine:
-    """What a worker reads of its engine when built; the fake batcher stands in for the rest."""
-
-    manifest = FakeManifest()
-    model_id = "sha-fake"
-    streams = 1
 
 
 class Loop:
@@ -152,13 +98,21 @@ def question_set_file(folder: Path) -> Path:
     return path
 
 
-def build_worker(
-    folder: Path, tracing: Tracing, engine: Any = None, model: Path | None = None
-) -> tuple[QAWorker, FakeTopics]:
-    """A worker whose delivery sends to fake topics; its batcher is fake unless `engine` is
-    given."""
+@dataclass
+class Subject:
+    """A worker's event pipeline, and what it was built with."""
+
+    pipeline: EventPipeline
+    topics: FakeTopics
+    metrics: WorkerMetrics
+    tracing: Tracing
+    batcher: Answerer
+
+
+def build_subject(folder: Path, tracing: Tracing, batcher: Answerer | None = None) -> Subject:
+    """The pipeline a worker with these settings builds, sending to fake topics; its batcher
+    answers without a model unless `batcher` is given."""
     worker_settings = Settings(
-        model=model,
         questions_topic=QUESTIONS,
         answers_topic=ANSWERS,
         dead_letter_topic=DEAD_LETTERS,
@@ -169,26 +123,25 @@ def build_worker(
         max_question_chars=200,
         max_context_chars=5_000,
     )
-    worker = QAWorker(worker_settings, engine or FakeEngine(), WorkerMetrics(), tracing=tracing)  # type: ignore[arg-type]
-    if engine is None:
-        worker.handlers.batcher = FakeBatcher()
-    topics = FakeTopics()
-    worker.delivery = Delivery(
+    assert worker_settings.question_sets is not None
+    metrics, topics = WorkerMetrics(), FakeTopics()
+    answerer = batcher or WordBatcher()
+    built = EventPipeline.from_settings(
+        worker_settings,
+        answerer,
         topics,
-        worker.handlers.dead_letter,
-        settings_of={ANSWERS: "answers", DEAD_LETTERS: "dead letters", TAGS: "tags"},
-        tracing=tracing,
+        {ANSWERS: "answers", DEAD_LETTERS: "dead letters", TAGS: "tags"},
+        ("tiny", "sha-fake"),
+        load_question_sets(worker_settings.question_sets, worker_settings.subset(QAOptions)),
+        parse_topic_sets(worker_settings.documents_topics),
+        metrics,
+        tracing,
     )
-    return worker, topics
+    return Subject(built, topics, metrics, tracing, answerer)
 
 
-async def handled(worker: QAWorker, message: Message) -> Outgoing:
-    respond = (
-        worker.handlers.tag_document
-        if message.topic == DOCUMENTS
-        else worker.handlers.answer_question
-    )
-    return await worker._answer(message, 1_700_000_001.0, respond)
+async def handled(subject: Subject, message: Message) -> Outgoing:
+    return await subject.pipeline.process(message, ReadAt(1_700_000_001.0, time.monotonic()))
 
 
 def check_one_fitting_record(sent: list[Sent], outgoing: Outgoing, message: Message) -> Sent:
@@ -231,13 +184,13 @@ def loop() -> Iterator[Loop]:
 
 
 @pytest.fixture(scope="module", params=["untraced", "traced"])
-def fake_worker(
+def fake_subject(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, loop: Loop
-) -> tuple[QAWorker, FakeTopics]:
+) -> Subject:
     tracing = NO_TRACING if request.param == "untraced" else OtelTracing(TracerProvider())
 
-    async def build() -> tuple[QAWorker, FakeTopics]:
-        return build_worker(tmp_path_factory.mktemp("sets"), tracing)
+    async def build() -> Subject:
+        return build_subject(tmp_path_factory.mktemp("sets"), tracing)
 
     return loop.run(build())
 
@@ -408,11 +361,11 @@ HYPOTHESIS = settings(
 @HYPOTHESIS
 @given(message=records)
 def test_every_record_gets_exactly_one_fitting_record(
-    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop, message: Message
+    fake_subject: Subject, loop: Loop, message: Message
 ) -> None:
-    worker, topics = fake_worker
+    subject, topics = fake_subject, fake_subject.topics
     topics.sent.clear()
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     check_one_fitting_record(topics.sent, outgoing, message)
     # Only the worker's own faults make internal errors: none of these inputs is one.
     assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
@@ -439,45 +392,43 @@ def describe_case(message: Message, outgoing: Outgoing, record: Sent) -> None:
 @settings(HYPOTHESIS, max_examples=100)
 @given(message=records)
 def test_the_real_tiny_engine_answers_generated_records_with_one_fitting_record(
-    real_worker: tuple[QAWorker, FakeTopics], loop: Loop, message: Message
+    real_subject: Subject, loop: Loop, message: Message
 ) -> None:
-    worker, topics = real_worker
+    subject, topics = real_subject, real_subject.topics
     topics.sent.clear()
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     check_one_fitting_record(topics.sent, outgoing, message)
     assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
     describe_case(message, outgoing, topics.sent[0])
 
 
 @pytest.fixture(scope="module")
-def real_worker(
+def real_subject(
     exported_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, loop: Loop
-) -> Iterator[tuple[QAWorker, FakeTopics]]:
-    model = exported_models["bert"]
-    engine = load_engine(Settings(model=model, precision="fp32"))
+) -> Iterator[Subject]:
+    engine_settings = Settings(model=exported_models["bert"], precision="fp32")
+    engine = load_engine(engine_settings)
+    batcher = MicroBatcher(engine, batch_limits(engine_settings))
 
-    async def build() -> tuple[QAWorker, FakeTopics]:
-        worker, topics = build_worker(
-            tmp_path_factory.mktemp("sets"), NO_TRACING, engine=engine, model=model
-        )
-        await worker.batcher.start()
-        return worker, topics
+    async def build() -> Subject:
+        await batcher.start()
+        return build_subject(tmp_path_factory.mktemp("sets"), NO_TRACING, batcher)
 
     built = loop.run(build())
     yield built
-    loop.run(built[0].batcher.stop())
+    loop.run(batcher.stop())
 
 
 def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off(
-    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop
+    fake_subject: Subject, loop: Loop
 ) -> None:
-    worker, topics = fake_worker
+    subject, topics = fake_subject, fake_subject.topics
     deep = json.dumps(
         {"id": "deep", "question": "Who?", "context": "Ada", "metadata": nested(300, 1, "object")}
     ).encode()
     topics.sent.clear()
     message = Message(deep, b"k", [])
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     letter = json.loads(check_one_fitting_record(topics.sent, outgoing, message).value)
     assert letter["error"]["code"] == "invalid_event"
     assert (
@@ -489,7 +440,7 @@ def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off
     message = Message(
         b"not json", b"k" * 1_000_100, [("traceparent", TRACEPARENT), ("big", b"v" * 5)]
     )
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     record = check_one_fitting_record(topics.sent, outgoing, message)
     letter = json.loads(record.value)
     assert letter["error"]["code"] == "invalid_json"
@@ -501,7 +452,7 @@ def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off
     topics.sent.clear()
     good = json.dumps({"id": "ok", "question": "Who?", "context": "Ada wrote it."}).encode()
     message = Message(good, b"k", [("huge", b"v" * (MAX_REQUEST_BYTES - 100)), ("small", b"s")])
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     record = check_one_fitting_record(topics.sent, outgoing, message)
     answer = json.loads(record.value)
     assert answer["id"] == "ok" and record.topic == ANSWERS
@@ -538,21 +489,21 @@ class Fault:
 
 
 # stage -> (object, attribute) whose callable raises.
-STAGES: dict[str, Callable[[QAWorker], tuple[Any, str]]] = {
-    "header reading": lambda worker: (worker_module, "message_headers"),
-    "metrics received": lambda worker: (worker.metrics, "event_received"),
-    "trace event": lambda worker: (worker.tracing, "event"),
-    "parse": lambda worker: (handlers, "parse_question"),
-    "decode": lambda worker: (events, "decode_json"),
-    "validate": lambda worker: (events.QUESTION, "validate"),
-    "reply routing": lambda worker: (worker.handlers.replies, "requested"),
-    "answer quality metric": lambda worker: (worker.metrics, "answer_scored"),
-    "answer building": lambda worker: (handlers, "answer_event"),
-    "serialization": lambda worker: (handlers, "to_bytes"),
-    "sizing": lambda worker: (handlers, "fit_envelope"),
-    "trace sizing": lambda worker: (worker.tracing, "sized_headers"),
-    "trace produce": lambda worker: (worker.tracing, "produce"),
-    "delivery": lambda worker: (worker.delivery, "_deliver"),
+STAGES: dict[str, Callable[[Subject], tuple[Any, str]]] = {
+    "header reading": lambda subject: (pipeline, "message_headers"),
+    "metrics received": lambda subject: (subject.metrics, "event_received"),
+    "trace event": lambda subject: (subject.tracing, "event"),
+    "parse": lambda subject: (handlers, "parse_question"),
+    "decode": lambda subject: (contracts, "decode_json"),
+    "validate": lambda subject: (contracts.QUESTION, "validate"),
+    "reply routing": lambda subject: (ReplyRouting, "requested"),
+    "answer quality metric": lambda subject: (subject.metrics, "answer_scored"),
+    "answer building": lambda subject: (handlers, "answer_event"),
+    "serialization": lambda subject: (outgoing_module, "to_bytes"),
+    "sizing": lambda subject: (outgoing_module, "fit_envelope"),
+    "trace sizing": lambda subject: (subject.tracing, "sized_headers"),
+    "trace produce": lambda subject: (subject.tracing, "produce"),
+    "delivery": lambda subject: (subject.pipeline.delivery, "send"),
 }
 ERRORS = [
     Injected("boom\nwith a second line"),
@@ -566,14 +517,14 @@ ERRORS = [
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("error", ERRORS, ids=lambda error: type(error).__name__)
 def test_a_fault_at_any_stage_dead_letters_that_record_alone(
-    fake_worker: tuple[QAWorker, FakeTopics],
+    fake_subject: Subject,
     loop: Loop,
     monkeypatch: pytest.MonkeyPatch,
     stage: str,
     error: Exception,
 ) -> None:
-    worker, topics = fake_worker
-    target, name = STAGES[stage](worker)
+    subject, topics = fake_subject, fake_subject.topics
+    target, name = STAGES[stage](subject)
     fault = Fault(error)
     monkeypatch.setattr(target, name, fault.wrap(getattr(target, name)))
 
@@ -586,7 +537,7 @@ def test_a_fault_at_any_stage_dead_letters_that_record_alone(
         topics.sent.clear()
         fault.armed = armed
         message = event(event_id)
-        outgoing = loop.run(handled(worker, message))
+        outgoing = loop.run(handled(subject, message))
         fault.armed = False
         results.append((check_one_fitting_record(topics.sent, outgoing, message), outgoing))
     (before, _), (faulty, letter), (after, _) = results
@@ -601,23 +552,6 @@ def test_a_fault_at_any_stage_dead_letters_that_record_alone(
     assert json.loads(faulty.value)["id"] == "faulty"
 
 
-@dataclass
-class AckableMessage(Message):
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-
-@dataclass
-class FakeEvent:
-    message: AckableMessage
-    acked: bool = False
-
-    def ack(self) -> bool:
-        self.acked = True
-        return True
-
-
 class Passed(logging.Handler):
     """Keeps the records its repeat filter lets through."""
 
@@ -630,12 +564,12 @@ class Passed(logging.Handler):
         self.records.append(record)
 
 
-def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
-    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop, monkeypatch: pytest.MonkeyPatch
+def test_internal_errors_are_counted_and_logged_once_per_cause(
+    fake_subject: Subject, loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker, topics = fake_worker
+    subject, topics = fake_subject, fake_subject.topics
     passed = Passed()
-    logging.getLogger(handlers.__name__).addHandler(passed)
+    logging.getLogger(outgoing_module.__name__).addHandler(passed)
     raised: list[Exception] = [Injected("a"), Injected("b"), KeyError("c"), Injected("d")]
 
     def answer_event(*args: Any, **kwargs: Any) -> Any:
@@ -644,27 +578,18 @@ def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
     monkeypatch.setattr(handlers, "answer_event", answer_event)
 
     def dead_lettered() -> float:
-        sample = worker.metrics.registry.get_sample_value(
+        sample = subject.metrics.registry.get_sample_value(
             "qa_worker_events_dead_lettered_total", {"reason": "internal_error"}
         )
         return sample or 0.0
 
     before = dead_lettered()
     value = json.dumps({"id": "q", "question": "Who?", "context": "Ada wrote it."}).encode()
-    events = [FakeEvent(AckableMessage(value, b"k", [], partition=9, offset=n)) for n in range(4)]
     try:
-
-        async def handle_all() -> None:
-            for item in events:
-                begun: list[Tracked] = []
-                worker.tracker.track(item, begun.append)  # type: ignore[arg-type]
-                (tracked,) = begun
-                await worker._handle(item, tracked, worker.handlers.answer_question)  # type: ignore[arg-type]
-
-        loop.run(handle_all())
+        for offset in range(4):
+            loop.run(handled(subject, Message(value, b"k", [], partition=9, offset=offset)))
     finally:
-        logging.getLogger(handlers.__name__).removeHandler(passed)
-    assert all(item.acked for item in events)
+        logging.getLogger(outgoing_module.__name__).removeHandler(passed)
     assert dead_lettered() - before == 4
     codes = [json.loads(sent.value)["error"]["code"] for sent in topics.sent[-4:]]
     assert codes == ["internal_error"] * 4
@@ -676,17 +601,17 @@ def test_internal_errors_are_counted_acknowledged_and_logged_once_per_cause(
 
 
 def test_a_dead_letter_that_cannot_be_built_becomes_a_minimal_one_that_fits(
-    fake_worker: tuple[QAWorker, FakeTopics], loop: Loop, monkeypatch: pytest.MonkeyPatch
+    fake_subject: Subject, loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    worker, topics = fake_worker
+    subject, topics = fake_subject, fake_subject.topics
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise Injected("no dead letter today")
 
-    monkeypatch.setattr(handlers, "dead_letter_event", broken)
+    monkeypatch.setattr(outgoing_module, "dead_letter_event", broken)
     topics.sent.clear()
     message = Message(b"not json", b"k" * 1_000_100, [("h", b"v" * 10)])
-    outgoing = loop.run(handled(worker, message))
+    outgoing = loop.run(handled(subject, message))
     record = check_one_fitting_record(topics.sent, outgoing, message)
     letter = json.loads(record.value)
     assert letter["error"]["code"] == "invalid_json"

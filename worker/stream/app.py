@@ -21,15 +21,15 @@ from faust.exceptions import ProducerSendError
 from ..config import Settings, describe
 from ..errors import ConfigError
 from ..observability.metrics import WorkerMetrics
-from .delivery import MAX_REQUEST_BYTES
+from .envelope import MAX_REQUEST_BYTES
 from .faust_private import (
     FetchWaitTransport,
     aiokafka_producer,
     aiokafka_producer_if_started,
     forget_topic,
+    install_lenient_header_keys,
     install_non_creating_metadata,
 )
-from .header_keys import install_lenient_header_keys
 from .topic_metadata import topic_refusal
 from .transport import faust_credentials
 

@@ -1,32 +1,28 @@
-"""Getting an outgoing record to the broker: headers, reply routing, and sending until acked.
+"""Getting an outgoing record to the broker: sending until it is acknowledged or refused.
 
-Every record goes out with the key and headers of the message it answers, or, when they leave
-too little room for it under the producer's limit, with what of them fits (`fit_envelope`:
-headers dropped largest first, then the key shortened, traceparent dropped last), which the
-record then names in `key_truncated` and `headers_dropped`. A question may ask for
-its answer on another topic (`reply_to`, or the `reply-to` header), which is allowed only when
-the topic matches one of the configured patterns.
+A record goes out with its envelope's key and headers (`envelope`), on its topic or on the reply
+topic its event asked for (`reply_routing`).
 
 A send that fails is judged by what can still succeed (`judge`):
 - an error aiokafka marks retriable (a lost connection, a leader moving), or a send that timed
   out, is retried with backoff while the event stays in flight, so its offset is not committed;
 - an error that only this event's record meets (an answer too large, a reply topic that is
-  invalid, unknown or not writable) turns the event into a dead letter with its own code;
+  invalid, unknown or not writable) is a `Refusal` with its own code, and the event pipeline
+  sends the event's dead letter instead;
 - a refusal of the record itself, by its Kafka error code (INVALID_RECORD, CORRUPT_MESSAGE:
   `answer_refused`; MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE: `answer_too_large`), is first
   confirmed by sending the record again in a batch of its own: the broker refuses whole batches,
   so an answer that shared a batch with the refused one is delivered, and only the record that
-  is refused alone becomes a dead letter, whose reason names the broker's error;
+  is refused alone is refused, with a reason naming the broker's error;
 - an error no event can get past (a configured topic refusing writes, a dead letter refused,
   alone too) raises `DeliveryError`, which names the setting: the worker must stop, committing
   nothing that was not delivered.
 
 A reply topic is asked about before the producer ever sees it (`TopicDirectory.refusal`, a
 metadata request that does not let the broker create the topic): one the broker does not have
-makes the event a `reply_topic_unknown` dead letter, and the producer never tracks it. The reply
-topics found to exist are kept in `KnownTopics`, least recently used first, at most
-`REPLY_TOPICS_KNOWN`; one that falls out is forgotten by the producer too, so what the worker
-keeps for reply topics is bounded however many distinct ones events name.
+is refused as `reply_topic_unknown`, and the producer never tracks it. Those found to exist are
+kept in `reply_routing.KnownTopics`, at most `REPLY_TOPICS_KNOWN`; one that falls out is
+forgotten by the producer too.
 
 aiokafka 0.14 has no class for INVALID_RECORD (error 87); `faust_private.InvalidRecordError`
 stands in for it, registered where aiokafka looks up error codes.
@@ -38,10 +34,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.errors import (
@@ -54,71 +48,36 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from aiokafka.record.util import size_of_varint
 from faust.exceptions import ProducerSendError
 
 from ..errors import DeliveryError, ErrorCode
-from ..observability.tracing import NO_TRACING, TRACEPARENT
-from ..observability.tracing_interface import ConsumedRecord, Headers, Tracing
+from ..observability.tracing import NO_TRACING
+from ..observability.tracing_interface import Headers, Tracing
 from .faust_private import InvalidRecordError
-from .header_keys import readable_header_key
+from .outgoing import Outgoing
+from .records import IncomingMessage, message_headers
+from .reply_routing import REPLY_TOPICS_KNOWN, KnownTopics
 
 __all__ = [
-    "MAX_REQUEST_BYTES",
-    "REPLY_TOPICS_KNOWN",
-    "REPLY_TO_HEADER",
     "RETRIED_REPLY_TOPIC",
     "Delivery",
     "DeliveryObserver",
-    "Envelope",
-    "IncomingMessage",
-    "KnownTopics",
-    "Outgoing",
-    "ReplyRouting",
+    "Refusal",
+    "Topic",
     "TopicDirectory",
     "Verdict",
-    "fit_envelope",
-    "header",
     "judge",
-    "message_headers",
-    "value_room",
 ]
 
 log = logging.getLogger(__name__)
 
-REPLY_TO_HEADER = "reply-to"
 FIRST_RETRY_BACKOFF_S = 0.1
 # Delivery retries back off up to this; the event stays in flight meanwhile, holding commits.
 MAX_RETRY_BACKOFF_S = 5.0
-# Most reply topics remembered as existing. Any producer can name a new reply topic within the
-# allowed patterns, so what the worker keeps for them needs a bound. The producer's metadata of
-# each costs memory (about 2 KB traced, 9 KB resident at 4 partitions), and each topic it starts
-# tracking makes it fetch and decode, on the event loop, the metadata of all it tracks: loop
-# stalls of 45-120 ms at 100 tracked, 105-135 ms at 250 and about 1 s at 1,000 on 2 cores
-# (docs/delivery.md). One that falls out costs that again when an event names it next.
-REPLY_TOPICS_KNOWN = 100
 # The topic label of a retried send to a reply topic: one series for them all, since a series
 # per reply topic would grow with every topic named. Not a valid Kafka topic name, so it cannot
 # be taken for one.
 RETRIED_REPLY_TOPIC = "(reply topic)"
-# The producer refuses a record larger than this (faust's default, set explicitly so records can
-# be sized against it before they are sent).
-MAX_REQUEST_BYTES = 1_000_000
-# A value's length varint takes up to 5 bytes where the empty value's takes 1.
-_LENGTH_VARINT_GROWTH = 4
-# A key's length varint takes up to 5 bytes.
-_KEY_VARINT_BYTES = 5
-# How much the record's length varint and its header count varint can shrink together.
-_VARINT_SHRINK = 8
-# What `Envelope.described` may add to a value: 16 headers named in at most 64 characters of up
-# to 8 bytes each once JSON-escaped (a lone surrogate written as \udcxx, its backslash escaped),
-# their sizes, and the key's sizes.
-DESCRIBED_HEADERS = 16
-DESCRIBED_NAME_CHARS = 64
-ENVELOPE_DESCRIPTION_BYTES = 10_000
-
-
 # Refusals of the records in a batch, by Kafka error code (aiokafka's CorruptRecordException
 # is CORRUPT_MESSAGE), and the code the dead letter of a record refused alone carries.
 _RECORD_REFUSALS: dict[int, ErrorCode] = {
@@ -134,70 +93,6 @@ _REPLY_TOPIC_REFUSALS: tuple[tuple[type[KafkaError], ErrorCode], ...] = (
     (TopicAuthorizationFailedError, ErrorCode.REPLY_TOPIC_UNAUTHORIZED),
 )
 _REPLY_TOPIC_CODES = frozenset(code for _, code in _REPLY_TOPIC_REFUSALS)
-
-
-class IncomingMessage(ConsumedRecord, Protocol):
-    """The parts of a consumed Kafka message (faust's `Message`) that the worker reads: what a
-    consumer span describes, and the value, timestamp and headers."""
-
-    @property
-    def value(self) -> bytes | None: ...
-
-    @property
-    def timestamp(self) -> float | None: ...
-
-    @property
-    def headers(self) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """The key and headers a record goes out with, when not all of the incoming message's fit.
-
-    `key_size` is the original key's size when `key` is a prefix of it; `dropped` holds each
-    header left off, as (name, value size), largest first.
-    """
-
-    key: bytes | None
-    headers: Headers
-    key_size: int | None = None
-    dropped: tuple[tuple[str, int], ...] = ()
-    dropped_bytes: int = 0
-
-    def described(self) -> dict[str, Any]:
-        """The `key_truncated` and `headers_dropped` fields that say what was left off."""
-        fields: dict[str, Any] = {}
-        if self.key_size is not None:
-            fields["key_truncated"] = {"size": self.key_size, "kept": len(self.key or b"")}
-        if self.dropped:
-            fields["headers_dropped"] = {
-                "count": len(self.dropped),
-                "size": self.dropped_bytes,
-                "headers": [
-                    {"name": _shown_name(name), "size": size}
-                    for name, size in self.dropped[:DESCRIBED_HEADERS]
-                ],
-            }
-        return fields
-
-
-def _shown_name(name: str) -> str:
-    return name[:DESCRIBED_NAME_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to send in reply to an event: an answer, tags, or a dead letter.
-
-    It goes out with `envelope`'s key and headers, or the message's own when that is None.
-    """
-
-    topic: str
-    value: bytes
-    event_time: float
-    dead_letter_reason: ErrorCode | None = None
-    queue_s: float = 0.0
-    envelope: Envelope | None = None
 
 
 class Topic(Protocol):
@@ -226,192 +121,13 @@ class TopicDirectory(Protocol):
         ...
 
 
-class KnownTopics:
-    """Topic names, least recently used first, at most `capacity` of them."""
+@dataclass(frozen=True)
+class Refusal:
+    """A record the broker will not take for reasons of its own (or of its reply topic): the
+    code and reason of the dead letter to send in its place."""
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
-        self.capacity = capacity
-        self._names: OrderedDict[str, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def touch(self, name: str) -> bool:
-        """Marks `name` used now; False when it is not known."""
-        if name not in self._names:
-            return False
-        self._names.move_to_end(name)
-        return True
-
-    def add(self, name: str) -> list[str]:
-        """Knows `name`, used now; returns the names that fell out to make room for it."""
-        self._names[name] = None
-        self._names.move_to_end(name)
-        evicted = []
-        while len(self._names) > self.capacity:
-            evicted.append(self._names.popitem(last=False)[0])
-        return evicted
-
-    def discard(self, name: str) -> None:
-        self._names.pop(name, None)
-
-
-DeadLetterFactory = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
-"""(message, event time, code, reason) to the dead letter for that message."""
-
-
-def message_headers(message: IncomingMessage) -> list[tuple[str, bytes]]:
-    """A message's headers as a list of pairs, whichever form faust hands them over in.
-
-    A key that was not UTF-8 on the wire comes escaped (`header_keys.readable_header_key`), so
-    that echoing, sizing and logging the headers never meets it undecoded.
-    """
-    headers = message.headers
-    pairs = headers.items() if isinstance(headers, dict) else headers or ()
-    return [(readable_header_key(key), value) for key, value in pairs]
-
-
-def header(message: IncomingMessage, name: str) -> str | None:
-    """The last value of a message header, as text (bytes that are not UTF-8 as `\\xNN`
-    escapes, so a value that was sent is never taken for one that was not); None when absent."""
-    found = None
-    for key, value in message_headers(message):
-        if key == name and value is not None:
-            found = value
-    return None if found is None else found.decode("utf-8", "backslashreplace")
-
-
-def value_room(
-    message: IncomingMessage,
-    headers: Sequence[tuple[str, bytes]] | None = None,
-    max_request_bytes: int = MAX_REQUEST_BYTES,
-) -> int:
-    """Most bytes a record value may have when sent with the message's key and `headers` (by
-    default the message's own).
-
-    aiokafka refuses a record whose estimated size (batch header, record overhead, key, value,
-    headers) passes the producer's maximum request size; this is what that leaves for the value.
-    """
-    sent: list[tuple[str, bytes | None]] = list(
-        message_headers(message) if headers is None else headers
-    )
-    overhead = DefaultRecordBatchBuilder.estimate_size_in_bytes(message.key, b"", sent)
-    return max_request_bytes - overhead - _LENGTH_VARINT_GROWTH
-
-
-def envelope_room(
-    key: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]],
-    max_request_bytes: int = MAX_REQUEST_BYTES,
-) -> int:
-    """Most bytes a record value may have when sent with `key` and `headers` (as sent)."""
-    overhead = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"", list(headers))
-    return max_request_bytes - overhead - _LENGTH_VARINT_GROWTH
-
-
-def fit_envelope(
-    message: IncomingMessage,
-    needed: int,
-    sized: Callable[[Headers], Headers] = lambda headers: headers,
-    max_request_bytes: int = MAX_REQUEST_BYTES,
-) -> Envelope | None:
-    """None when a value of `needed` bytes fits with the message's own key and headers; else
-    the envelope that leaves room for it, or the empty one (no key, no headers) when none does.
-
-    `sized` gives the headers that will be sent for some incoming ones (tracing adds its own).
-    What goes, in order: headers other than traceparent, largest first, as many as it takes;
-    then the key is cut to a prefix (to nothing if need be); then traceparent.
-    """
-    key = message.key
-    headers = message_headers(message)
-
-    def room(kept_key: bytes | None, kept: Headers) -> int:
-        return envelope_room(kept_key, sized(kept), max_request_bytes)
-
-    if room(key, headers) >= needed:
-        return None
-    sizes = [
-        len(name.encode("utf-8", "surrogatepass")) + len(value or b"") for name, value in headers
-    ]
-    # Traceparent last, then the largest first; index order among equals.
-    order = sorted(
-        range(len(headers)), key=lambda index: (headers[index][0] == TRACEPARENT, -sizes[index])
-    )
-    rank = {index: position for position, index in enumerate(order)}
-    dropped: set[int] = set()
-    kept_key = key
-
-    def envelope() -> Envelope:
-        gone = sorted(dropped, key=rank.__getitem__)
-        cut = key is not None and len(kept_key or b"") < len(key)
-        return Envelope(
-            kept_key,
-            [pair for index, pair in enumerate(headers) if index not in dropped],
-            key_size=len(key) if cut and key is not None else None,
-            dropped=tuple((headers[index][0], len(headers[index][1] or b"")) for index in gone),
-            dropped_bytes=sum(sizes[index] for index in gone),
-        )
-
-    def fits() -> bool:
-        return room(kept_key, envelope().headers) >= needed
-
-    missing = needed - room(key, headers)
-    freed = 0
-    for index in order:
-        if headers[index][0] == TRACEPARENT:
-            break
-        dropped.add(index)
-        freed += _encoded_size(*headers[index])
-        # Sized in full only once the headers' own encoding (and what the record's length and
-        # header count varints may shrink by) would make up the difference.
-        if freed + _VARINT_SHRINK >= missing and fits():
-            return envelope()
-    if key:
-        spare = room(b"", envelope().headers) - needed - _KEY_VARINT_BYTES
-        kept_key = key[: max(0, spare)]
-        if fits():
-            return envelope()
-    for index in order:
-        if index not in dropped:
-            dropped.add(index)
-            if fits():
-                return envelope()
-    return envelope()
-
-
-def _encoded_size(name: str, value: bytes | None) -> int:
-    """Bytes a header takes in a record: its name and value, each after its length varint."""
-    encoded = name.encode("utf-8", "surrogatepass")
-    value_size = -1 if value is None else len(value)
-    return (
-        size_of_varint(len(encoded)) + len(encoded) + size_of_varint(value_size) + len(value or b"")
-    )
-
-
-class ReplyRouting:
-    """Which topics a question may name for its answer: comma-separated glob patterns, less the
-    `reserved` topics (the worker's own input and dead-letter topics), whatever the patterns say:
-    an answer written there would be read back as a question, or pass for a dead letter."""
-
-    def __init__(self, patterns: str | None, reserved: Iterable[str] = ()) -> None:
-        self.patterns = [
-            pattern.strip() for pattern in (patterns or "").split(",") if pattern.strip()
-        ]
-        self.reserved = frozenset(reserved)
-
-    def requested(self, message: IncomingMessage, reply_to: str | None) -> str | None:
-        """The topic the event asks its answer to go to: its `reply_to`, else the header."""
-        return reply_to or header(message, REPLY_TO_HEADER)
-
-    def allowed(self, topic: str) -> bool:
-        if topic in self.reserved:
-            return False
-        return any(fnmatchcase(topic, pattern) for pattern in self.patterns)
+    code: ErrorCode
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -505,7 +221,6 @@ class Delivery:
     def __init__(
         self,
         topic: Callable[[str], Topic],
-        dead_letter: DeadLetterFactory,
         settings_of: Mapping[str, str] | None = None,
         observer: DeliveryObserver | None = None,
         first_backoff_s: float = FIRST_RETRY_BACKOFF_S,
@@ -514,7 +229,7 @@ class Delivery:
         tracing: Tracing = NO_TRACING,
         reply_topics_known: int = REPLY_TOPICS_KNOWN,
     ) -> None:
-        """`topic` gives the sendable topic of a name; `dead_letter` builds a dead letter.
+        """`topic` gives the sendable topic of a name.
 
         `settings_of` maps each configured topic to the setting naming it (see `judge`); any
         other topic is a reply topic. When `topic` is a `TopicDirectory`, a reply topic is asked
@@ -523,7 +238,6 @@ class Delivery:
         self._topic = topic
         self._directory = topic if isinstance(topic, TopicDirectory) else None
         self._tracing = tracing
-        self._dead_letter = dead_letter
         self._settings_of = dict(settings_of or {})
         self._observer = observer
         self._first_backoff_s = first_backoff_s
@@ -544,19 +258,21 @@ class Delivery:
             return 0.0
         return self._clock() - min(self._failing_since.values())
 
-    async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
-        """Returns what the broker acknowledged: the record, or the dead letter it became.
+    async def send(self, outgoing: Outgoing, message: IncomingMessage) -> Refusal | None:
+        """None once the broker acknowledged `outgoing`; its `Refusal` when the broker refused it
+        for reasons of its own, retrying meanwhile what may yet be acknowledged.
 
         Raises DeliveryError when the record can never be delivered and no dead letter can
         stand in for it.
         """
         delivery_id = next(self._ids)
         try:
-            return await self._deliver(outgoing, message, delivery_id)
+            return await self._send(outgoing, message, delivery_id)
         finally:
             self._failing_since.pop(delivery_id, None)
 
-    def _outgoing_headers(self, message: IncomingMessage, envelope: Envelope | None) -> Headers:
+    def _outgoing_headers(self, message: IncomingMessage, outgoing: Outgoing) -> Headers:
+        envelope = outgoing.envelope
         headers = message_headers(message) if envelope is None else envelope.headers
         # Tracing must not keep a record from going out: without its context, if need be.
         try:
@@ -611,7 +327,7 @@ class Delivery:
         anything was sent."""
         envelope = outgoing.envelope
         key = message.key if envelope is None else envelope.key
-        headers = self._outgoing_headers(message, envelope)
+        headers = self._outgoing_headers(message, outgoing)
         is_reply = self._is_reply(outgoing)
         try:
             refusal = await self._confirm_reply_topic(outgoing.topic) if is_reply else None
@@ -635,15 +351,15 @@ class Delivery:
             return error, False
         return None
 
-    async def _deliver(
+    async def _send(
         self, outgoing: Outgoing, message: IncomingMessage, delivery_id: int
-    ) -> Outgoing:
+    ) -> Refusal | None:
         backoff = self._first_backoff_s
         alone = False
         while True:
             failed = await self._send_once(outgoing, message, alone)
             if failed is None:
-                return outgoing
+                return None
             error, unsent = failed
             verdict = judge(error, outgoing, self._settings_of, sent_alone=alone)
             if verdict.fatal is not None:
@@ -656,10 +372,7 @@ class Delivery:
                 if verdict.code in _REPLY_TOPIC_CODES and self._is_reply(outgoing):
                     # Not one to send to now, known or not: the next event naming it asks again.
                     self._forget_reply_topic(outgoing.topic)
-                reason = _unasked_refusal(error) if unsent else _refusal(error)
-                outgoing = self._dead_letter(message, outgoing.event_time, verdict.code, reason)
-                backoff = self._first_backoff_s
-                continue
+                return Refusal(verdict.code, _unasked_refusal(error) if unsent else _refusal(error))
             self._failing_since.setdefault(delivery_id, self._clock())
             if self._observer is not None:
                 retried = RETRIED_REPLY_TOPIC if self._is_reply(outgoing) else outgoing.topic

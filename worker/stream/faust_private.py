@@ -53,7 +53,7 @@ names what it touches, why the worker needs it, and what breaks if an upgrade ch
   broker that creates topics on request (Kafka's default, tansu always) create it, and a deleted
   topic came back. If aiokafka stops building its requests from those names, the worker creates
   topics again.
-- Header keys that are not UTF-8 (`header_keys.install_lenient_header_keys`; the module name
+- Header keys that are not UTF-8 (`install_lenient_header_keys`; the module name
   `MemoryRecords` in `aiokafka.consumer.fetcher`): the fetcher builds its record sets from that
   name, and aiokafka's own reader raises UnicodeDecodeError on such a key, stopping the fetch
   loop. If the fetcher stops using the name, one such record stops the worker (reported, exit 1)
@@ -84,6 +84,7 @@ from typing import Any, cast
 
 import aiokafka.admin.client
 import aiokafka.client
+import aiokafka.consumer.fetcher
 import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
@@ -92,6 +93,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT, ProducerT
 
+from .header_keys import LenientMemoryRecords
 from .topic_metadata import NonCreatingMetadataRequest
 
 __all__ = [
@@ -199,6 +201,12 @@ def forget_topic(client: AIOKafkaClient, topic: str) -> None:
     """Stops `client` asking for `topic`'s metadata; what it holds of the topic goes with the
     next refresh (which replaces the whole cluster view with the topics it asked about)."""
     client._topics.discard(topic)
+
+
+def install_lenient_header_keys() -> None:
+    """Makes aiokafka's fetcher (every consumer in this process) read batches leniently
+    (`header_keys.LenientMemoryRecords`)."""
+    aiokafka.consumer.fetcher.MemoryRecords = LenientMemoryRecords
 
 
 def install_non_creating_metadata() -> None:

@@ -1,17 +1,18 @@
 """Header keys that are not UTF-8 reach the worker as one record's bad input, not a stopped fetch.
 
 Kafka header keys are bytes on the wire; aiokafka decodes them as strict UTF-8 while it parses a
-fetched batch (in its compiled record reader), so one record whose header key is not UTF-8
-raised UnicodeDecodeError inside faust's fetcher and stopped consumption on every partition.
-`install_lenient_header_keys()` puts `LenientMemoryRecords` where aiokafka's fetcher builds its
-record sets: batches are read by aiokafka as before, and only when that raises UnicodeDecodeError
-is the rest of the batch read again by `_read_batch` below, which decodes header keys with
-`surrogateescape`. That replacement is lossless and unambiguous: strict UTF-8 never decodes to a
-lone surrogate (U+DC80..U+DCFF), so a key holding one is exactly a key that was not UTF-8.
+fetched batch (in its compiled record reader), so one record whose header key is not UTF-8 raised
+UnicodeDecodeError inside faust's fetcher and stopped consumption on every partition.
+`faust_private.install_lenient_header_keys()` puts `LenientMemoryRecords` where aiokafka's fetcher
+builds its record sets: batches are read by aiokafka as before, and only when that raises
+UnicodeDecodeError is the rest of the batch read again by `_read_batch` below, which decodes header
+keys with `surrogateescape`. That replacement is lossless and unambiguous: strict UTF-8 never
+decodes to a lone surrogate (U+DC80..U+DCFF), so a key holding one is exactly a key that was not
+UTF-8.
 
 Such keys cannot be sent (the producer encodes keys as UTF-8) nor logged or written as JSON
 as they are; `readable_header_key` gives the backslash-escaped form every outgoing record and
-log uses, and `handlers.screen_header_keys` turns the record into an `invalid_event` dead
+log uses, and `pipeline.EventPipeline` turns the record into an `invalid_event` dead
 letter naming the key before any handler sees it.
 """
 
@@ -21,7 +22,6 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import aiokafka.consumer.fetcher
 from aiokafka import codec
 from aiokafka.record.default_records import DefaultRecord
 from aiokafka.record.memory_records import MemoryRecords
@@ -29,7 +29,6 @@ from aiokafka.record.util import decode_varint
 
 __all__ = [
     "LenientMemoryRecords",
-    "install_lenient_header_keys",
     "readable_header_key",
     "undecodable_header_keys",
 ]
@@ -44,11 +43,6 @@ _DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
     3: codec.lz4_decode,
     4: codec.zstd_decode,
 }
-
-
-def install_lenient_header_keys() -> None:
-    """Makes aiokafka's fetcher (every consumer in this process) read batches leniently."""
-    aiokafka.consumer.fetcher.MemoryRecords = LenientMemoryRecords
 
 
 class LenientMemoryRecords:

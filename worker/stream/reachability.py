@@ -7,13 +7,14 @@ settings, asks the broker for metadata once a second: at start-up it must succee
 last succeeded tells readiness how long the broker has been unreachable.
 
 The same metadata says whether the configured topics still exist. A topic the watch has seen and
-then no longer finds (deleted while the worker runs) is missing: the worker is not ready, naming
-the topic and its setting, an ERROR line says so (at most once per 10 s, see `worker.log_rate`),
-and `wait_for` holds every record bound for it, so nothing is committed past a record that was
-not delivered (some brokers, tansu among them, acknowledge writes to a deleted topic and drop
-them). For a topic it writes the worker does not exit: once the topic is back, what was held is
-sent and it carries on. A topic it reads that goes missing stops the worker (`QAWorker`): the
-group's positions on the deleted log would skip records of a topic recreated under its name.
+then no longer finds (deleted while the worker runs) is missing: the worker is not ready, naming the
+topic and its setting, an ERROR line says so (at most once per 10 s, see
+`worker.observability.log_rate`), and `wait_for` holds every record bound for it, so nothing is
+committed past a record that was not delivered (some brokers, tansu among them, acknowledge writes
+to a deleted topic and drop them). For a topic it writes the worker does not exit: once the topic is
+back, what was held is sent and it carries on. A topic it reads that goes missing stops the worker
+(`QAWorker`): the group's positions on the deleted log would skip records of a topic recreated under
+its name.
 The worker creates no topic (`worker.stream.topic_metadata`), so every configured topic must
 exist before it starts: `connect` waits for them within the same bound as for the broker, not
 ready and naming each missing topic and its setting in an ERROR line, then gives up with a

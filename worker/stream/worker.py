@@ -9,10 +9,10 @@ SIGTERM drains and why a rebalance neither loses nor double-commits. An event an
 an earlier one of its partition waits for it with its payload dropped; `--max-in-flight` bounds
 the events being answered, and pauses a partition alone once it holds that many unacknowledged.
 
-Each event ends in exactly one record: whatever one event's handling raises (its tracing hooks
-and metrics included) before its record is acknowledged becomes its `internal_error` dead
-letter, and what is raised after that is logged. Only the errors every event would meet
-(`handlers.RECORD_INDEPENDENT_ERRORS`) and cancellation stop the worker.
+Each event ends in exactly one record (`pipeline.EventPipeline`). Only the errors every event
+would meet (`WorkerError.stops_worker`) and cancellation stop the worker, as everything that
+stops it does: through `_fail`, which makes it not ready, logs one CRITICAL line naming the
+cause, and tells the caller.
 
 Nothing stops reading silently. A record whose header key is not UTF-8 becomes a dead letter
 (`header_keys`); an error that ends faust's fetch loop stops the worker like a fatal handling
@@ -28,11 +28,10 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Set
+from collections.abc import Awaitable, Callable, Hashable, Set
 from typing import Any, cast
 
 import faust
-from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from mode.types.signals import SignalHandlerT
 
@@ -49,10 +48,11 @@ from ..observability.tracing_interface import Tracing
 from ..qa import QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app, check_topic_roles
-from .delivery import Delivery, IncomingMessage, Outgoing, message_headers
-from .handlers import RECORD_INDEPENDENT_ERRORS, EventHandlers, Handler, screen_header_keys
+from .faust_private import committed_offsets
 from .offsets import OffsetTracker, Tracked
+from .pipeline import EventPipeline
 from .reachability import CONNECT_WITHIN_S, BrokerWatch
+from .records import ReadAt
 from .watchdog import PartitionWatchdog
 
 __all__ = ["QAWorker"]
@@ -128,16 +128,6 @@ class QAWorker(AsyncLifecycle):
             else {}
         )
         check_topic_roles(settings, question_sets)
-        self.handlers = EventHandlers(
-            settings,
-            self.batcher,
-            model_name,
-            engine.model_id,
-            question_sets,
-            self._topic_sets,
-            quality=metrics,
-            tracing=self.tracing,
-        )
         self.tracker = OffsetTracker(
             settings.max_in_flight,
             pause=self._pause_partition,
@@ -167,12 +157,16 @@ class QAWorker(AsyncLifecycle):
         self.broker_watch = BrokerWatch(settings, topics={**read, **configured})
         self.watchdog = PartitionWatchdog(settings.stall_timeout_s)
         self.app = self._build_app()
-        self.delivery = Delivery(
+        self.pipeline = EventPipeline.from_settings(
+            settings,
+            self.batcher,
             self.topics,
-            self.handlers.dead_letter,
-            settings_of=configured,
-            observer=metrics,
-            tracing=self.tracing,
+            configured,
+            (model_name, engine.model_id),
+            question_sets,
+            self._topic_sets,
+            metrics,
+            self.tracing,
         )
         metrics.watch_oldest_in_flight(self.oldest_in_flight_s)
         metrics.watch_work(lambda: self.batcher.held_windows, lambda: self.batcher.pending_windows)
@@ -183,15 +177,12 @@ class QAWorker(AsyncLifecycle):
         self.topics = Topics(app, hold=self.broker_watch.wait_for)
         for name in (settings.answers_topic, settings.dead_letter_topic):
             self.topics(name)
-        dead_letter = self.handlers.dead_letter
         questions = self.topics.subscribe(settings.questions_topic)
-        answer = screen_header_keys(self.handlers.answer_question, dead_letter)
-        app.agent(questions, name="answer-questions")(self._consumer(answer))
+        app.agent(questions, name="answer-questions")(self._consume)
         if self._topic_sets:
             documents = self.topics.subscribe(*self._topic_sets)
             self.topics(settings.tags_topic)
-            tag = screen_header_keys(self.handlers.tag_document, dead_letter)
-            app.agent(documents, name="tag-documents")(self._consumer(tag))
+            app.agent(documents, name="tag-documents")(self._consume)
         app.sensors.add(CommitSensor(self.metrics, lambda: app.monitor.tp_committed_offsets))
         # mypy cannot match a bound method to mode's receiver type (a mypy_extensions Callable).
         app.on_partitions_revoked.connect(cast(SignalHandlerT, self._revoked))
@@ -291,7 +282,7 @@ class QAWorker(AsyncLifecycle):
         unreachable_s = self.broker_watch.unreachable_for()
         if unreachable_s > self.settings.session_timeout_s:
             return False, f"the broker has not answered for {unreachable_s:.0f} s"
-        failing_s = self.delivery.failing_for()
+        failing_s = self.pipeline.delivery.failing_for()
         if failing_s > self.settings.session_timeout_s:
             return False, f"delivery has been failing for {failing_s:.0f} s (see the log)"
         if self.broker_watch.missing_topics():
@@ -327,21 +318,17 @@ class QAWorker(AsyncLifecycle):
 
     # consuming
 
-    def _consumer(self, respond: Handler) -> Callable[[faust.StreamT[Any]], Awaitable[None]]:
-        """An agent body: every event is answered by `respond`, each partition's at most its
+    async def _consume(self, stream: faust.StreamT[Any]) -> None:
+        """An agent's body: every event goes through the pipeline, each partition's at most its
         share of max_in_flight at once (the tracker parks the rest, and pauses the partition)."""
+        # Agents are handed a faust.Stream; the StreamT protocol leaves out noack().
+        async for event in cast(faust.Stream[Any], stream).noack().events():
 
-        async def consume(stream: faust.StreamT[Any]) -> None:
-            # Agents are handed a faust.Stream; the StreamT protocol leaves out noack().
-            async for event in cast(faust.Stream[Any], stream).noack().events():
+            def begin(tracked: Tracked, event: faust.types.EventT = event) -> None:
+                self._spawn(self._handle(event, tracked))
 
-                def begin(tracked: Tracked, event: faust.types.EventT = event) -> None:
-                    self._spawn(self._handle(event, tracked, respond))
-
-                self.tracker.track(event, begin)
-                self.metrics.set_in_flight(self.tracker.count)
-
-        return consume
+            self.tracker.track(event, begin)
+            self.metrics.set_in_flight(self.tracker.count)
 
     def _pause_partition(self, tp: Hashable) -> None:
         partition = _as_tp(tp)
@@ -378,15 +365,21 @@ class QAWorker(AsyncLifecycle):
         if error is not None:
             # A record no event can get past, or a bug (every failure of one event becomes a
             # dead letter); the event stays unacknowledged, so the process must restart.
-            if self._fatal is None:
-                self._fatal = error
-                self.metrics.set_ready(False)
-                if isinstance(error, WorkerError):
-                    log.critical("stopping: %s", error)
-                else:
-                    log.critical("event handling failed", exc_info=error)
-            if self._on_fatal is not None:
-                self._on_fatal(error)
+            self._fail(error, "event handling failed")
+
+    def _fail(self, error: BaseException, what: str) -> None:
+        """Stops the worker for `error`: not ready, one CRITICAL line naming the cause (`what`,
+        and the error itself), and the caller told (`on_fatal`). The first cause is the one
+        readiness reports."""
+        if self._fatal is None:
+            self._fatal = error
+            self.metrics.set_ready(False)
+            if isinstance(error, WorkerError):
+                log.critical("stopping: %s", error)
+            else:
+                log.critical("stopping: %s: %r", what, error, exc_info=error)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
 
     def _check_inputs_still_there(self) -> None:
         for topic, setting in self.broker_watch.missing_topics().items():
@@ -398,18 +391,16 @@ class QAWorker(AsyncLifecycle):
         one that replaces it, and which ones cannot be known from here."""
         if self._fatal is not None or self._stopping is not None:
             return
-        error = InputLostError(
-            f"{what} while the worker read it, so the group's committed offsets would skip the "
-            f"first records of the topic that now has its name. Once the topic exists, reset "
-            f"the offsets of group {self.settings.group_id!r} on it (kafka-consumer-groups "
-            f"--group {self.settings.group_id} --topic {topic} --reset-offsets --to-earliest "
-            "--execute) and start the worker again"
+        self._fail(
+            InputLostError(
+                f"{what} while the worker read it, so the group's committed offsets would skip "
+                f"the first records of the topic that now has its name. Once the topic exists, "
+                f"reset the offsets of group {self.settings.group_id!r} on it "
+                f"(kafka-consumer-groups --group {self.settings.group_id} --topic {topic} "
+                "--reset-offsets --to-earliest --execute) and start the worker again"
+            ),
+            "a topic the worker reads was lost",
         )
-        self._fatal = error
-        self.metrics.set_ready(False)
-        log.critical("stopping: %s", error)
-        if self._on_fatal is not None:
-            self._on_fatal(error)
 
     def _fetch_failed(self, error: BaseException) -> None:
         """The transport's report of an error that ended faust's fetch loop: nothing more is
@@ -418,68 +409,27 @@ class QAWorker(AsyncLifecycle):
             # Fetching ends with every stop; what fails while it does loses nothing.
             log.info("fetching ended while stopping: %r", error)
             return
-        if self._fatal is None:
-            self._fatal = error
-            self.metrics.set_ready(False)
-            log.critical("stopping: fetching records failed: %r", error)
-        if self._on_fatal is not None:
-            self._on_fatal(error)
+        self._fail(error, "fetching records failed")
 
-    async def _handle(self, event: faust.types.EventT, tracked: Tracked, respond: Handler) -> None:
-        message = event.message
-        received = time.time()
-        self._read_at[tracked] = time.monotonic()
+    async def _handle(self, event: faust.types.EventT, tracked: Tracked) -> None:
+        read = ReadAt.now()
+        self._read_at[tracked] = read.monotonic
         try:
-            outgoing = await self._answer(message, received, respond)
+            await self.pipeline.process(event.message, read)
         finally:
             self._read_at.pop(tracked, None)
         release_payload(event)
-        try:
-            if outgoing.dead_letter_reason is None:
-                self.metrics.event_answered(time.time() - outgoing.event_time, outgoing.queue_s)
-            else:
-                self.metrics.event_dead_lettered(outgoing.dead_letter_reason)
-        except Exception:
-            log.exception("counting a delivered event failed")
         await self.tracker.complete(tracked)
         self.metrics.set_in_flight(self.tracker.count)
-
-    async def _answer(
-        self, message: IncomingMessage, received: float, respond: Handler
-    ) -> Outgoing:
-        """The record the broker acknowledged for `message`: exactly one, whatever raises."""
-        delivered: Outgoing | None = None
-        try:
-            self.metrics.event_received(message.topic)
-            headers = message_headers(message)
-            with self.tracing.event(message, headers, self.settings.group_id) as trace:
-                outgoing = await self.handlers.handle(respond, message, received)
-                # Delivery may turn an answer the broker refused into a dead letter.
-                with self.tracing.produce(outgoing.topic):
-                    delivered = await self.delivery.deliver(outgoing, message)
-                trace.finish(delivered.topic, delivered.dead_letter_reason)
-            return delivered
-        except RECORD_INDEPENDENT_ERRORS:
-            raise
-        except Exception as error:
-            if delivered is not None:
-                # Its record is out; a second would answer the event twice.
-                log.error("an event's tracing failed after its record was sent", exc_info=error)
-                return delivered
-            letter = self.handlers.internal_error(message, received, error)
-            return await self.delivery.deliver(letter, message)
 
     async def _refresh_lag(self) -> None:
         while True:
             self._check_inputs_still_there()
             lags = {}
             progress = {}
-            # faust's consumer knows each partition's committed offset from the moment it is
-            # assigned (read from the group) and after every commit; its monitor only has those
-            # this process committed, so after a restart or a rebalance a quiet partition read 0
-            # there: lag equal to its end offset, and reported stalled once the timeout passed.
-            consumer = cast(FaustConsumer, self.app.consumer)
-            committed: Mapping[TP, int | None] = consumer._committed_offset
+            # The group's committed offsets, not the monitor's (faust_private.committed_offsets
+            # says why).
+            committed = committed_offsets(self.app.consumer)
             for tp in self.assigned_partitions():
                 highwater = self.app.consumer.highwater(tp)
                 if highwater is not None:

@@ -1,0 +1,104 @@
+"""Stand-ins for the broker side of one event's way: messages, topics that acknowledge at once,
+and a batcher that answers without a model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.batching.batcher import Answered
+from worker.errors import ErrorCode
+from worker.qa import QAOptions, QAResult
+from worker.stream.delivery import Delivery
+from worker.stream.outgoing import Outgoing
+from worker.stream.records import IncomingMessage
+
+DeadLetterOf = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
+"""(message, event time, code, reason) to the dead letter for that message."""
+
+
+@dataclass
+class FakeMessage:
+    """A consumed message: what the handlers and the pipeline read of faust's."""
+
+    value: bytes | None
+    key: bytes | None = b"k"
+    headers: Any = field(default_factory=list)
+    topic: str = "questions"
+    partition: int = 0
+    offset: int = 7
+    timestamp: float | None = 1_700_000_000.0
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: Any
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class FakeTopics:
+    """Topics that acknowledge every send at once and remember what was sent."""
+
+    sent: list[Sent] = field(default_factory=list)
+
+    def __call__(self, name: str) -> FakeTopics.Topic:
+        return FakeTopics.Topic(self, name)
+
+    @dataclass
+    class Topic:
+        topics: FakeTopics
+        name: str
+
+        async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[object]:
+            self.topics.sent.append(Sent(self.name, key, value, list(headers or ())))
+            acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            acked.set_result(None)
+            return acked
+
+        send_alone = send
+
+
+class WordBatcher:
+    """Answers with the context's first word, as the model would shape it; or raises `error`.
+    Remembers what it was asked, and in which turns (lane, event)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.asked: list[tuple[str, str, QAOptions]] = []
+        self.turns: list[tuple[Hashable, Hashable]] = []
+
+    async def answer(
+        self,
+        question: str,
+        context: str,
+        options: QAOptions,
+        deadline: float | None = None,
+        lane: Hashable = None,
+        event: Hashable = None,
+    ) -> Answered:
+        self.asked.append((question, context, options))
+        self.turns.append((lane, event))
+        if self.error is not None:
+            raise self.error
+        word = context.split()[0] if context.split() else context[:1]
+        return Answered(QAResult(word, 0.9, 0, len(word), False, 0.1), 0.25, 0.01)
+
+
+class DeadLettering:
+    """Delivery as the event pipeline drives it: when the broker refuses a record for reasons
+    of its own, `dead_letter` builds the record that goes in its place."""
+
+    def __init__(self, sender: Delivery, dead_letter: DeadLetterOf) -> None:
+        self.sender = sender
+        self._dead_letter = dead_letter
+
+    async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
+        """What the broker acknowledged: `outgoing`, or the dead letter that replaced it."""
+        while (refusal := await self.sender.send(outgoing, message)) is not None:
+            outgoing = self._dead_letter(message, outgoing.event_time, refusal.code, refusal.reason)
+        return outgoing
