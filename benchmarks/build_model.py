@@ -3,7 +3,7 @@
 No fine-tuned weights can be downloaded here. A model of the exact architecture costs the same
 compute, so speed and memory measured on it are real; its answers are not meaningful.
 
-    python benchmarks/build_model.py --arch mobilebert \\
+    python -m benchmarks.build_model --arch mobilebert \\
         --tokenizer ../shared/tokenizers/bert-base-uncased --out models/mobilebert
 
 writes the checkpoint to OUT-checkpoint and the exported model (fp32 and int8) to OUT.
@@ -13,7 +13,7 @@ RoBERTa's byte-level BPE tokenizer cannot be downloaded here either. `--train-to
 trains one of the same form (byte-level BPE, RoBERTa's special tokens and template, 50,265
 tokens) on the text of a SQuAD or JSONL file and uses it:
 
-    python benchmarks/build_model.py --arch roberta-base \\
+    python -m benchmarks.build_model --arch roberta-base \\
         --train-tokenizer ../shared/data/squad-v2-dev-half.json --out models/roberta-base
 
 Trained on the very text it then tokenizes, it splits that text into fewer tokens than
