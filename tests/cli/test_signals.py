@@ -123,7 +123,7 @@ def test_the_entry_points_import_nothing_before_their_first_line() -> None:
     # of theirs; the package is then found in the source tree, the working directory.
     loaded = subprocess.run(
         [sys.executable, "-S", "-c", probe],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         check=True,

@@ -42,7 +42,7 @@ from worker.qa import QAOptions
 from worker.stream.transport import faust_credentials, ssl_context
 from worker.tagging import load_question_sets, parse_topic_sets
 
-CHART = Path(__file__).resolve().parent.parent / "helm" / "kafka-qa-worker"
+CHART = Path(__file__).resolve().parents[2] / "helm" / "kafka-qa-worker"
 RELEASE, NAMESPACE = "qa", "ml"
 FULLNAME = f"{RELEASE}-kafka-qa-worker"
 

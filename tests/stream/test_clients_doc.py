@@ -24,7 +24,7 @@ from worker.stream import QAWorker
 
 pytestmark = pytest.mark.broker
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "clients.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 
 
 def python_examples() -> list[str]:

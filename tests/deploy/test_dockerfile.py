@@ -31,7 +31,7 @@ from worker.embedded.process import free_port
 from worker.observability.http import HealthServer
 from worker.observability.metrics import WorkerMetrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CHART_VALUES = ROOT / "helm" / "kafka-qa-worker" / "values.yaml"

@@ -1,0 +1,1 @@
+"""Tests of worker.cli, worker.commands and worker.preflight."""

@@ -1,0 +1,1 @@
+"""Tests of what deploys the worker: the Helm chart and the container image."""
