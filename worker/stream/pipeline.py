@@ -36,16 +36,6 @@ __all__ = ["EventCounts", "EventMetrics", "EventPipeline"]
 log = logging.getLogger(__name__)
 
 
-class EventMetrics(DeliveryObserver, AnswerQuality, Protocol):
-    """Everything one event's way reports (`WorkerMetrics` implements it)."""
-
-    def event_received(self, topic: str) -> None: ...
-
-    def event_answered(self, end_to_end_s: float, queue_s: float) -> None: ...
-
-    def event_dead_lettered(self, reason: ErrorCode) -> None: ...
-
-
 class EventCounts(Protocol):
     """What the pipeline counts (`WorkerMetrics` implements it)."""
 
@@ -54,6 +44,10 @@ class EventCounts(Protocol):
     def event_answered(self, end_to_end_s: float, queue_s: float) -> None: ...
 
     def event_dead_lettered(self, reason: ErrorCode) -> None: ...
+
+
+class EventMetrics(EventCounts, DeliveryObserver, AnswerQuality, Protocol):
+    """Everything one event's way reports (`WorkerMetrics` implements it)."""
 
 
 class EventPipeline:
