@@ -40,20 +40,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
-from ..embedded.broker import FETCH_WAIT_MS, EmbeddedBroker
+from ..embedded.broker import EmbeddedBroker
 from ..errors import BenchError
-from ..lifecycle import AsyncLifecycle
 from ..qa.windows import EncodedQuestion
 from ..squad import QuestionRecord
 from ..stream.transport import aiokafka_options, create_topics
 from .load import PHASE_TIMEOUT_S, Event, LoadGenerator, percentiles, phase_events, start_load
 from .report import Report, note
 from .runtime_stats import bucket_quantile, runtime_statistics
+from .topic_reader import TopicReader
 from .topics import (
     PARTITIONS,
     WARMUP_EVENTS,
@@ -406,38 +407,18 @@ async def _delete_extra_topics(settings: Settings, topics: list[str]) -> None:
         await admin.close()
 
 
-class TagsCollector(AsyncLifecycle):
+class TagsCollector(TopicReader):
     """Reads the tags topic; notes when each document's tags event arrived, and its fields."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, settings.tags_topic)
         self.arrivals: dict[str, float] = {}
         self.fields: dict[str, int] = {}
-        self._consumer = AIOKafkaConsumer(
-            settings.tags_topic,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            **aiokafka_options(settings),
-        )
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for record in self._consumer:
-            key = (record.key or b"").decode()
-            self.arrivals.setdefault(key, time.perf_counter())
-            self.fields[key] = len(json.loads(record.value)["tags"])
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
+    def take(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        key = (record.key or b"").decode()
+        self.arrivals.setdefault(key, time.perf_counter())
+        self.fields[key] = len(json.loads(record.value)["tags"])
 
 
 class CaseWatch:

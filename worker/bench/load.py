@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from ..config import Settings
-from ..embedded.broker import FETCH_WAIT_MS
 from ..errors import BenchError
-from ..lifecycle import AsyncLifecycle
 from ..squad import QuestionRecord
-from ..stream.transport import aiokafka_options
 from .clock import cpu_seconds
 from .placement import AnswerTimes, place_latencies
 from .queueing import QueueingModel
 from .report import Report
 from .runtime_stats import runtime_statistics
+from .topic_reader import TopicReader
 from .worker_process import WorkerProcess
 
 Event = dict[str, str]
@@ -36,45 +35,31 @@ Event = dict[str, str]
 PHASE_TIMEOUT_S = 300.0
 
 
-class AnswerCollector(AsyncLifecycle):
+class AnswerCollector(TopicReader):
     """Reads the answers and dead-letters topics; notes when each event's reply first arrived.
 
     Replies are matched to events by the Kafka key, which the worker copies from the question.
     """
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, settings.answers_topic, settings.dead_letter_topic)
         self.arrivals: dict[str, float] = {}
         self.dead_lettered: set[str] = set()
         # Each answer's own timings, to place where a latency went.
         self.answers: dict[str, AnswerTimes] = {}
         self._dead_letter_topic = settings.dead_letter_topic
-        self._consumer = AIOKafkaConsumer(
-            settings.answers_topic,
-            settings.dead_letter_topic,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            **aiokafka_options(settings),
-        )
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for record in self._consumer:
-            key = (record.key or b"").decode()
-            if key in self.arrivals:
-                continue
-            self.arrivals[key] = time.perf_counter()
-            if record.topic == self._dead_letter_topic:
-                self.dead_lettered.add(key)
-            else:
-                self.answers[key] = AnswerTimes.from_answer(
-                    json.loads(record.value), record.timestamp, time.time() * 1000
-                )
+    def take(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        key = (record.key or b"").decode()
+        if key in self.arrivals:
+            return
+        self.arrivals[key] = time.perf_counter()
+        if record.topic == self._dead_letter_topic:
+            self.dead_lettered.add(key)
+        else:
+            self.answers[key] = AnswerTimes.from_answer(
+                json.loads(record.value), record.timestamp, time.time() * 1000
+            )
 
     async def wait_for(self, ids: Collection[str], worker: WorkerProcess, timeout: float) -> None:
         deadline = time.perf_counter() + timeout
@@ -88,13 +73,6 @@ class AnswerCollector(AsyncLifecycle):
                     f"last was sent; the worker's log ends with:\n{worker.log_tail()}"
                 )
             await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
 
 
 def phase_events(phase: str, records: Sequence[QuestionRecord], count: int) -> list[Event]:
