@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.batching.test_batcher import FakeEngine, ask, bounded, wait_until
+from tests.support.fake_engine import FakeEngine, ask, bounded, wait_until
 from worker.batching.batcher import MicroBatcher
 from worker.batching.budget import MAX_UNSIZED, Admission, WorkBudget
 from worker.batching.plan import BatchLimits

@@ -9,7 +9,6 @@ import itertools
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.clock import FakeClock
 from tests.support.streaming import start_worker_process, worker_settings
 from worker.config import Settings
 from worker.errors import ConfigError
@@ -31,14 +31,6 @@ from worker.observability.metrics import WorkerMetrics
 
 # The event loop's clock is only as fine as its selector's timeout.
 EARLY_MARGIN_S = 0.01
-
-
-@dataclass
-class FakeClock:
-    now: float = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingMetrics(WorkerMetrics):
@@ -87,7 +79,7 @@ async def serving(
 
 @pytest.mark.parametrize("age_s", [0.0, METRICS_MAX_AGE_S - 0.001])
 async def test_scrapes_within_the_max_age_render_once(age_s: float) -> None:
-    metrics, clock = CountingMetrics(), FakeClock()
+    metrics, clock = CountingMetrics(), FakeClock(100.0)
     async with serving(metrics, metrics_max_age_s=METRICS_MAX_AGE_S, clock=clock) as server:
         first = await exchange(server.port, get("/metrics"))
         metrics.set_ready(True)  # not seen until the render is max-age old
@@ -100,7 +92,7 @@ async def test_scrapes_within_the_max_age_render_once(age_s: float) -> None:
 
 @pytest.mark.parametrize("age_s", [METRICS_MAX_AGE_S, METRICS_MAX_AGE_S + 0.001])
 async def test_a_scrape_at_the_max_age_renders_again(age_s: float) -> None:
-    metrics, clock = CountingMetrics(), FakeClock()
+    metrics, clock = CountingMetrics(), FakeClock(100.0)
     async with serving(metrics, metrics_max_age_s=METRICS_MAX_AGE_S, clock=clock) as server:
         await exchange(server.port, get("/metrics"))
         metrics.set_ready(True)

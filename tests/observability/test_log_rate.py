@@ -7,15 +7,8 @@ import logging
 
 import pytest
 
+from tests.support.clock import FakeClock
 from worker.observability.log_rate import MAX_CAUSES, RepeatFilter, cause_of, quiet_repeats
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def record(
@@ -25,7 +18,7 @@ def record(
 
 
 def test_one_line_per_cause_per_interval_then_the_count_of_the_rest() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     repeats = RepeatFilter(interval_s=10.0, clock=clock)
     template = "Unable connect to node with id %s: %s"
     assert repeats.filter(record(template, 1, "refused"))
@@ -42,7 +35,7 @@ def test_one_line_per_cause_per_interval_then_the_count_of_the_rest() -> None:
 
 
 def test_just_under_the_interval_is_dropped_and_at_it_passes() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     repeats = RepeatFilter(interval_s=10.0, clock=clock)
     assert repeats.filter(record("lost"))
     clock.now = 9.999
@@ -57,7 +50,7 @@ def test_just_under_the_interval_is_dropped_and_at_it_passes() -> None:
 
 @pytest.mark.parametrize("causes", [MAX_CAUSES - 1, MAX_CAUSES, MAX_CAUSES + 1])
 def test_the_causes_remembered_are_bounded_and_the_stalest_is_forgotten(causes: int) -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     repeats = RepeatFilter(interval_s=10.0, clock=clock)
     # Messages carrying values of their own (an f-string, say) are a cause each.
     for n in range(causes):
@@ -75,7 +68,7 @@ def test_the_causes_remembered_are_bounded_and_the_stalest_is_forgotten(causes: 
 
 
 def test_causes_are_told_apart_by_logger_level_and_template() -> None:
-    repeats = RepeatFilter(interval_s=10.0, clock=Clock())
+    repeats = RepeatFilter(interval_s=10.0, clock=FakeClock(0.0))
     assert repeats.filter(record("lost %s", 1))
     assert not repeats.filter(record("lost %s", 2))
     assert repeats.filter(record("lost %s", 1, name="faust.transport"))
@@ -93,13 +86,13 @@ def test_causes_are_told_apart_by_logger_level_and_template() -> None:
     ],
 )
 def test_debug_critical_and_the_workers_own_info_lines_always_pass(level: int, name: str) -> None:
-    repeats = RepeatFilter(interval_s=10.0, clock=Clock())
+    repeats = RepeatFilter(interval_s=10.0, clock=FakeClock(0.0))
     assert all(repeats.filter(record("same", level=level, name=name)) for _ in range(5))
 
 
 @pytest.mark.parametrize("name", ["mode.timers", "faust.transport", "workers", "workerx.y"])
 def test_info_lines_of_other_packages_are_one_per_cause_per_interval(name: str) -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     repeats = RepeatFilter(interval_s=10.0, clock=clock)
     template = "Timer %s woke up too late, with a drift of +%s runtime=%s sleeptime=%s"
     passed = []
@@ -148,7 +141,7 @@ def test_lines_that_differ_only_in_the_objects_they_name_are_one_cause() -> None
 
 async def test_asyncio_errors_naming_a_new_handle_each_are_one_cause() -> None:
     # What asyncio logged thousands of times a second when accept() ran out of file descriptors.
-    clock = Clock()
+    clock = FakeClock(0.0)
     repeats = RepeatFilter(interval_s=10.0, clock=clock)
     passed: list[logging.LogRecord] = []
 

@@ -6,30 +6,19 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests.support.clock import FakeClock
 from worker import __version__
 from worker.errors import ErrorCode
 from worker.observability.http import HealthServer
 from worker.observability.metrics import METRIC_NAMES, PADDING_HALF_LIFE_SECONDS, WorkerMetrics
 from worker.qa import QAResult
 from worker.stream.app import CommitSensor
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Readiness:
@@ -70,7 +59,7 @@ class Scrape:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

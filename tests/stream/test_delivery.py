@@ -23,7 +23,7 @@ from aiokafka.errors import (
 )
 from faust.exceptions import ProducerSendError
 
-from tests.support.fake_stream import DeadLettering
+from tests.support.fake_stream import DeadLettering, FailingTopic, FakeMessage
 from worker.errors import DeliveryError, ErrorCode
 from worker.stream.delivery import Delivery, Verdict, judge
 from worker.stream.envelope import (
@@ -40,46 +40,20 @@ from worker.stream.reply_routing import REPLY_TO_HEADER, ReplyRouting
 SETTINGS_OF = {"answers": "--answers-topic / QA_ANSWERS_TOPIC", "dead": "--dead-letter-topic"}
 
 
-@dataclass
-class FakeMessage:
-    key: bytes | None = b"k1"
-    value: bytes | None = b'{"id": "q1"}'
-    topic: str = "questions"
-    partition: int = 2
-    offset: int = 7
-    timestamp: float | None = 1.0
-    headers: Any = field(default_factory=lambda: [("correlation-id", b"c-9")])
+def consumed(**fields: Any) -> FakeMessage:
+    """The question delivery answers here: keyed, with a header to copy to the answer."""
+    defaults = {
+        "key": b"k1",
+        "partition": 2,
+        "timestamp": 1.0,
+        "headers": [("correlation-id", b"c-9")],
+    }
+    return FakeMessage(**{"value": b'{"id": "q1"}', **defaults, **fields})
 
 
-@dataclass
-class FakeTopic:
-    """Fails the first sends with the given errors, then acknowledges; `alone` says, per send,
-    whether it went in a batch of its own."""
-
-    name: str
-    failures: list[Exception] = field(default_factory=list)
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    alone: list[bool] = field(default_factory=list)
-
-    async def send_alone(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
-        future = await self.send(key=key, value=value, headers=headers)
-        self.alone[-1] = True
-        return future
-
-    async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
-        self.sent.append({"key": key, "value": value, "headers": headers})
-        self.alone.append(False)
-        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.failures:
-            acknowledged.set_exception(self.failures.pop(0))
-        else:
-            acknowledged.set_result(None)
-        return acknowledged
-
-
-class Topics(dict[str, FakeTopic]):
-    def __missing__(self, name: str) -> FakeTopic:
-        self[name] = FakeTopic(name)
+class Topics(dict[str, FailingTopic]):
+    def __missing__(self, name: str) -> FailingTopic:
+        self[name] = FailingTopic(name)
         return self[name]
 
 
@@ -120,7 +94,7 @@ def delivery(topics: Topics, retries: Retries | None = None, clock: Any = None) 
 async def test_sends_with_the_original_key_and_headers() -> None:
     topics = Topics()
     outgoing = Outgoing("answers", b"answer", 0.0)
-    assert await delivery(topics).deliver(outgoing, FakeMessage()) is outgoing
+    assert await delivery(topics).deliver(outgoing, consumed()) is outgoing
     assert topics["answers"].sent == [
         {"key": b"k1", "value": b"answer", "headers": [("correlation-id", b"c-9")]}
     ]
@@ -129,9 +103,9 @@ async def test_sends_with_the_original_key_and_headers() -> None:
 async def test_retries_until_the_broker_acknowledges() -> None:
     topics = Topics()
     errors: list[Exception] = [KafkaConnectionError(), KafkaConnectionError()]
-    topics["answers"] = FakeTopic("answers", failures=errors)
+    topics["answers"] = FailingTopic("answers", failures=errors)
     await asyncio.wait_for(
-        delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), FakeMessage()), 5.0
+        delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), consumed()), 5.0
     )
     assert [sent["value"] for sent in topics["answers"].sent] == [b"answer"] * 3
     assert "dead" not in topics
@@ -139,8 +113,8 @@ async def test_retries_until_the_broker_acknowledges() -> None:
 
 async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[MessageSizeTooLargeError()] * 2)
-    delivered = await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
+    topics["answers"] = FailingTopic("answers", failures=[MessageSizeTooLargeError()] * 2)
+    delivered = await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), consumed())
     # Refused in a batch, then alone: only then is the refusal the answer's own.
     assert topics["answers"].alone == [False, True]
     [sent] = topics["dead"].sent
@@ -154,10 +128,10 @@ async def test_an_answer_too_large_becomes_a_dead_letter() -> None:
 
 async def test_a_dead_letter_too_large_is_fatal_and_names_the_setting() -> None:
     topics = Topics()
-    topics["dead"] = FakeTopic("dead", failures=[MessageSizeTooLargeError()] * 2)
+    topics["dead"] = FailingTopic("dead", failures=[MessageSizeTooLargeError()] * 2)
     outgoing = Outgoing("dead", b"x", 0.0, dead_letter_reason=ErrorCode.INVALID_JSON)
     with pytest.raises(DeliveryError, match="--dead-letter-topic"):
-        await delivery(topics).deliver(outgoing, FakeMessage())
+        await delivery(topics).deliver(outgoing, consumed())
     assert topics["dead"].alone == [False, True]
 
 
@@ -216,9 +190,9 @@ def test_judge_stops_on_what_no_event_can_get_past(
 
 async def test_an_unwritable_answers_topic_raises_naming_the_setting() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[TopicAuthorizationFailedError()])
+    topics["answers"] = FailingTopic("answers", failures=[TopicAuthorizationFailedError()])
     with pytest.raises(DeliveryError, match="--answers-topic / QA_ANSWERS_TOPIC"):
-        await delivery(topics).deliver(ANSWER, FakeMessage())
+        await delivery(topics).deliver(ANSWER, consumed())
     # Nothing stands in for it: no dead letter, no second try.
     assert "dead" not in topics and len(topics["answers"].sent) == 1
 
@@ -235,8 +209,8 @@ async def test_a_refused_reply_topic_makes_that_event_a_dead_letter(
     error: KafkaError, code: ErrorCode
 ) -> None:
     topics = Topics()
-    topics["replies.team-a"] = FakeTopic("replies.team-a", failures=[faust_wrapped(error)])
-    delivered = await delivery(topics).deliver(REPLY, FakeMessage())
+    topics["replies.team-a"] = FailingTopic("replies.team-a", failures=[faust_wrapped(error)])
+    delivered = await delivery(topics).deliver(REPLY, consumed())
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(f"{code}: ".encode())
     assert delivered.dead_letter_reason == code
@@ -247,11 +221,11 @@ async def test_retries_are_reported_by_topic_and_failing_time_grows_then_clears(
     ticks = iter(range(100))
     topics = Topics()
     failures: list[Exception] = [KafkaConnectionError()] * 3
-    topics["answers"] = FakeTopic("answers", failures=failures)
+    topics["answers"] = FailingTopic("answers", failures=failures)
     retries = Retries()
     sender = delivery(topics, retries, clock=lambda: float(next(ticks)))
     assert sender.sender.failing_for() == 0.0
-    await asyncio.wait_for(sender.deliver(ANSWER, FakeMessage()), 5.0)
+    await asyncio.wait_for(sender.deliver(ANSWER, consumed()), 5.0)
     assert [topic for topic, _ in retries.seen] == ["answers"] * 3
     # Counted from the first failure, not reset by each retry.
     failing = [seconds for _, seconds in retries.seen]
@@ -264,7 +238,7 @@ async def test_failing_time_is_that_of_the_longest_retrying_delivery() -> None:
     topics = Topics()
     release = asyncio.Event()
 
-    class Stuck(FakeTopic):
+    class Stuck(FailingTopic):
         async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
             self.sent.append({"value": value})
             if release.is_set():
@@ -274,10 +248,10 @@ async def test_failing_time_is_that_of_the_longest_retrying_delivery() -> None:
 
     topics["answers"] = Stuck("answers")
     sender = delivery(topics, clock=lambda: now[0])
-    first = asyncio.ensure_future(sender.deliver(ANSWER, FakeMessage()))
+    first = asyncio.ensure_future(sender.deliver(ANSWER, consumed()))
     await wait_until(lambda: len(topics["answers"].sent) >= 2)
     now[0] = 10.0
-    second = asyncio.ensure_future(sender.deliver(ANSWER, FakeMessage(offset=8)))
+    second = asyncio.ensure_future(sender.deliver(ANSWER, consumed(offset=8)))
     await wait_until(lambda: len(topics["answers"].sent) >= 4)
     now[0] = 15.0
     assert sender.sender.failing_for() == 15.0
@@ -308,7 +282,7 @@ async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
 def test_header_reads_the_last_value_escaping_bytes_that_are_not_utf8(
     headers: Any, expected: str | None
 ) -> None:
-    message = FakeMessage(headers=headers)
+    message = consumed(headers=headers)
     assert header(message, REPLY_TO_HEADER) == expected
     assert isinstance(message_headers(message), list)
 
@@ -328,10 +302,10 @@ def test_reply_routing_never_allows_the_workers_own_input_and_dead_letter_topics
 
 def test_reply_to_field_wins_over_the_header() -> None:
     routing = ReplyRouting("*")
-    message = FakeMessage(headers=[("reply-to", b"from-header")])
+    message = consumed(headers=[("reply-to", b"from-header")])
     assert routing.requested(message, "from-event") == "from-event"
     assert routing.requested(message, None) == "from-header"
-    assert routing.requested(FakeMessage(), None) is None
+    assert routing.requested(consumed(), None) is None
 
 
 def faust_wrapped(error: KafkaError) -> ProducerSendError:
@@ -344,19 +318,19 @@ def faust_wrapped(error: KafkaError) -> ProducerSendError:
 
 async def test_a_faust_wrapped_too_large_error_still_becomes_a_dead_letter() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic(
+    topics["answers"] = FailingTopic(
         "answers", failures=[faust_wrapped(MessageSizeTooLargeError())] * 2
     )
-    await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), FakeMessage())
+    await delivery(topics).deliver(Outgoing("answers", b"answer", 3.0), consumed())
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(b"answer_too_large: ")
 
 
 async def test_a_faust_wrapped_connection_error_is_retried() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(KafkaConnectionError())])
+    topics["answers"] = FailingTopic("answers", failures=[faust_wrapped(KafkaConnectionError())])
     await asyncio.wait_for(
-        delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), FakeMessage()), 5.0
+        delivery(topics).deliver(Outgoing("answers", b"answer", 0.0), consumed()), 5.0
     )
     assert [sent["value"] for sent in topics["answers"].sent] == [b"answer"] * 2
 
@@ -367,7 +341,7 @@ async def test_sends_with_the_envelope_key_and_headers_when_it_has_one() -> None
         b"k", [("small", b"s")], key_size=2, dropped=(("big", 9),), dropped_bytes=12
     )
     outgoing = Outgoing("answers", b"answer", 0.0, envelope=envelope)
-    message = FakeMessage(key=b"k1", headers=[("big", b"b" * 9), ("small", b"s")])
+    message = consumed(key=b"k1", headers=[("big", b"b" * 9), ("small", b"s")])
     assert await delivery(topics).deliver(outgoing, message) is outgoing
     assert topics["answers"].sent == [
         {"key": b"k", "value": b"answer", "headers": [("small", b"s")]}
@@ -383,7 +357,7 @@ def room_with(key: bytes | None, headers: list[tuple[str, bytes]]) -> int:
 
 @pytest.mark.parametrize("offset", [-1, 0, 1], ids=["just-under", "at", "just-over"])
 def test_the_envelope_is_kept_while_the_value_fits_and_shrinks_just_past_it(offset: int) -> None:
-    message = FakeMessage(key=b"k" * 500, headers=[("a", b"a" * 300), TRACEPARENT])
+    message = consumed(key=b"k" * 500, headers=[("a", b"a" * 300), TRACEPARENT])
     needed = room_with(message.key, message.headers) + offset
     envelope = fit_envelope(message, needed)
     if offset <= 0:
@@ -397,7 +371,7 @@ def test_the_envelope_is_kept_while_the_value_fits_and_shrinks_just_past_it(offs
 
 def test_headers_go_largest_first_then_the_key_is_cut_then_traceparent_goes() -> None:
     headers = [("small", b"s" * 10), TRACEPARENT, ("large", b"l" * 400_000), ("mid", b"m" * 1000)]
-    message = FakeMessage(key=b"k" * 600_000, headers=headers)
+    message = consumed(key=b"k" * 600_000, headers=headers)
     # Room for the value only once "large" is gone.
     needed = room_with(message.key, [TRACEPARENT, ("mid", b"m" * 1000), ("small", b"s" * 10)])
     envelope = fit_envelope(message, needed)
@@ -422,7 +396,7 @@ def test_headers_go_largest_first_then_the_key_is_cut_then_traceparent_goes() ->
 
 def test_a_description_names_at_most_sixteen_headers_in_short_names() -> None:
     headers = [(f"h{index}" + "x" * 100, b"v" * (index + 1)) for index in range(40)]
-    message = FakeMessage(key=None, headers=headers)
+    message = consumed(key=None, headers=headers)
     envelope = fit_envelope(message, room_with(None, []))
     assert envelope is not None
     listed = envelope.described()["headers_dropped"]
@@ -432,9 +406,7 @@ def test_a_description_names_at_most_sixteen_headers_in_short_names() -> None:
 
 def test_the_largest_description_stays_within_its_reserve() -> None:
     names = [chr(1 + index) * 100 for index in range(20)]
-    message = FakeMessage(
-        key=b"k" * 2_000_000, headers=[(name, b"v" * 1_100_000) for name in names]
-    )
+    message = consumed(key=b"k" * 2_000_000, headers=[(name, b"v" * 1_100_000) for name in names])
     envelope = fit_envelope(message, room_with(b"", []))
     assert envelope is not None
     described = json.dumps(envelope.described(), ensure_ascii=False).encode()
@@ -487,8 +459,8 @@ def test_every_broker_error_on_the_answers_topic_is_retried_refused_alone_or_fat
 
 async def test_an_answer_refused_with_another_in_its_batch_is_delivered_when_sent_alone() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(InvalidRecordError())])
-    delivered = await delivery(topics).deliver(ANSWER, FakeMessage())
+    topics["answers"] = FailingTopic("answers", failures=[faust_wrapped(InvalidRecordError())])
+    delivered = await delivery(topics).deliver(ANSWER, consumed())
     assert delivered is ANSWER
     assert topics["answers"].alone == [False, True]
     assert "dead" not in topics
@@ -499,8 +471,8 @@ async def test_an_answer_refused_alone_becomes_a_dead_letter_naming_the_broker_e
     error: KafkaError, code: ErrorCode
 ) -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[faust_wrapped(error)] * 2)
-    delivered = await delivery(topics).deliver(ANSWER, FakeMessage())
+    topics["answers"] = FailingTopic("answers", failures=[faust_wrapped(error)] * 2)
+    delivered = await delivery(topics).deliver(ANSWER, consumed())
     assert delivered.dead_letter_reason == code
     [sent] = topics["dead"].sent
     assert sent["value"].startswith(f"{code}: ".encode())
@@ -511,8 +483,8 @@ async def test_an_answer_refused_alone_becomes_a_dead_letter_naming_the_broker_e
 
 async def test_a_dead_letter_refused_as_invalid_alone_is_fatal() -> None:
     topics = Topics()
-    topics["answers"] = FakeTopic("answers", failures=[InvalidRecordError()] * 2)
-    topics["dead"] = FakeTopic("dead", failures=[InvalidRecordError()] * 2)
+    topics["answers"] = FailingTopic("answers", failures=[InvalidRecordError()] * 2)
+    topics["dead"] = FailingTopic("dead", failures=[InvalidRecordError()] * 2)
     with pytest.raises(DeliveryError, match="--dead-letter-topic"):
-        await delivery(topics).deliver(ANSWER, FakeMessage())
+        await delivery(topics).deliver(ANSWER, consumed())
     assert topics["dead"].alone == [False, True]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from parity import texts
 from tests.support import records
+from tests.support.held_engines import GatedEngine, SlowEngine
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
@@ -295,30 +295,6 @@ async def test_a_codec_the_client_cannot_read_stops_the_worker_with_a_critical_l
     print(f"\nexit {code}: {critical[0]}")
 
 
-class GatedEngine:
-    """A real engine whose inference waits until the test opens the gate: a stall it controls."""
-
-    def __init__(self, engine: object) -> None:
-        self._engine = engine
-        self.gate = threading.Event()
-        self.manifest = engine.manifest  # type: ignore[attr-defined]
-        self.model_id = engine.model_id  # type: ignore[attr-defined]
-        self.streams = engine.streams  # type: ignore[attr-defined]
-
-    def encode(self, question: str, context: str) -> object:
-        return self._engine.encode(question, context)  # type: ignore[attr-defined]
-
-    def infer(self, windows: list, stream: int) -> list:
-        assert self.gate.wait(120), "the test never opened the gate"
-        return self._engine.infer(windows, stream)  # type: ignore[attr-defined]
-
-    def decode(self, encoded: object, logits: list, options: object) -> object:
-        return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]
-
-    def warm_up(self, limits: object) -> object:
-        return self._engine.warm_up(limits)  # type: ignore[attr-defined]
-
-
 async def test_a_partition_that_stops_moving_is_named_until_it_moves_again(
     exported_models: dict[str, Path],
 ) -> None:
@@ -349,20 +325,6 @@ async def test_a_partition_that_stops_moving_is_named_until_it_moves_again(
         finally:
             engine.gate.set()
             await worker.stop()
-
-
-class SlowEngine(GatedEngine):
-    """A real engine each of whose batches takes at least `seconds`: a long event that keeps its
-    partition's committed offset still for many of them while it works."""
-
-    def __init__(self, engine: object, seconds: float) -> None:
-        super().__init__(engine)
-        self.seconds = seconds
-        self.gate.set()
-
-    def infer(self, windows: list, stream: int) -> list:
-        time.sleep(self.seconds)
-        return super().infer(windows, stream)
 
 
 async def test_a_partition_working_through_a_long_event_is_not_stalled(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry.sdk.trace import TracerProvider
 
-from tests.support.fake_stream import WordBatcher
+from tests.support.fake_stream import FakeMessage, WordBatcher
 from tests.support.windows import token_window
 from worker.batching.batcher import MicroBatcher
 from worker.batching.plan import BatchLimits
@@ -33,15 +32,9 @@ from worker.stream.records import ReadAt
 from worker.tagging import QuestionSet, TagField
 
 
-@dataclass
-class FakeMessage:
-    value: bytes | None
-    key: bytes | None = b"k"
-    topic: str = "qa-questions"
-    partition: int = 1
-    offset: int = 42
-    timestamp: float | None = 1_700_000_000.0
-    headers: Any = field(default_factory=list)
+def consumed(value: bytes | None, **fields: Any) -> FakeMessage:
+    """A message read at offset 42 of partition 1 of qa-questions, which the answers name."""
+    return FakeMessage(value, **{"topic": "qa-questions", "partition": 1, "offset": 42, **fields})
 
 
 SETS = {
@@ -81,7 +74,7 @@ def question(**fields: Any) -> bytes:
 
 async def test_a_question_becomes_an_answer_on_the_answers_topic() -> None:
     batcher = WordBatcher()
-    outgoing = await handlers(batcher, top_k=2).answer_question(FakeMessage(question()), EPOCH)
+    outgoing = await handlers(batcher, top_k=2).answer_question(consumed(question()), EPOCH)
     assert outgoing.topic == "qa-answers" and outgoing.dead_letter_reason is None
     answer = json.loads(outgoing.value)
     assert (answer["id"], answer["answer"], answer["model"]) == (
@@ -134,7 +127,7 @@ async def test_an_answer_through_the_batcher_carries_its_stages_in_order() -> No
     async with MicroBatcher(WordEngine(), BatchLimits(batch_size=2)) as batcher:
         answerer = handlers(batcher)  # type: ignore[arg-type]
         messages = [
-            FakeMessage(question(id=f"q{i}", context="Ada wrote it " * i), timestamp=sent_at)
+            consumed(question(id=f"q{i}", context="Ada wrote it " * i), timestamp=sent_at)
             for i in range(1, 6)
         ]
         received = time.time()
@@ -160,7 +153,7 @@ async def test_an_answer_through_the_batcher_carries_its_stages_in_order() -> No
 
 async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
     batcher = WordBatcher()
-    outgoing = await handlers(batcher).answer_question(FakeMessage(b"{not json"), EPOCH)
+    outgoing = await handlers(batcher).answer_question(consumed(b"{not json"), EPOCH)
     assert outgoing.topic == "qa-dead-letters"
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_JSON
     record = json.loads(outgoing.value)
@@ -171,7 +164,7 @@ async def test_an_unreadable_message_is_dead_lettered_with_its_source() -> None:
 
 async def test_a_refused_reply_topic_is_dead_lettered_before_inference() -> None:
     batcher = WordBatcher()
-    message = FakeMessage(question(reply_to="other"))
+    message = consumed(question(reply_to="other"))
     outgoing = await handlers(batcher, reply_topics="replies.*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
     assert "replies.*" in json.loads(outgoing.value)["error"]["message"]
@@ -179,7 +172,7 @@ async def test_a_refused_reply_topic_is_dead_lettered_before_inference() -> None
 
 
 async def test_an_allowed_reply_topic_receives_the_answer() -> None:
-    message = FakeMessage(question(), headers=[("reply-to", b"replies.me")])
+    message = consumed(question(), headers=[("reply-to", b"replies.me")])
     outgoing = await handlers(WordBatcher(), reply_topics="replies.*").answer_question(
         message, EPOCH
     )
@@ -197,7 +190,7 @@ async def test_an_allowed_reply_topic_receives_the_answer() -> None:
 async def test_failures_while_answering_are_dead_lettered(
     error: Exception, code: ErrorCode
 ) -> None:
-    message = FakeMessage(question(deadline_ms=1000))
+    message = consumed(question(deadline_ms=1000))
     outgoing = await handlers(WordBatcher(error)).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is code
     assert json.loads(outgoing.value)["error"]["code"] == code.value
@@ -206,7 +199,7 @@ async def test_failures_while_answering_are_dead_lettered(
 async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
     batcher = WordBatcher()
     document = json.dumps({"id": "d1", "text": "Acme paid 5."}).encode()
-    outgoing = await handlers(batcher).tag_document(FakeMessage(document, topic="deals-in"), EPOCH)
+    outgoing = await handlers(batcher).tag_document(consumed(document, topic="deals-in"), EPOCH)
     assert outgoing.topic == "qa-tags"
     tags = json.loads(outgoing.value)
     assert tags["question_set"] == "deals" and set(tags["tags"]) == {"buyer", "price"}
@@ -220,7 +213,7 @@ async def test_a_document_is_tagged_with_its_topics_default_set() -> None:
 async def test_questions_take_the_turns_of_their_partition_each_as_an_event_of_its_own() -> None:
     batcher = WordBatcher()
     for partition in (0, 3, 3):
-        message = FakeMessage(question(), topic="qa-questions", partition=partition)
+        message = consumed(question(), topic="qa-questions", partition=partition)
         outgoing = await handlers(batcher).answer_question(message, EPOCH)
         assert outgoing.topic == "qa-answers"
     assert batcher.turns == [(("qa-questions", 0), None), *[(("qa-questions", 3), None)] * 2]
@@ -237,12 +230,12 @@ async def test_a_document_without_a_usable_set_is_dead_lettered(
     topic: str, fields: dict[str, str], code: ErrorCode
 ) -> None:
     document = json.dumps({"id": "d1", "text": "Acme paid 5.", **fields}).encode()
-    outgoing = await handlers(WordBatcher()).tag_document(FakeMessage(document, topic=topic), EPOCH)
+    outgoing = await handlers(WordBatcher()).tag_document(consumed(document, topic=topic), EPOCH)
     assert outgoing.dead_letter_reason is code and outgoing.topic == "qa-dead-letters"
 
 
 async def answer_with_metadata(metadata_text: str) -> tuple[Outgoing, int]:
-    message = FakeMessage(question(metadata={"note": metadata_text}))
+    message = consumed(question(metadata={"note": metadata_text}))
     return await handlers(WordBatcher()).answer_question(message, EPOCH), value_room(message)
 
 
@@ -265,8 +258,8 @@ async def test_an_answer_too_large_to_send_is_an_answer_too_large_dead_letter(ch
 
 
 async def test_a_record_with_large_key_and_headers_leaves_less_room() -> None:
-    plain = FakeMessage(question())
-    heavy = FakeMessage(question(), key=b"k" * 1000, headers=[("trace", b"t" * 2000)])
+    plain = consumed(question())
+    heavy = consumed(question(), key=b"k" * 1000, headers=[("trace", b"t" * 2000)])
     assert value_room(plain) - value_room(heavy) >= 3000
     assert value_room(heavy) < MAX_REQUEST_BYTES - 3000
 
@@ -277,7 +270,7 @@ async def test_a_record_with_large_key_and_headers_leaves_less_room() -> None:
     ids=["1MB-context", "300k-quotes"],
 )
 async def test_a_huge_event_gets_a_dead_letter_that_fits(context: str) -> None:
-    message = FakeMessage(question(context=context))
+    message = consumed(question(context=context))
     outgoing = await handlers(WordBatcher()).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
     size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
@@ -302,7 +295,7 @@ async def test_an_event_of_too_many_values_is_an_invalid_event_dead_letter(
 ) -> None:
     batcher = WordBatcher()
     outgoing = await handlers(batcher, **settings).answer_question(
-        FakeMessage(question(metadata=metadata)), EPOCH
+        consumed(question(metadata=metadata)), EPOCH
     )
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_EVENT
     assert outgoing.topic == "qa-dead-letters" and batcher.asked == []
@@ -316,7 +309,7 @@ async def test_an_event_of_too_many_values_is_an_invalid_event_dead_letter(
 
 
 async def test_an_event_at_the_configured_value_limit_is_answered() -> None:
-    message = FakeMessage(question(metadata={"a": [0] * 19}))  # 25 values
+    message = consumed(question(metadata={"a": [0] * 19}))  # 25 values
     outgoing = await handlers(WordBatcher(), max_json_values=25).answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is None and outgoing.topic == "qa-answers"
 
@@ -360,14 +353,14 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
     tracing = OtelTracing(TracerProvider())
     traced = handlers(WordBatcher(), tracing)
     # A dead letter is cut to fill its room; the producer span's traceparent must still fit.
-    huge = FakeMessage(question(context="lorem ipsum " * 83_333), headers=incoming)
+    huge = consumed(question(context="lorem ipsum " * 83_333), headers=incoming)
     letter = await traced.answer_question(huge, EPOCH)
     assert letter.dead_letter_reason is ErrorCode.CONTEXT_TOO_LARGE
     limit = MAX_REQUEST_BYTES
     assert limit - 64 - reserved < sent_size(tracing, huge, letter.value) <= limit
 
     def with_metadata(text: str) -> FakeMessage:
-        return FakeMessage(question(metadata={"note": text}), headers=incoming)
+        return consumed(question(metadata={"note": text}), headers=incoming)
 
     probe = await traced.answer_question(with_metadata(""), EPOCH)
     room = MAX_REQUEST_BYTES - sent_size(tracing, with_metadata(""), probe.value)
@@ -395,7 +388,7 @@ async def test_records_leave_room_for_the_trace_headers_tracing_adds(
 @pytest.mark.parametrize("reply_to", ["replies.bad name!", "replies." + "x" * 250, ".."])
 async def test_an_invalid_reply_topic_is_dead_lettered_before_inference(reply_to: str) -> None:
     batcher = WordBatcher()
-    message = FakeMessage(question(reply_to=reply_to))
+    message = consumed(question(reply_to=reply_to))
     outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
     assert "not a valid Kafka topic name" in json.loads(outgoing.value)["error"]["message"]
@@ -404,7 +397,7 @@ async def test_an_invalid_reply_topic_is_dead_lettered_before_inference(reply_to
 
 async def test_a_reply_to_header_that_is_not_utf8_is_an_invalid_reply_topic() -> None:
     batcher = WordBatcher()
-    message = FakeMessage(question(), headers=[("reply-to", b"replies.\xff")])
+    message = consumed(question(), headers=[("reply-to", b"replies.\xff")])
     outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_REPLY_TOPIC
     assert "replies.\\\\xff" in json.loads(outgoing.value)["error"]["message"]
@@ -416,7 +409,7 @@ async def test_no_pattern_lets_an_answer_go_to_a_topic_the_worker_reads_or_dead_
     reply_to: str,
 ) -> None:
     batcher = WordBatcher()
-    message = FakeMessage(question(reply_to=reply_to))
+    message = consumed(question(reply_to=reply_to))
     outgoing = await handlers(batcher, reply_topics="*").answer_question(message, EPOCH)
     assert outgoing.dead_letter_reason is ErrorCode.REPLY_TOPIC_NOT_ALLOWED
     assert (

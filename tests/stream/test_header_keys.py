@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pytest
 from aiokafka.consumer.fetcher import PartitionRecords
@@ -12,7 +11,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.fake_stream import FakeTopics
+from tests.support.fake_stream import FakeMessage, FakeTopics
 from tests.support.records import CODECS, batch
 from worker.errors import ErrorCode
 from worker.stream.delivery import Delivery
@@ -92,17 +91,6 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-@dataclass
-class Message:
-    headers: list[tuple[str, bytes]]
-    topic: str = "questions"
-    partition: int = 0
-    offset: int = 7
-    timestamp: float | None = 1_700_000_000.0
-    key: bytes | None = None
-    value: bytes = b"{}"
-
-
 async def test_the_pipeline_dead_letters_a_bad_key_and_passes_the_rest() -> None:
     async def respond(message: object, read: ReadAt) -> Outgoing:
         return Outgoing("answers", b"answer", read.wall)
@@ -111,11 +99,11 @@ async def test_the_pipeline_dead_letters_a_bad_key_and_passes_the_rest() -> None
     pipeline = EventPipeline(
         {"questions": respond}, OutgoingRecords("dead-letters", 1_000), Delivery(topics), "group"
     )
-    good = Message(headers=[("traceparent", b"00-x")])
+    good = FakeMessage(b"{}", key=None, headers=[("traceparent", b"00-x")])
     assert (await pipeline.process(good, ReadAt(5.0, 0.0))).topic == "answers"
     bad_key = BAD_KEY.decode("utf-8", "surrogateescape")
     outgoing = await pipeline.process(
-        Message(headers=[("ok", b""), (bad_key, b"v")]), ReadAt(5.0, 0.0)
+        FakeMessage(b"{}", key=None, headers=[("ok", b""), (bad_key, b"v")]), ReadAt(5.0, 0.0)
     )
     assert [sent.topic for sent in topics.sent] == ["answers", "dead-letters"]
     assert outgoing.dead_letter_reason is ErrorCode.INVALID_EVENT
@@ -123,4 +111,6 @@ async def test_the_pipeline_dead_letters_a_bad_key_and_passes_the_rest() -> None
     reason = json.loads(outgoing.value)["error"]["message"]
     assert repr(BAD_KEY) in reason and "not UTF-8" in reason
     # Echoed on the outgoing record in a form the producer can encode.
-    assert message_headers(Message(headers=[(bad_key, b"v")])) == [("trace\\xff\\xfe-id", b"v")]
+    assert message_headers(FakeMessage(b"{}", key=None, headers=[(bad_key, b"v")])) == [
+        ("trace\\xff\\xfe-id", b"v")
+    ]

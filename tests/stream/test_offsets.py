@@ -14,6 +14,7 @@ from worker.errors import OffsetOrderError, WorkerError
 from worker.stream.offsets import OffsetTracker, Tracked
 
 
+# Not tests.support.fake_stream's FakeMessage: OffsetTracker reads only a message's tp and offset.
 @dataclass(frozen=True)
 class FakeMessage:
     tp: tuple[str, int]

@@ -32,7 +32,7 @@ async def test_a_send_reaches_the_producer_unchanged_and_resolves_on_its_ack(
 ) -> None:
     app = build_app(Settings(), str(tmp_path))
     producer = RecordingProducer()
-    app._producer = producer
+    app.producer = producer  # faust's setter: build_app takes no producer
     topics = Topics(app)
     headers = [("traceparent", b"00-01"), ("reply-to", b"r")]
     first = await topics("answers").send(key=b"k", value=b"{}", headers=headers)

@@ -31,7 +31,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from tests.support.fake_stream import DeadLettering
+from tests.support.fake_stream import DeadLettering, FailingTopic, FakeMessage
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
@@ -61,15 +61,9 @@ SETTINGS_OF = {ANSWERS: "--answers-topic", DEAD_LETTERS: "--dead-letter-topic"}
 MOST_TOPIC_CHARS = 249
 
 
-@dataclass
-class Message:
-    key: bytes | None = b"k"
-    value: bytes | None = b'{"id": "q1"}'
-    topic: str = QUESTIONS
-    partition: int = 0
-    offset: int = 7
-    timestamp: float | None = 1.0
-    headers: Any = field(default_factory=list)
+def consumed() -> FakeMessage:
+    """The question each delivery here answers."""
+    return FakeMessage(b'{"id": "q1"}', timestamp=1.0)
 
 
 def dead_letter(message: Any, event_time: float, code: ErrorCode, reason: str) -> Outgoing:
@@ -130,40 +124,17 @@ def test_the_bound_is_the_documented_one() -> None:
 
 
 @dataclass
-class FakeTopic:
-    name: str
-    sent: list[bytes] = field(default_factory=list)
-    failures: list[Exception] = field(default_factory=list)
-    # When set, each send waits for it before it is acknowledged.
-    gate: asyncio.Event | None = None
-
-    async def send(self, *, key: Any, value: Any, headers: Any) -> Any:
-        self.sent.append(value)
-        if self.gate is not None:
-            await self.gate.wait()
-        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.failures:
-            acknowledged.set_exception(self.failures.pop(0))
-        else:
-            acknowledged.set_result(None)
-        return acknowledged
-
-    async def send_alone(self, *, key: Any, value: Any, headers: Any) -> Any:
-        return await self.send(key=key, value=value, headers=headers)
-
-
-@dataclass
 class FakeDirectory:
     """Topics as a broker holding `existing`; `refusals` are answered first, one per ask."""
 
     existing: set[str] = field(default_factory=set)
     refusals: list[KafkaError] = field(default_factory=list)
-    topics: dict[str, FakeTopic] = field(default_factory=dict)
+    topics: dict[str, FailingTopic] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
 
-    def __call__(self, name: str) -> FakeTopic:
-        return self.topics.setdefault(name, FakeTopic(name))
+    def __call__(self, name: str) -> FailingTopic:
+        return self.topics.setdefault(name, FailingTopic(name))
 
     async def refusal(self, name: str) -> KafkaError | None:
         self.asked.append(name)
@@ -214,7 +185,7 @@ def test_the_worker_topics_are_a_directory_and_a_bare_callable_is_not() -> None:
 
 async def test_a_missing_reply_topic_is_a_dead_letter_and_nothing_is_sent_to_it() -> None:
     directory = FakeDirectory()
-    sent = await delivery_over(directory).deliver(answer("replies.gone"), Message())
+    sent = await delivery_over(directory).deliver(answer("replies.gone"), consumed())
     assert sent.dead_letter_reason is ErrorCode.REPLY_TOPIC_UNKNOWN
     reason = json.loads(sent.value)["reason"]
     assert "UNKNOWN_TOPIC_OR_PARTITION (3)" in reason and "without letting the broker" in reason
@@ -234,7 +205,7 @@ async def test_other_refusals_of_a_reply_topic_have_their_own_codes(
     refusal: KafkaError, code: ErrorCode
 ) -> None:
     directory = FakeDirectory(existing={"replies.x"}, refusals=[refusal])
-    sent = await delivery_over(directory).deliver(answer("replies.x"), Message())
+    sent = await delivery_over(directory).deliver(answer("replies.x"), consumed())
     assert sent.dead_letter_reason is code
     assert directory.sent_to("replies.x") == 0
 
@@ -242,7 +213,9 @@ async def test_other_refusals_of_a_reply_topic_have_their_own_codes(
 async def test_a_reply_topic_that_cannot_be_asked_about_is_retried_under_one_label() -> None:
     directory = FakeDirectory(existing={"replies.x"}, refusals=[KafkaConnectionError("away")])
     observer = Observer()
-    sent = await delivery_over(directory, observer=observer).deliver(answer("replies.x"), Message())
+    sent = await delivery_over(directory, observer=observer).deliver(
+        answer("replies.x"), consumed()
+    )
     assert sent.dead_letter_reason is None
     assert directory.sent_to("replies.x") == 1
     assert observer.retried == [RETRIED_REPLY_TOPIC]
@@ -253,9 +226,9 @@ async def test_a_known_reply_topic_is_asked_about_once_and_configured_topics_nev
     directory = FakeDirectory(existing={"replies.x"})
     delivery = delivery_over(directory)
     for _ in range(3):
-        assert (await delivery.deliver(answer("replies.x"), Message())).dead_letter_reason is None
-        assert (await delivery.deliver(answer(ANSWERS), Message())).dead_letter_reason is None
-    missing = await delivery.deliver(answer("replies.gone"), Message())
+        assert (await delivery.deliver(answer("replies.x"), consumed())).dead_letter_reason is None
+        assert (await delivery.deliver(answer(ANSWERS), consumed())).dead_letter_reason is None
+    missing = await delivery.deliver(answer("replies.gone"), consumed())
     assert missing.dead_letter_reason is ErrorCode.REPLY_TOPIC_UNKNOWN
     # The dead letter itself went to a configured topic, unasked.
     assert directory.asked == ["replies.x", "replies.gone"]
@@ -271,15 +244,15 @@ async def test_one_more_reply_topic_than_the_bound_keeps_the_bound_and_forgets_t
     observer = Observer()
     delivery = delivery_over(directory, known=known, observer=observer)
     for name in names[:known]:
-        await delivery.deliver(answer(name), Message())
+        await delivery.deliver(answer(name), consumed())
     # At the bound nothing is forgotten.
     assert observer.known() == known and directory.forgotten == []
-    await delivery.deliver(answer(names[known]), Message())
+    await delivery.deliver(answer(names[known]), consumed())
     assert observer.known() == known
     assert directory.forgotten == [names[0]]
     assert names[0] not in delivery.sender.reply_topics
     # Named again, it is asked about again.
-    await delivery.deliver(answer(names[0]), Message())
+    await delivery.deliver(answer(names[0]), consumed())
     assert directory.asked.count(names[0]) == 2
 
 
@@ -290,9 +263,9 @@ async def test_a_reply_topic_pushed_out_while_being_sent_to_is_forgotten_once_th
     gate = asyncio.Event()
     directory("replies.slow").gate = gate
     delivery = delivery_over(directory, known=1)
-    slow = asyncio.create_task(delivery.deliver(answer("replies.slow"), Message()))
+    slow = asyncio.create_task(delivery.deliver(answer("replies.slow"), consumed()))
     await wait_until(lambda: directory.sent_to("replies.slow") == 1, 5, "the slow send")
-    await delivery.deliver(answer("replies.other"), Message())
+    await delivery.deliver(answer("replies.other"), consumed())
     # Forgotten now, the producer would drop the metadata the slow send still waits for.
     assert "replies.slow" not in delivery.sender.reply_topics
     assert directory.forgotten == []
@@ -304,9 +277,9 @@ async def test_a_reply_topic_pushed_out_while_being_sent_to_is_forgotten_once_th
 async def test_a_known_reply_topic_the_producer_finds_gone_is_forgotten() -> None:
     directory = FakeDirectory(existing={"replies.x"})
     delivery = delivery_over(directory)
-    await delivery.deliver(answer("replies.x"), Message())
+    await delivery.deliver(answer("replies.x"), consumed())
     directory("replies.x").failures.append(UnknownTopicOrPartitionError())
-    sent = await delivery.deliver(answer("replies.x"), Message())
+    sent = await delivery.deliver(answer("replies.x"), consumed())
     assert sent.dead_letter_reason is ErrorCode.REPLY_TOPIC_UNKNOWN
     reason = json.loads(sent.value)["reason"]
     assert reason.startswith("the broker refused the record with UNKNOWN_TOPIC_OR_PARTITION")
@@ -362,7 +335,7 @@ class SendPath:
     delivery: DeadLettering
 
     async def send(self, topic: str) -> Outgoing:
-        return await self.delivery.deliver(answer(topic), Message())
+        return await self.delivery.deliver(answer(topic), consumed())
 
     async def producer(self) -> AIOKafkaProducer:
         producer = aiokafka_producer(await self.app.maybe_start_producer())

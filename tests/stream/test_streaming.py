@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from parity import texts
+from tests.support.held_engines import SlowEngine
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
@@ -273,32 +274,6 @@ async def test_two_workers_share_partitions_and_one_takes_over(
     # At least once: an event answered but not yet committed when its partition moved may be
     # answered again by its new owner, never more of them than were in flight.
     assert len(answered) - len(expected) <= settings.max_in_flight
-
-
-class SlowEngine:
-    """Wraps a real engine so inference takes long: the topic backs up behind the worker."""
-
-    def __init__(self, engine: object, delay: float) -> None:
-        self._engine = engine
-        self._delay = delay
-        self.manifest = engine.manifest  # type: ignore[attr-defined]
-        self.model_id = engine.model_id  # type: ignore[attr-defined]
-        self.streams = engine.streams  # type: ignore[attr-defined]
-
-    def encode(self, question: str, context: str) -> object:
-        return self._engine.encode(question, context)  # type: ignore[attr-defined]
-
-    def infer(self, windows: list, stream: int) -> list:
-        import time
-
-        time.sleep(self._delay)  # the slowness under test, not a synchronisation
-        return self._engine.infer(windows, stream)  # type: ignore[attr-defined]
-
-    def decode(self, encoded: object, logits: list, options: object) -> object:
-        return self._engine.decode(encoded, logits, options)  # type: ignore[attr-defined]
-
-    def warm_up(self, limits: object) -> object:
-        return self._engine.warm_up(limits)  # type: ignore[attr-defined]
 
 
 async def test_backpressure_bounds_memory_and_in_flight_events(

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
-from tests.support.fake_stream import FakeTopics, Sent, WordBatcher
+from tests.support.fake_stream import FakeMessage, FakeTopics, Sent, WordBatcher
 from worker.batching.batcher import MicroBatcher
 from worker.batching.layout import batch_limits
 from worker.config import Settings
@@ -59,17 +59,6 @@ SCHEMAS = {
 }
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 _T = TypeVar("_T")
-
-
-@dataclass
-class Message:
-    value: bytes | None
-    key: bytes | None
-    headers: list[tuple[str, bytes | None]]
-    topic: str = QUESTIONS
-    partition: int = 0
-    offset: int = 7
-    timestamp: float | None = 1_700_000_000.0
 
 
 class Loop:
@@ -140,11 +129,11 @@ def build_subject(folder: Path, tracing: Tracing, batcher: Answerer | None = Non
     return Subject(built, topics, metrics, tracing, answerer)
 
 
-async def handled(subject: Subject, message: Message) -> Outgoing:
+async def handled(subject: Subject, message: FakeMessage) -> Outgoing:
     return await subject.pipeline.process(message, ReadAt(1_700_000_001.0, time.monotonic()))
 
 
-def check_one_fitting_record(sent: list[Sent], outgoing: Outgoing, message: Message) -> Sent:
+def check_one_fitting_record(sent: list[Sent], outgoing: Outgoing, message: FakeMessage) -> Sent:
     """The property: one record went out, on the topic reported, within the producer's limit
     with the key and headers really sent, valid against its schema, saying what it left off."""
     assert len(sent) == 1, sent
@@ -328,21 +317,21 @@ header_values = st.one_of(
 headers = st.lists(st.tuples(header_names, header_values), max_size=6)
 records = st.one_of(
     st.builds(
-        Message,
+        FakeMessage,
         value=values,
         key=keys,
         headers=headers,
         topic=st.sampled_from([QUESTIONS, DOCUMENTS]),
     ),
     st.builds(
-        Message,
+        FakeMessage,
         value=st.builds(dumped, valid_questions, st.booleans()),
         key=keys,
         headers=headers,
         topic=st.just(QUESTIONS),
     ),
     st.builds(
-        Message,
+        FakeMessage,
         value=st.builds(dumped, valid_documents, st.booleans()),
         key=keys,
         headers=headers,
@@ -361,7 +350,7 @@ HYPOTHESIS = settings(
 @HYPOTHESIS
 @given(message=records)
 def test_every_record_gets_exactly_one_fitting_record(
-    fake_subject: Subject, loop: Loop, message: Message
+    fake_subject: Subject, loop: Loop, message: FakeMessage
 ) -> None:
     subject, topics = fake_subject, fake_subject.topics
     topics.sent.clear()
@@ -372,7 +361,7 @@ def test_every_record_gets_exactly_one_fitting_record(
     describe_case(message, outgoing, topics.sent[0])
 
 
-def describe_case(message: Message, outgoing: Outgoing, record: Sent) -> None:
+def describe_case(message: FakeMessage, outgoing: Outgoing, record: Sent) -> None:
     """Labels for hypothesis's statistics, to show the draws reach every part of the space."""
     event(f"outcome: {outgoing.dead_letter_reason or record.topic}")
     largest = max(
@@ -392,7 +381,7 @@ def describe_case(message: Message, outgoing: Outgoing, record: Sent) -> None:
 @settings(HYPOTHESIS, max_examples=100)
 @given(message=records)
 def test_the_real_tiny_engine_answers_generated_records_with_one_fitting_record(
-    real_subject: Subject, loop: Loop, message: Message
+    real_subject: Subject, loop: Loop, message: FakeMessage
 ) -> None:
     subject, topics = real_subject, real_subject.topics
     topics.sent.clear()
@@ -427,7 +416,7 @@ def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off
         {"id": "deep", "question": "Who?", "context": "Ada", "metadata": nested(300, 1, "object")}
     ).encode()
     topics.sent.clear()
-    message = Message(deep, b"k", [])
+    message = FakeMessage(deep, b"k", [])
     outgoing = loop.run(handled(subject, message))
     letter = json.loads(check_one_fitting_record(topics.sent, outgoing, message).value)
     assert letter["error"]["code"] == "invalid_event"
@@ -437,7 +426,7 @@ def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off
     )
     # A key that leaves no room for even an empty dead letter: cut, and said so.
     topics.sent.clear()
-    message = Message(
+    message = FakeMessage(
         b"not json", b"k" * 1_000_100, [("traceparent", TRACEPARENT), ("big", b"v" * 5)]
     )
     outgoing = loop.run(handled(subject, message))
@@ -451,7 +440,7 @@ def test_a_deep_or_huge_keyed_record_gets_its_dead_letter_with_what_was_left_off
     # An answer whose header leaves it too little room goes without that header.
     topics.sent.clear()
     good = json.dumps({"id": "ok", "question": "Who?", "context": "Ada wrote it."}).encode()
-    message = Message(good, b"k", [("huge", b"v" * (MAX_REQUEST_BYTES - 100)), ("small", b"s")])
+    message = FakeMessage(good, b"k", [("huge", b"v" * (MAX_REQUEST_BYTES - 100)), ("small", b"s")])
     outgoing = loop.run(handled(subject, message))
     record = check_one_fitting_record(topics.sent, outgoing, message)
     answer = json.loads(record.value)
@@ -528,9 +517,9 @@ def test_a_fault_at_any_stage_dead_letters_that_record_alone(
     fault = Fault(error)
     monkeypatch.setattr(target, name, fault.wrap(getattr(target, name)))
 
-    def event(event_id: str) -> Message:
+    def event(event_id: str) -> FakeMessage:
         value = {"id": event_id, "question": "Who?", "context": f"{event_id} wrote it."}
-        return Message(json.dumps(value).encode(), event_id.encode(), [("id", b"1")])
+        return FakeMessage(json.dumps(value).encode(), event_id.encode(), [("id", b"1")])
 
     results = []
     for event_id, armed in (("before", False), ("faulty", True), ("after", False)):
@@ -587,7 +576,7 @@ def test_internal_errors_are_counted_and_logged_once_per_cause(
     value = json.dumps({"id": "q", "question": "Who?", "context": "Ada wrote it."}).encode()
     try:
         for offset in range(4):
-            loop.run(handled(subject, Message(value, b"k", [], partition=9, offset=offset)))
+            loop.run(handled(subject, FakeMessage(value, b"k", [], partition=9, offset=offset)))
     finally:
         logging.getLogger(outgoing_module.__name__).removeHandler(passed)
     assert dead_lettered() - before == 4
@@ -610,7 +599,7 @@ def test_a_dead_letter_that_cannot_be_built_becomes_a_minimal_one_that_fits(
 
     monkeypatch.setattr(outgoing_module, "dead_letter_event", broken)
     topics.sent.clear()
-    message = Message(b"not json", b"k" * 1_000_100, [("h", b"v" * 10)])
+    message = FakeMessage(b"not json", b"k" * 1_000_100, [("h", b"v" * 10)])
     outgoing = loop.run(handled(subject, message))
     record = check_one_fitting_record(topics.sent, outgoing, message)
     letter = json.loads(record.value)

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from parity import texts
+from tests.support.clock import FakeClock
 from tests.support.streaming import (
     QUESTIONS,
     committed_offsets,
@@ -30,17 +31,9 @@ P0, P1 = ("questions", 0), ("questions", 1)
 PARTITIONS = 2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 def stalled_keys(watchdog: PartitionWatchdog) -> list[tuple[str, int]]:
@@ -49,7 +42,7 @@ def stalled_keys(watchdog: PartitionWatchdog) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize(("waited", "stalled"), [(TIMEOUT - 0.001, False), (TIMEOUT, True)])
 def test_lag_with_a_committed_offset_standing_still_stalls_at_the_timeout(
-    clock: Clock, waited: float, stalled: bool
+    clock: FakeClock, waited: float, stalled: bool
 ) -> None:
     watchdog = PartitionWatchdog(TIMEOUT, clock)
     watchdog.observe({P0: (10, 5), P1: (3, 0)})
@@ -65,7 +58,7 @@ def test_lag_with_a_committed_offset_standing_still_stalls_at_the_timeout(
         )
 
 
-def test_a_committed_offset_that_moves_is_never_stalled(clock: Clock) -> None:
+def test_a_committed_offset_that_moves_is_never_stalled(clock: FakeClock) -> None:
     watchdog = PartitionWatchdog(TIMEOUT, clock)
     for step in range(100):
         # Lag stays high (more keeps arriving), but every commit moves the offset.
@@ -85,7 +78,7 @@ def test_a_committed_offset_that_moves_is_never_stalled(clock: Clock) -> None:
 
 
 def test_an_idle_partition_is_not_stalled_and_its_time_starts_when_lag_appears(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     watchdog = PartitionWatchdog(TIMEOUT, clock)
     watchdog.observe({P0: (50, 0)})
@@ -104,7 +97,9 @@ def test_an_idle_partition_is_not_stalled_and_its_time_starts_when_lag_appears(
     assert watchdog.stalled() == []
 
 
-def test_revoked_partitions_are_forgotten_and_the_longest_stall_comes_first(clock: Clock) -> None:
+def test_revoked_partitions_are_forgotten_and_the_longest_stall_comes_first(
+    clock: FakeClock,
+) -> None:
     watchdog = PartitionWatchdog(TIMEOUT, clock)
     watchdog.observe({P0: (1, 1)})
     clock.now += 60
@@ -127,7 +122,7 @@ def test_the_timeout_must_be_positive(timeout: float) -> None:
 
 @pytest.mark.parametrize("quiet", [TIMEOUT - 0.001, TIMEOUT])
 def test_a_partition_whose_windows_run_is_working_until_they_stop(
-    clock: Clock, quiet: float
+    clock: FakeClock, quiet: float
 ) -> None:
     """A long event holds the committed offset for longer than the timeout while its windows
     run; the time counts from the last of them."""

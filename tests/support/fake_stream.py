@@ -1,5 +1,5 @@
-"""Stand-ins for the broker side of one event's way: messages, topics that acknowledge at once,
-and a batcher that answers without a model."""
+"""Stand-ins for the broker side of one event's way: messages, topics that acknowledge at once
+or fail first, and a batcher that answers without a model."""
 
 from __future__ import annotations
 
@@ -61,6 +61,36 @@ class FakeTopics:
             return acked
 
         send_alone = send
+
+
+@dataclass
+class FailingTopic:
+    """Fails its first sends with `failures`, then acknowledges; `alone` says, per send, whether
+    it went in a batch of its own. With `gate` set, each send waits for it before it is
+    acknowledged."""
+
+    name: str
+    failures: list[Exception] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    alone: list[bool] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+
+    async def send_alone(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
+        future = await self.send(key=key, value=value, headers=headers)
+        self.alone[-1] = True
+        return future
+
+    async def send(self, *, key: Any, value: Any, headers: Any) -> asyncio.Future[None]:
+        self.sent.append({"key": key, "value": value, "headers": headers})
+        self.alone.append(False)
+        if self.gate is not None:
+            await self.gate.wait()
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            acknowledged.set_exception(self.failures.pop(0))
+        else:
+            acknowledged.set_result(None)
+        return acknowledged
 
 
 class WordBatcher:
