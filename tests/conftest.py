@@ -1,5 +1,8 @@
 """Shared fixtures: small random-weight QA checkpoints and their exports, built once per session.
 
+Every test has one kind, which `-m` selects: `reference`, `image` and `broker` are marked where the
+tests are; every other test is `unit` (marked here). `quick` marks the short run the README gives.
+
 Every run draws its generated cases (hypothesis) from one seed, chosen afresh unless
 `--hypothesis-seed` gives it, and printed at the start and again after a failure, so a failing
 draw can be run again exactly.
@@ -19,10 +22,28 @@ from parity.models import build_checkpoint
 # The architectures the answer-parity tests run on; DistilBERT is covered by the export tests.
 PARITY_KINDS = ("bert", "mobilebert", "roberta")
 
+# The kinds marked where the tests are; a test with none of them is a unit test.
+MARKED_KINDS = ("reference", "image", "broker")
+# The quick run (`-m quick`): an install builds three small models, answers with them, and
+# checks the settings, the command line, the event contracts and the docs' links.
+QUICK = ("test_config.py", "cli/test_cli.py", "events/", "qa/test_engine.py", "test_docs.py")
+TESTS = Path(__file__).parent
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--hypothesis-seed") is None:
         core.global_force_seed = random.SystemRandom().randrange(2**32)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kinds = [kind for kind in MARKED_KINDS if item.get_closest_marker(kind) is not None]
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(kinds)}: one kind")
+        if not kinds:
+            item.add_marker(pytest.mark.unit)
+        if item.path.relative_to(TESTS).as_posix().startswith(QUICK):
+            item.add_marker(pytest.mark.quick)
 
 
 def _seed_line() -> str:

@@ -7,7 +7,6 @@ other and with what can be counted by hand.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import json
@@ -23,8 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from parity import texts
-from parity.reference import reference_python
+from tests.support.bench import run_bench, write_squad
 from worker.batching.batcher import Stages
 from worker.bench.ceiling import ceiling_layouts
 from worker.bench.clock import cpu_seconds
@@ -47,7 +45,6 @@ from worker.bench.worker_process import WorkerProcess, metric_totals
 from worker.bench.workload import Workload
 from worker.cli import build_parser
 from worker.config import Settings, settings_environment
-from worker.embedded.broker import EmbeddedBroker
 from worker.errors import BenchError
 from worker.model.loading import load_engine
 from worker.observability.metrics import LOOP_LAG_BUCKETS, WorkerMetrics
@@ -61,25 +58,6 @@ SWEEP_EVENTS = 12
 LOADS = [0.25, 0.5, 0.75, 1.0]
 # Set apart from the machine's defaults, so that the test knows the layout the worker must run.
 STREAMS, THREADS = 2, 1
-
-
-def write_squad(path: Path, count: int, seed: int = 31) -> Path:
-    """A SQuAD 2.0 file of unanswerable questions over contexts of one to several windows."""
-    paragraphs = [
-        {
-            "context": context,
-            "qas": [{"id": f"q{i}", "question": question, "answers": [], "is_impossible": True}],
-        }
-        for i, (question, context) in enumerate(texts.pairs(seed=seed, count=count))
-    ]
-    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs}]}), encoding="utf-8")
-    return path
-
-
-def run_bench(*argv: str) -> int:
-    """`qa-worker bench ARGV`, through `qa-worker`'s own parser."""
-    args = build_parser().parse_args(["bench", *argv])
-    return int(args.handler(args))
 
 
 def hand_count_gflop(config: dict[str, Any], tokens: int) -> float:
@@ -453,52 +431,6 @@ async def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Pat
     with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*QA_MODEL: .*does not exist"):
         async with WorkerProcess(settings):
             pass
-
-
-@pytest.mark.reference
-async def test_reference_pipeline_runs_on_the_same_events_through_a_given_broker(
-    exported_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--reference-python times transformers' pipeline; --broker uses a broker already running."""
-    python = reference_python()
-    squad = write_squad(tmp_path / "squad.json", count=8, seed=5)
-    report_path = tmp_path / "report.json"
-    async with EmbeddedBroker() as broker:
-        code = await asyncio.to_thread(
-            run_bench,
-            "--model",
-            str(exported_models["bert"]),
-            "--precision",
-            "fp32",
-            "--squad",
-            str(squad),
-            "--events",
-            "8",
-            "--sweep-events",
-            "4",
-            "--broker",
-            broker.bootstrap_servers,
-            "--reference-python",
-            str(python),
-            "--json",
-            str(report_path),
-        )
-    assert code == 0
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    reference = report["reference"]
-    assert reference["events"] == 8
-    assert reference["errors"] == 0
-    assert reference["events_per_s"] > 0
-    assert reference["versions"]["transformers"] == "4.57.6"
-    manifest = json.loads((exported_models["bert"] / "manifest.json").read_text())
-    assert reference["model"] == manifest["source"]
-    assert report["peak_gemm"] == "fp32"
-    assert report["end_to_end"]["events"] == 8
-    assert "reference: " in capsys.readouterr().err
-    versus = report["targets"]["end_to_end_vs_reference"]
-    assert versus["value"] == pytest.approx(
-        report["end_to_end"]["events_per_s"] / reference["events_per_s"], rel=1e-4
-    )
 
 
 def test_medians_over_runs_take_each_runs_ratio_first() -> None:

@@ -426,7 +426,7 @@ def base_image_environment(tmp_path: Path) -> dict[str, str]:
     return environ
 
 
-@pytest.mark.docker
+@pytest.mark.image
 def test_replayed_build_starts_the_worker_without_torch(
     tmp_path: Path, export_factory: Callable[[str], Path]
 ) -> None:
