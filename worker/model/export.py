@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,29 +272,23 @@ def _prepare_onnx(
                 calibration,
                 bar,
             )
-        bar.set_description("export: checking logits")
-        inputs = sample_inputs(
-            stage / TOKENIZER_NAME, found.input_names, info.pad_token_id, max_length
-        )
-        check = check_export(
-            stage, onnx_files, inputs, onnx_logits(found.onnx_path), "source ONNX model"
-        )
-        bar.update()
-        manifest = Manifest(
-            model_type=found.model_type,
+        manifest = _check_and_install(
+            stage,
+            out,
+            written,
             source=source,
+            model_type=found.model_type,
             input_names=found.input_names,
             max_length=max_length,
-            tokenizer=info,
+            info=info,
             onnx_files=onnx_files,
-            default_precision="fp32" if quantize == "none" else "int8",
-            checksums={name: sha256_file(stage / name) for name in written},
-            versions=versions,
+            quantize=quantize,
             quantization=quantization,
-            check=check,
+            versions=versions,
+            reference=lambda: onnx_logits(found.onnx_path),
+            reference_name="source ONNX model",
+            bar=bar,
         )
-        _replace_export(stage, out, written)
-        manifest.write(out)
     return manifest
 
 
@@ -339,27 +333,69 @@ def _export_weights(
             quantization = _quantize(
                 stage, onnx_files, written, external, info, tuple(input_names), calibration, bar
             )
-        bar.set_description("export: checking logits")
-        inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
-        check = check_export(
-            stage, onnx_files, inputs, _torch_logits(torch, model), "PyTorch model"
-        )
-        bar.update()
-        manifest = Manifest(
-            model_type=model.config.model_type,
+        manifest = _check_and_install(
+            stage,
+            out,
+            written,
             source=source,
+            model_type=model.config.model_type,
             input_names=tuple(input_names),
             max_length=max_length,
-            tokenizer=info,
+            info=info,
             onnx_files=onnx_files,
-            default_precision="fp32" if quantize == "none" else "int8",
-            checksums={name: sha256_file(stage / name) for name in written},
-            versions=_versions(torch, transformers),
+            quantize=quantize,
             quantization=quantization,
-            check=check,
+            versions=_versions(torch, transformers),
+            reference=lambda: _torch_logits(torch, model),
+            reference_name="PyTorch model",
+            bar=bar,
         )
-        _replace_export(stage, out, written)
-        manifest.write(out)
+    return manifest
+
+
+def _check_and_install(
+    stage: Path,
+    out: Path,
+    written: list[str],
+    *,
+    source: str,
+    model_type: str,
+    input_names: tuple[str, ...],
+    max_length: int,
+    info: TokenizerInfo,
+    onnx_files: dict[str, str],
+    quantize: Quantization,
+    quantization: dict[str, object],
+    versions: dict[str, str],
+    reference: Callable[[], LogitSource],
+    reference_name: str,
+    bar: Any,
+) -> Manifest:
+    """Checks the staged ONNX files' logits against the model they came from, then writes their
+    manifest and moves the `written` files from `stage` to `out`; returns the manifest.
+
+    `reference` makes the source's logit function only once the check begins, since making one
+    may load a model.
+    """
+    bar.set_description("export: checking logits")
+    inputs = sample_inputs(stage / TOKENIZER_NAME, input_names, info.pad_token_id, max_length)
+    check = check_export(stage, onnx_files, inputs, reference(), reference_name)
+    bar.update()
+    manifest = Manifest(
+        model_type=model_type,
+        source=source,
+        input_names=input_names,
+        max_length=max_length,
+        tokenizer=info,
+        onnx_files=onnx_files,
+        default_precision="fp32" if quantize == "none" else "int8",
+        checksums={name: sha256_file(stage / name) for name in written},
+        versions=versions,
+        quantization=quantization,
+        check=check,
+    )
+    _replace_export(stage, out, written)
+    manifest.write(out)
     return manifest
 
 
