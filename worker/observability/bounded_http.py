@@ -588,7 +588,12 @@ class BoundedHttpServer:
                     # Out of descriptors with connections of our own open (the worker's other
                     # files took more than their half): the oldest gives its descriptor to the
                     # connection waiting, so idle clients cannot keep a probe out.
-                    self._give_up_oldest(error)
+                    self._close_oldest(
+                        "out of files",
+                        "cannot accept an HTTP connection (%s): closed the one whose %s began "
+                        "longest ago (%.1f s) for it",
+                        error.strerror or error,
+                    )
                     made_room = True
                     continue
                 # Out of file descriptors (or memory) because of something else in the process:
@@ -652,23 +657,7 @@ class BoundedHttpServer:
         self._warned_at[kind] = now
         self.log.warning(template, *args)
 
-    def _give_up_oldest(self, error: OSError) -> None:
-        """Closes the connection whose stage began longest ago, for its file descriptor."""
-        assert self._loop is not None
-        oldest = next(iter(self._connections))
-        self.stats.evicted += 1
-        self._warn(
-            "out of files",
-            "cannot accept an HTTP connection (%s): closed the one whose %s began longest ago "
-            "(%.1f s) for it",
-            error.strerror or error,
-            oldest.stage.value,
-            self._loop.time() - oldest.stage_began,
-        )
-        self._close(oldest, abort=True)
-
     def _evict_oldest(self) -> None:
-        assert self._loop is not None
         for _ in range(len(self._connections)):
             oldest = next(iter(self._connections))
             if oldest.stage is not _Stage.IDLE:
@@ -680,15 +669,22 @@ class BoundedHttpServer:
                 return
             if next(iter(self._connections)) is oldest:
                 break
-        oldest = next(iter(self._connections))
-        self.stats.evicted += 1
-        self._warn(
+        self._close_oldest(
             "evicted",
             "HTTP connections at the bound of %d: closed the one whose %s began longest ago "
             "(%.1f s) for a new one",
             self.limits.max_connections,
-            oldest.stage.value,
-            self._loop.time() - oldest.stage_began,
+        )
+
+    def _close_oldest(self, kind: str, template: str, *args: object) -> None:
+        """Closes the connection whose stage began longest ago, counted as evicted, and warns
+        of `kind` (see `_warn`): `template` takes `args`, then that stage and how long ago it
+        began."""
+        assert self._loop is not None
+        oldest = next(iter(self._connections))
+        self.stats.evicted += 1
+        self._warn(
+            kind, template, *args, oldest.stage.value, self._loop.time() - oldest.stage_began
         )
         self._close(oldest, abort=True)
 
