@@ -29,7 +29,7 @@ lines), from the first SIGTERM on:
 
 Without --model, a small random-weight BERT is built and exported first (the `export` extra);
 its answers mean nothing, and nothing here needs them. No questions flow during the restarts:
-tests/test_static_membership.py checks that none are lost. --logs keeps the logs in DIR.
+tests/stream/test_static_membership.py checks that none are lost. --logs keeps the logs in DIR.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 faust-streaming 0.15 and aiokafka 0.14 give no public way to do what each bend below does. Each
 names what it touches, why the worker needs it, and what breaks if an upgrade changes it;
-`tests/test_faust_private.py` fails, naming the bend, when what one relies on is gone or changed.
+`tests/stream/test_faust_private.py` fails, naming the bend, when what one relies on is gone or
+changed.
 
 - Fetch wait (`FetchWaitTransport`; faust's `AIOKafkaConsumerThread._create_worker_consumer`,
   aiokafka's `AIOKafkaConsumer._fetch_max_wait_ms`): faust builds its consumer with a fixed
