@@ -12,7 +12,8 @@ from worker.batching.batcher import Answered
 from worker.errors import ErrorCode
 from worker.qa import QAOptions, QAResult
 from worker.stream.delivery import Delivery
-from worker.stream.outgoing import Outgoing
+from worker.stream.outgoing import Outgoing, OutgoingRecords
+from worker.stream.pipeline import EventPipeline
 from worker.stream.records import IncomingMessage
 
 DeadLetterOf = Callable[[IncomingMessage, float, ErrorCode, str], Outgoing]
@@ -120,15 +121,27 @@ class WordBatcher:
 
 
 class DeadLettering:
-    """Delivery as the event pipeline drives it: when the broker refuses a record for reasons
-    of its own, `dead_letter` builds the record that goes in its place."""
+    """Delivery as the event pipeline drives it (`EventPipeline.deliver_or_dead_letter`): when
+    the broker refuses a record for reasons of its own, `dead_letter` builds the record that
+    goes in its place."""
 
     def __init__(self, sender: Delivery, dead_letter: DeadLetterOf) -> None:
         self.sender = sender
-        self._dead_letter = dead_letter
+        self._pipeline = EventPipeline({}, _DeadLettersBy(dead_letter), sender, group_id="tests")
 
     async def deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
         """What the broker acknowledged: `outgoing`, or the dead letter that replaced it."""
-        while (refusal := await self.sender.send(outgoing, message)) is not None:
-            outgoing = self._dead_letter(message, outgoing.event_time, refusal.code, refusal.reason)
-        return outgoing
+        return await self._pipeline.deliver_or_dead_letter(outgoing, message)
+
+
+class _DeadLettersBy(OutgoingRecords):
+    """Records whose dead letters a test's own function builds."""
+
+    def __init__(self, dead_letter: DeadLetterOf) -> None:
+        super().__init__(dead_letter_topic="dead", max_json_values=100)
+        self._build_dead_letter = dead_letter
+
+    def dead_letter(
+        self, message: IncomingMessage, event_time: float, code: ErrorCode, reason: str
+    ) -> Outgoing:
+        return self._build_dead_letter(message, event_time, code, reason)

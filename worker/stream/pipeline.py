@@ -123,7 +123,7 @@ class EventPipeline:
                 if outgoing is None:
                     outgoing = await self._handlers[message.topic](message, read)
                 with self._tracing.produce(outgoing.topic):
-                    delivered = await self._deliver(outgoing, message)
+                    delivered = await self.deliver_or_dead_letter(outgoing, message)
                 trace.finish(delivered.topic, delivered.dead_letter_reason)
             self._count(delivered)
             return delivered
@@ -134,21 +134,26 @@ class EventPipeline:
                 # Its record is out; a second would answer the event twice.
                 log.error("handling an event failed after its record was sent", exc_info=error)
                 return delivered
-            letter = await self._deliver(
+            letter = await self.deliver_or_dead_letter(
                 self._records.internal_error(message, read.wall, error), message
             )
             self._count(letter)
             return letter
 
-    async def _deliver(self, outgoing: Outgoing, message: IncomingMessage) -> Outgoing:
-        """What the broker acknowledged: `outgoing`, or the dead letter that replaced it."""
-        while True:
-            refusal = await self.delivery.send(outgoing, message)
-            if refusal is None:
-                return outgoing
+    async def deliver_or_dead_letter(
+        self, outgoing: Outgoing, message: IncomingMessage
+    ) -> Outgoing:
+        """Sends `outgoing`, a record for `message`, and returns the record the broker
+        acknowledged: `outgoing`, or the dead letter of `message` that went in its place when
+        the broker refused it for reasons of its own (`delivery.Refusal`).
+
+        Raises what `Delivery.send` raises.
+        """
+        while (refusal := await self.delivery.send(outgoing, message)) is not None:
             outgoing = self._records.dead_letter(
                 message, outgoing.event_time, refusal.code, refusal.reason
             )
+        return outgoing
 
     def _unreadable_header_keys(self, message: IncomingMessage, read: ReadAt) -> Outgoing | None:
         """The dead letter of a message with a header key that is not UTF-8; else None."""
