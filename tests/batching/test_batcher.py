@@ -328,6 +328,13 @@ def test_the_run_estimate_is_the_fastest_recent_rate() -> None:
     assert estimate.seconds(1000) == pytest.approx(3.0)
 
 
+def one_second_a_token() -> RunEstimate:
+    """A run estimate that has seen a batch run at 1 s a padded token."""
+    estimate = RunEstimate()
+    estimate.ran(1, 1.0)
+    return estimate
+
+
 @pytest.mark.parametrize(("margin_s", "runs"), [(-0.1, False), (0.1, True), (5.0, True)])
 async def test_a_deadline_the_batch_could_not_make_fails_before_inference(
     margin_s: float, runs: bool
@@ -335,8 +342,8 @@ async def test_a_deadline_the_batch_could_not_make_fails_before_inference(
     """The batch would take at least 10 s (1 s a token, 10 tokens): a deadline just before that
     fails without running, one just after runs."""
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
-        batcher.run_estimate.ran(1, 1.0)
+    estimate = one_second_a_token()
+    async with MicroBatcher(engine, BatchLimits(batch_size=1), run_estimate=estimate) as batcher:
         task = ask(batcher, "A", 10, deadline=time.monotonic() + 10 + margin_s)
         if runs:
             assert (await bounded(task)).result.answer == "A"
@@ -352,8 +359,7 @@ async def test_a_doomed_question_leaves_the_batch_to_the_others() -> None:
     engine = FakeEngine()
     # Only a full batch of three starts; at 1 s a token, B's window alone takes 10 s.
     limits = BatchLimits(batch_size=3, max_wait_ms=600_000)
-    async with MicroBatcher(engine, limits) as batcher:
-        batcher.run_estimate.ran(1, 1.0)
+    async with MicroBatcher(engine, limits, run_estimate=one_second_a_token()) as batcher:
         tasks = [ask(batcher, "A", 10)]
         await wait_until(lambda: batcher.pending_windows == 1)
         # B fails as soon as it is planned into the batch that waits to fill, before it runs.
@@ -365,10 +371,11 @@ async def test_a_doomed_question_leaves_the_batch_to_the_others() -> None:
     assert engine.labels() == [["A#0", "C#0", "D#0"]]
 
 
-class FixedRate:
+class FixedRate(RunEstimate):
     """A run estimate that learns nothing from the batches that run."""
 
     def __init__(self, seconds_per_token: float) -> None:
+        super().__init__()
         self._rate = seconds_per_token
 
     def ran(self, padded_tokens: int, seconds: float) -> None:
@@ -380,13 +387,13 @@ class FixedRate:
 
 async def test_every_doomed_question_fails_at_once_before_the_next_batch() -> None:
     engine = FakeEngine()
-    async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
+    # 1 s a token, whatever the held batch takes: each 10-token window takes at least 10 s,
+    # past every deadline below.
+    estimate = FixedRate(1.0)
+    async with MicroBatcher(engine, BatchLimits(batch_size=1), run_estimate=estimate) as batcher:
         engine.gate.hold()
         held = ask(batcher, "held", 10)
         await engine.gate.next_batch()
-        # 1 s a token, whatever the held batch took: each 10-token window takes at least 10 s,
-        # past every deadline below.
-        batcher.run_estimate = FixedRate(1.0)  # type: ignore[assignment]
         now = time.monotonic()
         doomed = [ask(batcher, f"d{i}", 10, 10, deadline=now + 5) for i in range(50)]
         kept = ask(batcher, "ok", 10)

@@ -168,8 +168,11 @@ class MicroBatcher(AsyncLifecycle):
         observer: BatchObserver | None = None,
         tracing: Tracing = NO_TRACING,
         work_budget: int = DEFAULT_WORK_BUDGET,
+        run_estimate: RunEstimate | None = None,
     ) -> None:
-        """`work_budget` is how many windows the questions admitted may hold at once."""
+        """`work_budget` is how many windows the questions admitted may hold at once;
+        `run_estimate` tells how long a batch takes at the least, learning from each batch that
+        runs (a new `RunEstimate`, which knows nothing yet, unless given)."""
         if engine.streams < 1:
             raise ValueError(f"the engine must have 1 or more streams, got {engine.streams}")
         self._engine = engine
@@ -192,7 +195,7 @@ class MicroBatcher(AsyncLifecycle):
         self._accepting = False
         # Everything below is touched on the event loop only, so needs no lock.
         self._queue: PendingQueue[_Request] = PendingQueue()
-        self.run_estimate = RunEstimate()
+        self._run_estimate = RunEstimate() if run_estimate is None else run_estimate
         # Streams with no batch running, the lowest first so that a short queue reuses one.
         self._free_streams = list(range(engine.streams))
         self._wait_timer: asyncio.TimerHandle | None = None
@@ -434,7 +437,7 @@ class MicroBatcher(AsyncLifecycle):
             # The expiry timer may lag the clock a little; an expired window must never run.
             self._expire(request)
             return True
-        alone = self.run_estimate.seconds(entry.length)
+        alone = self._run_estimate.seconds(entry.length)
         if request.deadline >= now + alone:
             return False
         why = (
@@ -471,7 +474,7 @@ class MicroBatcher(AsyncLifecycle):
             return
         logits, seconds, ended = done.result()
         lengths = [entry.length for entry in batch]
-        self.run_estimate.ran(len(batch) * max(lengths), seconds)
+        self._run_estimate.ran(len(batch) * max(lengths), seconds)
         for entry, window_logits in zip(batch, logits, strict=True):
             entry.owner.logits[entry.index] = window_logits
         for request in requests:
