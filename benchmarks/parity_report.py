@@ -9,7 +9,7 @@ and prints, per model, how many top answers and whole top-k lists are identical.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from parity.cases import build_cases, engine_answers, first_difference
@@ -20,7 +20,11 @@ from worker.model.manifest import Manifest
 
 
 def main() -> None:
-    workdir = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "workdir", type=Path, help="folder for the models built (reused when already there)"
+    )
+    workdir = parser.parse_args().workdir
     for kind in ("bert", "mobilebert", "roberta"):
         model = workdir / kind
         if not (model / "manifest.json").exists():
