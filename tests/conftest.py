@@ -10,8 +10,11 @@ draw can be run again exactly.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,8 @@ MARKED_KINDS = ("reference", "image", "broker")
 # checks the settings, the command line, the event contracts and the docs' links.
 QUICK = ("test_config.py", "cli/test_cli.py", "events/", "qa/test_engine.py", "test_docs.py")
 TESTS = Path(__file__).parent
+# How long before pytest-timeout ends a hung async test its tasks' stacks are printed.
+TASKS_SHOWN_BEFORE_TIMEOUT_S = 20.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,6 +63,36 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
     if terminalreporter.stats.get("failed"):
         terminalreporter.write_line(_seed_line())
+
+
+@pytest.fixture(autouse=True)
+def _tasks_shown_before_timeout(request: pytest.FixtureRequest) -> None:
+    """Prints where each task of a hung async test waits, shortly before pytest-timeout ends it:
+    the timeout's own traceback shows only the event loop's poll, not the await that hangs."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_tasks_shown_on_the_test_loop")
+
+
+@pytest.fixture
+async def _tasks_shown_on_the_test_loop(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else request.config.getini("timeout"))
+    if timeout <= 0:
+        yield
+        return
+    shown = asyncio.get_running_loop().call_later(
+        max(timeout - TASKS_SHOWN_BEFORE_TIMEOUT_S, timeout / 2), _print_tasks
+    )
+    yield
+    shown.cancel()
+
+
+def _print_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    print(f"=== still running near the test's timeout: {len(tasks)} tasks", file=sys.stderr)
+    for task in tasks:
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

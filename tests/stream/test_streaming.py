@@ -25,6 +25,7 @@ from tests.support.streaming import (
     create_topics,
     produce,
     question_values,
+    wait_for_commits,
     wait_until,
     worker_settings,
 )
@@ -374,15 +375,7 @@ async def test_events_too_large_to_echo_get_one_dead_letter_each_and_stop_nothin
             records = await collect(
                 broker.bootstrap_servers, [ANSWERS, DEAD_LETTERS], len(values), timeout=60
             )
-            ends: dict[int, int] = {}
-            for partition, offset in stored:
-                ends[partition] = max(ends.get(partition, 0), offset + 1)
-
-            async def all_committed() -> bool:
-                committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
-                return all(committed[p] == end for p, end in ends.items())
-
-            await wait_until(all_committed, timeout=30, what="every offset to be committed")
+            await wait_for_commits(broker.bootstrap_servers, settings.group_id, stored, 30)
         finally:
             await worker.stop()
     answers = [r.json()["id"] for r in records if r.topic == ANSWERS]
@@ -433,15 +426,7 @@ async def test_deep_values_and_keys_or_headers_near_the_limit_stop_nothing(
             records = await collect(
                 broker.bootstrap_servers, [ANSWERS, DEAD_LETTERS], len(values), timeout=60
             )
-            ends: dict[int, int] = {}
-            for partition, offset in stored:
-                ends[partition] = max(ends.get(partition, 0), offset + 1)
-
-            async def all_committed() -> bool:
-                committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
-                return all(committed[p] == end for p, end in ends.items())
-
-            await wait_until(all_committed, timeout=30, what="every offset to be committed")
+            await wait_for_commits(broker.bootstrap_servers, settings.group_id, stored, 30)
             assert worker.readiness()[0], worker.readiness()
         finally:
             await worker.stop()

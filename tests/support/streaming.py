@@ -11,17 +11,34 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from worker.config import Settings, settings_environment
 from worker.embedded.broker import FETCH_WAIT_MS
 
+T = TypeVar("T")
+
 QUESTIONS, ANSWERS, DEAD_LETTERS = "questions", "answers", "dead-letters"
+
+# One client call against the local broker (a start, a stop, the acknowledgements of a test's
+# records, a committed-offset query) takes seconds at most; past this bound the test fails naming
+# the call, where an unbounded await would hang the suite with no trace of where.
+CLIENT_CALL_TIMEOUT_S = 120.0
+
+
+async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
+    """Awaits `awaitable`; fails the test naming `what` if it takes longer than `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise AssertionError(f"{what} did not finish within {seconds:g} s") from None
 
 
 @dataclass(frozen=True)
@@ -82,21 +99,27 @@ async def produce(
 ) -> list[tuple[int, int]]:
     """Sends and waits for every acknowledgement; returns (partition, offset) of each value."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+    await within(CLIENT_CALL_TIMEOUT_S, producer.start(), "starting the test's producer")
     try:
-        deliveries = []
-        for index, value in enumerate(values):
-            deliveries.append(
-                await producer.send(
-                    topic,
-                    value=value,
-                    key=keys[index] if keys else None,
-                    headers=headers[index] if headers else None,
+
+        async def send_all() -> list[RecordMetadata]:
+            deliveries = []
+            for index, value in enumerate(values):
+                deliveries.append(
+                    await producer.send(
+                        topic,
+                        value=value,
+                        key=keys[index] if keys else None,
+                        headers=headers[index] if headers else None,
+                    )
                 )
-            )
-        stored = await asyncio.gather(*deliveries)
+            return list(await asyncio.gather(*deliveries))
+
+        stored = await within(
+            CLIENT_CALL_TIMEOUT_S, send_all(), f"producing {len(values)} test records"
+        )
     finally:
-        await producer.stop()
+        await within(CLIENT_CALL_TIMEOUT_S, producer.stop(), "stopping the test's producer")
     return [(meta.partition, meta.offset) for meta in stored]
 
 
@@ -114,19 +137,21 @@ async def collect(
     consumer = AIOKafkaConsumer(
         *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
-    await consumer.start()
+    await within(CLIENT_CALL_TIMEOUT_S, consumer.start(), "starting the test's reader")
     records: list[Record] = []
     deadline = time.monotonic() + timeout
     try:
         while len(records) < until and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
+            batches = await within(
+                CLIENT_CALL_TIMEOUT_S, consumer.getmany(timeout_ms=200), "reading records"
+            )
             for batch in batches.values():
                 records.extend(
                     Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers))
                     for r in batch
                 )
     finally:
-        await consumer.stop()
+        await within(CLIENT_CALL_TIMEOUT_S, consumer.stop(), "stopping the test's reader")
     return records
 
 
@@ -164,15 +189,19 @@ class TopicWatcher:
 
 async def committed_offsets(bootstrap: str, group: str, partitions: int) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
+    await within(CLIENT_CALL_TIMEOUT_S, consumer.start(), "starting the offsets reader")
     try:
         result = {}
         for partition in range(partitions):
-            offset = await consumer.committed(TopicPartition(QUESTIONS, partition))
+            offset = await within(
+                CLIENT_CALL_TIMEOUT_S,
+                consumer.committed(TopicPartition(QUESTIONS, partition)),
+                f"reading group {group}'s committed offset of partition {partition}",
+            )
             result[partition] = offset or 0
         return result
     finally:
-        await consumer.stop()
+        await within(CLIENT_CALL_TIMEOUT_S, consumer.stop(), "stopping the offsets reader")
 
 
 async def wait_until(condition: object, timeout: float, what: str) -> None:
@@ -181,11 +210,29 @@ async def wait_until(condition: object, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         value = condition()  # type: ignore[operator]
         if asyncio.iscoroutine(value):
-            value = await value
+            value = await within(
+                max(deadline - time.monotonic(), 0.0), value, f"checking for {what}"
+            )
         if value:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def wait_for_commits(
+    bootstrap: str, group: str, stored: Iterable[tuple[int, int]], timeout: float
+) -> None:
+    """Waits until `group` has committed past every (partition, offset) in `stored`."""
+    ends: dict[int, int] = {}
+    for partition, offset in stored:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    partitions = max(ends, default=-1) + 1
+
+    async def all_committed() -> bool:
+        committed = await committed_offsets(bootstrap, group, partitions)
+        return all(committed[p] == end for p, end in ends.items())
+
+    await wait_until(all_committed, timeout, f"group {group} to commit {ends} (partition: end)")
 
 
 async def kill_at_random_moments(
