@@ -29,14 +29,14 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from worker.backends.onnx import OnnxBackend, stream_layout
 from worker.bench.heavy_mix import HeavyMix, measure_heavy_mix, one_window_records
 from worker.bench.medians import figure
 from worker.bench.offline import WindowTimer
 from worker.bench.workload import Workload
-from worker.config import Precision, Settings
+from worker.config import Settings
 from worker.model.loading import load_engine
 from worker.qa import QAOptions
 from worker.squad import read_questions
@@ -98,8 +98,7 @@ def measure(settings: Settings, args: argparse.Namespace) -> tuple[list[Any], li
     engine = load_engine(settings)
     workload = Workload.encode(engine, records, settings.subset(QAOptions))
     threads, _ = stream_layout(settings.inference_streams, settings.threads)
-    precision = cast(Precision | None, settings.precision)
-    model_path = engine.manifest.onnx_path(settings.require_model(), precision)
+    model_path = engine.manifest.onnx_path(settings.require_model(), settings.precision)
     timer = WindowTimer(
         OnnxBackend(model_path, threads, 1), workload, engine.manifest.tokenizer.pad_token_id
     )
