@@ -26,8 +26,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from parity import texts
+from worker.config import DEFAULT_MAX_WINDOWS
 from worker.model.manifest import TOKENIZER_NAME, Manifest
-from worker.qa.windows import DEFAULT_MAX_WINDOWS, WindowTokenizer
+from worker.qa.windows import WindowTokenizer
 
 QUESTION = "Which company acquired the startup?"
 

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 ENV_PREFIX = "QA_"
 # The weights a model folder may hold (its manifest names them), and what `--precision` picks.
 Precision = Literal["fp32", "int8", "int8-static"]
+# Most windows one question may make: with a question of ordinary length, 100,000 characters of
+# any text make fewer (Korean, the most tokens a character in BERT's vocabulary, about 1,200).
+DEFAULT_MAX_WINDOWS = 4096
 # Above this, an event's nesting would come near the recursion limits of the JSON encoder and
 # the standard library's decoder (1,000 frames, some taken by the stack that calls them).
 MAX_JSON_DEPTH_LIMIT = 500
@@ -126,7 +129,7 @@ class Settings:
         None, "Overlap in tokens between windows; default min(max_seq_len // 2, 128).", "qa"
     )
     max_windows: int = setting(
-        4096,
+        DEFAULT_MAX_WINDOWS,
         "Most windows one question (or one field of a question set) may make of its context; "
         "more is a `too_many_windows` dead letter, refused before any is made. Windows advance "
         "by max_seq_len - question tokens - specials - doc_stride tokens, so a long question "

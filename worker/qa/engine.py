@@ -18,6 +18,7 @@ import numpy as np
 from ..backends import InferenceBackend
 from ..batching.plan import BatchLimits, plan_batches
 from ..batching.streams import each_stream_takes_next
+from ..config import DEFAULT_MAX_WINDOWS
 from ..errors import EventError, SetupError
 from ..model.manifest import (
     TOKENIZER_NAME,
@@ -28,7 +29,7 @@ from ..model.manifest import (
 )
 from .decode import WindowLogits, decode
 from .types import QAOptions, QAResult
-from .windows import DEFAULT_MAX_WINDOWS, EncodedQuestion, Window, WindowTokenizer
+from .windows import EncodedQuestion, Window, WindowTokenizer
 
 
 @dataclass(slots=True)

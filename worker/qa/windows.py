@@ -17,15 +17,12 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from ..config import describe
+from ..config import DEFAULT_MAX_WINDOWS, describe
 from ..errors import ConfigError, ErrorCode, EventError
 from ..model.manifest import TokenizerInfo
 
 REFERENCE_MAX_SEQ_LEN = 384
 REFERENCE_MAX_STRIDE = 128
-# Most windows one question may make: with a question of ordinary length, 100,000 characters of
-# any text make fewer (Korean, the most tokens a character in BERT's vocabulary, about 1,200).
-DEFAULT_MAX_WINDOWS = 4096
 
 
 @dataclass(frozen=True, slots=True)
