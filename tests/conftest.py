@@ -33,6 +33,10 @@ QUICK = ("test_config.py", "cli/test_cli.py", "events/", "qa/test_engine.py", "t
 TESTS = Path(__file__).parent
 # How long before pytest-timeout ends a hung async test its tasks' stacks are printed.
 TASKS_SHOWN_BEFORE_TIMEOUT_S = 20.0
+# The kinds that may first build a virtual environment (parity/reference.py's install timeout
+# is 30 minutes, its run's 10) and so get longer than pyproject.toml's timeout.
+VENV_BUILDING_KINDS = ("reference", "image")
+VENV_BUILDING_TIMEOUT_S = 2400
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,6 +51,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(kinds)}: one kind")
         if not kinds:
             item.add_marker(pytest.mark.unit)
+        if set(kinds) & set(VENV_BUILDING_KINDS):
+            item.add_marker(pytest.mark.timeout(VENV_BUILDING_TIMEOUT_S))
         if item.path.relative_to(TESTS).as_posix().startswith(QUICK):
             item.add_marker(pytest.mark.quick)
 
