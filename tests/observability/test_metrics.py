@@ -117,21 +117,22 @@ def answer(score: float, abstained: bool = False) -> QAResult:
     return QAResult(text, score, 0, len(text), is_impossible=abstained, null_score=0.1)
 
 
-async def test_every_contract_name_is_exported(
+@pytest.fixture
+async def scraped(
     metrics: WorkerMetrics, server: HealthServer, http: aiohttp.ClientSession
-) -> None:
+) -> Scrape:
+    """What /metrics serves after `simulate`."""
     simulate(metrics)
-    scraped = await scrape(http, server)
+    return await scrape(http, server)
+
+
+def test_every_contract_name_is_exported(scraped: Scrape) -> None:
     assert set(METRIC_NAMES) <= scraped.exported_names()
     assert len(set(METRIC_NAMES)) == len(METRIC_NAMES)
     assert all(name.startswith("qa_worker_") for name in METRIC_NAMES)
 
 
-async def test_event_counters(
-    metrics: WorkerMetrics, server: HealthServer, http: aiohttp.ClientSession
-) -> None:
-    simulate(metrics)
-    scraped = await scrape(http, server)
+def test_event_counters(scraped: Scrape) -> None:
     received = "qa_worker_events_received_total"
     assert scraped.value(received, topic="questions") == 3
     assert scraped.value(received, topic="priority") == 1
@@ -203,12 +204,7 @@ async def test_latency_histograms(
     assert scraped.bucket(inference, "1.0") == 2
 
 
-async def test_batch_histograms_and_tokens(
-    metrics: WorkerMetrics, server: HealthServer, http: aiohttp.ClientSession
-) -> None:
-    simulate(metrics)
-    scraped = await scrape(http, server)
-
+def test_batch_histograms_and_tokens(scraped: Scrape) -> None:
     windows = "qa_worker_batch_size_windows"
     assert scraped.value(windows + "_count") == 2
     assert scraped.value(windows + "_sum") == 19
@@ -317,6 +313,16 @@ async def test_model_info_has_one_series(
     assert [s.labels["worker_version"] for s in samples] == [__version__]
 
 
+async def assert_readiness_served(
+    http: aiohttp.ClientSession, server: HealthServer, status: int, ready: bool, reason: str
+) -> None:
+    """/readyz answers `status` with `ready` and `reason`, and qa_worker_ready says the same."""
+    async with http.get(f"http://127.0.0.1:{server.port}/readyz") as response:
+        assert response.status == status
+        assert await response.json() == {"ready": ready, "reason": reason}
+    assert (await scrape(http, server)).value("qa_worker_ready") == (1 if ready else 0)
+
+
 async def test_probes(
     metrics: WorkerMetrics,
     readiness: Readiness,
@@ -327,24 +333,15 @@ async def test_probes(
     async with http.get(base + "/healthz") as response:
         assert (response.status, await response.json()) == (200, {"status": "alive"})
 
-    async with http.get(base + "/readyz") as response:
-        assert response.status == 503
-        assert await response.json() == {"ready": False, "reason": "model not loaded"}
-    assert (await scrape(http, server)).value("qa_worker_ready") == 0
+    await assert_readiness_served(http, server, 503, False, "model not loaded")
 
     readiness.ready, readiness.reason = True, "consuming"
     metrics.set_ready(True)
-    async with http.get(base + "/readyz") as response:
-        assert response.status == 200
-        assert await response.json() == {"ready": True, "reason": "consuming"}
-    assert (await scrape(http, server)).value("qa_worker_ready") == 1
+    await assert_readiness_served(http, server, 200, True, "consuming")
 
     readiness.ready, readiness.reason = False, "broker unreachable"
     metrics.set_ready(False)
-    async with http.get(base + "/readyz") as response:
-        assert response.status == 503
-        assert await response.json() == {"ready": False, "reason": "broker unreachable"}
-    assert (await scrape(http, server)).value("qa_worker_ready") == 0
+    await assert_readiness_served(http, server, 503, False, "broker unreachable")
 
     async with http.get(base + "/nothing-here") as response:
         assert response.status == 404
