@@ -315,28 +315,19 @@ header_values = st.one_of(
     st.builds(lambda n: b"v" * n, big_sizes),
 )
 headers = st.lists(st.tuples(header_names, header_values), max_size=6)
+
+
+def messages(
+    value: st.SearchStrategy[bytes | None], topic: st.SearchStrategy[str]
+) -> st.SearchStrategy[FakeMessage]:
+    """Records of `value` on `topic`, with any of the keys and headers above."""
+    return st.builds(FakeMessage, value=value, key=keys, headers=headers, topic=topic)
+
+
 records = st.one_of(
-    st.builds(
-        FakeMessage,
-        value=values,
-        key=keys,
-        headers=headers,
-        topic=st.sampled_from([QUESTIONS, DOCUMENTS]),
-    ),
-    st.builds(
-        FakeMessage,
-        value=st.builds(dumped, valid_questions, st.booleans()),
-        key=keys,
-        headers=headers,
-        topic=st.just(QUESTIONS),
-    ),
-    st.builds(
-        FakeMessage,
-        value=st.builds(dumped, valid_documents, st.booleans()),
-        key=keys,
-        headers=headers,
-        topic=st.just(DOCUMENTS),
-    ),
+    messages(values, st.sampled_from([QUESTIONS, DOCUMENTS])),
+    messages(st.builds(dumped, valid_questions, st.booleans()), st.just(QUESTIONS)),
+    messages(st.builds(dumped, valid_documents, st.booleans()), st.just(DOCUMENTS)),
 )
 HYPOTHESIS = settings(
     max_examples=500,
@@ -347,18 +338,25 @@ HYPOTHESIS = settings(
 )
 
 
+def check_handled_with_one_fitting_record(
+    subject: Subject, loop: Loop, message: FakeMessage
+) -> None:
+    """`subject` handles `message` with one fitting record, and not as an internal error."""
+    sent = subject.topics.sent
+    sent.clear()
+    outgoing = loop.run(handled(subject, message))
+    check_one_fitting_record(sent, outgoing, message)
+    # Only the worker's own faults make internal errors: none of these inputs is one.
+    assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
+    describe_case(message, outgoing, sent[0])
+
+
 @HYPOTHESIS
 @given(message=records)
 def test_every_record_gets_exactly_one_fitting_record(
     fake_subject: Subject, loop: Loop, message: FakeMessage
 ) -> None:
-    subject, topics = fake_subject, fake_subject.topics
-    topics.sent.clear()
-    outgoing = loop.run(handled(subject, message))
-    check_one_fitting_record(topics.sent, outgoing, message)
-    # Only the worker's own faults make internal errors: none of these inputs is one.
-    assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
-    describe_case(message, outgoing, topics.sent[0])
+    check_handled_with_one_fitting_record(fake_subject, loop, message)
 
 
 def describe_case(message: FakeMessage, outgoing: Outgoing, record: Sent) -> None:
@@ -383,12 +381,7 @@ def describe_case(message: FakeMessage, outgoing: Outgoing, record: Sent) -> Non
 def test_the_real_tiny_engine_answers_generated_records_with_one_fitting_record(
     real_subject: Subject, loop: Loop, message: FakeMessage
 ) -> None:
-    subject, topics = real_subject, real_subject.topics
-    topics.sent.clear()
-    outgoing = loop.run(handled(subject, message))
-    check_one_fitting_record(topics.sent, outgoing, message)
-    assert outgoing.dead_letter_reason is not ErrorCode.INTERNAL_ERROR, outgoing.value[:300]
-    describe_case(message, outgoing, topics.sent[0])
+    check_handled_with_one_fitting_record(real_subject, loop, message)
 
 
 @pytest.fixture(scope="module")
