@@ -66,16 +66,20 @@ def restore_logger() -> Iterator[None]:
     logger.propagate = True
 
 
-def formatted(
+def formatted_lines(
     formatter: logging.Formatter, message: str, header: str, event_id: str
-) -> tuple[int, str]:
-    """How many records `log_records` wrote, and what `formatter` made of them."""
+) -> tuple[int, list[str]]:
+    """How many records `log_records` wrote, and the lines `formatter` made of them: broken at
+    "\n" alone, as str.splitlines breaks on every separator in BREAKS, so none is left raw."""
     logger, stream, handler = capture(formatter)
     try:
         written = log_records(logger, message, header, event_id)
     finally:
         logger.removeHandler(handler)
-    return written, stream.getvalue()
+    output = stream.getvalue()
+    lines = output.splitlines()
+    assert lines == output.rstrip("\n").split("\n")
+    return written, lines
 
 
 def log_records(logger: logging.Logger, message: str, header: str, event_id: str) -> int:
@@ -99,10 +103,7 @@ def log_records(logger: logging.Logger, message: str, header: str, event_id: str
 def test_a_text_record_is_one_line_plus_prefixed_traceback_lines(
     message: str, header: str, event_id: str
 ) -> None:
-    written, output = formatted(TextFormatter(), message, header, event_id)
-    # str.splitlines breaks on every separator in BREAKS, so none is left raw.
-    lines = output.splitlines()
-    assert lines == output.rstrip("\n").split("\n")
+    written, lines = formatted_lines(TextFormatter(), message, header, event_id)
     records = [line for line in lines if not line.startswith(TRACEBACK_PREFIX)]
     assert len(records) == written
     assert all(RECORD_LINE.match(line) for line in records), records
@@ -121,9 +122,7 @@ def test_a_text_record_is_one_line_plus_prefixed_traceback_lines(
 def test_a_json_record_is_one_line_that_decodes_to_the_values_given(
     message: str, header: str, event_id: str
 ) -> None:
-    written, output = formatted(JsonFormatter(), message, header, event_id)
-    lines = output.splitlines()
-    assert lines == output.rstrip("\n").split("\n")
+    written, lines = formatted_lines(JsonFormatter(), message, header, event_id)
     assert len(lines) == written
     first, second = map(json.loads, lines)
     assert first["message"] == f"dead letter for {event_id}: reply topic {header!r}"
