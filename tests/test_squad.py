@@ -370,6 +370,27 @@ def test_jsonl_id_clashing_with_a_line_number(tmp_path: Path) -> None:
         read_questions(path)
 
 
+def rome_article(**question_fields: object) -> dict[str, object]:
+    """A SQuAD article of one paragraph and one answerable question; `question_fields` are
+    added to the question."""
+    return {
+        "title": "Rome",
+        "paragraphs": [
+            {
+                "context": "Rome is in Italy.",
+                "qas": [
+                    {
+                        "id": "r1",
+                        "question": "Where is Rome?",
+                        "answers": [{"text": "Italy", "answer_start": 11}],
+                        **question_fields,
+                    }
+                ],
+            }
+        ],
+    }
+
+
 SQUAD_V2 = {
     "version": "v2.0",
     "data": [
@@ -399,22 +420,7 @@ SQUAD_V2 = {
                 }
             ],
         },
-        {
-            "title": "Rome",
-            "paragraphs": [
-                {
-                    "context": "Rome is in Italy.",
-                    "qas": [
-                        {
-                            "id": "r1",
-                            "question": "Where is Rome?",
-                            "answers": [{"text": "Italy", "answer_start": 11}],
-                            "is_impossible": False,
-                        }
-                    ],
-                }
-            ],
-        },
+        rome_article(is_impossible=False),
     ],
 }
 
@@ -437,26 +443,8 @@ def test_squad_v2(tmp_path: Path) -> None:
 
 
 def test_squad_v1_questions_are_answerable(tmp_path: Path) -> None:
-    squad_v1 = {
-        "version": "1.1",
-        "data": [
-            {
-                "title": "Rome",
-                "paragraphs": [
-                    {
-                        "context": "Rome is in Italy.",
-                        "qas": [
-                            {
-                                "id": "r1",
-                                "question": "Where is Rome?",
-                                "answers": [{"text": "Italy", "answer_start": 11}],
-                            }
-                        ],
-                    }
-                ],
-            }
-        ],
-    }
+    # SQuAD 1.1 has no is_impossible.
+    squad_v1 = {"version": "1.1", "data": [rome_article()]}
     path = tmp_path / "dev-v1.1.json"
     path.write_text(json.dumps(squad_v1), encoding="utf-8")
     [only] = read_questions(path)
