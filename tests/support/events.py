@@ -93,14 +93,20 @@ def assert_fits(name: str, event: dict[str, Any]) -> None:
     CLOSED[name].validate(event)
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(10**20), 10**20)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
+def small_json(integers: st.SearchStrategy[int], max_leaves: int) -> st.SearchStrategy[Any]:
+    """JSON values of at most `max_leaves` leaves: null, booleans, `integers`, finite floats and
+    short texts, nested in short lists and objects."""
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | integers
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+json_values = small_json(st.integers(-(10**20), 10**20), max_leaves=6)
