@@ -108,30 +108,41 @@ async def clients() -> AsyncIterator[list[Client]]:
         client.close()
 
 
-async def serve(**overrides: float) -> HealthServer:
-    server = HealthServer(
+def health_server(**overrides: float) -> HealthServer:
+    """A server, not yet started, within `limits(**overrides)`, whose worker is never ready."""
+    return HealthServer(
         WorkerMetrics(), lambda: (False, "not yet"), "127.0.0.1", 0, limits(**overrides)
     )
-    await server.start()
-    return server
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[HealthServer]:
-    started = await serve()
-    yield started
-    await started.stop()
+    async with health_server() as started:
+        yield started
+
+
+async def open_client(server: HealthServer, clients: list[Client]) -> Client:
+    """A connection to `server`, closed when the test ends."""
+    client = await Client.connect(server.port)
+    clients.append(client)
+    return client
 
 
 async def connect(server: HealthServer, clients: list[Client], data: bytes = PARTIAL) -> Client:
     """A connection that has sent `data`, once the server holds it."""
     expected = server.open_connections + 1
     evicted = server.stats.evicted
-    client = await Client.connect(server.port)
-    clients.append(client)
+    client = await open_client(server, clients)
     client.send(data)
     await until(lambda: server.open_connections == expected or server.stats.evicted > evicted)
     return client
+
+
+async def assert_answered_once_ended(begun: list[Client]) -> None:
+    """Each connection, held with its request begun (PARTIAL), is answered once it ends it."""
+    for client in begun:
+        client.send(b"\r\n")
+        assert (await client.response())[0] == 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,24 +155,19 @@ async def test_connections_up_to_the_bound_are_all_kept(
     slow = [await connect(server, clients) for _ in range(server.connection_bound)]
     assert server.open_connections == server.connection_bound == 4
     assert server.stats.evicted == 0
-    for client in slow:
-        client.send(b"\r\n")
-        assert (await client.response())[0] == 200
+    await assert_answered_once_ended(slow)
 
 
 async def test_one_over_the_bound_closes_the_connection_waiting_longest(
     server: HealthServer, clients: list[Client]
 ) -> None:
     oldest, *others = [await connect(server, clients) for _ in range(4)]
-    newest = await Client.connect(server.port)
-    clients.append(newest)
+    newest = await open_client(server, clients)
     assert await newest.get("/healthz") == 200
     await oldest.wait_closed(LATE_MARGIN_S)
     assert server.stats.evicted == 1
     assert server.open_connections == 4
-    for client in others:
-        client.send(b"\r\n")
-        assert (await client.response())[0] == 200
+    await assert_answered_once_ended(others)
 
 
 async def test_a_client_that_makes_progress_is_not_the_one_closed(
@@ -200,8 +206,7 @@ async def test_an_idle_connection_whose_request_has_come_is_answered_not_closed(
 async def test_a_flood_of_evictions_is_one_warning_then_a_count(
     clients: list[Client], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = await serve(max_connections=1)
-    try:
+    async with health_server(max_connections=1) as server:
         for _ in range(6):
             await connect(server, clients)
         assert server.stats.evicted == 5
@@ -212,8 +217,6 @@ async def test_a_flood_of_evictions_is_one_warning_then_a_count(
         await connect(server, clients)
         lines = [r.getMessage() for r in caplog.records if "at the bound" in r.getMessage()]
         assert len(lines) == 2 and "(4 more like this in 0 s)" in lines[1]
-    finally:
-        await server.stop()
 
 
 # Slow clients in a process of their own, as they would be: connect, send the start of a
@@ -261,7 +264,8 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 
 
 async def test_probes_answer_within_a_second_with_the_bound_full_of_slow_clients() -> None:
-    server = await serve(max_connections=50)
+    server = health_server(max_connections=50)
+    await server.start()
     flood = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -314,19 +318,29 @@ def blocking_probe(port: int, path: str) -> tuple[int, float]:
 # Timeouts.
 
 
-async def test_headers_slower_than_the_request_timeout_are_dropped(clients: list[Client]) -> None:
-    server = await serve(request_timeout_s=0.5)
-    try:
-        client = await Client.connect(server.port)
-        clients.append(client)
+@pytest.mark.parametrize(
+    ("start", "trickled"),
+    [
+        (b"GET /healthz HTTP/1.1\r\n", b"X-Slow: 1\r\n"),
+        (PARTIAL + b"Content-Length: 100\r\n\r\n", b"b"),
+    ],
+    ids=["headers", "body"],
+)
+async def test_a_request_slower_than_the_request_timeout_is_dropped(
+    clients: list[Client], start: bytes, trickled: bytes
+) -> None:
+    """A client that sends the start of a request, then a little more every 0.1 s: closed at
+    the request timeout, however much it keeps sending."""
+    async with health_server(request_timeout_s=0.5) as server:
+        client = await open_client(server, clients)
         began = time.monotonic()
-        client.send(b"GET /healthz HTTP/1.1\r\n")
+        client.send(start)
 
         async def trickle() -> None:
             with contextlib.suppress(OSError):
                 for _ in range(100):
                     await asyncio.sleep(0.1)
-                    client.send(b"X-Slow: 1\r\n")
+                    client.send(trickled)
 
         trickling = asyncio.create_task(trickle())
         closed = await client.wait_closed(0.5 + LATE_MARGIN_S)
@@ -334,91 +348,50 @@ async def test_headers_slower_than_the_request_timeout_are_dropped(clients: list
         assert closed - began >= 0.5 - EARLY_MARGIN_S
         assert server.stats.timed_out == 1
         assert server.open_connections == 0
-    finally:
-        await server.stop()
 
 
 async def test_headers_trickled_in_within_the_request_timeout_are_answered(
     clients: list[Client],
 ) -> None:
-    server = await serve(request_timeout_s=2.0)
-    try:
-        client = await Client.connect(server.port)
-        clients.append(client)
+    async with health_server(request_timeout_s=2.0) as server:
+        client = await open_client(server, clients)
         for line in (b"GET /healthz HTTP/1.1\r\n", b"Host: test\r\n", b"X: 1\r\n", b"\r\n"):
             client.send(line)
             await asyncio.sleep(0.05)
         assert (await client.response())[0] == 200
         assert server.stats.timed_out == 0
-    finally:
-        await server.stop()
-
-
-async def test_a_body_slower_than_the_request_timeout_is_dropped(clients: list[Client]) -> None:
-    server = await serve(request_timeout_s=0.5)
-    try:
-        client = await Client.connect(server.port)
-        clients.append(client)
-        began = time.monotonic()
-        client.send(PARTIAL + b"Content-Length: 100\r\n\r\n")
-
-        async def trickle() -> None:
-            with contextlib.suppress(OSError):
-                for _ in range(100):
-                    await asyncio.sleep(0.1)
-                    client.send(b"b")
-
-        trickling = asyncio.create_task(trickle())
-        closed = await client.wait_closed(0.5 + LATE_MARGIN_S)
-        trickling.cancel()
-        assert closed - began >= 0.5 - EARLY_MARGIN_S
-        assert server.stats.timed_out == 1
-    finally:
-        await server.stop()
 
 
 async def test_an_idle_keep_alive_connection_is_closed(clients: list[Client]) -> None:
-    server = await serve(idle_timeout_s=0.5)
-    try:
-        client = await Client.connect(server.port)
-        clients.append(client)
+    async with health_server(idle_timeout_s=0.5) as server:
+        client = await open_client(server, clients)
         assert await client.get("/healthz") == 200
         answered = time.monotonic()
         closed = await client.wait_closed(0.5 + LATE_MARGIN_S)
         assert closed - answered >= 0.5 - EARLY_MARGIN_S
         assert server.open_connections == 0
-    finally:
-        await server.stop()
 
 
 async def test_a_connection_reused_within_the_idle_timeout_is_served(
     clients: list[Client],
 ) -> None:
-    server = await serve(idle_timeout_s=2.0)
-    try:
-        client = await Client.connect(server.port)
-        clients.append(client)
+    async with health_server(idle_timeout_s=2.0) as server:
+        client = await open_client(server, clients)
         assert await client.get("/healthz") == 200
         await asyncio.sleep(0.1)
         assert await client.get("/readyz") == 503
         assert server.stats.accepted == 1
-    finally:
-        await server.stop()
 
 
 async def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(
     clients: list[Client],
 ) -> None:
-    server = await serve(idle_timeout_s=0.5)
-    try:
+    async with health_server(idle_timeout_s=0.5) as server:
         began = time.monotonic()
-        client = await Client.connect(server.port)
-        clients.append(client)
+        client = await open_client(server, clients)
         closed = await client.wait_closed(0.5 + LATE_MARGIN_S)
         assert closed - began >= 0.5 - EARLY_MARGIN_S
         assert server.open_connections == 0
-    finally:
-        await server.stop()
 
 
 async def test_a_response_the_client_does_not_take_is_dropped() -> None:
@@ -454,13 +427,11 @@ async def test_a_response_the_client_does_not_take_is_dropped() -> None:
 async def test_a_body_at_the_limit_is_answered_and_one_byte_more_is_refused_413(
     server: HealthServer, clients: list[Client]
 ) -> None:
-    at = await Client.connect(server.port)
-    clients.append(at)
+    at = await open_client(server, clients)
     at.send(PARTIAL + b"Content-Length: %d\r\n\r\n" % MAX_BODY_BYTES + b"b" * MAX_BODY_BYTES)
     assert (await at.response())[0] == 200
 
-    over = await Client.connect(server.port)
-    clients.append(over)
+    over = await open_client(server, clients)
     size = MAX_BODY_BYTES + 1
     over.send(PARTIAL + b"Content-Length: %d\r\n\r\n" % size + b"b" * size)
     status, headers, _ = await over.response()
@@ -476,13 +447,11 @@ async def test_headers_at_the_limit_are_answered_and_one_byte_more_is_refused_43
         padding = size - len(PARTIAL) - len(b"X-Pad: \r\n\r\n")
         return PARTIAL + b"X-Pad: " + b"p" * padding + b"\r\n\r\n"
 
-    at = await Client.connect(server.port)
-    clients.append(at)
+    at = await open_client(server, clients)
     at.send(head(MAX_HEADER_BYTES))
     assert (await at.response())[0] == 200
 
-    over = await Client.connect(server.port)
-    clients.append(over)
+    over = await open_client(server, clients)
     over.send(head(MAX_HEADER_BYTES + 1))
     assert (await over.response())[0] == 431
     await over.wait_closed(LATE_MARGIN_S)
@@ -496,8 +465,7 @@ async def test_headers_at_the_limit_are_answered_and_one_byte_more_is_refused_43
 async def test_pipelined_requests_are_answered_in_order(
     server: HealthServer, clients: list[Client]
 ) -> None:
-    client = await Client.connect(server.port)
-    clients.append(client)
+    client = await open_client(server, clients)
     client.send(
         b"GET /healthz HTTP/1.1\r\n\r\nHEAD /readyz HTTP/1.1\r\n\r\n"
         b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /nowhere HTTP/1.1\r\n\r\n"
@@ -521,8 +489,7 @@ async def test_a_failing_route_is_answered_500_and_the_server_goes_on(
 
     server = HealthServer(WorkerMetrics(), readiness, "127.0.0.1", 0, limits())
     async with server:
-        client = await Client.connect(server.port)
-        clients.append(client)
+        client = await open_client(server, clients)
         assert await client.get("/readyz") == 500
         assert await client.get("/healthz") == 200
     assert "broken readiness" in caplog.text
