@@ -40,6 +40,19 @@ def stalled_keys(watchdog: PartitionWatchdog) -> list[tuple[str, int]]:
     return [(stall.topic, stall.partition) for stall in watchdog.stalled()]
 
 
+def assert_stalled_one_timeout_on(
+    watchdog: PartitionWatchdog, clock: FakeClock, position: tuple[int, int]
+) -> None:
+    """P0 observed at `position` (committed offset, lag) from now on: not stalled a second
+    before the timeout, stalled at it."""
+    watchdog.observe({P0: position})
+    clock.now += TIMEOUT - 1
+    watchdog.observe({P0: position})
+    assert watchdog.stalled() == []
+    clock.now += 1
+    assert stalled_keys(watchdog) == [P0]
+
+
 @pytest.mark.parametrize(("waited", "stalled"), [(TIMEOUT - 0.001, False), (TIMEOUT, True)])
 def test_lag_with_a_committed_offset_standing_still_stalls_at_the_timeout(
     clock: FakeClock, waited: float, stalled: bool
@@ -66,12 +79,7 @@ def test_a_committed_offset_that_moves_is_never_stalled(clock: FakeClock) -> Non
         clock.now += TIMEOUT / 10
         assert watchdog.stalled() == []
     # The offset stops: stalled one timeout after the last move, not before.
-    watchdog.observe({P0: (100, 1000)})
-    clock.now += TIMEOUT - 1
-    watchdog.observe({P0: (100, 1000)})
-    assert watchdog.stalled() == []
-    clock.now += 1
-    assert stalled_keys(watchdog) == [P0]
+    assert_stalled_one_timeout_on(watchdog, clock, (100, 1000))
     # And moving again clears it.
     watchdog.observe({P0: (101, 999)})
     assert watchdog.stalled() == []
@@ -86,12 +94,7 @@ def test_an_idle_partition_is_not_stalled_and_its_time_starts_when_lag_appears(
     watchdog.observe({P0: (50, 0)})
     assert watchdog.stalled() == []
     # Lag appears with the same committed offset as hours before: counted from now.
-    watchdog.observe({P0: (50, 3)})
-    clock.now += TIMEOUT - 1
-    watchdog.observe({P0: (50, 3)})
-    assert watchdog.stalled() == []
-    clock.now += 1
-    assert stalled_keys(watchdog) == [P0]
+    assert_stalled_one_timeout_on(watchdog, clock, (50, 3))
     # Caught up (lag 0) ends the stall even with the offset unchanged.
     watchdog.observe({P0: (50, 0)})
     assert watchdog.stalled() == []
