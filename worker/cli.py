@@ -116,7 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, formatter_class=HelpWithDefaults, **kwargs)
 
     export = command("export", "prepare a model folder: ONNX, tokenizer, manifest")
-    export.add_argument("--model", required=True, help="local checkpoint folder or Hub id")
+    # Stored as `source`, not `model`: Settings.model is the prepared folder the other commands
+    # load, and export's --model names the checkpoint it prepares that folder from.
+    export.add_argument(
+        "--model",
+        dest="source",
+        metavar="MODEL",
+        required=True,
+        help="local checkpoint folder or Hub id",
+    )
     export.add_argument("--out", required=True, type=Path, help="folder to write")
     export.add_argument(
         "--quantize",

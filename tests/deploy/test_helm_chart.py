@@ -1048,7 +1048,7 @@ def test_model_exported_by_an_init_container(chart: helm.Chart) -> None:
     # The init container's arguments are a valid `qa-worker export` command line.
     args = build_parser().parse_args(init["args"])
     assert args.command == "export"
-    assert args.model == "/checkpoints/mobilebert"
+    assert args.source == "/checkpoints/mobilebert"
     assert args.quantize == "int8" and args.allow_pickle is False
     # It writes the folder the worker then loads, on a volume the two share.
     model = Path(rendered.environment({})["QA_MODEL"])

@@ -11,10 +11,9 @@ from ..observability.progress import progress_wanted
 
 def command_export(args: argparse.Namespace) -> int:
     settings = Settings.from_sources(args)
-    # The checkpoint goes on as given, which the manifest records: not as settings.model, the
-    # prepared folder the other commands load, which holds the same text unused here.
+    # The checkpoint goes on as given, which the manifest records.
     manifest = export_model(
-        args.model,
+        args.source,
         args.out,
         quantize=args.quantize,
         allow_pickle=args.allow_pickle,
