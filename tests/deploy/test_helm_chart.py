@@ -192,6 +192,12 @@ class Rendered:
         return found
 
     @property
+    def workload_reference(self) -> dict[str, str]:
+        """The workload as an autoscaler names it (`scaleTargetRef`)."""
+        metadata = self.workload["metadata"]
+        return {"apiVersion": "apps/v1", "kind": self.workload["kind"], "name": metadata["name"]}
+
+    @property
     def pod(self) -> dict[str, Any]:
         return self.workload["spec"]["template"]["spec"]
 
@@ -899,12 +905,7 @@ def test_keda_scales_on_the_workers_own_group_and_topic(chart: helm.Chart) -> No
     rendered = render(chart, values)
     settings = Settings.from_sources(None, rendered.environment({}))
     scaled = rendered.one("ScaledObject")["spec"]
-    workload = rendered.workload
-    assert scaled["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": workload["kind"],
-        "name": workload["metadata"]["name"],
-    }
+    assert scaled["scaleTargetRef"] == rendered.workload_reference
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "kafka"
     metadata = trigger["metadata"]
@@ -922,7 +923,7 @@ def test_keda_scales_on_the_workers_own_group_and_topic(chart: helm.Chart) -> No
     # At most one replica per partition by default.
     assert scaled["maxReplicaCount"] == 24 and scaled["minReplicaCount"] == 1
     # KEDA owns the replica count: no fixed replicas, no second autoscaler, no credentials needed.
-    assert "replicas" not in workload["spec"]
+    assert "replicas" not in rendered.workload["spec"]
     assert not rendered.all("HorizontalPodAutoscaler")
     assert "authenticationRef" not in trigger and not rendered.all("TriggerAuthentication")
 
@@ -1007,15 +1008,10 @@ def test_cpu_autoscaler_is_capped_at_the_partition_count(chart: helm.Chart) -> N
         chart, {"autoscaling": {"enabled": True}, "kafka": {"questionsTopicPartitions": 12}}
     )
     hpa = rendered.one("HorizontalPodAutoscaler")["spec"]
-    workload = rendered.workload
-    assert hpa["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": workload["kind"],
-        "name": workload["metadata"]["name"],
-    }
+    assert hpa["scaleTargetRef"] == rendered.workload_reference
     assert hpa["maxReplicas"] == 12
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
-    assert "replicas" not in workload["spec"]
+    assert "replicas" not in rendered.workload["spec"]
 
 
 # ---------------------------------------------------------------------------------------------
