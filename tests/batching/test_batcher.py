@@ -37,6 +37,17 @@ from worker.qa.decode import WindowLogits
 from worker.qa.windows import EncodedQuestion, Window
 
 
+async def hold_a_batch(
+    engine: FakeEngine, batcher: MicroBatcher, question: str, length: int
+) -> asyncio.Task[Answered]:
+    """Asks `question`, one window of `length` tokens, and returns once its batch is held in the
+    engine: what is asked next waits in the queue until the test opens the gate."""
+    engine.gate.hold()
+    held = ask(batcher, question, length)
+    await engine.gate.next_batch()
+    return held
+
+
 async def test_answers_equal_one_window_at_a_time() -> None:
     engine = FakeEngine()
     rng = random.Random(1)
@@ -179,9 +190,7 @@ async def test_batches_grow_around_the_oldest_window_by_length() -> None:
     engine = FakeEngine()
     limits = BatchLimits(batch_size=3, max_batch_tokens=200, max_padding=math.inf)
     async with MicroBatcher(engine, limits) as batcher:
-        engine.gate.hold()
-        tasks = [ask(batcher, "hold", 5)]
-        await engine.gate.next_batch()
+        tasks = [await hold_a_batch(engine, batcher, "hold", 5)]
         # One at a time, so that the queue holds them in this order.
         for queued, length in enumerate((50, 10, 48, 90, 52, 49), start=1):
             tasks.append(ask(batcher, f"w{length}", length))
@@ -199,9 +208,7 @@ async def test_batches_grow_around_the_oldest_window_by_length() -> None:
 async def test_an_outlier_in_length_runs_apart_rather_than_padding_a_batch() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits(batch_size=8, max_padding=0.05)) as batcher:
-        engine.gate.hold()
-        tasks = [ask(batcher, "hold", 5)]
-        await engine.gate.next_batch()
+        tasks = [await hold_a_batch(engine, batcher, "hold", 5)]
         for queued, (name, length) in enumerate(
             [("long", 384), ("a", 100), ("b", 100), ("c", 98), ("d", 383), ("e", 80)], start=1
         ):
@@ -217,9 +224,7 @@ async def test_an_outlier_in_length_runs_apart_rather_than_padding_a_batch() -> 
 async def test_a_long_window_is_not_starved_by_a_stream_of_short_ones() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits(batch_size=2, max_padding=math.inf)) as batcher:
-        engine.gate.hold()
-        tasks = [ask(batcher, "s", 10)]
-        await engine.gate.next_batch()
+        tasks = [await hold_a_batch(engine, batcher, "s", 10)]
         tasks.append(ask(batcher, "long", 300))
         await wait_until(lambda: batcher.pending_windows == 1)
         for round_ in range(4):
@@ -281,9 +286,7 @@ async def test_stop_runs_a_batch_waiting_for_max_wait() -> None:
 async def test_expired_questions_never_reach_inference() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits()) as batcher:
-        engine.gate.hold()
-        held = ask(batcher, "A", 10)
-        await engine.gate.next_batch()
+        held = await hold_a_batch(engine, batcher, "A", 10)
         late = ask(batcher, "B", 10, 20, deadline=time.monotonic() + 0.5)
         await wait_until(lambda: batcher.pending_windows == 2)
         with pytest.raises(DeadlineExceeded):
@@ -300,9 +303,7 @@ async def test_expired_questions_never_reach_inference() -> None:
 async def test_the_earliest_deadline_runs_first_and_the_oldest_right_after() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits(batch_size=1)) as batcher:
-        engine.gate.hold()
-        tasks = [ask(batcher, "held", 10)]
-        await engine.gate.next_batch()
+        tasks = [await hold_a_batch(engine, batcher, "held", 10)]
         now = time.monotonic()
         tasks.append(ask(batcher, "old", 10))
         await wait_until(lambda: batcher.pending_windows == 1)
@@ -391,9 +392,7 @@ async def test_every_doomed_question_fails_at_once_before_the_next_batch() -> No
     # past every deadline below.
     estimate = FixedRate(1.0)
     async with MicroBatcher(engine, BatchLimits(batch_size=1), run_estimate=estimate) as batcher:
-        engine.gate.hold()
-        held = ask(batcher, "held", 10)
-        await engine.gate.next_batch()
+        held = await hold_a_batch(engine, batcher, "held", 10)
         now = time.monotonic()
         doomed = [ask(batcher, f"d{i}", 10, 10, deadline=now + 5) for i in range(50)]
         kept = ask(batcher, "ok", 10)
@@ -445,9 +444,7 @@ async def test_one_window_that_fails_fails_only_its_question() -> None:
     whose window fails alone fails, with the engine's error, and each window runs alone once."""
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits(batch_size=8, max_padding=math.inf)) as batcher:
-        engine.gate.hold()
-        tasks = [ask(batcher, "A", 5)]
-        await engine.gate.next_batch()
+        tasks = [await hold_a_batch(engine, batcher, "A", 5)]
         names = ("X", "boom", "Y")
         tasks += [ask(batcher, "X", 5, 6), ask(batcher, "boom", 5), ask(batcher, "Y", 7, 5, 6)]
         await wait_until(lambda: batcher.pending_windows == 6)
@@ -471,9 +468,7 @@ async def test_stop_finishes_what_was_submitted() -> None:
     engine = FakeEngine()
     batcher = MicroBatcher(engine, BatchLimits(batch_size=2))
     await batcher.start()
-    engine.gate.hold()
-    tasks = [ask(batcher, "A", 10)]
-    await engine.gate.next_batch()
+    tasks = [await hold_a_batch(engine, batcher, "A", 10)]
     tasks += [ask(batcher, "B", 10, 11), ask(batcher, "C", 10)]
     await wait_until(lambda: batcher.pending_windows == 3)
     stopping = asyncio.create_task(batcher.stop())
@@ -491,9 +486,7 @@ async def test_stop_finishes_what_was_submitted() -> None:
 async def test_cancelling_a_caller_drops_its_windows() -> None:
     engine = FakeEngine()
     async with MicroBatcher(engine, BatchLimits()) as batcher:
-        engine.gate.hold()
-        held = ask(batcher, "A", 10)
-        await engine.gate.next_batch()
+        held = await hold_a_batch(engine, batcher, "A", 10)
         cancelled = ask(batcher, "B", 10, 20, 30)
         await wait_until(lambda: batcher.pending_windows == 3)
         cancelled.cancel()
