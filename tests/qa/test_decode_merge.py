@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.qa.decode import WindowLogits, char_ranges, choose, decode, window_spans
+from worker.qa.decode import WindowLogits, choose, decode, ranged_window_spans
 from worker.qa.types import QAOptions, QAResult, Span
 from worker.qa.windows import EncodedQuestion, Window
 
@@ -71,26 +71,17 @@ def merged_by_text(
 ) -> QAResult:
     """The merge as the reference pipeline states it: a list of answers with their texts, one per
     text compared case-insensitively, scores added, the first occurrence's range kept."""
-    per_window = options.top_k * 2 + 10 if options.align_to_words else options.top_k
     null_score = float("inf")
     ranked: list[Span] = []
-    for window, window_logits in zip(encoded.windows, logits, strict=True):
-        spans, window_null = window_spans(window, window_logits, per_window, options)
+    for window_null, ranged in ranged_window_spans(encoded, logits, options):
         null_score = min(null_score, window_null)
-        ranges = char_ranges(
-            window,
-            np.array([s.start for s in spans], dtype=np.intp),
-            np.array([s.end for s in spans], dtype=np.intp),
-            encoded.context_sequence,
-            options.align_to_words,
-        )
-        for span, (start, end) in zip(spans, ranges.tolist(), strict=True):
+        for score, start, end in ranged:
             text = encoded.context[start:end]
             same = [i for i, kept in enumerate(ranked) if kept.answer.lower() == text.lower()]
             if same:
-                ranked[same[0]] = replace(ranked[same[0]], score=ranked[same[0]].score + span.score)
+                ranked[same[0]] = replace(ranked[same[0]], score=ranked[same[0]].score + score)
             else:
-                ranked.append(Span(text, span.score, start, end))
+                ranked.append(Span(text, score, start, end))
     if options.ranks_null:
         ranked.append(Span("", null_score, 0, 0))
     ranked.sort(key=lambda span: span.score, reverse=True)

@@ -10,7 +10,7 @@ lowest null score of all windows, and the list is sorted by score, stable, and c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,22 +225,12 @@ def decode(
 ) -> QAResult:
     if len(logits) != len(encoded.windows):
         raise ValueError(f"{len(encoded.windows)} windows but {len(logits)} logits")
-    # The reference over-fetches when aligning to words: aligned spans may merge.
-    per_window = options.top_k * 2 + 10 if options.align_to_words else options.top_k
     null_score = float("inf")
     merged = _Merged(encoded.context)
-    for window, window_logits in zip(encoded.windows, logits, strict=True):
-        spans, window_null = window_spans(window, window_logits, per_window, options)
+    for window_null, ranged in ranged_window_spans(encoded, logits, options):
         null_score = min(null_score, window_null)
-        ranges = char_ranges(
-            window,
-            np.array([span.start for span in spans], dtype=np.intp),
-            np.array([span.end for span in spans], dtype=np.intp),
-            encoded.context_sequence,
-            options.align_to_words,
-        )
-        for span, (start, end) in zip(spans, ranges.tolist(), strict=True):
-            merged.add(span.score, start, end)
+        for score, start, end in ranged:
+            merged.add(score, start, end)
     ranked = merged.candidates
     if options.ranks_null:
         ranked.append(_Candidate(null_score, 0, 0))
@@ -250,6 +240,26 @@ def decode(
     # are made one at a time, so only the texts looked at are cut from the context.
     best = next((span for span in map(merged.span, ranked) if span.answer), None)
     return choose(answers, best, null_score, options)
+
+
+def ranged_window_spans(
+    encoded: EncodedQuestion, logits: Sequence[WindowLogits], options: QAOptions
+) -> Iterator[tuple[float, list[tuple[float, int, int]]]]:
+    """Per window, in order, what the reference merges across windows: the window's null score
+    and its best spans as (score, start, end), a character range of the context each."""
+    # The reference over-fetches when aligning to words: aligned spans may merge.
+    per_window = options.top_k * 2 + 10 if options.align_to_words else options.top_k
+    for window, window_logits in zip(encoded.windows, logits, strict=True):
+        spans, null_score = window_spans(window, window_logits, per_window, options)
+        ranges = char_ranges(
+            window,
+            np.array([span.start for span in spans], dtype=np.intp),
+            np.array([span.end for span in spans], dtype=np.intp),
+            encoded.context_sequence,
+            options.align_to_words,
+        )
+        pairs = zip(spans, ranges.tolist(), strict=True)
+        yield null_score, [(span.score, start, end) for span, (start, end) in pairs]
 
 
 def window_spans(
