@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from tests.support.streaming import (
     produce,
     worker_settings,
 )
+from tests.support.worker_process import run_qa_worker
 from worker.embedded.broker import EmbeddedBroker
 from worker.errors import QuestionSetError
 from worker.events import load_schema
@@ -63,9 +62,7 @@ def documents(count: int, seed: int) -> list[dict[str, object]]:
 
 
 def run_cli(*args: str) -> list[dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", *args], capture_output=True, text=True, check=False
-    )
+    done = run_qa_worker(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
 

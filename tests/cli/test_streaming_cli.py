@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import faust
@@ -14,6 +12,7 @@ import pytest
 
 from parity import texts
 from tests.support.streaming import QUESTIONS, create_topics
+from tests.support.worker_process import run_qa_worker
 from worker.commands.clients import SAMPLES
 from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
@@ -21,19 +20,11 @@ from worker.errors import ConfigError
 from worker.stream.transport import aiokafka_options, faust_credentials
 
 
-def qa_worker(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.mark.broker
 def test_demo_answers_the_built_in_samples(exported_models: dict[str, Path]) -> None:
-    done = qa_worker("demo", "--model", str(exported_models["bert"]), "--count", "12")
+    done = run_qa_worker(
+        "demo", "--model", str(exported_models["bert"]), "--count", "12", timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(answers) == 12
@@ -58,7 +49,7 @@ async def test_produce_then_consume_round_trips_questions(tmp_path: Path) -> Non
         await create_topics(broker)
         server = broker.bootstrap_servers
         sent = await asyncio.to_thread(
-            qa_worker,
+            run_qa_worker,
             "produce",
             "--broker",
             server,
@@ -66,10 +57,11 @@ async def test_produce_then_consume_round_trips_questions(tmp_path: Path) -> Non
             str(input_file),
             "--topic",
             QUESTIONS,
+            timeout=180,
         )
         assert sent.returncode == 0, sent.stderr
         received = await asyncio.to_thread(
-            qa_worker,
+            run_qa_worker,
             "consume",
             "--broker",
             server,
@@ -80,6 +72,7 @@ async def test_produce_then_consume_round_trips_questions(tmp_path: Path) -> Non
             "25",
             "--timeout",
             "20",
+            timeout=180,
         )
     assert received.returncode == 0, received.stderr
     got = sorted((json.loads(line) for line in received.stdout.splitlines()), key=lambda e: e["id"])

@@ -19,13 +19,32 @@ from tests.support.streaming import (
     kill_at_random_moments,
     produce,
     question_values,
-    start_worker_process,
     wait_until,
     worker_settings,
 )
+from tests.support.worker_process import worker_process
+from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.broker
+
+
+async def restart_until_every_event_is_answered(
+    settings: Settings, log: Path, answers: TopicWatcher, events: int, timeout: float
+) -> int:
+    """Starts the worker again, lets it run until each of `events` events has an answer, then
+    stops it with SIGTERM; its exit code."""
+    with worker_process(settings, log) as process:
+        try:
+            await wait_until(
+                lambda: len(set(answers.ids())) == events,
+                timeout=timeout,
+                what="the restarted worker to answer every event",
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+    return code
 
 
 async def test_kill_9_at_random_moments_loses_no_event(
@@ -66,12 +85,12 @@ async def test_sigterm_drains_in_flight_events_and_commits_them(
             json.loads(v)["id"]: position for v, position in zip(values, positions, strict=True)
         }
         async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
-            process = start_worker_process(settings, log)
-            await wait_until(
-                lambda: len(answers.records) >= 100, timeout=90, what="answers to flow"
-            )
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+            with worker_process(settings, log) as process:
+                await wait_until(
+                    lambda: len(answers.records) >= 100, timeout=90, what="answers to flow"
+                )
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
             committed = await committed_offsets(broker.bootstrap_servers, settings.group_id, 4)
             # Everything delivered before the exit is on the topic by now; read it all.
             await wait_until(
@@ -90,16 +109,10 @@ async def test_sigterm_drains_in_flight_events_and_commits_them(
             assert set(drained) == below_commit
             assert len(drained) == len(set(drained))
 
-            process = start_worker_process(settings, log)
-            try:
-                await wait_until(
-                    lambda: len(set(answers.ids())) == len(values),
-                    timeout=300,
-                    what="the restarted worker to answer the rest",
-                )
-            finally:
-                process.send_signal(signal.SIGTERM)
-                assert process.wait(timeout=60) == 0
+            code = await restart_until_every_event_is_answered(
+                settings, log, answers, len(values), timeout=300
+            )
+            assert code == 0
             assert len(answers.ids()) == len(values), "a drained event was answered twice"
 
 
@@ -121,8 +134,7 @@ async def test_sigterm_exits_within_the_drain_timeout_under_heavy_load(
         )
         await produce(broker.bootstrap_servers, values)
         async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
-            process = start_worker_process(settings, log)
-            try:
+            with worker_process(settings, log) as process:
                 await wait_until(
                     lambda: len(answers.records) >= 1, timeout=120, what="the first answer"
                 )
@@ -130,9 +142,6 @@ async def test_sigterm_exits_within_the_drain_timeout_under_heavy_load(
                 process.send_signal(signal.SIGTERM)
                 code = await asyncio.to_thread(process.wait, drain_timeout_s + 20)
                 took = time.monotonic() - signalled
-            finally:
-                if process.poll() is None:
-                    process.kill()
             output = log.read_text()
             assert took < drain_timeout_s + 5, f"exit took {took:.1f} s\n{output[-3000:]}"
             # Work was left in flight: not a clean drain, and the exit code says so.
@@ -140,16 +149,9 @@ async def test_sigterm_exits_within_the_drain_timeout_under_heavy_load(
             assert "still in flight after 2 s" in output
             print(f"\nSIGTERM to exit: {took:.2f} s (drain timeout {drain_timeout_s} s)")
 
-            process = start_worker_process(settings, log)
-            try:
-                await wait_until(
-                    lambda: len(set(answers.ids())) == len(values),
-                    timeout=600,
-                    what="the restarted worker to answer every event",
-                )
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+            await restart_until_every_event_is_answered(
+                settings, log, answers, len(values), timeout=600
+            )
 
 
 async def test_sigterm_with_the_broker_gone_and_nothing_in_flight_says_nothing_is_lost(
@@ -163,16 +165,12 @@ async def test_sigterm_with_the_broker_gone_and_nothing_in_flight_says_nothing_i
             broker.bootstrap_servers, exported_models["bert"], drain_timeout_s=drain_timeout_s
         )
         await produce(broker.bootstrap_servers, question_values(texts.pairs(seed=9, count=1)))
-        process = start_worker_process(settings, log)
-        try:
+        with worker_process(settings, log) as process:
             async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
                 await wait_until(lambda: len(answers.records) == 1, 120, "the answer")
             await broker.kill()
             process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(process.wait, drain_timeout_s + 30)
-        finally:
-            if process.poll() is None:
-                process.kill()
     output = log.read_text()
     # The client's own stop waits on the broker past the drain timeout: a failed stop, said as
     # such, not as events left behind.

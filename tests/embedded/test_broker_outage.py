@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,37 +24,17 @@ from tests.support.streaming import (
     create_topics,
     produce,
     question_values,
-    start_worker_process,
     wait_until,
     worker_settings,
 )
+from tests.support.worker_process import readiness, worker_process
 from worker.embedded.broker import EmbeddedBroker
 from worker.embedded.local_s3 import LocalS3
+from worker.embedded.process import free_port
 
 pytestmark = pytest.mark.broker
 
 S3_FETCH_WAIT_MS = 500
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def readiness(port: int) -> int | None:
-    """The status of /readyz, or None while nothing answers on the port."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return None
-
-
-async def status(port: int) -> int | None:
-    return await asyncio.to_thread(readiness, port)
 
 
 async def test_a_broker_killed_under_load_and_restarted_loses_no_event(
@@ -76,16 +53,15 @@ async def test_a_broker_killed_under_load_and_restarted_loses_no_event(
             drain_timeout_s=5.0,
             fetch_max_wait_ms=S3_FETCH_WAIT_MS,
         )
-        process = start_worker_process(settings, log)
-        try:
-            await wait_until(lambda: readiness(port) == 200, 60, "the worker to be ready")
+        with worker_process(settings, log) as process:
+            await wait_until(lambda: readiness(port)[0] == 200, 60, "the worker to be ready")
             await produce(broker.bootstrap_servers, values)
             async with TopicWatcher(broker.bootstrap_servers, [ANSWERS]) as answers:
                 await wait_until(lambda: len(answers.ids()) >= 50, 60, "answers before the kill")
                 before = len(set(answers.ids()))
             await broker.kill()
             outage = time.monotonic()
-            await wait_until(lambda: readiness(port) == 503, 30, "/readyz 503 in the outage")
+            await wait_until(lambda: readiness(port)[0] == 503, 30, "/readyz 503 in the outage")
             noticed_s = time.monotonic() - outage
             await asyncio.sleep(2.0)  # an outage longer than the worker's session timeout
             await broker.restart()
@@ -93,20 +69,16 @@ async def test_a_broker_killed_under_load_and_restarted_loses_no_event(
                 await wait_until(
                     lambda: set(answers.ids()) >= expected, 180, "every event to be answered"
                 )
-                await wait_until(lambda: readiness(port) == 200, 60, "/readyz 200 after it")
+                await wait_until(lambda: readiness(port)[0] == 200, 60, "/readyz 200 after it")
                 ids = answers.ids()
             assert process.poll() is None, log.read_text()[-3000:]
             # SIGTERM while the broker is away again: out within the drain timeout and a margin.
             await broker.kill()
-            await wait_until(lambda: readiness(port) == 503, 30, "/readyz 503 again")
+            await wait_until(lambda: readiness(port)[0] == 503, 30, "/readyz 503 again")
             process.send_signal(signal.SIGTERM)
             stopping = time.monotonic()
             code = await asyncio.to_thread(process.wait, settings.drain_timeout_s + 30)
             stop_s = time.monotonic() - stopping
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     assert set(ids) == expected
     assert stop_s < settings.drain_timeout_s + 5.0, stop_s
     duplicates = len(ids) - len(set(ids))

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.worker_process import run_qa_worker
 from worker.errors import ConfigError
 from worker.preflight import MIN_OPEN_FILES, check_open_file_limit
 
@@ -279,12 +279,12 @@ def test_run_under_a_low_open_file_limit_exits_2_in_one_line() -> None:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "worker", "run", "--broker", "127.0.0.1:1"],
-        preexec_fn=low_limit,
-        capture_output=True,
-        text=True,
+    finished = run_qa_worker(
+        "run",
+        "--broker",
+        "127.0.0.1:1",
         timeout=60,
+        preexec_fn=low_limit,
         env={key: value for key, value in os.environ.items() if not key.startswith("QA_")},
     )
     assert finished.returncode == 2, finished.stderr

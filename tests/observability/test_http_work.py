@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clock import FakeClock
-from tests.support.streaming import start_worker_process, worker_settings
+from tests.support.streaming import worker_settings
+from tests.support.worker_process import worker_process
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.observability.bounded_http import (
@@ -279,14 +280,9 @@ async def test_run_on_a_port_in_use_exits_2_in_one_line(
         # The server is started before the broker is asked for anything.
         settings = worker_settings("127.0.0.1:1", exported_models["bert"], http_port=port)
         log = tmp_path / "worker.log"
-        process = start_worker_process(settings, log)
-        started = time.monotonic()
-        try:
+        with worker_process(settings, log) as process:
+            started = time.monotonic()
             code = await asyncio.to_thread(process.wait, 120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     output = log.read_text()
     assert code == 2, output
     assert "Traceback" not in output

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.worker_process import run_qa_worker
 from worker.model.export import export_model
 from worker.observability.progress import progress_bar, progress_wanted
 
@@ -60,13 +60,8 @@ def test_bars_go_to_stderr_by_default(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def run_answer(folder: Path, questions: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    command = ["answer", "--model", str(folder), "--input", str(questions), *flags]
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    return run_qa_worker(
+        "answer", "--model", str(folder), "--input", str(questions), *flags, timeout=300
     )
 
 

@@ -30,10 +30,10 @@ from tests.support.streaming import (
     create_topics,
     produce,
     question_values,
-    start_worker_process,
     wait_until,
     worker_settings,
 )
+from tests.support.worker_process import worker_process
 from worker.embedded.broker import EmbeddedBroker
 from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
@@ -271,10 +271,9 @@ async def test_a_codec_the_client_cannot_read_stops_the_worker_with_a_critical_l
         await create_topics(broker, PARTITIONS)
         server = broker.bootstrap_servers
         settings = worker_settings(server, exported_models["bert"], http_port=0)
-        process = start_worker_process(
+        with worker_process(
             settings, log, extra_environment={"PYTHONPATH": str(blocked)}
-        )
-        try:
+        ) as process:
             await wait_until(
                 lambda: "answering questions" in log.read_text(errors="replace"),
                 60,
@@ -284,10 +283,6 @@ async def test_a_codec_the_client_cannot_read_stops_the_worker_with_a_critical_l
                 librdkafka_produce, server, "lz4", question_values(texts.pairs(seed=34, count=4))
             )
             code = await asyncio.to_thread(process.wait, 60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     output = log.read_text(errors="replace")
     assert code != 0, output[-3000:]
     critical = [line for line in output.splitlines() if "CRITICAL" in line]

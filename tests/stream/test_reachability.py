@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,12 +23,13 @@ from tests.support.streaming import (
     create_topics,
     produce,
     question_values,
-    start_worker_process,
     wait_until,
     worker_settings,
 )
+from tests.support.worker_process import readiness, worker_process
 from worker.config import Settings
 from worker.embedded.broker import EmbeddedBroker
+from worker.embedded.process import free_port
 from worker.errors import ConfigError, InputLostError
 from worker.model.loading import load_engine
 from worker.observability.metrics import WorkerMetrics
@@ -109,12 +108,6 @@ async def test_readiness_is_503_once_the_broker_is_away_longer_than_the_session(
             assert time.monotonic() - started < settings.drain_timeout_s + 2.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def answers_http(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
@@ -132,17 +125,16 @@ async def test_run_with_ssl_against_plaintext_exits_non_zero_and_obeys_sigterm_w
         )
         # Left alone: a non-zero exit within the bound, with a line naming the setting.
         log = tmp_path / "alone.log"
-        process = start_worker_process(base, log)
-        started = time.monotonic()
-        code = await asyncio.to_thread(process.wait, CONNECT_WITHIN_S + 30)
+        with worker_process(base, log) as process:
+            started = time.monotonic()
+            code = await asyncio.to_thread(process.wait, CONNECT_WITHIN_S + 30)
         assert code != 0
         assert time.monotonic() - started < CONNECT_WITHIN_S + 25
         assert "--security-protocol" in log.read_text()
         # SIGTERM while it is still trying: it leaves at once, non-zero.
         port = free_port()
         log = tmp_path / "sigterm.log"
-        process = start_worker_process(dataclasses.replace(base, http_port=port), log)
-        try:
+        with worker_process(dataclasses.replace(base, http_port=port), log) as process:
             await wait_until(lambda: answers_http(port), 60, "the health server to answer")
             process.send_signal(signal.SIGTERM)
             stopped = time.monotonic()
@@ -150,10 +142,6 @@ async def test_run_with_ssl_against_plaintext_exits_non_zero_and_obeys_sigterm_w
             assert code != 0
             assert time.monotonic() - stopped < base.drain_timeout_s + 5
             assert "stopped while starting" in log.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     assert isinstance(process, subprocess.Popen)
 
 
@@ -263,37 +251,21 @@ async def test_run_without_its_dead_letter_topic_is_not_ready_naming_it_then_exi
             broker.bootstrap_servers, exported_models["bert"], http_port=port
         )
         log = tmp_path / "worker.log"
-        process = start_worker_process(settings, log)
-        try:
+        with worker_process(settings, log) as process:
             # Warming up and connecting first, then waiting for the topic, not ready.
             await wait_until(
-                lambda: repr(DEAD_LETTERS) in readiness_of(port)[1],
+                lambda: repr(DEAD_LETTERS) in readiness(port)[1],
                 60,
                 "readiness to name the missing topic",
             )
-            status, reason = readiness_of(port)
+            status, reason = readiness(port)
             assert status == 503 and "--dead-letter-topic / QA_DEAD_LETTER_TOPIC" in reason, reason
             code = await asyncio.to_thread(process.wait, CONNECT_WITHIN_S + 30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     assert code == 2
     output = log.read_text()
     assert "Traceback" not in output, output
     (failure,) = [line for line in output.splitlines() if "creates none" in line]
     assert repr(DEAD_LETTERS) in failure and "QA_DEAD_LETTER_TOPIC" in failure, failure
-
-
-def readiness_of(port: int) -> tuple[int, str]:
-    """/readyz's status and body; (0, "") while nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as refused:
-        return refused.code, refused.read().decode()
-    except OSError:
-        return 0, ""
 
 
 async def test_a_deleted_dead_letter_topic_holds_its_event_and_every_commit_behind_it(
