@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
-from tests.support.otlp import OtlpReceiver
+from tests.support.otlp import OtlpReceiver, clear_otel_environment
 from tests.support.windows import token_window
 from tests.support.without_torch import REPO_ROOT
 from worker.batching.batcher import MicroBatcher
@@ -307,9 +307,7 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 async def test_spans_reach_an_otlp_http_receiver_as_protobuf(
     otlp_receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
+    clear_otel_environment(monkeypatch)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url)
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
     tracing = build_tracing(Settings(tracing="otlp"))

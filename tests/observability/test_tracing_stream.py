@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import re
 import signal
 import time
@@ -20,16 +19,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.otlp import OtlpReceiver, RefusingCollector, SilentCollector
+from tests.support.otlp import (
+    OtlpReceiver,
+    RefusingCollector,
+    SilentCollector,
+    clear_otel_environment,
+)
 from tests.support.streaming import (
     ANSWERS,
     DEAD_LETTERS,
+    Record,
     collect,
     create_topics,
     produce,
-    start_worker_process,
     worker_settings,
 )
+from tests.support.worker_process import worker_process
 from worker.embedded.broker import EmbeddedBroker
 from worker.model.loading import load_engine
 from worker.observability.logs import JsonFormatter
@@ -169,39 +174,53 @@ async def test_answers_and_dead_letters_continue_the_question_trace(
     assert scores.get(("qa_worker_abstentions_total", labels), 0.0) == abstentions
 
 
+async def answer_in_a_traced_process(
+    model: Path,
+    log: Path,
+    question: dict[str, str],
+    headers: list[tuple[str, bytes]] | None = None,
+    **overrides: object,
+) -> tuple[Record, int, float]:
+    """`qa-worker run --tracing otlp` on a broker of its own answers `question`, then is stopped
+    with SIGTERM: the answer, the exit code and the seconds from the signal to the exit."""
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, partitions=1)
+        settings = worker_settings(broker.bootstrap_servers, model, tracing="otlp", **overrides)
+        with worker_process(settings, log) as process:
+            try:
+                await produce(
+                    broker.bootstrap_servers,
+                    [json.dumps(question).encode()],
+                    headers=None if headers is None else [headers],
+                )
+                [answer] = await collect(broker.bootstrap_servers, [ANSWERS], 1, 120)
+            finally:
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(process.wait, 60)
+                exited_after_s = time.monotonic() - signalled
+    return answer, code, exited_after_s
+
+
 async def test_qa_worker_run_traces_over_otlp_and_logs_json_lines(
     exported_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The production path: `qa-worker run --tracing otlp --log-format json` as its own process,
     # configured by OTEL_ variables, exporting to a receiver on loopback.
     with OtlpReceiver() as receiver:
-        for name in list(os.environ):
-            if name.startswith("OTEL_"):
-                monkeypatch.delenv(name)
+        clear_otel_environment(monkeypatch)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_SERVICE_NAME", "qa-test")
         log = tmp_path / "worker.log"
-        async with EmbeddedBroker() as broker:
-            await create_topics(broker, partitions=1)
-            settings = worker_settings(
-                broker.bootstrap_servers,
-                exported_models["bert"],
-                tracing="otlp",
-                log_format="json",
-            )
-            process = start_worker_process(settings, log)
-            try:
-                question = {"id": "q-run", "question": "When?", "context": "It opened in 1889."}
-                traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01".encode()
-                await produce(
-                    broker.bootstrap_servers,
-                    [json.dumps(question).encode()],
-                    headers=[[("traceparent", traceparent)]],
-                )
-                [answer] = await collect(broker.bootstrap_servers, [ANSWERS], 1, 120)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                code = await asyncio.to_thread(process.wait, 60)
+        question = {"id": "q-run", "question": "When?", "context": "It opened in 1889."}
+        traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01".encode()
+        answer, code, _ = await answer_in_a_traced_process(
+            exported_models["bert"],
+            log,
+            question,
+            headers=[("traceparent", traceparent)],
+            log_format="json",
+        )
         assert code == 0, log.read_text()[-3000:]
     assert traceparent_ids(list(answer.headers))[0] == TRACE_ID
     # Every line the process wrote is one JSON object (faust's and aiokafka's lines included).
@@ -231,9 +250,7 @@ async def test_sigterm_exits_within_the_drain_timeout_whatever_the_collector_doe
 ) -> None:
     drain_timeout_s = 3.0
     with collector() as sink:
-        for name in list(os.environ):
-            if name.startswith("OTEL_"):
-                monkeypatch.delenv(name)
+        clear_otel_environment(monkeypatch)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
         # Left to itself the SDK would wait this long per batch, and up to 30 s at shutdown.
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "30")
@@ -241,24 +258,10 @@ async def test_sigterm_exits_within_the_drain_timeout_whatever_the_collector_doe
         # No export before the stop: the spans are still queued when SIGTERM arrives.
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
         log = tmp_path / "worker.log"
-        async with EmbeddedBroker() as broker:
-            await create_topics(broker, partitions=1)
-            settings = worker_settings(
-                broker.bootstrap_servers,
-                exported_models["bert"],
-                tracing="otlp",
-                drain_timeout_s=drain_timeout_s,
-            )
-            process = start_worker_process(settings, log)
-            try:
-                question = {"id": "q-hung", "question": "When?", "context": "It opened in 1889."}
-                await produce(broker.bootstrap_servers, [json.dumps(question).encode()])
-                [answer] = await collect(broker.bootstrap_servers, [ANSWERS], 1, 120)
-            finally:
-                signalled = time.monotonic()
-                process.send_signal(signal.SIGTERM)
-                code = await asyncio.to_thread(process.wait, 60)
-                exited_after_s = time.monotonic() - signalled
+        question = {"id": "q-hung", "question": "When?", "context": "It opened in 1889."}
+        answer, code, exited_after_s = await answer_in_a_traced_process(
+            exported_models["bert"], log, question, drain_timeout_s=drain_timeout_s
+        )
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert answer.json()["id"] == "q-hung"

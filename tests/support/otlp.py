@@ -1,11 +1,15 @@
-"""An OTLP/HTTP traces receiver on loopback, for tests of the exporter path."""
+"""Collectors on loopback for tests of the OTLP exporter path: one that receives, one that never
+answers, one that refuses; and an OTEL_ environment of the test's own."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -75,40 +79,42 @@ class OtlpReceiver:
         return found
 
 
-class SilentCollector:
+class _HeldPort:
+    """A loopback port held by a bound socket, given to the exporter as its collector."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._socket.close()
+
+
+class SilentCollector(_HeldPort):
     """A collector that accepts TCP connections and never answers: a socket that listens and is
     never read, so the kernel completes every handshake and the exporter waits for a reply."""
 
     def __init__(self) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
+        super().__init__()
         self._socket.listen(64)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
 
-    def __enter__(self) -> SilentCollector:
-        return self
+class RefusingCollector(_HeldPort):
+    """A collector address where nothing listens: every connection is refused.
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._socket.close()
+    Bound and not listening: the port stays ours, and a connect is refused."""
 
 
-class RefusingCollector:
-    """A collector address where nothing listens: every connection is refused."""
-
-    def __init__(self) -> None:
-        # Bound and not listening: the port stays ours, and a connect is refused.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-
-    def __enter__(self) -> RefusingCollector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._socket.close()
+def clear_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removes every OTEL_ variable for the test: only what the test sets configures the SDK,
+    nothing from the machine that runs it."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
