@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import faust
@@ -95,6 +96,31 @@ def answered(watcher: TopicWatcher, prefix: str) -> set[str]:
     return {event_id for event_id in watcher.ids() if event_id.startswith(prefix)}
 
 
+@asynccontextmanager
+async def held_worker(
+    model: Path, inference_streams: int
+) -> AsyncIterator[tuple[QAWorker, HeadHeldEngine]]:
+    """A ready worker on a broker of its own, LIMIT in flight, answering with a HeadHeldEngine
+    that lets every held question go before the worker stops."""
+    async with EmbeddedBroker() as broker:
+        await create_topics(broker, PARTITIONS)
+        settings = worker_settings(
+            broker.bootstrap_servers,
+            model,
+            max_in_flight=LIMIT,
+            inference_streams=inference_streams,
+        )
+        engine = HeadHeldEngine(load_engine(settings))
+        worker = QAWorker(settings, engine, WorkerMetrics())  # type: ignore[arg-type]
+        await worker.start()
+        try:
+            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
+            yield worker, engine
+        finally:
+            engine.released.set()
+            await worker.stop()
+
+
 @pytest.mark.broker
 async def test_a_held_event_pauses_its_partition_and_not_the_others(
     exported_models: dict[str, Path],
@@ -104,46 +130,35 @@ async def test_a_held_event_pauses_its_partition_and_not_the_others(
     # More behind the held one than the limit, on its partition and on the other.
     behind = question_values(pairs[1:], prefix="behind")
     beside = question_values(pairs[1:], prefix="beside")
-    async with EmbeddedBroker() as broker:
-        await create_topics(broker, PARTITIONS)
-        server = broker.bootstrap_servers
-        settings = worker_settings(
-            server, exported_models["bert"], max_in_flight=LIMIT, inference_streams=2
-        )
-        engine = HeadHeldEngine(load_engine(settings))
-        worker = QAWorker(settings, engine, WorkerMetrics())  # type: ignore[arg-type]
-        await worker.start()
-        try:
-            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
-            async with TopicWatcher(server, [ANSWERS, DEAD_LETTERS]) as answers:
-                await send_to(server, 0, [heavy])
-                await wait_until(engine.entered.is_set, 30, "the held question's inference")
-                await send_to(server, 0, behind)
-                held = TP(QUESTIONS, 0)
-                await wait_until(lambda: held in worker.tracker.paused, 30, "partition 0 paused")
-                await send_to(server, 1, beside)
-                await wait_until(
-                    lambda: len(answered(answers, "beside")) == len(beside),
-                    60,
-                    "every question of partition 1 answered while partition 0 is held",
-                )
-                assert not answered(answers, "heavy")
-                # Partition 0 stays paused: what it read beyond the limit was already fetched.
-                assert worker.tracker.paused == {held}
-                assert worker.tracker.answering == 1
-                engine.released.set()
-                total = 1 + len(behind) + len(beside)
-                await wait_until(lambda: len(set(answers.ids())) == total, 60, "every answer")
-            await wait_until(lambda: not worker.tracker.paused, 10, "partition 0 resumed")
-            expected = {0: 1 + len(behind), 1: len(beside)}
-
-            async def all_committed() -> bool:
-                return await committed_offsets(server, settings.group_id, PARTITIONS) == expected
-
-            await wait_until(all_committed, 30, "both partitions committed to their ends")
-        finally:
+    async with held_worker(exported_models["bert"], inference_streams=2) as (worker, engine):
+        server = worker.settings.broker
+        async with TopicWatcher(server, [ANSWERS, DEAD_LETTERS]) as answers:
+            await send_to(server, 0, [heavy])
+            await wait_until(engine.entered.is_set, 30, "the held question's inference")
+            await send_to(server, 0, behind)
+            held = TP(QUESTIONS, 0)
+            await wait_until(lambda: held in worker.tracker.paused, 30, "partition 0 paused")
+            await send_to(server, 1, beside)
+            await wait_until(
+                lambda: len(answered(answers, "beside")) == len(beside),
+                60,
+                "every question of partition 1 answered while partition 0 is held",
+            )
+            assert not answered(answers, "heavy")
+            # Partition 0 stays paused: what it read beyond the limit was already fetched.
+            assert worker.tracker.paused == {held}
+            assert worker.tracker.answering == 1
             engine.released.set()
-            await worker.stop()
+            total = 1 + len(behind) + len(beside)
+            await wait_until(lambda: len(set(answers.ids())) == total, 60, "every answer")
+        await wait_until(lambda: not worker.tracker.paused, 10, "partition 0 resumed")
+        expected = {0: 1 + len(behind), 1: len(beside)}
+
+        async def all_committed() -> bool:
+            committed = await committed_offsets(server, worker.settings.group_id, PARTITIONS)
+            return committed == expected
+
+        await wait_until(all_committed, 30, "both partitions committed to their ends")
 
 
 def test_an_answered_event_keeps_only_where_it_was_read() -> None:
@@ -190,36 +205,24 @@ async def test_a_partition_past_its_share_keeps_no_other_from_being_read(
     pairs = texts.pairs(seed=43, count=2 * LIMIT + 1)
     heavy = question_values([(HEAVY_QUESTION, context) for _, context in pairs[:-1]], "heavy")
     light = question_values(pairs[-1:], prefix="light")
-    async with EmbeddedBroker() as broker:
-        await create_topics(broker, PARTITIONS)
-        server = broker.bootstrap_servers
-        # A stream more than the share, so the held events leave one free for the light one.
-        settings = worker_settings(
-            server, exported_models["bert"], max_in_flight=LIMIT, inference_streams=3
-        )
-        engine = HeadHeldEngine(load_engine(settings))
-        worker = QAWorker(settings, engine, WorkerMetrics())  # type: ignore[arg-type]
-        await worker.start()
-        try:
-            await wait_until(lambda: worker.readiness()[0], 30, "the worker to be ready")
-            share = worker.tracker.share()
-            assert share == LIMIT // PARTITIONS
-            async with TopicWatcher(server, [ANSWERS, DEAD_LETTERS]) as answers:
-                await send_to(server, 0, heavy)
-                await wait_until(lambda: worker.tracker.parked > 0, 30, "partition 0's rest parked")
-                await send_to(server, 1, light)
-                await wait_until(
-                    lambda: answered(answers, "light") == {"light0"},
-                    60,
-                    "the light question answered while partition 0's are held",
-                )
-                assert not answered(answers, "heavy")
-                assert worker.tracker.answering == share
-                assert TP(QUESTIONS, 0) in worker.tracker.paused
-                engine.released.set()
-                total = len(heavy) + len(light)
-                await wait_until(lambda: len(set(answers.ids())) == total, 60, "every answer")
-            assert worker.tracker.parked == 0
-        finally:
+    # A stream more than the share, so the held events leave one free for the light one.
+    async with held_worker(exported_models["bert"], inference_streams=3) as (worker, engine):
+        server = worker.settings.broker
+        share = worker.tracker.share()
+        assert share == LIMIT // PARTITIONS
+        async with TopicWatcher(server, [ANSWERS, DEAD_LETTERS]) as answers:
+            await send_to(server, 0, heavy)
+            await wait_until(lambda: worker.tracker.parked > 0, 30, "partition 0's rest parked")
+            await send_to(server, 1, light)
+            await wait_until(
+                lambda: answered(answers, "light") == {"light0"},
+                60,
+                "the light question answered while partition 0's are held",
+            )
+            assert not answered(answers, "heavy")
+            assert worker.tracker.answering == share
+            assert TP(QUESTIONS, 0) in worker.tracker.paused
             engine.released.set()
-            await worker.stop()
+            total = len(heavy) + len(light)
+            await wait_until(lambda: len(set(answers.ids())) == total, 60, "every answer")
+        assert worker.tracker.parked == 0
