@@ -81,6 +81,11 @@ async def produce(bootstrap_servers: str) -> dict[Position, Payload]:
     }
 
 
+def group_consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer of TOPIC in the test's group, started and stopped by `async with`."""
+    return AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap_servers, **GROUP_SETTINGS)
+
+
 async def consume_until(
     consumer: AIOKafkaConsumer, wanted: set[Position]
 ) -> dict[Position, ConsumerRecord[bytes, bytes]]:
@@ -108,12 +113,8 @@ async def test_keyed_messages_arrive_intact_through_a_consumer_group(
     sent = await produce(broker.bootstrap_servers)
     assert {partition for partition, _ in sent} == set(range(PARTITIONS))
 
-    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=broker.bootstrap_servers, **GROUP_SETTINGS)
-    await consumer.start()
-    try:
+    async with group_consumer(broker.bootstrap_servers) as consumer:
         received = await consume_until(consumer, set(sent))
-    finally:
-        await consumer.stop()
 
     assert {position: payload(record) for position, record in received.items()} == sent
 
@@ -133,22 +134,14 @@ async def test_a_restarted_consumer_resumes_after_the_committed_offsets(
         for partition, offsets in offsets_by_partition.items()
     }
 
-    first = AIOKafkaConsumer(TOPIC, bootstrap_servers=broker.bootstrap_servers, **GROUP_SETTINGS)
-    await first.start()
-    try:
+    async with group_consumer(broker.bootstrap_servers) as first:
         await consume_until(first, set(sent))
         await first.commit(commit)
         assert {tp: await first.committed(tp) for tp in commit} == commit
-    finally:
-        await first.stop()
 
     expected = {(p, offset) for p, offset in sent if offset >= commit[TopicPartition(TOPIC, p)]}
-    second = AIOKafkaConsumer(TOPIC, bootstrap_servers=broker.bootstrap_servers, **GROUP_SETTINGS)
-    await second.start()
-    try:
+    async with group_consumer(broker.bootstrap_servers) as second:
         received = await consume_until(second, expected)
-    finally:
-        await second.stop()
 
     # Fetches return a partition in offset order, so anything before the committed offset
     # would have arrived before the expected records did.
@@ -291,35 +284,21 @@ async def test_with_s3_storage_records_and_offsets_survive_kill_9_and_restart() 
         await broker.create_topic(TOPIC, PARTITIONS)
         sent = await produce(broker.bootstrap_servers)
         commit = {TopicPartition(TOPIC, partition): 5 for partition in range(PARTITIONS)}
-        first = AIOKafkaConsumer(
-            TOPIC, bootstrap_servers=broker.bootstrap_servers, **GROUP_SETTINGS
-        )
-        await first.start()
-        try:
+        async with group_consumer(broker.bootstrap_servers) as first:
             await consume_until(first, set(sent))
             await first.commit(commit)
-        finally:
-            await first.stop()
         address, pid = broker.bootstrap_servers, broker.pid
         await broker.kill()
         assert pid is not None and not psutil.pid_exists(pid)
         await broker.restart()
         assert broker.bootstrap_servers == address
 
-        check = AIOKafkaConsumer(TOPIC, bootstrap_servers=address, **GROUP_SETTINGS)
-        await check.start()
-        try:
+        async with group_consumer(address) as check:
             assert {tp: await check.committed(tp) for tp in commit} == commit
-        finally:
-            await check.stop()
-        reader = AIOKafkaConsumer(
+        async with AIOKafkaConsumer(
             TOPIC, bootstrap_servers=address, group_id=None, auto_offset_reset="earliest"
-        )
-        await reader.start()
-        try:
+        ) as reader:
             received = await consume_until(reader, set(sent))
-        finally:
-            await reader.stop()
     assert {position: payload(record) for position, record in received.items()} == sent
 
 
