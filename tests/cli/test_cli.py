@@ -7,14 +7,13 @@ import argparse
 import dataclasses
 import logging
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.permissions import without_permissions_bypass
+from tests.support.permissions import refusal_where_permissions_hold
+from tests.support.worker_process import run_qa_worker
 from worker.cli import build_parser, main
 from worker.commands import export as export_command
 from worker.commands.demo import beside_its_question
@@ -185,13 +184,12 @@ def test_a_model_path_written_as_a_path_is_no_hub_id(
 def test_a_relative_model_folder_that_does_not_exist_is_reported_not_downloaded(
     tmp_path: Path,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--model", "./models/mobilebert"],
+    done = run_qa_worker(
+        "demo",
+        "--model",
+        "./models/mobilebert",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
         # No Hub: were the path taken for a Hub id, the download would be tried and fail.
         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)},
     )
@@ -221,27 +219,16 @@ def test_an_unreadable_model_file_is_named_before_anything_loads(
     folder = tmp_path / "model"
     shutil.copytree(export_factory("bert"), folder)
     (folder / name).chmod(0)
-    done = subprocess.run(
-        [
-            *without_permissions_bypass(),
-            sys.executable,
-            "-m",
-            "worker",
-            "answer",
-            "--model",
-            str(folder),
-            "--question",
-            "Who?",
-            "--context",
-            "Ada wrote it.",
-        ],
-        capture_output=True,
-        text=True,
+    line = refusal_where_permissions_hold(
+        "answer",
+        "--model",
+        str(folder),
+        "--question",
+        "Who?",
+        "--context",
+        "Ada wrote it.",
         timeout=120,
-        check=False,
     )
-    assert done.returncode == 2
-    (line,) = done.stderr.splitlines()
     assert line.startswith(
         f"qa-worker answer: --model / QA_MODEL: '{folder / name}' cannot be read: permission "
         "denied (mode 0000"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.support.permissions import without_permissions_bypass
+from tests.support.permissions import refusal_where_permissions_hold
 from worker.errors import ExportError
 from worker.model.export import export_model
 from worker.model.manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -55,16 +56,32 @@ def tokenized(checkpoint: Path, names: tuple[str, ...], **kwargs: object) -> dic
     return {name: encoded[name].astype(np.int64) for name in names}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_manifest_describes_the_export(
-    kind: str,
+@dataclass(frozen=True)
+class Exported:
+    """One architecture's checkpoint, its export folder, and the manifest read back from it."""
+
+    kind: str
+    checkpoint: Path
+    folder: Path
+    manifest: Manifest
+
+
+@pytest.fixture(params=KINDS)
+def exported(
+    request: pytest.FixtureRequest,
     checkpoint_factory: Callable[[str], Path],
     export_factory: Callable[[str], Path],
-) -> None:
+) -> Exported:
+    kind: str = request.param
+    folder = export_factory(kind)
+    return Exported(kind, checkpoint_factory(kind), folder, Manifest.read(folder))
+
+
+def test_manifest_describes_the_export(exported: Exported) -> None:
     from transformers import AutoTokenizer
 
-    checkpoint, folder = checkpoint_factory(kind), export_factory(kind)
-    manifest = Manifest.read(folder)
+    kind = exported.kind
+    checkpoint, folder, manifest = exported.checkpoint, exported.folder, exported.manifest
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
 
@@ -98,12 +115,8 @@ def test_manifest_describes_the_export(
     assert (folder / "tokenizer.json").read_bytes() == (checkpoint / "tokenizer.json").read_bytes()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_onnx_graph_has_the_engine_interface(
-    kind: str, export_factory: Callable[[str], Path]
-) -> None:
-    folder = export_factory(kind)
-    manifest = Manifest.read(folder)
+def test_onnx_graph_has_the_engine_interface(exported: Exported) -> None:
+    folder, manifest = exported.folder, exported.manifest
     for precision in ("fp32", "int8"):
         model = onnx.load(str(manifest.onnx_path(folder, precision)))
         assert not any(
@@ -121,14 +134,8 @@ def test_onnx_graph_has_the_engine_interface(
             assert [dim.dim_param for dim in tensor_type.shape.dim] == ["batch", "sequence"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_fp32_logits_equal_torch_logits(
-    kind: str,
-    checkpoint_factory: Callable[[str], Path],
-    export_factory: Callable[[str], Path],
-) -> None:
-    checkpoint, folder = checkpoint_factory(kind), export_factory(kind)
-    manifest = Manifest.read(folder)
+def test_fp32_logits_equal_torch_logits(exported: Exported) -> None:
+    checkpoint, folder, manifest = exported.checkpoint, exported.folder, exported.manifest
     # Three pairs of different lengths, padded to the longest.
     padded = tokenized(checkpoint, manifest.input_names, padding=True)
     assert (padded["attention_mask"] == 0).any()
@@ -145,14 +152,8 @@ def test_fp32_logits_equal_torch_logits(
             np.testing.assert_allclose(got, want, atol=LOGIT_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_int8_model_is_quantized_and_tracks_fp32(
-    kind: str,
-    checkpoint_factory: Callable[[str], Path],
-    export_factory: Callable[[str], Path],
-) -> None:
-    checkpoint, folder = checkpoint_factory(kind), export_factory(kind)
-    manifest = Manifest.read(folder)
+def test_int8_model_is_quantized_and_tracks_fp32(exported: Exported) -> None:
+    checkpoint, folder, manifest = exported.checkpoint, exported.folder, exported.manifest
     int8_path = manifest.onnx_path(folder)
     assert int8_path.name == "model.int8.onnx"
     op_types = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
@@ -258,25 +259,14 @@ def test_an_unreadable_weights_file_is_named_as_a_permission_error(
     shutil.copytree(checkpoint_factory("bert"), checkpoint)
     weights = checkpoint / "model.safetensors"
     weights.chmod(0)
-    done = subprocess.run(
-        [
-            *without_permissions_bypass(),
-            sys.executable,
-            "-m",
-            "worker",
-            "export",
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
+    line = refusal_where_permissions_hold(
+        "export",
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "out"),
         timeout=300,
-        check=False,
     )
-    assert done.returncode == 2
-    (line,) = done.stderr.splitlines()
     # Loading the checkpoint would say FileNotFoundError, for a file that is there.
     assert line.startswith(
         f"qa-worker export: {weights} cannot be read (PermissionError: permission denied, mode 0000"

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.support.hub_layouts import hub_onnx_layout, hub_wrong_onnx_layout
 from tests.support.without_torch import REPO_ROOT, run_without_torch
+from tests.support.worker_process import run_qa_worker
 from worker.errors import HubError, HubUnreachable
 from worker.model.cache import DEFAULT_MODEL, model_folder
 from worker.model.hub import (
@@ -227,15 +227,7 @@ def test_only_one_copy_of_the_model_is_downloaded() -> None:
 def run_with_torch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     environ = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environ.update(HF_HUB_OFFLINE="1", **env)
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=REPO_ROOT,
-        timeout=600,
-        check=False,
-    )
+    return run_qa_worker(*args, env=environ, cwd=REPO_ROOT, timeout=600)
 
 
 QUESTION = ("--question", "Who won?", "--context", "Marie Curie won two Nobel Prizes.")

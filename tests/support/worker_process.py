@@ -6,7 +6,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,13 @@ from worker.config import Settings
 
 
 def run_qa_worker(
-    *args: str, timeout: float | None = None, **options: Any
+    *args: str, timeout: float | None = None, prefix: Sequence[str] = (), **options: Any
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m worker ARGS` run to its end with its output captured as text; `options` go
-    to subprocess.run as they are (cwd, env, preexec_fn)."""
+    """`python -m worker ARGS` run to its end with its output captured as text, behind the
+    command `prefix` (such as without_permissions_bypass()); `options` go to subprocess.run as
+    they are (cwd, env, preexec_fn)."""
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [*prefix, sys.executable, "-m", "worker", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
