@@ -106,6 +106,12 @@ def payload(record: ConsumerRecord[bytes, bytes]) -> Payload:
     return record.key, record.value, tuple(record.headers), record.timestamp
 
 
+async def assert_reads_back(consumer: AIOKafkaConsumer, sent: dict[Position, Payload]) -> None:
+    """`consumer` reads every record of `sent`, each at its position with its payload."""
+    received = await consume_until(consumer, set(sent))
+    assert {position: payload(record) for position, record in received.items()} == sent
+
+
 async def test_keyed_messages_arrive_intact_through_a_consumer_group(
     broker: EmbeddedBroker,
 ) -> None:
@@ -114,9 +120,7 @@ async def test_keyed_messages_arrive_intact_through_a_consumer_group(
     assert {partition for partition, _ in sent} == set(range(PARTITIONS))
 
     async with group_consumer(broker.bootstrap_servers) as consumer:
-        received = await consume_until(consumer, set(sent))
-
-    assert {position: payload(record) for position, record in received.items()} == sent
+        await assert_reads_back(consumer, sent)
 
 
 async def test_a_restarted_consumer_resumes_after_the_committed_offsets(
@@ -298,8 +302,7 @@ async def test_with_s3_storage_records_and_offsets_survive_kill_9_and_restart() 
         async with AIOKafkaConsumer(
             TOPIC, bootstrap_servers=address, group_id=None, auto_offset_reset="earliest"
         ) as reader:
-            received = await consume_until(reader, set(sent))
-    assert {position: payload(record) for position, record in received.items()} == sent
+            await assert_reads_back(reader, sent)
 
 
 async def test_the_default_broker_keeps_nothing_across_a_restart(
