@@ -149,6 +149,27 @@ async def test_producer_bend_finds_the_aiokafka_producer_once_faust_has_one(
         await made.stop()
 
 
+def test_ack_wait_bend_overrides_what_faust_waits_with_on_stop_and_revocation(
+    tmp_path: Path,
+) -> None:
+    consumer_class = faust_consumer.Consumer
+    assert parameters(consumer_class.wait_empty) == ["self"], "ack wait bend: faust's changed"
+    waits = names_used(faust.App._consumer_wait_empty)
+    assert "wait_empty" in waits, "ack wait bend: faust no longer waits with Consumer.wait_empty"
+    for caller in (faust.App._stop_consumer, faust.App._on_partitions_revoked):
+        assert "_consumer_wait_empty" in names_used(caller), (
+            f"ack wait bend: faust's {caller.__name__} no longer waits for acks"
+        )
+    assert parameters(consumer_class._wait_for_ack) == ["self", "timeout"]
+    assert parameters(consumer_class._clean_unacked_messages) == ["self"]
+    assert parameters(consumer_class.commit_and_end_transactions) == ["self"]
+    app = build_app(Settings(), str(tmp_path))
+    assert isinstance(app.consumer, FetchWaitTransport.Consumer)
+    assert len(app.consumer._unacked_messages) == 0, (  # type: ignore[attr-defined]
+        "ack wait bend: faust's consumer no longer keeps _unacked_messages"
+    )
+
+
 def test_committed_offsets_bend_reads_what_faust_moves_on_assignment_and_commit(
     tmp_path: Path,
 ) -> None:

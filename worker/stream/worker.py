@@ -48,7 +48,7 @@ from ..observability.tracing_interface import Tracing
 from ..qa import QAEngine, QAOptions
 from ..tagging import load_question_sets, parse_topic_sets
 from .app import CommitSensor, Topics, build_app, check_topic_roles
-from .faust_private import committed_offsets
+from .faust_private import abandon_unacked, committed_offsets
 from .offsets import OffsetTracker, Tracked
 from .pipeline import EventPipeline
 from .reachability import CONNECT_WITHIN_S, BrokerWatch
@@ -243,6 +243,11 @@ class QAWorker(AsyncLifecycle):
         # to the caller, which must then exit without waiting for it.
         stopping = asyncio.ensure_future(self.app.stop())
         done, _ = await asyncio.wait({stopping}, timeout=self.settings.drain_timeout_s)
+        if stopping not in done:
+            # faust's stop waits for the ack of every event fetched, and those buffered behind
+            # its agent, which stops only after that wait, are never acked: without this the
+            # stop never ends, nor does closing the event loop that runs it.
+            abandon_unacked(self.app.consumer)
         drained = stopping in done and stopping.exception() is None
         if stopping in done and stopping.exception() is not None:
             log.error("stopping the Kafka app failed", exc_info=stopping.exception())
