@@ -354,8 +354,9 @@ async def test_a_stop_out_of_drain_time_commits_only_answered_events_and_its_loo
 ) -> None:
     """A worker stopped with a backlog still flowing, past its drain time, leaves what it did not
     answer uncommitted, to be read again, and its event loop still closes at once after the stop.
-    (faust's own wait for acks logged the messages in flight, so under a handler that keeps log
-    records, as pytest's does, closing the loop waited for them for ever.)"""
+    (faust's stop waits for the ack of every event fetched, but stops its agent only after that
+    wait, so the events buffered behind the agent were never acked, and closing the loop waited
+    for that stop for ever.)"""
     model = exported_models["bert"]
     values = question_values(texts.pairs(seed=4, count=400), prefix="b")
     async with EmbeddedBroker() as broker:
